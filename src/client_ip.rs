@@ -1,0 +1,189 @@
+//! The client address and trusted-proxy resolution.
+//!
+//! Owns [`ClientAddr`], the only type that holds a raw client address. It has no `Debug`,
+//! `Display` or `Serialize`, so the address cannot reach a log line, an error or a panic message
+//! by accident; code that derives an allowed value from it (the network, the pseudonym, the
+//! country, the rate-limit key) reads it through [`ClientAddr::ip`] and keeps only the result.
+
+use std::net::IpAddr;
+
+use http::HeaderMap;
+use http::header::{FORWARDED, HeaderName};
+use ipnet::IpNet;
+
+use crate::config::Cidr;
+
+/// `X-Forwarded-For`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// A client address. Deliberately unprintable: no `Debug`, `Display` or `Serialize`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(IpAddr);
+
+impl ClientAddr {
+    /// Wraps an address, folding IPv4-mapped IPv6 (`::ffff:a.b.c.d`) to IPv4.
+    pub fn new(ip: IpAddr) -> ClientAddr {
+        ClientAddr(canonical(ip))
+    }
+
+    /// The address itself, for deriving allowed values. Never print or store the result.
+    pub fn ip(&self) -> IpAddr {
+        self.0
+    }
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => ip,
+        },
+        v4 => v4,
+    }
+}
+
+/// The networks whose forwarding headers are believed.
+#[derive(Clone, Default)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    /// From the configured CIDRs.
+    pub fn new(cidrs: &[Cidr]) -> TrustedProxies {
+        TrustedProxies(cidrs.iter().map(|c| c.0).collect())
+    }
+
+    /// Whether `ip` is a trusted proxy.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Whether any proxy is trusted at all.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The client address of a request that arrived from `peer`.
+    ///
+    /// The peer itself unless it is trusted; then the right-most address of `X-Forwarded-For`
+    /// (or, without it, of RFC 7239 `Forwarded`) that is not trusted. An entry that does not
+    /// parse ends the walk: everything left of it may be forged, so the last good hop is used.
+    pub fn resolve(&self, peer: ClientAddr, headers: &HeaderMap) -> ClientAddr {
+        if self.is_empty() || !self.contains(peer.0) {
+            return peer;
+        }
+        if headers.contains_key(&X_FORWARDED_FOR) {
+            let hops = headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .rev()
+                .flat_map(|v| v.as_bytes().rsplit(|&b| b == b','))
+                .map(parse_xff_entry);
+            return self.walk(peer, hops);
+        }
+        if headers.contains_key(FORWARDED) {
+            let hops = headers
+                .get_all(FORWARDED)
+                .iter()
+                .rev()
+                .flat_map(|v| v.as_bytes().rsplit(|&b| b == b','))
+                .map(parse_forwarded_element);
+            return self.walk(peer, hops);
+        }
+        peer
+    }
+
+    fn walk(&self, peer: ClientAddr, hops: impl Iterator<Item = Option<IpAddr>>) -> ClientAddr {
+        let mut client = peer;
+        for hop in hops {
+            let Some(ip) = hop else { break };
+            client = ClientAddr::new(ip);
+            if !self.contains(client.0) {
+                break;
+            }
+        }
+        client
+    }
+}
+
+/// One `X-Forwarded-For` entry: an address, possibly `[v6]:port` or `v4:port`.
+fn parse_xff_entry(entry: &[u8]) -> Option<IpAddr> {
+    let s = std::str::from_utf8(entry).ok()?.trim();
+    parse_node(s)
+}
+
+/// The `for=` node of one `Forwarded` element, e.g. `for=192.0.2.1;proto=https`.
+fn parse_forwarded_element(element: &[u8]) -> Option<IpAddr> {
+    let s = std::str::from_utf8(element).ok()?;
+    let node = s.split(';').find_map(|pair| {
+        let (k, v) = pair.trim().split_once('=')?;
+        k.trim().eq_ignore_ascii_case("for").then_some(v.trim())
+    })?;
+    parse_node(node.trim_matches('"'))
+}
+
+fn parse_node(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        let (v6, _) = rest.split_once(']')?;
+        return v6.parse().ok();
+    }
+    let (v4, port) = s.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    v4.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trusted(nets: &[&str]) -> TrustedProxies {
+        let cidrs: Vec<Cidr> = nets.iter().map(|n| n.parse().unwrap()).collect();
+        TrustedProxies::new(&cidrs)
+    }
+
+    fn resolve(t: &TrustedProxies, peer: &str, headers: &[(&str, &str)]) -> IpAddr {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        t.resolve(ClientAddr::new(peer.parse().unwrap()), &map).ip()
+    }
+
+    #[test]
+    fn resolution_table() {
+        let t = trusted(&["10.0.0.0/8", "::1"]);
+        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+            // Untrusted peers are believed only about themselves.
+            ("203.0.113.9", &[("x-forwarded-for", "198.51.100.1")], "203.0.113.9"),
+            // A trusted peer: the right-most untrusted entry.
+            ("10.0.0.1", &[("x-forwarded-for", "198.51.100.1, 198.51.100.2")], "198.51.100.2"),
+            ("10.0.0.1", &[("x-forwarded-for", "198.51.100.1, 10.2.3.4")], "198.51.100.1"),
+            // Several header lines are one list, in order.
+            ("10.0.0.1", &[("x-forwarded-for", "198.51.100.1"), ("x-forwarded-for", "10.9.9.9")], "198.51.100.1"),
+            // Garbage stops the walk at the last good hop.
+            ("10.0.0.1", &[("x-forwarded-for", "198.51.100.1, junk, 10.2.3.4")], "10.2.3.4"),
+            ("10.0.0.1", &[("x-forwarded-for", "[2001:db8::7]:443")], "2001:db8::7"),
+            ("10.0.0.1", &[("x-forwarded-for", "198.51.100.3:5555")], "198.51.100.3"),
+            // Forwarded, when X-Forwarded-For is absent.
+            ("10.0.0.1", &[("forwarded", "for=192.0.2.43, for=\"[2001:db8:cafe::17]:4711\";proto=https")], "2001:db8:cafe::17"),
+            ("10.0.0.1", &[("forwarded", "for=unknown")], "10.0.0.1"),
+            // No header from a trusted peer: the peer.
+            ("10.0.0.1", &[], "10.0.0.1"),
+            // IPv4-mapped IPv6 counts as IPv4, for the peer and for hops.
+            ("::ffff:10.0.0.1", &[("x-forwarded-for", "::ffff:198.51.100.4")], "198.51.100.4"),
+            ("::ffff:203.0.113.9", &[], "203.0.113.9"),
+        ];
+        for (peer, headers, want) in cases {
+            assert_eq!(
+                resolve(&t, peer, headers),
+                want.parse::<IpAddr>().unwrap(),
+                "{peer} {headers:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,684 @@
+//! The TOML configuration: schema, defaults, and validation into typed values.
+//!
+//! Owns every key of SPEC §3. Parsing rejects unknown keys; every error names the key at fault
+//! (`server.listen`, `upstream.servers[1]`, …) and says what a good value looks like. Relative
+//! paths are relative to the working directory the proxy was started in.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A configuration problem, naming the key (or file) and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or did not fit the schema.
+    #[error("config file {path}: key `{key}`: {reason}")]
+    Schema {
+        /// The config file.
+        path: PathBuf,
+        /// The key path, e.g. `server.listen`.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("config key `{key}`: {reason}")]
+    Invalid {
+        /// The key path, e.g. `privacy.ipv4_prefix`.
+        key: String,
+        /// What is wrong and what would fix it.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// An invalid value at `key`.
+    pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`
+    pub server: Server,
+    /// `[tls]`
+    pub tls: Tls,
+    /// `[upstream]`
+    pub upstream: Upstream,
+    /// `[client_ip]`
+    pub client_ip: ClientIp,
+    /// `[geoip]`
+    pub geoip: GeoIp,
+    /// `[privacy]`
+    pub privacy: Privacy,
+    /// `[access_log]`
+    pub access_log: AccessLog,
+    /// `[rate_limit]`
+    pub rate_limit: RateLimit,
+    /// `[admin]`
+    pub admin: Admin,
+}
+
+/// `[server]`: listeners, limits and timeouts of the client side.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// The TLS listener.
+    pub listen: SocketAddr,
+    /// Runtime worker threads; 0 = one per core.
+    pub workers: usize,
+    /// Optional cleartext listener (HTTP/1.1 and h2c).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen_plain: Option<SocketAddr>,
+    /// Host names served; the access log records the host only when it is listed here.
+    pub hosts: Vec<String>,
+    /// Time allowed for a client to send a request head (and the TLS handshake).
+    pub header_read_timeout: Dur,
+    /// A connection with no bytes moving for this long is closed.
+    pub idle_timeout: Dur,
+    /// Largest request head accepted; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Largest request body accepted; larger gets 413.
+    pub max_body_bytes: u64,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_grace: Dur,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            workers: 0,
+            listen_plain: None,
+            hosts: vec!["localhost".into()],
+            header_read_timeout: Dur::secs(10),
+            idle_timeout: Dur::secs(60),
+            max_header_bytes: 16384,
+            max_body_bytes: 10 * 1024 * 1024,
+            shutdown_grace: Dur::secs(10),
+        }
+    }
+}
+
+/// `[tls]`: the certificates.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// The default certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// Generate a self-signed certificate and key at these paths if missing (development only).
+    pub self_signed: bool,
+    /// More certificates, chosen by SNI host name.
+    pub sni: Vec<SniCert>,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            cert: "certs/dev-cert.pem".into(),
+            key: "certs/dev-key.pem".into(),
+            self_signed: true,
+            sni: Vec::new(),
+        }
+    }
+}
+
+/// `[[tls.sni]]`: a certificate for one host name.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniCert {
+    /// Host name, exact (`ads.example.com`) or one-level wildcard (`*.example.com`).
+    pub host: String,
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+}
+
+/// `[upstream]`: where requests go.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Upstream {
+    /// Upstream servers, used round robin; unhealthy ones are skipped for a short back-off.
+    pub servers: Vec<UpstreamUrl>,
+    /// Time allowed to open a TCP connection to an upstream.
+    pub connect_timeout: Dur,
+    /// Time allowed from sending the request to receiving the response head.
+    pub request_timeout: Dur,
+    /// What `X-Forwarded-For` carries upstream.
+    pub forward_client_ip: ForwardClientIp,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Upstream {
+            servers: vec![UpstreamUrl::from_str("http://127.0.0.1:8080").expect("valid default")],
+            connect_timeout: Dur::secs(2),
+            request_timeout: Dur::secs(30),
+            forward_client_ip: ForwardClientIp::Full,
+        }
+    }
+}
+
+/// What the upstream learns of the client address through `X-Forwarded-For`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardClientIp {
+    /// The full address (appended to a trusted proxy's chain).
+    Full,
+    /// Only the truncated network address (`privacy.ipv4_prefix` / `ipv6_prefix`).
+    Truncated,
+    /// Nothing: `X-Forwarded-For` is removed.
+    None,
+}
+
+/// `[client_ip]`: whose forwarding headers are believed.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientIp {
+    /// Networks whose `X-Forwarded-For` / `Forwarded` headers are believed.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// `[geoip]`: the country database.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeoIp {
+    /// A MaxMind DB with `country.iso_code` or `country_code`; an empty string disables lookups.
+    pub database: PathBuf,
+}
+
+impl Default for GeoIp {
+    fn default() -> Self {
+        GeoIp {
+            database: "config/geo/country.mmdb".into(),
+        }
+    }
+}
+
+/// `[privacy]`: truncation, pseudonym keys, timestamp precision and the cookie cap.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Privacy {
+    /// IPv4 addresses are recorded as this network prefix.
+    pub ipv4_prefix: u8,
+    /// IPv6 addresses are recorded as this network prefix.
+    pub ipv6_prefix: u8,
+    /// IPv6 clients are pseudonymised by this network prefix.
+    pub pseudonym_ipv6_prefix: u8,
+    /// Directory of daily pseudonym keys.
+    pub key_dir: PathBuf,
+    /// Keys older than this are destroyed.
+    pub key_retention: Dur,
+    /// Timestamps are truncated to this precision.
+    pub timestamp_precision: Dur,
+    /// `Set-Cookie` lifetimes from the upstream are capped to this.
+    pub cookie_max_age: Dur,
+}
+
+impl Default for Privacy {
+    fn default() -> Self {
+        Privacy {
+            ipv4_prefix: 24,
+            ipv6_prefix: 48,
+            pseudonym_ipv6_prefix: 64,
+            key_dir: "state/keys".into(),
+            key_retention: Dur::days(30),
+            timestamp_precision: Dur::secs(1),
+            cookie_max_age: Dur::days(14),
+        }
+    }
+}
+
+/// `[access_log]`: the JSON Lines access log.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLog {
+    /// Directory of day files.
+    pub dir: PathBuf,
+    /// Day files older than this are deleted.
+    pub retention: Dur,
+    /// Queue length between the request path and the writer.
+    pub buffer_records: usize,
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        AccessLog {
+            dir: "logs".into(),
+            retention: Dur::days(90),
+            buffer_records: 65536,
+        }
+    }
+}
+
+/// `[rate_limit]`: per-client quotas.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimit {
+    /// Whether limiting is on.
+    pub enabled: bool,
+    /// The default sustained rate.
+    pub requests_per_second: u32,
+    /// The default burst.
+    pub burst: u32,
+    /// IPv6 clients share a bucket per network of this prefix.
+    pub ipv6_prefix: u8,
+    /// Networks never limited.
+    pub exempt: Vec<Cidr>,
+    /// Stricter quotas by path prefix; first match wins.
+    pub route: Vec<RoutePolicy>,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            enabled: true,
+            requests_per_second: 50,
+            burst: 100,
+            ipv6_prefix: 64,
+            exempt: Vec::new(),
+            route: Vec::new(),
+        }
+    }
+}
+
+/// `[[rate_limit.route]]`: a quota for a path prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutePolicy {
+    /// Requests whose path starts with this use this quota.
+    pub path_prefix: String,
+    /// Sustained rate.
+    pub requests_per_second: u32,
+    /// Burst.
+    pub burst: u32,
+}
+
+/// `[admin]`: the metrics and health listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub listen: SocketAddr,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let reason = inner.message().to_owned();
+            let reason = match inner.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    format!("{reason} (line {line})")
+                }
+                None => reason,
+            };
+            ConfigError::Schema {
+                path: path.to_owned(),
+                key,
+                reason,
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone cannot: ranges, emptiness, cross-key rules.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.workers > 1024 {
+            return Err(ConfigError::invalid(
+                "server.workers",
+                format!("{} is too many (0 = one per core, at most 1024)", s.workers),
+            ));
+        }
+        // hyper's HTTP/1 reader needs at least 8 KiB of buffer.
+        if !(8192..=1 << 20).contains(&s.max_header_bytes) {
+            return Err(ConfigError::invalid(
+                "server.max_header_bytes",
+                format!("{} is out of range (8192 to 1048576)", s.max_header_bytes),
+            ));
+        }
+        for (i, host) in s.hosts.iter().enumerate() {
+            if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+                return Err(ConfigError::invalid(
+                    format!("server.hosts[{i}]"),
+                    format!("{host:?} is not a host name"),
+                ));
+            }
+        }
+        for (key, d) in [
+            ("server.header_read_timeout", s.header_read_timeout),
+            ("server.idle_timeout", s.idle_timeout),
+            ("upstream.connect_timeout", self.upstream.connect_timeout),
+            ("upstream.request_timeout", self.upstream.request_timeout),
+            ("privacy.key_retention", self.privacy.key_retention),
+            ("privacy.timestamp_precision", self.privacy.timestamp_precision),
+            ("access_log.retention", self.access_log.retention),
+        ] {
+            if d.0.is_zero() {
+                return Err(ConfigError::invalid(key, "must be greater than zero"));
+            }
+        }
+        if Some(s.listen) == s.listen_plain || s.listen == self.admin.listen {
+            return Err(ConfigError::invalid(
+                "server.listen",
+                format!("{} is also used by another listener", s.listen),
+            ));
+        }
+        if self.upstream.servers.is_empty() {
+            return Err(ConfigError::invalid(
+                "upstream.servers",
+                "at least one upstream server is needed, e.g. [\"http://127.0.0.1:8080\"]",
+            ));
+        }
+        for (i, sni) in self.tls.sni.iter().enumerate() {
+            if sni.host.is_empty() || sni.host.contains(|c: char| c.is_whitespace() || c == '/') {
+                return Err(ConfigError::invalid(
+                    format!("tls.sni[{i}].host"),
+                    format!("{:?} is not a host name", sni.host),
+                ));
+            }
+        }
+        let p = &self.privacy;
+        check_prefix("privacy.ipv4_prefix", p.ipv4_prefix, 32)?;
+        check_prefix("privacy.ipv6_prefix", p.ipv6_prefix, 128)?;
+        check_prefix("privacy.pseudonym_ipv6_prefix", p.pseudonym_ipv6_prefix, 128)?;
+        check_prefix("rate_limit.ipv6_prefix", self.rate_limit.ipv6_prefix, 128)?;
+        let precision = p.timestamp_precision.0;
+        if precision < Duration::from_secs(1) || precision.subsec_nanos() != 0 {
+            return Err(ConfigError::invalid(
+                "privacy.timestamp_precision",
+                "must be a whole number of seconds, at least \"1s\"",
+            ));
+        }
+        if self.access_log.retention.0 > Duration::from_secs(90 * 86400) {
+            return Err(ConfigError::invalid(
+                "access_log.retention",
+                "the privacy policy (P11) allows at most \"90d\"",
+            ));
+        }
+        if p.cookie_max_age.0 > Duration::from_secs(14 * 86400) {
+            return Err(ConfigError::invalid(
+                "privacy.cookie_max_age",
+                "the privacy policy (P11) allows at most \"14d\"",
+            ));
+        }
+        if self.access_log.buffer_records == 0 {
+            return Err(ConfigError::invalid(
+                "access_log.buffer_records",
+                "must be at least 1",
+            ));
+        }
+        let rl = &self.rate_limit;
+        if rl.enabled {
+            check_quota("rate_limit", rl.requests_per_second, rl.burst)?;
+            for (i, r) in rl.route.iter().enumerate() {
+                if !r.path_prefix.starts_with('/') {
+                    return Err(ConfigError::invalid(
+                        format!("rate_limit.route[{i}].path_prefix"),
+                        format!("{:?} must start with '/'", r.path_prefix),
+                    ));
+                }
+                check_quota(
+                    &format!("rate_limit.route[{i}]"),
+                    r.requests_per_second,
+                    r.burst,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The worker thread count to use (resolving 0 to the number of cores).
+    pub fn worker_threads(&self) -> usize {
+        match self.server.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+fn check_prefix(key: &str, value: u8, max: u8) -> Result<(), ConfigError> {
+    if value > max {
+        return Err(ConfigError::invalid(
+            key,
+            format!("prefix length {value} is out of range (0 to {max})"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_quota(key: &str, rate: u32, burst: u32) -> Result<(), ConfigError> {
+    if rate == 0 {
+        return Err(ConfigError::invalid(
+            format!("{key}.requests_per_second"),
+            "must be at least 1",
+        ));
+    }
+    if burst == 0 {
+        return Err(ConfigError::invalid(
+            format!("{key}.burst"),
+            "must be at least 1",
+        ));
+    }
+    Ok(())
+}
+
+/// A duration written as `"500ms"`, `"2s"`, `"30d"`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    const fn secs(s: u64) -> Dur {
+        Dur(Duration::from_secs(s))
+    }
+    const fn days(d: u64) -> Dur {
+        Dur(Duration::from_secs(d * 86400))
+    }
+}
+
+impl fmt::Debug for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?}: {e} (write e.g. \"500ms\", \"2s\", \"30d\")"
+            ))
+        })
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(self.0))
+    }
+}
+
+/// A network in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`); a bare address means one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr(pub IpNet);
+
+impl FromStr for Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Ok(net) = s.parse::<IpNet>() {
+            return Ok(Cidr(net.trunc()));
+        }
+        if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+            return Ok(Cidr(IpNet::from(ip)));
+        }
+        Err(format!(
+            "invalid CIDR {s:?} (write e.g. \"10.0.0.0/8\", \"2001:db8::/32\" or one address)"
+        ))
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// An upstream server: `http://host:port` (no path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    /// `host:port` as written.
+    pub authority: http::uri::Authority,
+}
+
+impl FromStr for UpstreamUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let uri: http::Uri = s
+            .parse()
+            .map_err(|e| format!("invalid URL {s:?}: {e} (write e.g. \"http://127.0.0.1:8080\")"))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(format!(
+                "{s:?}: only http:// upstreams are supported (TLS ends at this proxy)"
+            ));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("{s:?} has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!("{s:?}: credentials in the URL are not supported"));
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!(
+                "{s:?}: an upstream is a server, without a path or query"
+            ));
+        }
+        Ok(UpstreamUrl { authority })
+    }
+}
+
+impl<'de> Deserialize<'de> for UpstreamUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for UpstreamUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("http://{}", self.authority))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_spec_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.server.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(c.server.max_header_bytes, 16384);
+        assert_eq!(c.upstream.request_timeout.0, Duration::from_secs(30));
+        assert_eq!(c.privacy.key_retention.0, Duration::from_secs(30 * 86400));
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9100");
+        assert_eq!(c.upstream.forward_client_ip, ForwardClientIp::Full);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("[server]\nlisten = \"nope\"", "server.listen"),
+            ("[server]\nbogus = 1", "server"),
+            ("[server]\nidle_timeout = \"5 parsecs\"", "server.idle_timeout"),
+            ("[client_ip]\ntrusted_proxies = [\"10.0.0.0/33\"]", "client_ip.trusted_proxies[0]"),
+            ("[upstream]\nservers = [\"ftp://x\"]", "upstream.servers[0]"),
+            ("[upstream]\nservers = []", "upstream.servers"),
+            ("[privacy]\nipv4_prefix = 40", "privacy.ipv4_prefix"),
+            ("[access_log]\nretention = \"100d\"", "access_log.retention"),
+            ("[privacy]\ncookie_max_age = \"30d\"", "privacy.cookie_max_age"),
+            ("[rate_limit]\nburst = 0", "rate_limit.burst"),
+            ("[[rate_limit.route]]\npath_prefix = \"click\"\nrequests_per_second = 1\nburst = 1", "rate_limit.route[0].path_prefix"),
+            ("[server]\nmax_header_bytes = 100", "server.max_header_bytes"),
+            ("[upstream]\nforward_client_ip = \"some\"", "upstream.forward_client_ip"),
+        ];
+        for (text, key) in cases {
+            let err = parse(text).expect_err(text).to_string();
+            assert!(err.contains(&format!("`{key}")), "{text:?} gave {err:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("[server]\nlisten_tls = \"0.0.0.0:1\"").unwrap_err().to_string();
+        assert!(err.contains("listen_tls"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn cidr_accepts_networks_and_single_addresses() {
+        assert_eq!("10.1.2.3/8".parse::<Cidr>().unwrap().0.to_string(), "10.0.0.0/8");
+        assert_eq!("::1".parse::<Cidr>().unwrap().0.to_string(), "::1/128");
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+    }
+}

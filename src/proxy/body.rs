@@ -1,0 +1,136 @@
+//! The body types of the forwarding path: what goes upstream and what goes back to the client.
+//!
+//! Both stream: nothing here buffers a whole body. The request body carries the size limit
+//! (`server.max_body_bytes`); going over it fails the stream with [`BodyTooLarge`], which the
+//! handler turns into a 413.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+/// The request body grew past `server.max_body_bytes`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than the configured limit")]
+pub struct BodyTooLarge;
+
+pin_project_lite::pin_project! {
+    /// A client's request body on its way upstream, cut off at a byte limit.
+    pub struct RequestBody {
+        #[pin]
+        inner: Option<Incoming>,
+        remaining: u64,
+    }
+}
+
+impl RequestBody {
+    /// Streams `inner`, failing once more than `limit` bytes have passed.
+    pub fn new(inner: Incoming, limit: u64) -> RequestBody {
+        RequestBody {
+            inner: Some(inner),
+            remaining: limit,
+        }
+    }
+
+    /// A body with nothing in it.
+    pub fn empty() -> RequestBody {
+        RequestBody {
+            inner: None,
+            remaining: 0,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        match std::task::ready!(inner.poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > *this.remaining {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                    *this.remaining -= len;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body: the upstream's, streamed, or a short one the proxy wrote itself.
+    #[project = ResponseBodyProj]
+    pub enum ResponseBody {
+        /// Streamed from the upstream.
+        Upstream { #[pin] body: Incoming },
+        /// Written by the proxy (errors, admin pages).
+        Local { body: Option<Bytes> },
+    }
+}
+
+impl ResponseBody {
+    /// A body the proxy wrote itself.
+    pub fn local(bytes: impl Into<Bytes>) -> ResponseBody {
+        ResponseBody::Local {
+            body: Some(bytes.into()),
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.project() {
+            ResponseBodyProj::Upstream { body } => body.poll_frame(cx),
+            ResponseBodyProj::Local { body } => {
+                Poll::Ready(body.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Upstream { body } => body.is_end_stream(),
+            ResponseBody::Local { body } => body.as_ref().is_none_or(|b| b.is_empty()),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Upstream { body } => body.size_hint(),
+            ResponseBody::Local { body } => {
+                SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Forwarding: the life of one request, as named phases.
+//!
+//! `request_filter` (client address, size limit) → `upstream_request` (pick a server, header
+//! hygiene, forwarding headers) → `send` (timeout, error mapping) → `response_filter`
+//! (hop-by-hop removal, protocol upgrade). Nothing here logs a request value.
+
+pub mod body;
+pub mod headers;
+pub mod upstream;
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, FORWARDED, HOST, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use ipnet::IpNet;
+
+use crate::client_ip::{ClientAddr, TrustedProxies, X_FORWARDED_FOR};
+use crate::config::{Config, ForwardClientIp};
+use body::{BodyTooLarge, RequestBody, ResponseBody};
+use headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use upstream::Upstreams;
+
+/// What the connection knows about every request on it.
+pub struct ConnInfo {
+    /// The TCP peer.
+    pub peer: ClientAddr,
+    /// Whether the connection is TLS (for `X-Forwarded-Proto`).
+    pub tls: bool,
+}
+
+/// The forwarding core, shared by every connection.
+pub struct Proxy {
+    upstreams: Upstreams,
+    trusted: TrustedProxies,
+    forward_client_ip: ForwardClientIp,
+    ipv4_prefix: u8,
+    ipv6_prefix: u8,
+    max_body_bytes: u64,
+    request_timeout: Duration,
+}
+
+impl Proxy {
+    /// Builds the proxy from a validated config.
+    pub fn new(config: &Config) -> Proxy {
+        Proxy {
+            upstreams: Upstreams::new(&config.upstream),
+            trusted: TrustedProxies::new(&config.client_ip.trusted_proxies),
+            forward_client_ip: config.upstream.forward_client_ip,
+            ipv4_prefix: config.privacy.ipv4_prefix,
+            ipv6_prefix: config.privacy.ipv6_prefix,
+            max_body_bytes: config.server.max_body_bytes,
+            request_timeout: config.upstream.request_timeout.0,
+        }
+    }
+
+    /// Whether at least one upstream is not in back-off.
+    pub fn ready(&self) -> bool {
+        self.upstreams.any_up()
+    }
+
+    /// Handles one request from start to response head.
+    pub async fn handle(&self, mut req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
+        // request_filter
+        let client = self.trusted.resolve(conn.peer, req.headers());
+        if declared_length(&req).is_some_and(|len| len > self.max_body_bytes) {
+            return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+        }
+        let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+        // upstream_request
+        let (mut parts, body) = req.into_parts();
+        let pick = self.upstreams.pick(parts.uri.path_and_query());
+        self.set_forwarding_headers(&mut parts, conn, client);
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        parts.uri = pick.uri.clone();
+        parts.version = Version::HTTP_11;
+        let upstream_req = Request::from_parts(parts, RequestBody::new(body, self.max_body_bytes));
+
+        // send
+        let mut resp =
+            match tokio::time::timeout(self.request_timeout, self.upstreams.client().request(upstream_req))
+                .await
+            {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(e)) if caused_by_body_limit(&e) => {
+                    return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+                }
+                Ok(Err(e)) if e.is_connect() => {
+                    self.upstreams.mark_down(&pick);
+                    tracing::warn!(error = %ErrorChain(&e), "upstream connect failed");
+                    return local(StatusCode::BAD_GATEWAY, "bad gateway\n");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %ErrorChain(&e), "upstream request failed");
+                    return local(StatusCode::BAD_GATEWAY, "bad gateway\n");
+                }
+                Err(_) => {
+                    tracing::warn!(timeout = ?self.request_timeout, "upstream timed out");
+                    return local(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n");
+                }
+            };
+
+        // response_filter
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
+        if switching {
+            match client_upgrade {
+                Some(client_side) => tunnel(client_side, hyper::upgrade::on(&mut resp)),
+                None => return local(StatusCode::BAD_GATEWAY, "bad gateway\n"),
+            }
+        }
+        resp.map(|body| ResponseBody::Upstream { body })
+    }
+
+    fn set_forwarding_headers(
+        &self,
+        parts: &mut http::request::Parts,
+        conn: &ConnInfo,
+        client: ClientAddr,
+    ) {
+        let h = &mut parts.headers;
+        let peer_trusted = !self.trusted.is_empty() && self.trusted.contains(conn.peer.ip());
+        // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need it as Host.
+        if !h.contains_key(HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(v) = HeaderValue::from_str(authority.as_str())
+        {
+            h.insert(HOST, v);
+        }
+        if !(peer_trusted && h.contains_key(&X_FORWARDED_HOST)) {
+            match h.get(HOST).cloned() {
+                Some(host) => h.insert(X_FORWARDED_HOST.clone(), host),
+                None => h.remove(&X_FORWARDED_HOST),
+            };
+        }
+        if !(peer_trusted && h.contains_key(&X_FORWARDED_PROTO)) {
+            let proto = if conn.tls { "https" } else { "http" };
+            h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+        }
+        match self.forward_client_ip {
+            ForwardClientIp::Full => {
+                if !peer_trusted {
+                    h.remove(FORWARDED);
+                }
+                let chain = peer_trusted
+                    .then(|| h.get(&X_FORWARDED_FOR))
+                    .flatten()
+                    .and_then(|v| v.to_str().ok());
+                let value = match chain {
+                    Some(chain) => format!("{chain}, {}", conn.peer.ip()),
+                    None => client.ip().to_string(),
+                };
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    h.insert(X_FORWARDED_FOR.clone(), v);
+                }
+            }
+            ForwardClientIp::Truncated => {
+                h.remove(FORWARDED);
+                let net = truncate(client.ip(), self.ipv4_prefix, self.ipv6_prefix);
+                if let Ok(v) = HeaderValue::from_str(&net.network().to_string()) {
+                    h.insert(X_FORWARDED_FOR.clone(), v);
+                }
+            }
+            ForwardClientIp::None => {
+                h.remove(FORWARDED);
+                h.remove(&X_FORWARDED_FOR);
+            }
+        }
+    }
+}
+
+/// The network of `ip` at the configured prefix length.
+pub fn truncate(ip: IpAddr, v4: u8, v6: u8) -> IpNet {
+    let prefix = if ip.is_ipv4() { v4 } else { v6 };
+    IpNet::new(ip, prefix)
+        .map(|n| n.trunc())
+        .unwrap_or_else(|_| IpNet::from(ip))
+}
+
+/// A short plain-text response written by the proxy itself.
+pub fn local(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::local(Bytes::from_static(text.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+fn declared_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn caused_by_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<BodyTooLarge>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Displays an error with its causes, for diagnostics (upstream errors carry no request values).
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cur = self.0.source();
+        while let Some(err) = cur {
+            write!(f, ": {err}")?;
+            cur = err.source();
+        }
+        Ok(())
+    }
+}
+
+/// Splices an upgraded client connection to the upgraded upstream connection.
+fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "protocol upgrade failed");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(error = %e, "upgraded connection ended with an error");
+        }
+    });
+}

@@ -1,0 +1,213 @@
+//! Serving one accepted connection: TLS handshake, HTTP/1.1 or HTTP/2, idle timeout, drain.
+
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::client_ip::ClientAddr;
+use crate::config;
+use crate::proxy::{ConnInfo, Proxy};
+
+/// The per-process state every connection task shares.
+pub struct ConnShared {
+    /// The forwarding core.
+    pub proxy: Arc<Proxy>,
+    /// HTTP/1.1, h2c by preface, or HTTP/2 after ALPN.
+    auto: auto::Builder<TokioExecutor>,
+    h2_only: auto::Builder<TokioExecutor>,
+    handshake_timeout: Duration,
+    idle_timeout: Duration,
+    /// Flips to `true` when the process starts draining.
+    pub shutdown: watch::Receiver<bool>,
+    /// Never sent on: the drain waits until every holder of this `ConnShared` (each
+    /// connection task holds one) has dropped it.
+    _tracker: mpsc::Sender<()>,
+}
+
+impl ConnShared {
+    /// Connection settings from `[server]`.
+    pub fn new(
+        cfg: &config::Server,
+        proxy: Arc<Proxy>,
+        shutdown: watch::Receiver<bool>,
+        tracker: mpsc::Sender<()>,
+    ) -> ConnShared {
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        auto.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(cfg.header_read_timeout.0)
+            .max_buf_size(cfg.max_header_bytes)
+            .keep_alive(true);
+        auto.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(cfg.max_header_bytes as u32)
+            .max_concurrent_streams(256);
+        let h2_only = auto.clone().http2_only();
+        ConnShared {
+            proxy,
+            auto,
+            h2_only,
+            handshake_timeout: cfg.header_read_timeout.0,
+            idle_timeout: cfg.idle_timeout.0,
+            shutdown,
+            _tracker: tracker,
+        }
+    }
+}
+
+/// Completes the TLS handshake (bounded by `header_read_timeout`) and serves the connection.
+pub async fn serve_tls(tcp: TcpStream, peer: ClientAddr, acceptor: TlsAcceptor, shared: Arc<ConnShared>) {
+    let stream = match tokio::time::timeout(shared.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            return;
+        }
+    };
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let builder = if h2 { &shared.h2_only } else { &shared.auto };
+    serve_http(stream, peer, true, builder, &shared).await;
+}
+
+/// Serves a cleartext connection (HTTP/1.1, or h2c by prior knowledge).
+pub async fn serve_plain(tcp: TcpStream, peer: ClientAddr, shared: Arc<ConnShared>) {
+    serve_http(tcp, peer, false, &shared.auto, &shared).await;
+}
+
+async fn serve_http<T>(
+    io: T,
+    peer: ClientAddr,
+    tls: bool,
+    builder: &auto::Builder<TokioExecutor>,
+    shared: &Arc<ConnShared>,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(AtomicBool::new(false));
+    let io = TokioIo::new(IdleIo {
+        inner: io,
+        activity: activity.clone(),
+    });
+    let info = Arc::new(ConnInfo { peer, tls });
+    let proxy = shared.proxy.clone();
+    let service = service_fn(move |req| {
+        let proxy = proxy.clone();
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+
+    let mut shutdown = shared.shutdown.clone();
+    // The idle check runs four times per idle period: a connection closes after one to
+    // one-and-a-quarter periods without a byte moving either way.
+    let mut tick = tokio::time::interval(shared.idle_timeout / 4);
+    tick.tick().await;
+    let mut quiet_ticks = 0u32;
+    let mut draining = *shutdown.borrow();
+    if draining {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.changed(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tick.tick(), if !draining => {
+                if activity.swap(false, Ordering::Relaxed) {
+                    quiet_ticks = 0;
+                } else {
+                    quiet_ticks += 1;
+                    if quiet_ticks >= 4 {
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A stream that notes whether any byte moved, for the idle timeout.
+    struct IdleIo<T> {
+        #[pin]
+        inner: T,
+        activity: Arc<AtomicBool>,
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for IdleIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let res = this.inner.poll_read(cx, buf);
+        if buf.filled().len() != before {
+            this.activity.store(true, Ordering::Relaxed);
+        }
+        res
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let res = this.inner.poll_write(cx, buf);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.store(true, Ordering::Relaxed);
+        }
+        res
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let res = this.inner.poll_write_vectored(cx, bufs);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            this.activity.store(true, Ordering::Relaxed);
+        }
+        res
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,195 @@
+//! Listeners, signals and the process lifecycle: bind, serve, reload on SIGHUP, drain on
+//! SIGTERM/SIGINT.
+
+pub mod conn;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin;
+use crate::client_ip::ClientAddr;
+use crate::config::{Config, ConfigError};
+use crate::proxy::Proxy;
+use conn::ConnShared;
+use tls::CertResolver;
+
+/// State the admin listener reads.
+pub struct Health {
+    /// Set once every listener is bound.
+    pub listening: AtomicBool,
+    /// The forwarding core, for upstream health.
+    pub proxy: Arc<Proxy>,
+}
+
+/// Prepares TLS material: generates the development certificate if asked, then loads every
+/// certificate. Errors here are configuration errors.
+pub fn prepare_tls(config: &Config) -> Result<CertResolver, tls::TlsError> {
+    if let Some(fp) = tls::ensure_self_signed(&config.tls, &config.server.hosts)? {
+        tracing::warn!(
+            cert = %config.tls.cert.display(),
+            key = %config.tls.key.display(),
+            sha256 = %fp,
+            "generated a self-signed certificate (development only; set tls.self_signed = false in production)"
+        );
+    }
+    CertResolver::load(&config.tls)
+}
+
+async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, ConfigError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| ConfigError::invalid(key, format!("cannot listen on {addr}: {e}")))
+}
+
+/// Serves until SIGTERM or SIGINT, then drains for up to `server.shutdown_grace`.
+pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
+    let resolver = Arc::new(prepare_tls(&config)?);
+    let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(resolver.clone())));
+    let proxy = Arc::new(Proxy::new(&config));
+
+    let tls_listener = bind("server.listen", config.server.listen).await?;
+    let plain_listener = match config.server.listen_plain {
+        Some(addr) => Some(bind("server.listen_plain", addr).await?),
+        None => None,
+    };
+    let admin_listener = bind("admin.listen", config.admin.listen).await?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (tracker, mut drained) = mpsc::channel::<()>(1);
+    let shared = Arc::new(ConnShared::new(
+        &config.server,
+        proxy.clone(),
+        shutdown_rx.clone(),
+        tracker,
+    ));
+    let health = Arc::new(Health {
+        listening: AtomicBool::new(false),
+        proxy: proxy.clone(),
+    });
+
+    let mut signals = Signals::new()?;
+    log_listening("tls", &tls_listener);
+    tokio::spawn(accept_loop(tls_listener, Some(acceptor), shared.clone()));
+    if let Some(l) = plain_listener {
+        log_listening("plain", &l);
+        tokio::spawn(accept_loop(l, None, shared.clone()));
+    }
+    log_listening("admin", &admin_listener);
+    let admin_task = tokio::spawn(admin::serve(admin_listener, health.clone(), shutdown_rx));
+    health.listening.store(true, Ordering::Release);
+
+    loop {
+        match signals.next().await {
+            Signal::Reload => reload(&config_path, &resolver),
+            Signal::Stop(name) => {
+                tracing::info!(signal = name, grace = ?config.server.shutdown_grace.0, "draining");
+                break;
+            }
+        }
+    }
+
+    health.listening.store(false, Ordering::Release);
+    let _ = shutdown_tx.send(true);
+    drop(shared);
+    // Every connection task holds a tracker sender; recv() returns None once all are gone.
+    let grace = config.server.shutdown_grace.0;
+    if tokio::time::timeout(grace, drained.recv()).await.is_err() {
+        tracing::warn!(?grace, "shutdown grace period over; closing the remaining connections");
+    }
+    admin_task.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn log_listening(listener: &'static str, l: &TcpListener) {
+    if let Ok(addr) = l.local_addr() {
+        tracing::info!(listener, %addr, "listening");
+    }
+}
+
+/// SIGHUP: read the config again and reload what can change without a restart.
+fn reload(path: &Path, resolver: &CertResolver) {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "reload failed; keeping the running configuration");
+            return;
+        }
+    };
+    let result = tls::ensure_self_signed(&config.tls, &config.server.hosts)
+        .and_then(|_| resolver.reload(&config.tls));
+    match result {
+        Ok(()) => tracing::info!("reloaded certificates"),
+        Err(e) => tracing::error!(error = %e, "certificate reload failed; keeping the old certificates"),
+    }
+}
+
+async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<ConnShared>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.changed() => return,
+            res = listener.accept() => match res {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        spawn_connection(tcp, peer, tls.clone(), shared.clone());
+    }
+}
+
+fn spawn_connection(tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, shared: Arc<ConnShared>) {
+    let _ = tcp.set_nodelay(true);
+    let peer = ClientAddr::new(peer.ip());
+    match tls {
+        Some(acceptor) => tokio::spawn(conn::serve_tls(tcp, peer, acceptor, shared)),
+        None => tokio::spawn(conn::serve_plain(tcp, peer, shared)),
+    };
+}
+
+enum Signal {
+    Reload,
+    Stop(&'static str),
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).with_context(|| format!("installing the {name} handler"))
+        };
+        Ok(Signals {
+            term: install(SignalKind::terminate(), "SIGTERM")?,
+            int: install(SignalKind::interrupt(), "SIGINT")?,
+            hup: install(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop("SIGTERM"),
+            _ = self.int.recv() => Signal::Stop("SIGINT"),
+            _ = self.hup.recv() => Signal::Reload,
+        }
+    }
+}

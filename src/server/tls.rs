@@ -1,0 +1,240 @@
+//! TLS: certificates from PEM files, the SNI resolver, self-signed development certificates,
+//! and atomic reload.
+//!
+//! Only TLS 1.2 and 1.3 with the ring provider are offered, with ALPN `h2` and `http/1.1`.
+//! A reload builds the whole new certificate set first and swaps it in only if every file
+//! loaded, so a bad file on disk never replaces a good certificate.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config;
+
+/// A certificate or key that could not be used, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The file is missing or unreadable, or is not PEM of the expected kind.
+    #[error("{key} {path}: {reason}")]
+    File {
+        /// The config key that names the file (`tls.cert`, `tls.sni[0].key`, …).
+        key: String,
+        /// The file.
+        path: PathBuf,
+        /// Why it could not be used.
+        reason: String,
+    },
+    /// A self-signed certificate could not be generated.
+    #[error("generating a self-signed certificate at {path}: {reason}")]
+    Generate {
+        /// Where it was to be written.
+        path: PathBuf,
+        /// Why it failed.
+        reason: String,
+    },
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificates in use: a default and more by SNI host name.
+struct CertSet {
+    default: Arc<CertifiedKey>,
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.example.com` is stored as `example.com`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl CertSet {
+    fn load(tls: &config::Tls) -> Result<CertSet, TlsError> {
+        let provider = provider();
+        let default = load_pair(&provider, &tls.cert, &tls.key, "tls")?;
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        for (i, sni) in tls.sni.iter().enumerate() {
+            let pair = load_pair(&provider, &sni.cert, &sni.key, &format!("tls.sni[{i}]"))?;
+            let host = sni.host.to_ascii_lowercase();
+            match host.strip_prefix("*.") {
+                Some(parent) => wildcard.insert(parent.to_owned(), pair),
+                None => exact.insert(host, pair),
+            };
+        }
+        Ok(CertSet {
+            default,
+            exact,
+            wildcard,
+        })
+    }
+
+    fn pick(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = server_name else {
+            return self.default.clone();
+        };
+        // rustls hands over SNI already lowercased and validated as a DNS name.
+        if let Some(ck) = self.exact.get(name) {
+            return ck.clone();
+        }
+        if let Some((_, parent)) = name.split_once('.')
+            && let Some(ck) = self.wildcard.get(parent)
+        {
+            return ck.clone();
+        }
+        self.default.clone()
+    }
+}
+
+fn load_pair(
+    provider: &CryptoProvider,
+    cert_path: &Path,
+    key_path: &Path,
+    section: &str,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let file_err = |which: &str, path: &Path, reason: String| TlsError::File {
+        key: format!("{section}.{which}"),
+        path: path.to_owned(),
+        reason,
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+        .and_then(|iter| iter.collect::<Result<_, _>>())
+        .map_err(|e| file_err("cert", cert_path, pem_reason(e)))?;
+    if certs.is_empty() {
+        return Err(file_err(
+            "cert",
+            cert_path,
+            "no PEM CERTIFICATE found".into(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|e| file_err("key", key_path, pem_reason(e)))?;
+    CertifiedKey::from_der(certs, key, provider).map_err(|e| {
+        file_err(
+            "key",
+            key_path,
+            format!("unusable with certificate {}: {e}", cert_path.display()),
+        )
+    })
+    .map(Arc::new)
+}
+
+fn pem_reason(e: rustls_pki_types::pem::Error) -> String {
+    match e {
+        rustls_pki_types::pem::Error::Io(io) => io.to_string(),
+        rustls_pki_types::pem::Error::NoItemsFound => "no PEM item of the expected kind".into(),
+        other => format!("not valid PEM: {other:?}"),
+    }
+}
+
+/// Picks the certificate for each handshake from a set that can be swapped atomically.
+pub struct CertResolver {
+    set: ArcSwap<CertSet>,
+}
+
+impl std::fmt::Debug for CertResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CertResolver")
+    }
+}
+
+impl CertResolver {
+    /// Loads every certificate of `[tls]`.
+    pub fn load(tls: &config::Tls) -> Result<CertResolver, TlsError> {
+        Ok(CertResolver {
+            set: ArcSwap::from_pointee(CertSet::load(tls)?),
+        })
+    }
+
+    /// Loads the certificates again and swaps them in; on error the old ones stay.
+    pub fn reload(&self, tls: &config::Tls) -> Result<(), TlsError> {
+        self.set.store(Arc::new(CertSet::load(tls)?));
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.set.load().pick(hello.server_name()))
+    }
+}
+
+/// The rustls server configuration: TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`.
+pub fn server_config(resolver: Arc<CertResolver>) -> rustls::ServerConfig {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config
+}
+
+/// With `self_signed = true` and no certificate on disk, generates one for `hosts` (plus
+/// `localhost`, `127.0.0.1` and `::1`) at the configured paths, the key with mode 0600.
+/// Returns the SHA-256 fingerprint of a generated certificate.
+pub fn ensure_self_signed(
+    tls: &config::Tls,
+    hosts: &[String],
+) -> Result<Option<String>, TlsError> {
+    if !tls.self_signed || (tls.cert.exists() && tls.key.exists()) {
+        return Ok(None);
+    }
+    let gen_err = |reason: String| TlsError::Generate {
+        path: tls.cert.clone(),
+        reason,
+    };
+    let mut names: Vec<String> = hosts.to_vec();
+    for extra in ["localhost", "127.0.0.1", "::1"] {
+        if !names.iter().any(|n| n == extra) {
+            names.push(extra.to_owned());
+        }
+    }
+    let certified = rcgen::generate_simple_self_signed(names).map_err(|e| gen_err(e.to_string()))?;
+    for path in [&tls.cert, &tls.key] {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir)
+                .map_err(|e| gen_err(format!("creating {}: {e}", dir.display())))?;
+        }
+    }
+    write_file(&tls.key, certified.key_pair.serialize_pem().as_bytes(), 0o600)
+        .map_err(|e| gen_err(format!("writing {}: {e}", tls.key.display())))?;
+    write_file(&tls.cert, certified.cert.pem().as_bytes(), 0o644)
+        .map_err(|e| gen_err(format!("writing {}: {e}", tls.cert.display())))?;
+    Ok(Some(fingerprint(certified.cert.der())))
+}
+
+/// Writes a file through a temporary name, fsynced, then renamed into place.
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)
+}
+
+/// SHA-256 of a DER certificate, as colon-separated hex.
+pub fn fingerprint(der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let mut out = String::with_capacity(95);
+    for (i, b) in digest.as_ref().iter().enumerate() {
+        if i > 0 {
+            out.push(':');
+        }
+        out.push_str(&format!("{b:02X}"));
+    }
+    out
+}
