@@ -20,7 +20,11 @@ use crate::proxy::body::ResponseBody;
 use crate::server::Health;
 
 /// Serves admin requests until shutdown.
-pub async fn serve(listener: TcpListener, health: Arc<Health>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    health: Arc<Health>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let tcp = tokio::select! {
             _ = shutdown.changed() => return,

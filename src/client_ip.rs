@@ -157,25 +157,68 @@ mod tests {
     #[test]
     fn resolution_table() {
         let t = trusted(&["10.0.0.0/8", "::1"]);
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             // Untrusted peers are believed only about themselves.
-            ("203.0.113.9", &[("x-forwarded-for", "198.51.100.1")], "203.0.113.9"),
+            (
+                "203.0.113.9",
+                &[("x-forwarded-for", "198.51.100.1")],
+                "203.0.113.9",
+            ),
             // A trusted peer: the right-most untrusted entry.
-            ("10.0.0.1", &[("x-forwarded-for", "198.51.100.1, 198.51.100.2")], "198.51.100.2"),
-            ("10.0.0.1", &[("x-forwarded-for", "198.51.100.1, 10.2.3.4")], "198.51.100.1"),
+            (
+                "10.0.0.1",
+                &[("x-forwarded-for", "198.51.100.1, 198.51.100.2")],
+                "198.51.100.2",
+            ),
+            (
+                "10.0.0.1",
+                &[("x-forwarded-for", "198.51.100.1, 10.2.3.4")],
+                "198.51.100.1",
+            ),
             // Several header lines are one list, in order.
-            ("10.0.0.1", &[("x-forwarded-for", "198.51.100.1"), ("x-forwarded-for", "10.9.9.9")], "198.51.100.1"),
+            (
+                "10.0.0.1",
+                &[
+                    ("x-forwarded-for", "198.51.100.1"),
+                    ("x-forwarded-for", "10.9.9.9"),
+                ],
+                "198.51.100.1",
+            ),
             // Garbage stops the walk at the last good hop.
-            ("10.0.0.1", &[("x-forwarded-for", "198.51.100.1, junk, 10.2.3.4")], "10.2.3.4"),
-            ("10.0.0.1", &[("x-forwarded-for", "[2001:db8::7]:443")], "2001:db8::7"),
-            ("10.0.0.1", &[("x-forwarded-for", "198.51.100.3:5555")], "198.51.100.3"),
+            (
+                "10.0.0.1",
+                &[("x-forwarded-for", "198.51.100.1, junk, 10.2.3.4")],
+                "10.2.3.4",
+            ),
+            (
+                "10.0.0.1",
+                &[("x-forwarded-for", "[2001:db8::7]:443")],
+                "2001:db8::7",
+            ),
+            (
+                "10.0.0.1",
+                &[("x-forwarded-for", "198.51.100.3:5555")],
+                "198.51.100.3",
+            ),
             // Forwarded, when X-Forwarded-For is absent.
-            ("10.0.0.1", &[("forwarded", "for=192.0.2.43, for=\"[2001:db8:cafe::17]:4711\";proto=https")], "2001:db8:cafe::17"),
+            (
+                "10.0.0.1",
+                &[(
+                    "forwarded",
+                    "for=192.0.2.43, for=\"[2001:db8:cafe::17]:4711\";proto=https",
+                )],
+                "2001:db8:cafe::17",
+            ),
             ("10.0.0.1", &[("forwarded", "for=unknown")], "10.0.0.1"),
             // No header from a trusted peer: the peer.
             ("10.0.0.1", &[], "10.0.0.1"),
             // IPv4-mapped IPv6 counts as IPv4, for the peer and for hops.
-            ("::ffff:10.0.0.1", &[("x-forwarded-for", "::ffff:198.51.100.4")], "198.51.100.4"),
+            (
+                "::ffff:10.0.0.1",
+                &[("x-forwarded-for", "::ffff:198.51.100.4")],
+                "198.51.100.4",
+            ),
             ("::ffff:203.0.113.9", &[], "203.0.113.9"),
         ];
         for (peer, headers, want) in cases {

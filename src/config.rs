@@ -34,6 +34,14 @@ pub enum ConfigError {
         /// What is wrong.
         reason: String,
     },
+    /// The file is not valid TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax {
+        /// The config file.
+        path: PathBuf,
+        /// toml's description, with the line.
+        message: String,
+    },
     /// A value parsed but is not acceptable.
     #[error("config key `{key}`: {reason}")]
     Invalid {
@@ -347,6 +355,13 @@ impl Config {
         let de = toml::Deserializer::new(text);
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
+            if key == "." {
+                // A syntax error: toml's own message shows the line and column.
+                return ConfigError::Syntax {
+                    path: path.to_owned(),
+                    message: e.into_inner().to_string(),
+                };
+            }
             let inner = e.into_inner();
             let reason = inner.message().to_owned();
             let reason = match inner.span() {
@@ -396,14 +411,19 @@ impl Config {
             ("upstream.connect_timeout", self.upstream.connect_timeout),
             ("upstream.request_timeout", self.upstream.request_timeout),
             ("privacy.key_retention", self.privacy.key_retention),
-            ("privacy.timestamp_precision", self.privacy.timestamp_precision),
+            (
+                "privacy.timestamp_precision",
+                self.privacy.timestamp_precision,
+            ),
             ("access_log.retention", self.access_log.retention),
         ] {
             if d.0.is_zero() {
                 return Err(ConfigError::invalid(key, "must be greater than zero"));
             }
         }
-        if Some(s.listen) == s.listen_plain || s.listen == self.admin.listen {
+        // Port 0 (any free port, as tests use) never clashes.
+        let clash = |other: SocketAddr| other.port() != 0 && other == s.listen;
+        if s.listen_plain.is_some_and(clash) || clash(self.admin.listen) {
             return Err(ConfigError::invalid(
                 "server.listen",
                 format!("{} is also used by another listener", s.listen),
@@ -426,7 +446,11 @@ impl Config {
         let p = &self.privacy;
         check_prefix("privacy.ipv4_prefix", p.ipv4_prefix, 32)?;
         check_prefix("privacy.ipv6_prefix", p.ipv6_prefix, 128)?;
-        check_prefix("privacy.pseudonym_ipv6_prefix", p.pseudonym_ipv6_prefix, 128)?;
+        check_prefix(
+            "privacy.pseudonym_ipv6_prefix",
+            p.pseudonym_ipv6_prefix,
+            128,
+        )?;
         check_prefix("rate_limit.ipv6_prefix", self.rate_limit.ipv6_prefix, 128)?;
         let precision = p.timestamp_precision.0;
         if precision < Duration::from_secs(1) || precision.subsec_nanos() != 0 {
@@ -588,9 +612,9 @@ pub struct UpstreamUrl {
 impl FromStr for UpstreamUrl {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let uri: http::Uri = s
-            .parse()
-            .map_err(|e| format!("invalid URL {s:?}: {e} (write e.g. \"http://127.0.0.1:8080\")"))?;
+        let uri: http::Uri = s.parse().map_err(|e| {
+            format!("invalid URL {s:?}: {e} (write e.g. \"http://127.0.0.1:8080\")")
+        })?;
         if uri.scheme_str() != Some("http") {
             return Err(format!(
                 "{s:?}: only http:// upstreams are supported (TLS ends at this proxy)"
@@ -650,17 +674,35 @@ mod tests {
         let cases = [
             ("[server]\nlisten = \"nope\"", "server.listen"),
             ("[server]\nbogus = 1", "server"),
-            ("[server]\nidle_timeout = \"5 parsecs\"", "server.idle_timeout"),
-            ("[client_ip]\ntrusted_proxies = [\"10.0.0.0/33\"]", "client_ip.trusted_proxies[0]"),
+            (
+                "[server]\nidle_timeout = \"5 parsecs\"",
+                "server.idle_timeout",
+            ),
+            (
+                "[client_ip]\ntrusted_proxies = [\"10.0.0.0/33\"]",
+                "client_ip.trusted_proxies[0]",
+            ),
             ("[upstream]\nservers = [\"ftp://x\"]", "upstream.servers[0]"),
             ("[upstream]\nservers = []", "upstream.servers"),
             ("[privacy]\nipv4_prefix = 40", "privacy.ipv4_prefix"),
             ("[access_log]\nretention = \"100d\"", "access_log.retention"),
-            ("[privacy]\ncookie_max_age = \"30d\"", "privacy.cookie_max_age"),
+            (
+                "[privacy]\ncookie_max_age = \"30d\"",
+                "privacy.cookie_max_age",
+            ),
             ("[rate_limit]\nburst = 0", "rate_limit.burst"),
-            ("[[rate_limit.route]]\npath_prefix = \"click\"\nrequests_per_second = 1\nburst = 1", "rate_limit.route[0].path_prefix"),
-            ("[server]\nmax_header_bytes = 100", "server.max_header_bytes"),
-            ("[upstream]\nforward_client_ip = \"some\"", "upstream.forward_client_ip"),
+            (
+                "[[rate_limit.route]]\npath_prefix = \"click\"\nrequests_per_second = 1\nburst = 1",
+                "rate_limit.route[0].path_prefix",
+            ),
+            (
+                "[server]\nmax_header_bytes = 100",
+                "server.max_header_bytes",
+            ),
+            (
+                "[upstream]\nforward_client_ip = \"some\"",
+                "upstream.forward_client_ip",
+            ),
         ];
         for (text, key) in cases {
             let err = parse(text).expect_err(text).to_string();
@@ -670,14 +712,19 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named() {
-        let err = parse("[server]\nlisten_tls = \"0.0.0.0:1\"").unwrap_err().to_string();
+        let err = parse("[server]\nlisten_tls = \"0.0.0.0:1\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("listen_tls"), "{err}");
         assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]
     fn cidr_accepts_networks_and_single_addresses() {
-        assert_eq!("10.1.2.3/8".parse::<Cidr>().unwrap().0.to_string(), "10.0.0.0/8");
+        assert_eq!(
+            "10.1.2.3/8".parse::<Cidr>().unwrap().0.to_string(),
+            "10.0.0.0/8"
+        );
         assert_eq!("::1".parse::<Cidr>().unwrap().0.to_string(), "::1/128");
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
     }

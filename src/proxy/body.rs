@@ -112,9 +112,11 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.project() {
             ResponseBodyProj::Upstream { body } => body.poll_frame(cx),
-            ResponseBodyProj::Local { body } => {
-                Poll::Ready(body.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b))))
-            }
+            ResponseBodyProj::Local { body } => Poll::Ready(
+                body.take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
         }
     }
 

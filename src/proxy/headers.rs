@@ -3,9 +3,11 @@
 //!
 //! Pure functions over a `HeaderMap`; they never log a header value.
 
-use http::header::{CONNECTION, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
-    TRANSFER_ENCODING, UPGRADE};
 use http::HeaderMap;
+use http::header::{
+    CONNECTION, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
+};
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -75,20 +77,57 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();
         for (k, v) in pairs {
-            m.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         m
     }
 
     #[test]
     fn hop_by_hop_table() {
-        let cases: &[(&[(&str, &str)], bool, &[&str])] = &[
-            (&[("connection", "keep-alive"), ("keep-alive", "timeout=5"), ("x-a", "1")], false, &["x-a"]),
-            (&[("connection", "close, X-Secret-Hop"), ("x-secret-hop", "v"), ("x-a", "1")], false, &["x-a"]),
-            (&[("te", "trailers"), ("transfer-encoding", "chunked"), ("proxy-connection", "x"), ("trailer", "x")], false, &[]),
+        type Case<'a> = (&'a [(&'a str, &'a str)], bool, &'a [&'a str]);
+        let cases: &[Case] = &[
+            (
+                &[
+                    ("connection", "keep-alive"),
+                    ("keep-alive", "timeout=5"),
+                    ("x-a", "1"),
+                ],
+                false,
+                &["x-a"],
+            ),
+            (
+                &[
+                    ("connection", "close, X-Secret-Hop"),
+                    ("x-secret-hop", "v"),
+                    ("x-a", "1"),
+                ],
+                false,
+                &["x-a"],
+            ),
+            (
+                &[
+                    ("te", "trailers"),
+                    ("transfer-encoding", "chunked"),
+                    ("proxy-connection", "x"),
+                    ("trailer", "x"),
+                ],
+                false,
+                &[],
+            ),
             (&[("upgrade", "websocket"), ("x-a", "1")], false, &["x-a"]),
-            (&[("connection", "Upgrade"), ("upgrade", "websocket")], true, &["connection", "upgrade"]),
-            (&[("host", "a"), ("cookie", "c")], false, &["cookie", "host"]),
+            (
+                &[("connection", "Upgrade"), ("upgrade", "websocket")],
+                true,
+                &["connection", "upgrade"],
+            ),
+            (
+                &[("host", "a"), ("cookie", "c")],
+                false,
+                &["cookie", "host"],
+            ),
         ];
         for (input, keep_upgrade, want) in cases {
             let mut m = map(input);
@@ -101,7 +140,10 @@ mod tests {
 
     #[test]
     fn upgrade_detection() {
-        assert!(is_upgrade_request(&map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "websocket")])));
+        assert!(is_upgrade_request(&map(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket")
+        ])));
         assert!(!is_upgrade_request(&map(&[("upgrade", "websocket")])));
         assert!(!is_upgrade_request(&map(&[("connection", "upgrade")])));
     }

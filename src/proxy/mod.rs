@@ -63,13 +63,18 @@ impl Proxy {
     }
 
     /// Handles one request from start to response head.
-    pub async fn handle(&self, mut req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> Response<ResponseBody> {
         // request_filter
         let client = self.trusted.resolve(conn.peer, req.headers());
         if declared_length(&req).is_some_and(|len| len > self.max_body_bytes) {
             return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
         }
-        let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
+        let upgrade =
+            req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         // upstream_request
@@ -82,28 +87,30 @@ impl Proxy {
         let upstream_req = Request::from_parts(parts, RequestBody::new(body, self.max_body_bytes));
 
         // send
-        let mut resp =
-            match tokio::time::timeout(self.request_timeout, self.upstreams.client().request(upstream_req))
-                .await
-            {
-                Ok(Ok(resp)) => resp,
-                Ok(Err(e)) if caused_by_body_limit(&e) => {
-                    return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
-                }
-                Ok(Err(e)) if e.is_connect() => {
-                    self.upstreams.mark_down(&pick);
-                    tracing::warn!(error = %ErrorChain(&e), "upstream connect failed");
-                    return local(StatusCode::BAD_GATEWAY, "bad gateway\n");
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %ErrorChain(&e), "upstream request failed");
-                    return local(StatusCode::BAD_GATEWAY, "bad gateway\n");
-                }
-                Err(_) => {
-                    tracing::warn!(timeout = ?self.request_timeout, "upstream timed out");
-                    return local(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n");
-                }
-            };
+        let mut resp = match tokio::time::timeout(
+            self.request_timeout,
+            self.upstreams.client().request(upstream_req),
+        )
+        .await
+        {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) if caused_by_body_limit(&e) => {
+                return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+            }
+            Ok(Err(e)) if e.is_connect() => {
+                self.upstreams.mark_down(&pick);
+                tracing::warn!(error = %ErrorChain(&e), "upstream connect failed");
+                return local(StatusCode::BAD_GATEWAY, "bad gateway\n");
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %ErrorChain(&e), "upstream request failed");
+                return local(StatusCode::BAD_GATEWAY, "bad gateway\n");
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?self.request_timeout, "upstream timed out");
+                return local(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n");
+            }
+        };
 
         // response_filter
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -186,8 +193,10 @@ pub fn truncate(ip: IpAddr, v4: u8, v6: u8) -> IpNet {
 pub fn local(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
     let mut resp = Response::new(ResponseBody::local(Bytes::from_static(text.as_bytes())));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 

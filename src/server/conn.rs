@@ -68,7 +68,12 @@ impl ConnShared {
 }
 
 /// Completes the TLS handshake (bounded by `header_read_timeout`) and serves the connection.
-pub async fn serve_tls(tcp: TcpStream, peer: ClientAddr, acceptor: TlsAcceptor, shared: Arc<ConnShared>) {
+pub async fn serve_tls(
+    tcp: TcpStream,
+    peer: ClientAddr,
+    acceptor: TlsAcceptor,
+    shared: Arc<ConnShared>,
+) {
     let stream = match tokio::time::timeout(shared.handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
@@ -177,7 +182,11 @@ impl<T: AsyncRead> AsyncRead for IdleIo<T> {
 }
 
 impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let res = this.inner.poll_write(cx, buf);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {

@@ -104,7 +104,10 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     // Every connection task holds a tracker sender; recv() returns None once all are gone.
     let grace = config.server.shutdown_grace.0;
     if tokio::time::timeout(grace, drained.recv()).await.is_err() {
-        tracing::warn!(?grace, "shutdown grace period over; closing the remaining connections");
+        tracing::warn!(
+            ?grace,
+            "shutdown grace period over; closing the remaining connections"
+        );
     }
     admin_task.abort();
     tracing::info!("stopped");
@@ -130,7 +133,9 @@ fn reload(path: &Path, resolver: &CertResolver) {
         .and_then(|_| resolver.reload(&config.tls));
     match result {
         Ok(()) => tracing::info!("reloaded certificates"),
-        Err(e) => tracing::error!(error = %e, "certificate reload failed; keeping the old certificates"),
+        Err(e) => {
+            tracing::error!(error = %e, "certificate reload failed; keeping the old certificates")
+        }
     }
 }
 
@@ -153,7 +158,12 @@ async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Ar
     }
 }
 
-fn spawn_connection(tcp: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, shared: Arc<ConnShared>) {
+fn spawn_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<ConnShared>,
+) {
     let _ = tcp.set_nodelay(true);
     let peer = ClientAddr::new(peer.ip());
     match tls {

@@ -117,14 +117,15 @@ fn load_pair(
     }
     let key = PrivateKeyDer::from_pem_file(key_path)
         .map_err(|e| file_err("key", key_path, pem_reason(e)))?;
-    CertifiedKey::from_der(certs, key, provider).map_err(|e| {
-        file_err(
-            "key",
-            key_path,
-            format!("unusable with certificate {}: {e}", cert_path.display()),
-        )
-    })
-    .map(Arc::new)
+    CertifiedKey::from_der(certs, key, provider)
+        .map_err(|e| {
+            file_err(
+                "key",
+                key_path,
+                format!("unusable with certificate {}: {e}", cert_path.display()),
+            )
+        })
+        .map(Arc::new)
 }
 
 fn pem_reason(e: rustls_pki_types::pem::Error) -> String {
@@ -181,10 +182,7 @@ pub fn server_config(resolver: Arc<CertResolver>) -> rustls::ServerConfig {
 /// With `self_signed = true` and no certificate on disk, generates one for `hosts` (plus
 /// `localhost`, `127.0.0.1` and `::1`) at the configured paths, the key with mode 0600.
 /// Returns the SHA-256 fingerprint of a generated certificate.
-pub fn ensure_self_signed(
-    tls: &config::Tls,
-    hosts: &[String],
-) -> Result<Option<String>, TlsError> {
+pub fn ensure_self_signed(tls: &config::Tls, hosts: &[String]) -> Result<Option<String>, TlsError> {
     if !tls.self_signed || (tls.cert.exists() && tls.key.exists()) {
         return Ok(None);
     }
@@ -198,15 +196,20 @@ pub fn ensure_self_signed(
             names.push(extra.to_owned());
         }
     }
-    let certified = rcgen::generate_simple_self_signed(names).map_err(|e| gen_err(e.to_string()))?;
+    let certified =
+        rcgen::generate_simple_self_signed(names).map_err(|e| gen_err(e.to_string()))?;
     for path in [&tls.cert, &tls.key] {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             fs::create_dir_all(dir)
                 .map_err(|e| gen_err(format!("creating {}: {e}", dir.display())))?;
         }
     }
-    write_file(&tls.key, certified.key_pair.serialize_pem().as_bytes(), 0o600)
-        .map_err(|e| gen_err(format!("writing {}: {e}", tls.key.display())))?;
+    write_file(
+        &tls.key,
+        certified.key_pair.serialize_pem().as_bytes(),
+        0o600,
+    )
+    .map_err(|e| gen_err(format!("writing {}: {e}", tls.key.display())))?;
     write_file(&tls.cert, certified.cert.pem().as_bytes(), 0o644)
         .map_err(|e| gen_err(format!("writing {}: {e}", tls.cert.display())))?;
     Ok(Some(fingerprint(certified.cert.der())))

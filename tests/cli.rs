@@ -1,0 +1,152 @@
+//! The command line: `check-config` accepts the example and names the key of every bad config.
+
+mod common;
+
+use std::process::Command;
+
+use common::{base_config, bin, set};
+
+fn check_config(text: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(bin())
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn example_config_is_valid() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(bin())
+        .args(["check-config", "--config", "config/example.toml"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("listen = \"0.0.0.0:8443\""), "{printed}");
+}
+
+#[test]
+fn bad_configs_exit_2_and_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = base_config(dir.path(), "http://127.0.0.1:8080");
+    let missing_cert = set(
+        &set(
+            &set(&base, "tls", "self_signed", "false"),
+            "tls",
+            "cert",
+            "\"/nonexistent/cert.pem\"",
+        ),
+        "tls",
+        "key",
+        "\"/nonexistent/key.pem\"",
+    );
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "bad address",
+            set(&base, "server", "listen", "\"localhost:http\""),
+            "server.listen",
+        ),
+        (
+            "bad admin address",
+            set(&base, "admin", "listen", "\"300.1.1.1:9100\""),
+            "admin.listen",
+        ),
+        ("missing certificate", missing_cert, "tls.cert"),
+        (
+            "unknown key",
+            set(&base, "server", "listn", "\"0.0.0.0:1\""),
+            "server.listn",
+        ),
+        (
+            "unknown section",
+            format!("{base}\n[serverr]\nx = 1\n"),
+            "serverr",
+        ),
+        (
+            "bad CIDR",
+            set(
+                &base,
+                "client_ip",
+                "trusted_proxies",
+                "[\"10.0.0.0/8\", \"10.0.0/99\"]",
+            ),
+            "client_ip.trusted_proxies[1]",
+        ),
+        (
+            "bad duration",
+            set(
+                &base,
+                "upstream",
+                "request_timeout",
+                "\"30 seconds please\"",
+            ),
+            "upstream.request_timeout",
+        ),
+        (
+            "zero duration",
+            set(&base, "server", "idle_timeout", "\"0s\""),
+            "server.idle_timeout",
+        ),
+        (
+            "bad upstream",
+            set(&base, "upstream", "servers", "[\"https://x:1\"]"),
+            "upstream.servers[0]",
+        ),
+        (
+            "wrong type",
+            set(&base, "server", "workers", "\"two\""),
+            "server.workers",
+        ),
+        ("not TOML", "[server\nlisten=".to_string(), "line 1"),
+    ];
+    for (what, text, key) in cases {
+        let (code, _, stderr) = check_config(&text);
+        assert_eq!(code, 2, "{what}: {stderr}");
+        assert!(
+            stderr.contains(key),
+            "{what}: {key} not named in {stderr:?}"
+        );
+    }
+}
+
+#[test]
+fn missing_certificate_with_self_signed_is_generated_at_run_not_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = check_config(&base_config(dir.path(), "http://127.0.0.1:8080"));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("will generate a self-signed certificate"),
+        "{stdout}"
+    );
+    assert!(!dir.path().join("cert.pem").exists());
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    let out = Command::new(bin()).args(["run"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(bin()).args(["frobnicate"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(bin())
+        .args(["run", "--config", "/nonexistent/config.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/config.toml"));
+}

@@ -1,0 +1,623 @@
+//! The shared test harness: a real upstream HTTP server on loopback, the real proxy binary
+//! started with a config in a temporary directory, and a real TLS client that speaks HTTP/1.1
+//! and HTTP/2.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Deterministic bytes for upload/download checks.
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+/// A real upstream on 127.0.0.1:0 that records the request heads it sees.
+///
+/// Routes: `/echo` (echoes the body, streaming), `/sink` (reads the whole body first), `/headers`, `/big?bytes=N`, `/slow?ms=N`,
+/// `/hop` (answers with hop-by-hop headers), `/ws` (101 + byte echo), anything else: a greeting.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<HeaderMap>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub const GREETING: &str = "hello from upstream\n";
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+fn full(b: impl Into<Bytes>) -> UpBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+fn query_num(req: &Request<Incoming>, name: &str) -> Option<u64> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| v.parse().ok()).flatten()
+    })
+}
+
+async fn upstream_route(
+    mut req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<HeaderMap>>>,
+) -> Response<UpBody> {
+    seen.lock().unwrap().push(req.headers().clone());
+    match req.uri().path() {
+        "/echo" => Response::new(req.into_body().boxed()),
+        "/sink" => match req.into_body().collect().await {
+            Ok(b) => Response::new(full(format!("received {} bytes\n", b.to_bytes().len()))),
+            Err(_) => Response::builder().status(400).body(full("")).unwrap(),
+        },
+        "/headers" => {
+            let mut text = String::new();
+            for (k, v) in req.headers() {
+                text.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
+            }
+            Response::new(full(text))
+        }
+        "/big" => {
+            let n = query_num(&req, "bytes").unwrap_or(5 << 20) as usize;
+            let data = Bytes::from(pattern(n));
+            // Stream in 64 KiB frames, as a real server would.
+            let chunks: Vec<Result<Frame<Bytes>, hyper::Error>> = (0..n)
+                .step_by(65536)
+                .map(|i| Ok(Frame::data(data.slice(i..(i + 65536).min(n)))))
+                .collect();
+            Response::new(BodyExt::boxed(StreamBody::new(futures_stream(chunks))))
+        }
+        "/slow" => {
+            let ms = query_num(&req, "ms").unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Response::new(full("slow done\n"))
+        }
+        "/hop" => Response::builder()
+            .header("connection", "x-resp-hop")
+            .header("x-resp-hop", "secret")
+            .header("keep-alive", "timeout=5")
+            .header("x-end-to-end", "kept")
+            .body(full("hop\n"))
+            .unwrap(),
+        "/ws" => {
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = on_upgrade.await {
+                    let mut io = TokioIo::new(upgraded);
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = io.read(&mut buf).await {
+                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "upgrade")
+                .header("upgrade", "echo")
+                .body(full(""))
+                .unwrap()
+        }
+        _ => Response::new(full(GREETING)),
+    }
+}
+
+fn futures_stream(
+    items: Vec<Result<Frame<Bytes>, hyper::Error>>,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, hyper::Error>> + Send + Sync + 'static {
+    struct Iter(std::vec::IntoIter<Result<Frame<Bytes>, hyper::Error>>);
+    impl futures_core::Stream for Iter {
+        type Item = Result<Frame<Bytes>, hyper::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            std::task::Poll::Ready(self.0.next())
+        }
+    }
+    Iter(items.into_iter())
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let seen = seen2.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let seen = seen.clone();
+                        async move { Ok::<_, Infallible>(upstream_route(req, seen).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, seen, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The last request head the upstream saw.
+    pub fn last_headers(&self) -> HeaderMap {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("upstream saw a request")
+    }
+}
+
+/// A loopback address where nothing listens.
+pub fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A proxy process with its own directory.
+pub struct Proxy {
+    pub dir: tempfile::TempDir,
+    pub child: Child,
+    pub tls_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub plain_addr: Option<SocketAddr>,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_webprom-edge")
+}
+
+/// The config the tests start from: everything on 127.0.0.1:0, files in `dir`.
+pub fn base_config(dir: &Path, upstream: &str) -> String {
+    let d = dir.display();
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 2
+hosts = ["localhost"]
+shutdown_grace = "5s"
+
+[tls]
+cert = "{d}/cert.pem"
+key = "{d}/key.pem"
+self_signed = true
+
+[upstream]
+servers = ["{upstream}"]
+
+[geoip]
+database = ""
+
+[privacy]
+key_dir = "{d}/keys"
+
+[access_log]
+dir = "{d}/logs"
+
+[admin]
+listen = "127.0.0.1:0"
+"#
+    )
+}
+
+/// Replaces `key = ...` in `[section]` of a TOML text, or adds it.
+pub fn set(config: &str, section: &str, key: &str, value: &str) -> String {
+    let mut doc: toml::Table = config.parse().unwrap();
+    let table = doc
+        .entry(section.to_owned())
+        .or_insert_with(|| toml::Value::Table(Default::default()))
+        .as_table_mut()
+        .unwrap();
+    let value: toml::Value = format!("v = {value}").parse::<toml::Table>().unwrap()["v"].clone();
+    table.insert(key.to_owned(), value);
+    toml::to_string(&doc).unwrap()
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str) -> Proxy {
+        Self::start_with(|c| c, upstream).await
+    }
+
+    /// Starts the proxy with the base config changed by `edit`.
+    pub async fn start_with(edit: impl FnOnce(String) -> String, upstream: &str) -> Proxy {
+        let dir = tempfile::tempdir().unwrap();
+        let config = edit(base_config(dir.path(), upstream));
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        Self::spawn(dir).await
+    }
+
+    pub async fn spawn(dir: tempfile::TempDir) -> Proxy {
+        let mut child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(dir.path().join("config.toml"))
+            .current_dir(dir.path())
+            .env("WEBPROM_EDGE_LOG", "debug,h2=info,hyper=info,rustls=info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start webprom-edge");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<(String, SocketAddr)>();
+        let pipe = child.stderr.take().unwrap();
+        let out = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("listening")
+                    && let Some(addr) = field(&line, "addr")
+                    && let Some(name) = field(&line, "listener")
+                {
+                    let _ = tx.send((name.trim_matches('"').to_owned(), addr.parse().unwrap()));
+                }
+                let mut all = out.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let out = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut all = out.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+        let (mut tls_addr, mut admin_addr, mut plain_addr) = (None, None, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tls_addr.is_none() || admin_addr.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((name, addr)) => match name.as_str() {
+                    "tls" => tls_addr = Some(addr),
+                    "admin" => admin_addr = Some(addr),
+                    "plain" => plain_addr = Some(addr),
+                    _ => {}
+                },
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("proxy did not start:\n{}", stderr.lock().unwrap());
+                }
+            }
+        }
+        // The plain listener is announced before the admin one.
+        while let Ok((name, addr)) = rx.try_recv() {
+            if name == "plain" {
+                plain_addr = Some(addr);
+            }
+        }
+        Proxy {
+            dir,
+            child,
+            tls_addr: tls_addr.unwrap(),
+            admin_addr: admin_addr.unwrap(),
+            plain_addr,
+            stderr,
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig}");
+    }
+
+    /// Waits for the process to exit (at most `limit`).
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "proxy did not exit in {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn output(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.tls_addr, &self.path("cert.pem"))
+    }
+
+    /// GET on the admin listener: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (StatusCode, String) {
+        let tcp = TcpStream::connect(self.admin_addr).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header("host", "admin")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let start = line.find(&format!(" {name}="))? + name.len() + 2;
+    let rest = &line[start..];
+    Some(rest.split_whitespace().next().unwrap_or(rest))
+}
+
+/// Which HTTP version to speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    H1,
+    H2,
+}
+
+pub const BOTH: [Proto; 2] = [Proto::H1, Proto::H2];
+
+/// A TLS client that trusts the proxy's certificate.
+#[derive(Clone)]
+pub struct Client {
+    addr: SocketAddr,
+    config_h1: Arc<rustls::ClientConfig>,
+    config_h2: Arc<rustls::ClientConfig>,
+}
+
+/// A response, body collected.
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One open connection to the proxy.
+pub enum Conn {
+    H1(hyper::client::conn::http1::SendRequest<ReqBody>),
+    H2(hyper::client::conn::http2::SendRequest<ReqBody>),
+}
+
+pub type ReqBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+pub fn body(b: impl Into<Bytes>) -> ReqBody {
+    Full::new(b.into()).boxed()
+}
+
+/// A body streamed in chunks with no declared length.
+pub fn chunked_body(data: Vec<u8>) -> ReqBody {
+    let frames: Vec<Result<Frame<Bytes>, Infallible>> = data
+        .chunks(64 * 1024)
+        .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+        .collect();
+    struct Iter(std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>);
+    impl futures_core::Stream for Iter {
+        type Item = Result<Frame<Bytes>, Infallible>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            std::task::Poll::Ready(self.0.next())
+        }
+    }
+    StreamBody::new(Iter(frames.into_iter())).boxed()
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr, cert_pem: &Path) -> Client {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(cert_pem).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let make = |alpn: &[u8]| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut c = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth();
+            c.alpn_protocols = vec![alpn.to_vec()];
+            Arc::new(c)
+        };
+        Client {
+            addr,
+            config_h1: make(b"http/1.1"),
+            config_h2: make(b"h2"),
+        }
+    }
+
+    /// Opens a TLS connection, checks the negotiated ALPN, and starts HTTP on it.
+    pub async fn connect(&self, proto: Proto) -> Conn {
+        let config = match proto {
+            Proto::H1 => self.config_h1.clone(),
+            Proto::H2 => self.config_h2.clone(),
+        };
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        let alpn = tls.get_ref().1.alpn_protocol().map(|a| a.to_vec());
+        match proto {
+            Proto::H1 => {
+                assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+                let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                    .await
+                    .unwrap();
+                tokio::spawn(conn.with_upgrades());
+                Conn::H1(send)
+            }
+            Proto::H2 => {
+                assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+                let (send, conn) =
+                    hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                        .await
+                        .unwrap();
+                tokio::spawn(conn);
+                Conn::H2(send)
+            }
+        }
+    }
+
+    /// One request on a fresh connection.
+    pub async fn request(&self, proto: Proto, req: Request<ReqBody>) -> Resp {
+        let mut conn = self.connect(proto).await;
+        conn.send(req).await
+    }
+
+    pub async fn get(&self, proto: Proto, path: &str) -> Resp {
+        self.request(proto, get(path)).await
+    }
+}
+
+/// A GET request for `path` on host localhost.
+pub fn get(path: &str) -> Request<ReqBody> {
+    Request::get(format!("https://localhost{path}"))
+        .body(body(Bytes::new()))
+        .unwrap()
+}
+
+impl Conn {
+    pub async fn send(&mut self, mut req: Request<ReqBody>) -> Resp {
+        let resp = match self {
+            Conn::H1(s) => {
+                // HTTP/1.1 wants origin-form and a Host header.
+                let pq = req.uri().path_and_query().map(|p| p.as_str().to_owned());
+                if let Some(pq) = pq {
+                    *req.uri_mut() = pq.parse().unwrap();
+                }
+                req.headers_mut()
+                    .entry(http::header::HOST)
+                    .or_insert(http::HeaderValue::from_static("localhost"));
+                s.ready().await.unwrap();
+                s.send_request(req).await.unwrap()
+            }
+            Conn::H2(s) => {
+                s.ready().await.unwrap();
+                s.send_request(req).await.unwrap()
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+}
+
+/// The certificate a new TLS connection to `addr` is shown (no verification).
+pub async fn presented_cert(addr: SocketAddr) -> Vec<u8> {
+    #[derive(Debug)]
+    struct AcceptAll;
+    impl rustls::client::danger::ServerCertVerifier for AcceptAll {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAll))
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// The first certificate in a PEM file, DER.
+pub fn pem_cert_der(path: &Path) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_file_iter(path)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec()
+}

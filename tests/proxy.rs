@@ -1,0 +1,433 @@
+//! End-to-end tests of the forwarding core (issue 2): protocols, bodies, header hygiene,
+//! client address resolution, error mapping, certificate reload and graceful shutdown.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::{Method, Request, StatusCode};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_and_post_over_both_protocols() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(&up.url()).await;
+    let client = proxy.client();
+    for proto in BOTH {
+        let resp = client.get(proto, "/").await;
+        assert_eq!(resp.status, StatusCode::OK, "{proto:?}");
+        assert_eq!(resp.text(), GREETING, "{proto:?}");
+
+        let req = Request::post("https://localhost/echo")
+            .body(body(format!("posted over {proto:?}")))
+            .unwrap();
+        let resp = client.request(proto, req).await;
+        assert_eq!(resp.status, StatusCode::OK);
+        assert_eq!(resp.text(), format!("posted over {proto:?}"));
+    }
+    // Both protocols reached the upstream as HTTP/1.1 with the Host the client asked for.
+    let seen = up.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4);
+    for h in seen {
+        assert_eq!(h["host"], "localhost");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "localhost");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_megabytes_each_way_arrive_byte_identical() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start_with(
+        |c| set(&c, "server", "max_body_bytes", "8388608"),
+        &up.url(),
+    )
+    .await;
+    let client = proxy.client();
+    let data = pattern(5 << 20);
+    for proto in BOTH {
+        let resp = client
+            .get(proto, &format!("/big?bytes={}", data.len()))
+            .await;
+        assert_eq!(resp.status, StatusCode::OK);
+        assert!(
+            resp.body == data,
+            "{proto:?}: download differs ({} bytes)",
+            resp.body.len()
+        );
+
+        for streamed in [false, true] {
+            let b = if streamed {
+                chunked_body(data.clone())
+            } else {
+                body(data.clone())
+            };
+            let req = Request::post("https://localhost/echo").body(b).unwrap();
+            let resp = client.request(proto, req).await;
+            assert_eq!(resp.status, StatusCode::OK);
+            assert!(
+                resp.body == data,
+                "{proto:?} streamed={streamed}: upload differs ({} bytes)",
+                resp.body.len()
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_never_cross() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(&up.url()).await;
+    let mut conn = proxy.client().connect(Proto::H1).await;
+    let req = Request::get("/headers")
+        .header("connection", "keep-alive, X-Custom-Hop")
+        .header("x-custom-hop", "must-not-pass")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-connection", "keep-alive")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("te", "trailers")
+        .header("upgrade", "h2c")
+        .header("x-end-to-end", "passes")
+        .body(body(Bytes::new()))
+        .unwrap();
+    let resp = conn.send(req).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    let h = up.last_headers();
+    for name in [
+        "x-custom-hop",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "te",
+        "upgrade",
+    ] {
+        assert!(!h.contains_key(name), "{name} reached the upstream: {h:?}");
+    }
+    // hyper's client adds its own `connection` only when it needs one; ours never passes.
+    assert!(
+        h.get("connection")
+            .is_none_or(|v| v != "keep-alive, X-Custom-Hop")
+    );
+    assert_eq!(h["x-end-to-end"], "passes");
+
+    // And in the other direction.
+    for proto in BOTH {
+        let resp = proxy.client().get(proto, "/hop").await;
+        assert_eq!(resp.status, StatusCode::OK);
+        assert!(!resp.headers.contains_key("x-resp-hop"), "{proto:?}");
+        assert!(!resp.headers.contains_key("keep-alive"), "{proto:?}");
+        assert_eq!(resp.headers["x-end-to-end"], "kept");
+    }
+}
+
+fn spoofed() -> Request<ReqBody> {
+    Request::get("/headers")
+        .header("x-forwarded-for", "198.51.100.7, 10.1.2.3")
+        .body(body(Bytes::new()))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_is_believed_only_from_trusted_peers() {
+    let up = Upstream::start().await;
+    // Untrusted peer, truncated forwarding: the upstream learns only the peer's network.
+    let untrusted = Proxy::start_with(
+        |c| set(&c, "upstream", "forward_client_ip", "\"truncated\""),
+        &up.url(),
+    )
+    .await;
+    let mut conn = untrusted.client().connect(Proto::H1).await;
+    conn.send(spoofed()).await;
+    assert_eq!(up.last_headers()["x-forwarded-for"], "127.0.0.0");
+
+    // Trusted peer: the right-most untrusted entry is the client (10.1.2.3 is not trusted).
+    let trusted = Proxy::start_with(
+        |c| {
+            let c = set(&c, "upstream", "forward_client_ip", "\"truncated\"");
+            set(&c, "client_ip", "trusted_proxies", "[\"127.0.0.0/8\"]")
+        },
+        &up.url(),
+    )
+    .await;
+    let mut conn = trusted.client().connect(Proto::H1).await;
+    conn.send(spoofed()).await;
+    assert_eq!(up.last_headers()["x-forwarded-for"], "10.1.2.0");
+    drop(trusted);
+
+    // Trusting 10/8 too, the walk goes one hop further left.
+    let deeper = Proxy::start_with(
+        |c| {
+            let c = set(&c, "upstream", "forward_client_ip", "\"truncated\"");
+            set(
+                &c,
+                "client_ip",
+                "trusted_proxies",
+                "[\"127.0.0.0/8\", \"10.0.0.0/8\"]",
+            )
+        },
+        &up.url(),
+    )
+    .await;
+    let mut conn = deeper.client().connect(Proto::H2).await;
+    conn.send(spoofed()).await;
+    assert_eq!(up.last_headers()["x-forwarded-for"], "198.51.100.0");
+
+    // Full forwarding: an untrusted peer's header is replaced, not extended.
+    let full = Proxy::start(&up.url()).await;
+    let mut conn = full.client().connect(Proto::H1).await;
+    conn.send(spoofed()).await;
+    assert_eq!(up.last_headers()["x-forwarded-for"], "127.0.0.1");
+
+    // None: nothing about the client reaches the upstream.
+    let none = Proxy::start_with(
+        |c| set(&c, "upstream", "forward_client_ip", "\"none\""),
+        &up.url(),
+    )
+    .await;
+    let mut conn = none.client().connect(Proto::H1).await;
+    conn.send(spoofed()).await;
+    assert!(!up.last_headers().contains_key("x-forwarded-for"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_gives_502_and_slow_gives_504() {
+    let dead = format!("http://{}", dead_addr());
+    let proxy = Proxy::start(&dead).await;
+    for proto in BOTH {
+        let resp = proxy.client().get(proto, "/").await;
+        assert_eq!(resp.status, StatusCode::BAD_GATEWAY, "{proto:?}");
+        assert!(resp.text().contains("bad gateway"));
+    }
+    // With its only upstream backing off, the proxy is not ready.
+    assert_eq!(
+        proxy.admin_get("/readyz").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(proxy.admin_get("/healthz").await.0, StatusCode::OK);
+
+    let up = Upstream::start().await;
+    let proxy = Proxy::start_with(
+        |c| set(&c, "upstream", "request_timeout", "\"300ms\""),
+        &up.url(),
+    )
+    .await;
+    assert_eq!(proxy.admin_get("/readyz").await.0, StatusCode::OK);
+    for proto in BOTH {
+        let resp = proxy.client().get(proto, "/slow?ms=3000").await;
+        assert_eq!(resp.status, StatusCode::GATEWAY_TIMEOUT, "{proto:?}");
+        let resp = proxy.client().get(proto, "/slow?ms=10").await;
+        assert_eq!(resp.status, StatusCode::OK, "{proto:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_skips_a_dead_server() {
+    let up = Upstream::start().await;
+    let servers = format!("[\"http://{}\", \"{}\"]", dead_addr(), up.url());
+    let proxy = Proxy::start_with(|c| set(&c, "upstream", "servers", &servers), &up.url()).await;
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(proxy.client().get(Proto::H1, "/").await.status);
+    }
+    let failures = statuses.iter().filter(|s| **s != StatusCode::OK).count();
+    // The dead server costs at most one request before its back-off.
+    assert!(failures <= 1, "{statuses:?}");
+    assert_eq!(proxy.admin_get("/readyz").await.0, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_header_gives_431_and_oversized_body_413() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start_with(
+        |c| set(&c, "server", "max_body_bytes", "1048576"),
+        &up.url(),
+    )
+    .await;
+    let client = proxy.client();
+
+    let big = "a".repeat(20_000);
+    for proto in BOTH {
+        let req = Request::get("https://localhost/")
+            .header("x-big", big.as_str())
+            .body(body(Bytes::new()))
+            .unwrap();
+        let resp = client.request(proto, req).await;
+        assert_eq!(
+            resp.status,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "{proto:?}"
+        );
+    }
+
+    let data = pattern(2 << 20);
+    for proto in BOTH {
+        // Declared length over the limit: refused before anything goes upstream.
+        let req = Request::post("https://localhost/echo")
+            .body(body(data.clone()))
+            .unwrap();
+        let resp = client.request(proto, req).await;
+        assert_eq!(
+            resp.status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "{proto:?} declared"
+        );
+    }
+    // Undeclared length: cut off when the stream passes the limit (the upstream reads the
+    // whole body before answering, so the 413 comes before any response head).
+    for proto in BOTH {
+        let req = Request::post("https://localhost/sink")
+            .body(chunked_body(data.clone()))
+            .unwrap();
+        let resp = client.request(proto, req).await;
+        assert_eq!(
+            resp.status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "{proto:?} streamed"
+        );
+    }
+    // A body within the limit still passes.
+    let req = Request::post("https://localhost/echo")
+        .body(body(pattern(1000)))
+        .unwrap();
+    assert_eq!(client.request(Proto::H1, req).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_style_upgrade_is_tunnelled() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(&up.url()).await;
+    let client = proxy.client();
+    let Conn::H1(mut send) = client.connect(Proto::H1).await else {
+        unreachable!()
+    };
+    let req = Request::get("/ws")
+        .header("host", "localhost")
+        .header("connection", "Upgrade")
+        .header("upgrade", "echo")
+        .body(body(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(resp.headers()["upgrade"], "echo");
+    let upgraded = hyper::upgrade::on(resp).await.unwrap();
+    let mut io = hyper_util::rt::TokioIo::new(upgraded);
+    io.write_all(b"ping through the tunnel").await.unwrap();
+    let mut buf = vec![0u8; 23];
+    tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"ping through the tunnel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_swaps_the_certificate_and_keeps_open_connections() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(&up.url()).await;
+    let old_der = pem_cert_der(&proxy.path("cert.pem"));
+    assert_eq!(presented_cert(proxy.tls_addr).await, old_der);
+
+    // An open connection, trusting the old certificate.
+    let mut open = proxy.client().connect(Proto::H2).await;
+    assert_eq!(open.send(get("/")).await.status, StatusCode::OK);
+
+    // A bad certificate on disk first: the reload keeps the old one.
+    std::fs::write(proxy.path("cert.pem"), "not a certificate").unwrap();
+    proxy.signal("HUP");
+    wait_for_output(&proxy, "keeping the old certificates").await;
+    assert_eq!(presented_cert(proxy.tls_addr).await, old_der);
+
+    let new = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(proxy.path("key.pem"), new.key_pair.serialize_pem()).unwrap();
+    std::fs::write(proxy.path("cert.pem"), new.cert.pem()).unwrap();
+    proxy.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while presented_cert(proxy.tls_addr).await != new.cert.der().to_vec() {
+        assert!(Instant::now() < deadline, "new certificate never served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A new connection verifies against the new certificate; the old one keeps working.
+    assert_eq!(
+        proxy.client().get(Proto::H1, "/").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(open.send(get("/")).await.status, StatusCode::OK);
+}
+
+async fn wait_for_output(proxy: &Proxy, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy.output().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in:\n{}",
+            proxy.output()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_slow_request_finish_then_exits_zero() {
+    let up = Upstream::start().await;
+    let mut proxy = Proxy::start(&up.url()).await;
+    let client = proxy.client();
+    let slow = tokio::spawn(async move { client.get(Proto::H2, "/slow?ms=1500").await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    proxy.signal("TERM");
+    let resp = slow.await.unwrap();
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(resp.text(), "slow done\n");
+    let status = tokio::task::block_in_place(|| proxy.wait_exit(Duration::from_secs(10)));
+    assert_eq!(status.code(), Some(0), "{}", proxy.output());
+    // No new connections once draining.
+    assert!(
+        tokio::net::TcpStream::connect(proxy.tls_addr)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleartext_listener_speaks_http1_and_h2c() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let up = Upstream::start().await;
+    let proxy = Proxy::start_with(
+        |c| set(&c, "server", "listen_plain", "\"127.0.0.1:0\""),
+        &up.url(),
+    )
+    .await;
+    let addr = proxy.plain_addr.expect("plain listener announced");
+
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("/headers")
+        .header("host", "localhost")
+        .body(body(Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        send.send_request(req).await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(up.last_headers()["x-forwarded-proto"], "http");
+
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(Method::GET)
+        .uri("http://localhost/")
+        .body(body(Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        send.send_request(req).await.unwrap().status(),
+        StatusCode::OK
+    );
+}
