@@ -431,3 +431,81 @@ async fn cleartext_listener_speaks_http1_and_h2c() {
         StatusCode::OK
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_heads_and_idle_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let proxy = Proxy::start_with(
+        |c| {
+            let c = set(&c, "server", "header_read_timeout", "\"700ms\"");
+            set(&c, "server", "idle_timeout", "\"1s\"")
+        },
+        &up.url(),
+    )
+    .await;
+
+    // A TCP connection that never starts the TLS handshake.
+    let mut silent = tokio::net::TcpStream::connect(proxy.tls_addr)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf))
+        .await
+        .expect("handshake deadline enforced")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(started.elapsed() >= Duration::from_millis(600));
+
+    // A slow-loris request head: the connection is closed at the header deadline.
+    let tcp = tokio::net::TcpStream::connect(proxy.tls_addr)
+        .await
+        .unwrap();
+    let mut tls = tls_connect(&proxy, tcp).await;
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out))
+        .await
+        .expect("slow head cut off");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+
+    // An HTTP/2 connection that goes quiet is closed after the idle timeout.
+    let mut conn = proxy.client().connect(Proto::H2).await;
+    assert_eq!(conn.send(get("/")).await.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let Conn::H2(send) = &mut conn else {
+        unreachable!()
+    };
+    assert!(send.is_closed(), "idle HTTP/2 connection still open");
+}
+
+async fn tls_connect(
+    proxy: &Proxy,
+    tcp: tokio::net::TcpStream,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(proxy.path("cert.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
