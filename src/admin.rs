@@ -68,10 +68,11 @@ fn route(req: &Request<Incoming>, health: &Health) -> Response<ResponseBody> {
             }
         }
         "/metrics" => {
-            let mut resp = Response::new(ResponseBody::local(Bytes::new()));
+            let body = health.proxy.sinks.metrics.render();
+            let mut resp = Response::new(ResponseBody::local(Bytes::from(body)));
             resp.headers_mut().insert(
                 CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                HeaderValue::from_static(crate::metrics::Metrics::content_type()),
             );
             resp
         }

@@ -54,7 +54,10 @@ pub fn run(config_path: &Path) -> Result<(), CliError> {
         .block_on(server::run(config, PathBuf::from(config_path)))
         .map_err(|e| {
             // Start-up problems that an operator fixes in the config exit with 2.
-            if e.is::<ConfigError>() || e.is::<server::tls::TlsError>() {
+            if e.is::<ConfigError>()
+                || e.is::<server::tls::TlsError>()
+                || e.is::<crate::privacy::geo::GeoError>()
+            {
                 CliError::Config(e.to_string())
             } else {
                 CliError::Runtime(e)

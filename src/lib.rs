@@ -2,12 +2,18 @@
 //!
 //! The life of a request, module by module:
 //! [`server`] accepts and terminates TLS → [`client_ip`] resolves the client address →
-//! [`proxy`] forwards to an upstream and filters the response. [`admin`] serves health and
-//! metrics; [`config`] holds the validated configuration; [`cli`] runs the commands.
+//! [`ratelimit`] checks the client's quota → [`proxy`] forwards to an upstream and filters the
+//! response → [`privacy`] captures the allowed facts as an Observation → [`accesslog`] and
+//! [`metrics`] record it. [`admin`] serves health and metrics; [`config`] holds the validated
+//! configuration; [`cli`] runs the commands.
 
+pub mod accesslog;
 pub mod admin;
 pub mod cli;
 pub mod client_ip;
 pub mod config;
+pub mod metrics;
+pub mod privacy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod server;

@@ -2,14 +2,19 @@
 //!
 //! Both stream: nothing here buffers a whole body. The request body carries the size limit
 //! (`server.max_body_bytes`); going over it fails the stream with [`BodyTooLarge`], which the
-//! handler turns into a 413.
+//! handler turns into a 413. The response body is wrapped in [`CapturedBody`], which records
+//! the request when it ends.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+
+use crate::privacy::capture::Pending;
+use crate::privacy::observation::Observation;
 
 /// The request body grew past `server.max_body_bytes`.
 #[derive(Debug, thiserror::Error)]
@@ -82,15 +87,18 @@ impl Body for RequestBody {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A response body: the upstream's, streamed, or a short one the proxy wrote itself.
-    #[project = ResponseBodyProj]
-    pub enum ResponseBody {
-        /// Streamed from the upstream.
-        Upstream { #[pin] body: Incoming },
-        /// Written by the proxy (errors, admin pages).
-        Local { body: Option<Bytes> },
-    }
+/// A response body: the upstream's, streamed, or a short one the proxy wrote itself.
+pub enum ResponseBody {
+    /// Streamed from the upstream.
+    Upstream {
+        /// The upstream's body.
+        body: Incoming,
+    },
+    /// Written by the proxy (errors, admin pages).
+    Local {
+        /// The bytes, taken when sent.
+        body: Option<Bytes>,
+    },
 }
 
 impl ResponseBody {
@@ -134,5 +142,88 @@ impl Body for ResponseBody {
                 SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
             }
         }
+    }
+}
+
+/// Where finished observations go: the access log and the metrics.
+pub struct Sinks {
+    /// The access log writer.
+    pub log: crate::accesslog::AccessLog,
+    /// The metrics registry.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+impl Sinks {
+    /// The logging phase: one observation to every sink.
+    pub fn observe(&self, obs: Observation) {
+        self.metrics.observe(&obs);
+        self.log.record(obs);
+    }
+}
+
+struct Capturing {
+    pending: Pending,
+    status: u16,
+    limited: bool,
+    sinks: Arc<Sinks>,
+}
+
+/// A response body that counts the bytes sent and, when it is dropped (the response ended, or
+/// the client went away), hands exactly one [`Observation`] to the sinks.
+pub struct CapturedBody {
+    inner: ResponseBody,
+    bytes: u64,
+    capturing: Option<Capturing>,
+}
+
+impl CapturedBody {
+    /// Wraps `inner`, recording `pending` with `status` when the body is dropped.
+    pub fn new(inner: ResponseBody, pending: Pending, status: u16, limited: bool, sinks: Arc<Sinks>) -> Self {
+        CapturedBody {
+            inner,
+            bytes: 0,
+            capturing: Some(Capturing {
+                pending,
+                status,
+                limited,
+                sinks,
+            }),
+        }
+    }
+}
+
+impl Drop for CapturedBody {
+    fn drop(&mut self) {
+        if let Some(c) = self.capturing.take() {
+            c.sinks
+                .observe(c.pending.finish(c.status, self.bytes, c.limited));
+        }
+    }
+}
+
+impl Body for CapturedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let res = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &res
+            && let Some(data) = frame.data_ref()
+        {
+            this.bytes += data.len() as u64;
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

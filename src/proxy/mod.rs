@@ -5,22 +5,30 @@
 //! (hop-by-hop removal, protocol upgrade). Nothing here logs a request value.
 
 pub mod body;
+pub mod cookie;
 pub mod headers;
 pub mod upstream;
 
-use std::net::IpAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, FORWARDED, HOST, HeaderValue};
+use http::header::{
+    CONTENT_LENGTH, CONTENT_TYPE, Entry, FORWARDED, HOST, HeaderValue, RETRY_AFTER, SET_COOKIE,
+};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use ipnet::IpNet;
 
 use crate::client_ip::{ClientAddr, TrustedProxies, X_FORWARDED_FOR};
 use crate::config::{Config, ForwardClientIp};
-use body::{BodyTooLarge, RequestBody, ResponseBody};
+use crate::metrics::UpstreamError;
+use crate::privacy::capture::Capture;
+use crate::privacy::net::truncate;
+use crate::ratelimit::{Decision, RateLimiter};
+use body::{BodyTooLarge, CapturedBody, RequestBody, ResponseBody, Sinks};
 use headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use upstream::Upstreams;
 
@@ -41,11 +49,23 @@ pub struct Proxy {
     ipv6_prefix: u8,
     max_body_bytes: u64,
     request_timeout: Duration,
+    cookie_max_age: Duration,
+    /// The capture phase's state (keys, country database, UA parser).
+    pub capture: Capture,
+    /// The rate limiter; `None` when disabled. Swapped on SIGHUP when the quotas change.
+    pub limiter: ArcSwapOption<RateLimiter>,
+    /// Where observations go.
+    pub sinks: Arc<Sinks>,
 }
 
 impl Proxy {
-    /// Builds the proxy from a validated config.
-    pub fn new(config: &Config) -> Proxy {
+    /// Builds the proxy from a validated config and its started parts.
+    pub fn new(
+        config: &Config,
+        capture: Capture,
+        limiter: Option<RateLimiter>,
+        sinks: Arc<Sinks>,
+    ) -> Proxy {
         Proxy {
             upstreams: Upstreams::new(&config.upstream),
             trusted: TrustedProxies::new(&config.client_ip.trusted_proxies),
@@ -54,6 +74,10 @@ impl Proxy {
             ipv6_prefix: config.privacy.ipv6_prefix,
             max_body_bytes: config.server.max_body_bytes,
             request_timeout: config.upstream.request_timeout.0,
+            cookie_max_age: config.privacy.cookie_max_age.0,
+            capture,
+            limiter: ArcSwapOption::from(limiter.map(Arc::new)),
+            sinks,
         }
     }
 
@@ -62,19 +86,48 @@ impl Proxy {
         self.upstreams.any_up()
     }
 
-    /// Handles one request from start to response head.
-    pub async fn handle(
+    /// Handles one request: every phase, ending in a body that records it when it ends.
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<CapturedBody> {
+        let client = self.trusted.resolve(conn.peer, req.headers());
+        let pending = self.capture.begin(client, &req);
+        let (resp, limited) = match self.rate_limit(client, req.uri().path()) {
+            Some(rejection) => (rejection, true),
+            None => (self.forward(req, conn, client).await, false),
+        };
+        let status = resp.status().as_u16();
+        resp.map(|body| CapturedBody::new(body, pending, status, limited, self.sinks.clone()))
+    }
+
+    /// The rate-limit phase: a 429 with `Retry-After` when the client is over its quota.
+    fn rate_limit(&self, client: ClientAddr, path: &str) -> Option<Response<ResponseBody>> {
+        let guard = self.limiter.load();
+        let limiter = guard.as_ref()?;
+        match limiter.check(client.ip(), path) {
+            Decision::Allow => None,
+            Decision::Limited {
+                policy,
+                retry_after_secs,
+            } => {
+                self.sinks.metrics.rate_limited(limiter.policy_name(policy));
+                let mut resp = local(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
+                Some(resp)
+            }
+        }
+    }
+
+    /// Forwards to an upstream and filters the response.
+    async fn forward(
         &self,
         mut req: Request<Incoming>,
         conn: &ConnInfo,
+        client: ClientAddr,
     ) -> Response<ResponseBody> {
-        // request_filter
-        let client = self.trusted.resolve(conn.peer, req.headers());
         if declared_length(&req).is_some_and(|len| len > self.max_body_bytes) {
             return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
         }
-        let upgrade =
-            req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
+        let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         // upstream_request
@@ -87,26 +140,34 @@ impl Proxy {
         let upstream_req = Request::from_parts(parts, RequestBody::new(body, self.max_body_bytes));
 
         // send
-        let mut resp = match tokio::time::timeout(
+        let metrics = &self.sinks.metrics;
+        let sent = Instant::now();
+        let result = tokio::time::timeout(
             self.request_timeout,
             self.upstreams.client().request(upstream_req),
         )
-        .await
-        {
-            Ok(Ok(resp)) => resp,
+        .await;
+        let mut resp = match result {
+            Ok(Ok(resp)) => {
+                metrics.upstream_duration(sent.elapsed());
+                resp
+            }
             Ok(Err(e)) if caused_by_body_limit(&e) => {
                 return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
             }
             Ok(Err(e)) if e.is_connect() => {
                 self.upstreams.mark_down(&pick);
+                metrics.upstream_error(UpstreamError::Connect);
                 tracing::warn!(error = %ErrorChain(&e), "upstream connect failed");
                 return local(StatusCode::BAD_GATEWAY, "bad gateway\n");
             }
             Ok(Err(e)) => {
+                metrics.upstream_error(UpstreamError::Protocol);
                 tracing::warn!(error = %ErrorChain(&e), "upstream request failed");
                 return local(StatusCode::BAD_GATEWAY, "bad gateway\n");
             }
             Err(_) => {
+                metrics.upstream_error(UpstreamError::Timeout);
                 tracing::warn!(timeout = ?self.request_timeout, "upstream timed out");
                 return local(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n");
             }
@@ -115,6 +176,7 @@ impl Proxy {
         // response_filter
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
+        cap_cookies(resp.headers_mut(), self.cookie_max_age);
         if switching {
             match client_upgrade {
                 Some(client_side) => tunnel(client_side, hyper::upgrade::on(&mut resp)),
@@ -169,7 +231,7 @@ impl Proxy {
             ForwardClientIp::Truncated => {
                 h.remove(FORWARDED);
                 let net = truncate(client.ip(), self.ipv4_prefix, self.ipv6_prefix);
-                if let Ok(v) = HeaderValue::from_str(&net.network().to_string()) {
+                if let Ok(v) = HeaderValue::from_str(&net.address().to_string()) {
                     h.insert(X_FORWARDED_FOR.clone(), v);
                 }
             }
@@ -181,12 +243,17 @@ impl Proxy {
     }
 }
 
-/// The network of `ip` at the configured prefix length.
-pub fn truncate(ip: IpAddr, v4: u8, v6: u8) -> IpNet {
-    let prefix = if ip.is_ipv4() { v4 } else { v6 };
-    IpNet::new(ip, prefix)
-        .map(|n| n.trunc())
-        .unwrap_or_else(|_| IpNet::from(ip))
+/// The response policy of P11: upstream `Set-Cookie` lifetimes capped to `max_age`.
+fn cap_cookies(headers: &mut http::HeaderMap, max_age: Duration) {
+    let Entry::Occupied(mut cookies) = headers.entry(SET_COOKIE) else {
+        return;
+    };
+    let now = SystemTime::now();
+    for value in cookies.iter_mut() {
+        if let Some(capped) = cookie::cap_set_cookie(value, max_age, now) {
+            *value = capped;
+        }
+    }
 }
 
 /// A short plain-text response written by the proxy itself.

@@ -18,6 +18,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::client_ip::ClientAddr;
 use crate::config;
+use crate::metrics::Metrics;
 use crate::proxy::{ConnInfo, Proxy};
 
 /// The per-process state every connection task shares.
@@ -92,6 +93,7 @@ pub async fn serve_tls(
 
 /// Serves a cleartext connection (HTTP/1.1, or h2c by prior knowledge).
 pub async fn serve_plain(tcp: TcpStream, peer: ClientAddr, shared: Arc<ConnShared>) {
+    let _open = OpenConnection::new(&shared.proxy.sinks.metrics);
     serve_http(tcp, peer, false, &shared.auto, &shared).await;
 }
 
@@ -153,6 +155,22 @@ async fn serve_http<T>(
                 }
             }
         }
+    }
+}
+
+/// Counts an open connection in `connections_open` for as long as it lives.
+struct OpenConnection(prometheus::IntGauge);
+
+impl OpenConnection {
+    fn new(metrics: &Metrics) -> OpenConnection {
+        metrics.connections_open.inc();
+        OpenConnection(metrics.connections_open.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use tokio::net::{TcpListener, TcpStream};
@@ -16,10 +16,16 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::accesslog::AccessLog;
 use crate::admin;
 use crate::client_ip::ClientAddr;
 use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::privacy::capture::{Capture, EpochKey, open_geo};
+use crate::privacy::keys::{Epoch, Key, KeyError, KeyStore};
 use crate::proxy::Proxy;
+use crate::proxy::body::Sinks;
+use crate::ratelimit::RateLimiter;
 use conn::ConnShared;
 use tls::CertResolver;
 
@@ -55,7 +61,27 @@ async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, ConfigError> {
 pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let resolver = Arc::new(prepare_tls(&config)?);
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(resolver.clone())));
-    let proxy = Arc::new(Proxy::new(&config));
+
+    // The capture's state: today's pseudonym key, the country database, the UA parser.
+    let keys = Arc::new(KeyStore::open(&config.privacy.key_dir, config.privacy.key_retention.0)?);
+    let today = Epoch::today();
+    let key = ratchet(&keys, today)?;
+    let geo = open_geo(&config.geoip.database)?;
+    if geo.is_none() {
+        tracing::warn!("no geoip.database configured: every country is recorded as null");
+    }
+    let capture = Capture::new(&config, EpochKey { epoch: today, key }, geo)
+        .map_err(anyhow::Error::msg)?;
+    let limiter = RateLimiter::new(&config.rate_limit);
+    let policies = limiter.as_ref().map(|l| l.policy_names()).unwrap_or_default();
+    let metrics = Arc::new(Metrics::new(&policies));
+    let log = AccessLog::start(&config.access_log, metrics.log_counters())
+        .with_context(|| "starting the access log (access_log.dir)")?;
+    let sinks = Arc::new(Sinks {
+        log,
+        metrics: metrics.clone(),
+    });
+    let proxy = Arc::new(Proxy::new(&config, capture, limiter, sinks.clone()));
 
     let tls_listener = bind("server.listen", config.server.listen).await?;
     let plain_listener = match config.server.listen_plain {
@@ -78,6 +104,10 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     });
 
     let mut signals = Signals::new()?;
+    let background = [
+        tokio::spawn(rotate_keys(keys.clone(), proxy.clone())),
+        tokio::spawn(housekeep_limiter(proxy.clone())),
+    ];
     log_listening("tls", &tls_listener);
     tokio::spawn(accept_loop(tls_listener, Some(acceptor), shared.clone()));
     if let Some(l) = plain_listener {
@@ -90,7 +120,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
 
     loop {
         match signals.next().await {
-            Signal::Reload => reload(&config_path, &resolver),
+            Signal::Reload => reload(&config_path, &resolver, &proxy),
             Signal::Stop(name) => {
                 tracing::info!(signal = name, grace = ?config.server.shutdown_grace.0, "draining");
                 break;
@@ -104,14 +134,75 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     // Every connection task holds a tracker sender; recv() returns None once all are gone.
     let grace = config.server.shutdown_grace.0;
     if tokio::time::timeout(grace, drained.recv()).await.is_err() {
-        tracing::warn!(
-            ?grace,
-            "shutdown grace period over; closing the remaining connections"
-        );
+        tracing::warn!(?grace, "shutdown grace period over; closing the remaining connections");
     }
     admin_task.abort();
+    for task in background {
+        task.abort();
+    }
+    // Everything queued reaches the file before the process exits.
+    let _ = tokio::task::spawn_blocking(move || sinks.log.shutdown()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Ratchets the key store to `today`, saying what happened.
+fn ratchet(keys: &KeyStore, today: Epoch) -> Result<Key, KeyError> {
+    let outcome = keys.ratchet_to(today)?;
+    if outcome.created_random {
+        tracing::warn!(epoch = %today, dir = %keys.dir().display(), "no pseudonym key found: created a random key");
+    }
+    if !outcome.destroyed.is_empty() {
+        tracing::info!(destroyed = outcome.destroyed.len(), "destroyed pseudonym keys past privacy.key_retention");
+    }
+    Ok(outcome.key)
+}
+
+/// Applies the key of `today` if the capture is still on an older epoch. Returns whether the
+/// epoch changed.
+pub fn rollover(keys: &KeyStore, proxy: &Proxy, today: Epoch) -> Result<bool, KeyError> {
+    if proxy.capture.epoch() >= today {
+        return Ok(false);
+    }
+    let key = ratchet(keys, today)?;
+    proxy.capture.set_key(EpochKey { epoch: today, key });
+    proxy.sinks.metrics.new_epoch();
+    tracing::info!(epoch = %today, "pseudonym key epoch rolled over");
+    Ok(true)
+}
+
+/// At each UTC midnight, ratchets to the new day's key while serving.
+async fn rotate_keys(keys: Arc<KeyStore>, proxy: Arc<Proxy>) {
+    loop {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        // A second past midnight, so the new day is certainly today.
+        let wait = Duration::from_secs(86400 - now % 86400 + 1);
+        tokio::time::sleep(wait).await;
+        loop {
+            let (k, p) = (keys.clone(), proxy.clone());
+            let res = tokio::task::spawn_blocking(move || rollover(&k, &p, Epoch::today())).await;
+            match res {
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => tracing::error!(error = %e, "key rollover failed; retrying in a minute"),
+                Err(e) => tracing::error!(error = %e, "key rollover task failed; retrying in a minute"),
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+    }
+}
+
+/// Keeps the rate limiter's memory bounded.
+async fn housekeep_limiter(proxy: Arc<Proxy>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Some(limiter) = proxy.limiter.load_full() {
+            let _ = tokio::task::spawn_blocking(move || limiter.housekeep()).await;
+        }
+    }
 }
 
 fn log_listening(listener: &'static str, l: &TcpListener) {
@@ -120,8 +211,10 @@ fn log_listening(listener: &'static str, l: &TcpListener) {
     }
 }
 
-/// SIGHUP: read the config again and reload what can change without a restart.
-fn reload(path: &Path, resolver: &CertResolver) {
+/// SIGHUP: read the config again and reload what can change without a restart: the
+/// certificates, the country database and the rate-limit quotas. Each part that fails keeps its
+/// old state and says why.
+fn reload(path: &Path, resolver: &CertResolver, proxy: &Proxy) {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -133,9 +226,26 @@ fn reload(path: &Path, resolver: &CertResolver) {
         .and_then(|_| resolver.reload(&config.tls));
     match result {
         Ok(()) => tracing::info!("reloaded certificates"),
-        Err(e) => {
-            tracing::error!(error = %e, "certificate reload failed; keeping the old certificates")
+        Err(e) => tracing::error!(error = %e, "certificate reload failed; keeping the old certificates"),
+    }
+    match open_geo(&config.geoip.database) {
+        Ok(geo) => {
+            proxy.capture.set_geo(geo);
+            tracing::info!("reloaded the country database");
         }
+        Err(e) => tracing::error!(error = %e, "country database reload failed; keeping the old one"),
+    }
+    let current = proxy.limiter.load();
+    let unchanged = match (current.as_ref(), config.rate_limit.enabled) {
+        (Some(l), true) => l.same_quotas(&config.rate_limit),
+        (None, false) => true,
+        _ => false,
+    };
+    if !unchanged {
+        proxy
+            .limiter
+            .store(RateLimiter::new(&config.rate_limit).map(Arc::new));
+        tracing::info!("rate-limit quotas changed: limiter state reset");
     }
 }
 

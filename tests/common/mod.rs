@@ -3,6 +3,8 @@
 //! and HTTP/2.
 #![allow(dead_code)]
 
+pub mod mmdb;
+
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -90,6 +92,12 @@ async fn upstream_route(
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Response::new(full("slow done\n"))
         }
+        "/cookies" => Response::builder()
+            .header("set-cookie", "long=1; Max-Age=31536000; Path=/")
+            .header("set-cookie", "session=2; Path=/; HttpOnly")
+            .header("set-cookie", "short=3; Max-Age=60")
+            .body(full("cookies\n"))
+            .unwrap(),
         "/hop" => Response::builder()
             .header("connection", "x-resp-hop")
             .header("x-resp-hop", "secret")
@@ -179,6 +187,20 @@ impl Upstream {
     }
 }
 
+/// Today's UTC day, `YYYY-MM-DD`.
+pub fn today_string() -> String {
+    webprom_edge::privacy::keys::Epoch::today().to_string()
+}
+
+/// The UTC day `offset` days from today, `YYYY-MM-DD`.
+pub fn day_offset(offset: i64) -> String {
+    let mut day = webprom_edge::privacy::keys::Epoch::today();
+    for _ in 0..offset.unsigned_abs() {
+        day = if offset < 0 { day.prev() } else { day.next() };
+    }
+    day.to_string()
+}
+
 /// A loopback address where nothing listens.
 pub fn dead_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -219,7 +241,7 @@ self_signed = true
 servers = ["{upstream}"]
 
 [geoip]
-database = ""
+database = "{d}/country.mmdb"
 
 [privacy]
 key_dir = "{d}/keys"
@@ -231,6 +253,20 @@ dir = "{d}/logs"
 listen = "127.0.0.1:0"
 "#
     )
+}
+
+/// A small country database: 198.51.100.0/24 and 2001:db8:1::/48 are Albania, 203.0.113.0/24
+/// is Kosovo.
+pub fn write_test_geo(dir: &Path) {
+    mmdb::write_country_db(
+        &dir.join("country.mmdb"),
+        &[
+            ("198.51.100.0/24", "AL"),
+            ("2001:db8:1::/48", "AL"),
+            ("203.0.113.0/24", "XK"),
+        ],
+        mmdb::Schema::MaxMind,
+    );
 }
 
 /// Replaces `key = ...` in `[section]` of a TOML text, or adds it.
@@ -255,11 +291,15 @@ impl Proxy {
     pub async fn start_with(edit: impl FnOnce(String) -> String, upstream: &str) -> Proxy {
         let dir = tempfile::tempdir().unwrap();
         let config = edit(base_config(dir.path(), upstream));
+        write_test_geo(dir.path());
         std::fs::write(dir.path().join("config.toml"), config).unwrap();
         Self::spawn(dir).await
     }
 
     pub async fn spawn(dir: tempfile::TempDir) -> Proxy {
+        if !dir.path().join("country.mmdb").exists() {
+            write_test_geo(dir.path());
+        }
         let mut child = Command::new(bin())
             .args(["run", "--config"])
             .arg(dir.path().join("config.toml"))

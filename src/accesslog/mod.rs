@@ -1,0 +1,239 @@
+//! The access log: a bounded queue from the request path to one writer thread, which appends
+//! JSON Lines to day files `access-YYYY-MM-DD.jsonl` and deletes day files past retention.
+//!
+//! The request path only ever calls [`AccessLog::record`], which never blocks: when the queue
+//! is full the record is counted as dropped. The writer flushes at least once a second and at
+//! shutdown. A write error (disk full) is counted, reported once until writing works again, and
+//! never stops the proxy. The queue carries [`Observation`]s, so nothing but the allowed fields
+//! can reach a file.
+
+pub mod files;
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use prometheus::IntCounter;
+
+use crate::config;
+use crate::privacy::keys::Epoch;
+use crate::privacy::observation::Observation;
+
+/// How often buffered records reach the file, at the latest.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+/// How often day files past retention are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+/// Size of the writer's buffer: one write system call per this many bytes under load.
+const WRITE_BUFFER: usize = 256 * 1024;
+
+/// The writer's counters (exported as `webprom_edge_access_log_*`).
+#[derive(Clone)]
+pub struct LogCounters {
+    /// Records handed to the file.
+    pub records: IntCounter,
+    /// Records dropped because the queue was full.
+    pub dropped: IntCounter,
+    /// Failed writes or flushes.
+    pub write_errors: IntCounter,
+}
+
+enum Msg {
+    Record(Observation),
+    /// Flush and answer (tests, erasure).
+    Flush(SyncSender<()>),
+    Shutdown,
+}
+
+/// The request path's handle on the access log.
+pub struct AccessLog {
+    tx: SyncSender<Msg>,
+    counters: LogCounters,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl AccessLog {
+    /// Creates the directory, deletes day files past retention, and starts the writer thread.
+    pub fn start(cfg: &config::AccessLog, counters: LogCounters) -> io::Result<AccessLog> {
+        std::fs::create_dir_all(&cfg.dir).map_err(|e| with_path(e, &cfg.dir))?;
+        let retention_days = (cfg.retention.0.as_secs() / 86400) as i64;
+        let removed = files::sweep(&cfg.dir, Epoch::today(), retention_days)
+            .map_err(|e| with_path(e, &cfg.dir))?;
+        if removed > 0 {
+            tracing::info!(removed, dir = %cfg.dir.display(), "deleted access-log day files past retention");
+        }
+        let (tx, rx) = sync_channel(cfg.buffer_records);
+        let writer = Writer {
+            dir: cfg.dir.clone(),
+            retention_days,
+            counters: counters.clone(),
+            open: None,
+            failing: false,
+            line: Vec::with_capacity(512),
+        };
+        let thread = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(AccessLog {
+            tx,
+            counters,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Queues one record; never blocks. A full queue drops the record and counts it.
+    pub fn record(&self, obs: Observation) {
+        match self.tx.try_send(Msg::Record(obs)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.counters.dropped.inc();
+            }
+        }
+    }
+
+    /// Waits until every record queued so far is in the file (blocking: not for the runtime).
+    pub fn flush(&self) {
+        let (tx, rx) = sync_channel(1);
+        if self.tx.send(Msg::Flush(tx)).is_ok() {
+            let _ = rx.recv();
+        }
+    }
+
+    /// Writes what is queued, flushes, and stops the writer thread (blocking).
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Msg::Shutdown);
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn with_path(e: io::Error, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+struct OpenDay {
+    day: Epoch,
+    file: BufWriter<File>,
+}
+
+struct Writer {
+    dir: PathBuf,
+    retention_days: i64,
+    counters: LogCounters,
+    open: Option<OpenDay>,
+    /// A write error was reported and writing has not worked since.
+    failing: bool,
+    line: Vec<u8>,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Msg>) {
+        let mut last_flush = Instant::now();
+        let mut last_sweep = Instant::now();
+        let mut dirty = false;
+        loop {
+            let wait = FLUSH_EVERY.saturating_sub(last_flush.elapsed());
+            match rx.recv_timeout(wait) {
+                Ok(Msg::Record(obs)) => {
+                    self.write(&obs);
+                    dirty = true;
+                }
+                Ok(Msg::Flush(done)) => {
+                    self.flush();
+                    dirty = false;
+                    last_flush = Instant::now();
+                    let _ = done.send(());
+                }
+                Ok(Msg::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
+                    while let Ok(msg) = rx.try_recv() {
+                        match msg {
+                            Msg::Record(obs) => self.write(&obs),
+                            Msg::Flush(done) => {
+                                let _ = done.send(());
+                            }
+                            Msg::Shutdown => {}
+                        }
+                    }
+                    self.flush();
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if last_flush.elapsed() >= FLUSH_EVERY {
+                if dirty {
+                    self.flush();
+                    dirty = false;
+                }
+                last_flush = Instant::now();
+            }
+            if last_sweep.elapsed() >= SWEEP_EVERY {
+                last_sweep = Instant::now();
+                match files::sweep(&self.dir, Epoch::today(), self.retention_days) {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::info!(removed, "deleted access-log day files past retention"),
+                    Err(e) => tracing::warn!(dir = %self.dir.display(), error = %e, "access-log retention sweep failed"),
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, obs: &Observation) {
+        let day = obs.day();
+        self.line.clear();
+        obs.write_json(&mut self.line);
+        let result = self.file_for(day).and_then(|f| f.write_all(&self.line));
+        match result {
+            Ok(()) => self.counters.records.inc(),
+            Err(e) => self.failed(day, e),
+        }
+    }
+
+    fn file_for(&mut self, day: Epoch) -> io::Result<&mut BufWriter<File>> {
+        if self.open.as_ref().is_none_or(|o| o.day != day) {
+            if let Some(mut old) = self.open.take() {
+                old.file.flush()?;
+            }
+            let file = files::open_append(&self.dir, day)?;
+            self.open = Some(OpenDay {
+                day,
+                file: BufWriter::with_capacity(WRITE_BUFFER, file),
+            });
+        }
+        match self.open.as_mut() {
+            Some(o) => Ok(&mut o.file),
+            None => Err(io::Error::other("no open day file")),
+        }
+    }
+
+    fn flush(&mut self) {
+        let Some(open) = self.open.as_mut() else {
+            return;
+        };
+        let day = open.day;
+        match open.file.flush() {
+            Ok(()) => {
+                if self.failing {
+                    self.failing = false;
+                    tracing::info!("access log writing again");
+                }
+            }
+            Err(e) => self.failed(day, e),
+        }
+    }
+
+    fn failed(&mut self, day: Epoch, e: io::Error) {
+        self.counters.write_errors.inc();
+        if !self.failing {
+            self.failing = true;
+            let path = files::day_path(&self.dir, day);
+            tracing::error!(path = %path.display(), error = %e, "access log write failed; records are being lost (counted in webprom_edge_access_log_write_errors_total)");
+        }
+        // Start from a fresh file handle next time; the buffered bytes are gone.
+        self.open = None;
+    }
+}

@@ -1,0 +1,199 @@
+//! The capture phase: derives the allowed facts of a request (SPEC §4) from its head and the
+//! client address, and completes them into an [`Observation`] when the response ends.
+//!
+//! This is the only code that reads the raw address and the request headers for recording; it
+//! keeps only derived values (pseudonym, network, country, families, language, normalised path)
+//! and drops the rest. It never logs.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use http::header::{ACCEPT_LANGUAGE, HOST, HeaderName, USER_AGENT};
+
+use super::geo::{GeoDb, GeoError};
+use super::keys::{Epoch, Key, pseudonym};
+use super::lang::primary_language;
+use super::net::truncate;
+use super::observation::{HttpProto, MethodClass, Observation};
+use super::path::normalize_path;
+use super::ua::UaParser;
+use crate::client_ip::ClientAddr;
+use crate::config::Config;
+
+static SEC_CH_UA: HeaderName = HeaderName::from_static("sec-ch-ua");
+static SEC_CH_UA_PLATFORM: HeaderName = HeaderName::from_static("sec-ch-ua-platform");
+
+/// Distinct user agents remembered by the parser's cache.
+const UA_CACHE: usize = 16 * 1024;
+
+/// The key in use and the epoch it belongs to.
+pub struct EpochKey {
+    /// The UTC day of the key.
+    pub epoch: Epoch,
+    /// The key.
+    pub key: Key,
+}
+
+/// The capture's shared state: the current key, the country database, the UA parser.
+pub struct Capture {
+    key: ArcSwap<EpochKey>,
+    geo: ArcSwapOption<GeoDb>,
+    ua: UaParser,
+    hosts: Box<[Arc<str>]>,
+    ipv4_prefix: u8,
+    ipv6_prefix: u8,
+    pseudonym_ipv6_prefix: u8,
+    precision_secs: i64,
+}
+
+/// What is known of a request before its response: allowed fields only.
+pub struct Pending {
+    started: Instant,
+    obs: Observation,
+}
+
+/// Opens the country database at `path`; an empty path means no database.
+pub fn open_geo(path: &Path) -> Result<Option<GeoDb>, GeoError> {
+    if path.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    GeoDb::open(path).map(Some)
+}
+
+impl Capture {
+    /// Builds the capture from the config, today's key and the opened country database.
+    pub fn new(config: &Config, key: EpochKey, geo: Option<GeoDb>) -> Result<Capture, String> {
+        let ua = UaParser::new(UA_CACHE).map_err(|e| format!("user-agent parser: {e}"))?;
+        Ok(Capture {
+            key: ArcSwap::from_pointee(key),
+            geo: ArcSwapOption::from(geo.map(Arc::new)),
+            ua,
+            hosts: config
+                .server
+                .hosts
+                .iter()
+                .map(|h| Arc::from(h.to_ascii_lowercase()))
+                .collect(),
+            ipv4_prefix: config.privacy.ipv4_prefix,
+            ipv6_prefix: config.privacy.ipv6_prefix,
+            pseudonym_ipv6_prefix: config.privacy.pseudonym_ipv6_prefix,
+            precision_secs: config.privacy.timestamp_precision.0.as_secs().max(1) as i64,
+        })
+    }
+
+    /// Installs the key of a new epoch (at the UTC midnight rollover).
+    pub fn set_key(&self, key: EpochKey) {
+        self.key.store(Arc::new(key));
+    }
+
+    /// The epoch of the key in use.
+    pub fn epoch(&self) -> Epoch {
+        self.key.load().epoch
+    }
+
+    /// Swaps in another country database (SIGHUP).
+    pub fn set_geo(&self, geo: Option<GeoDb>) {
+        self.geo.store(geo.map(Arc::new));
+    }
+
+    /// Derives the allowed facts of a request.
+    pub fn begin<B>(&self, client: ClientAddr, req: &http::Request<B>) -> Pending {
+        let started = Instant::now();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let ts = now - now.rem_euclid(self.precision_secs);
+        let ip: IpAddr = client.ip();
+        let key = self.key.load();
+        let headers = req.headers();
+        let get = |name: &HeaderName| headers.get(name).map(|v| v.as_bytes());
+        let device = self.ua.parse(
+            get(&USER_AGENT),
+            get(&SEC_CH_UA),
+            get(&SEC_CH_UA_PLATFORM),
+        );
+        let mut path = String::with_capacity(req.uri().path().len().min(128));
+        normalize_path(req.uri().path(), &mut path);
+        let obs = Observation {
+            ts,
+            epoch: key.epoch,
+            client: pseudonym(&key.key, ip, self.pseudonym_ipv6_prefix),
+            net: truncate(ip, self.ipv4_prefix, self.ipv6_prefix),
+            country: self.geo.load().as_ref().and_then(|db| db.lookup(ip)),
+            device,
+            lang: get(&ACCEPT_LANGUAGE).and_then(primary_language),
+            method: MethodClass::of(req.method()),
+            host: self.listed_host(req),
+            path,
+            status: 0,
+            bytes_sent: 0,
+            duration_us: 0,
+            proto: if req.version() == http::Version::HTTP_2 {
+                HttpProto::Http2
+            } else {
+                HttpProto::Http1
+            },
+            limited: false,
+        };
+        Pending { started, obs }
+    }
+
+    /// The requested host (Host, or HTTP/2 :authority), port dropped, if it is configured.
+    fn listed_host<B>(&self, req: &http::Request<B>) -> Option<Arc<str>> {
+        let raw = match req.headers().get(HOST) {
+            Some(h) => h.to_str().ok()?,
+            None => req.uri().host()?,
+        };
+        let host = strip_port(raw);
+        self.hosts
+            .iter()
+            .find(|h| h.eq_ignore_ascii_case(host))
+            .cloned()
+    }
+}
+
+fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return match authority.find(']') {
+            Some(end) => &authority[..=end],
+            None => authority,
+        };
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+impl Pending {
+    /// Completes the record when the response has ended (or the client went away).
+    pub fn finish(mut self, status: u16, bytes_sent: u64, limited: bool) -> Observation {
+        self.obs.status = status;
+        self.obs.bytes_sent = bytes_sent;
+        self.obs.duration_us = self.started.elapsed().as_micros() as u64;
+        self.obs.limited = limited;
+        self.obs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_port;
+
+    #[test]
+    fn ports_are_dropped() {
+        for (input, want) in [
+            ("localhost", "localhost"),
+            ("localhost:8443", "localhost"),
+            ("[::1]:8443", "[::1]"),
+            ("[::1]", "[::1]"),
+            ("ads.example.com:", "ads.example.com"),
+            ("weird:port", "weird:port"),
+        ] {
+            assert_eq!(strip_port(input), want, "{input}");
+        }
+    }
+}
