@@ -187,6 +187,22 @@ impl Upstream {
     }
 }
 
+/// Whether the Debian program `program` (package `package`) is installed. Without it the test
+/// skips with a message, unless `WEBPROM_EDGE_REQUIRE_EXTERNAL=1` (CI), where it fails.
+pub fn external(program: &str, package: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        if std::env::var("WEBPROM_EDGE_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
+            panic!("{program} is required (WEBPROM_EDGE_REQUIRE_EXTERNAL=1): apt-get install {package}");
+        }
+        eprintln!("SKIPPED: {program} not found; install the Debian package `{package}` to run this test");
+    }
+    found
+}
+
 /// Today's UTC day, `YYYY-MM-DD`.
 pub fn today_string() -> String {
     webprom_edge::privacy::keys::Epoch::today().to_string()

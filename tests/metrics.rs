@@ -1,0 +1,308 @@
+//! Metrics (issue 4): the exposition is valid for promtool and scraped by a real Prometheus,
+//! label sets stay bounded under random input, nothing personal appears, and the distinct-visitor
+//! estimate is close.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::{Method, Request, StatusCode};
+
+fn series(metrics: &str) -> Vec<&str> {
+    metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect()
+}
+
+fn value(metrics: &str, series_prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(series_prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_spec_metric_is_exported_and_promtool_accepts_it() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(&up.url()).await;
+    for proto in BOTH {
+        assert_eq!(proxy.client().get(proto, "/").await.status, StatusCode::OK);
+    }
+    let (status, text) = proxy.admin_get("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    for name in [
+        "http_requests_total",
+        "http_request_duration_seconds",
+        "http_response_bytes_total",
+        "requests_by_country_total",
+        "requests_by_browser_total",
+        "requests_by_os_total",
+        "requests_by_language_total",
+        "unique_clients",
+        "rate_limited_total",
+        "upstream_request_duration_seconds",
+        "upstream_errors_total",
+        "tls_handshakes_total",
+        "tls_handshake_errors_total",
+        "connections_open",
+        "access_log_records_total",
+        "access_log_dropped_total",
+        "access_log_write_errors_total",
+        "build_info",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE webprom_edge_{name} ")),
+            "{name} missing:\n{text}"
+        );
+    }
+    assert_eq!(
+        value(&text, "webprom_edge_http_requests_total{method=\"GET\",proto=\"HTTP/2\",status_class=\"2xx\"}"),
+        1.0
+    );
+    assert_eq!(value(&text, "webprom_edge_tls_handshakes_total{alpn=\"h2\",version=\"TLSv1.3\"}"), 1.0);
+    assert!(text.contains("webprom_edge_unique_clients{window=\"epoch\"} 1"), "{text}");
+
+    if !external("promtool", "prometheus") {
+        return;
+    }
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn promtool_accepts_the_alert_rules() {
+    if !external("promtool", "prometheus") {
+        return;
+    }
+    let out = Command::new("promtool")
+        .args(["check", "rules", "config/prometheus/alerts.yml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("SUCCESS: 6 rules found"), "{text}");
+}
+
+#[test]
+fn the_dashboard_is_json_over_our_metrics() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/grafana/webprom-edge.json");
+    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let panels = dash["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    for p in panels {
+        for t in p["targets"].as_array().unwrap() {
+            assert!(t["expr"].as_str().unwrap().contains("webprom_edge_"), "{t}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_request_count() {
+    if !external("prometheus", "prometheus") {
+        return;
+    }
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(&up.url()).await;
+    let sent = 37;
+    let mut conn = proxy.client().connect(Proto::H2).await;
+    for i in 0..sent {
+        assert_eq!(conn.send(get(&format!("/p/{i}"))).await.status, StatusCode::OK);
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: webprom-edge\n    static_configs:\n      - targets: ['{}']\n",
+        proxy.admin_addr
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    let web = dead_addr();
+    let mut prom = Command::new("prometheus")
+        .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(std::mem::replace(&mut prom, Command::new("true").spawn().unwrap()));
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let query = "sum(webprom_edge_http_requests_total)";
+    loop {
+        assert!(Instant::now() < deadline, "Prometheus never reported {sent} requests");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Some(body) = http_get(web, &format!("/api/v1/query?query={}", urlencode(query))).await else {
+            continue;
+        };
+        let v: serde_json::Value = match serde_json::from_str(&body) {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        let Some(result) = v["data"]["result"].as_array().and_then(|r| r.first()) else {
+            continue;
+        };
+        let count: f64 = result["value"][1].as_str().unwrap_or("0").parse().unwrap_or(0.0);
+        if count as usize == sent {
+            break;
+        }
+        assert!((count as usize) < sent, "Prometheus saw {count}, more than sent");
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A plain HTTP GET; None if the server is not up yet.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", "localhost")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .ok()?;
+    let resp = send.send_request(req).await.ok()?;
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// A deterministic pseudo-random generator (xorshift), so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn token(&mut self, len: usize) -> String {
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+        (0..len)
+            .map(|_| ALPHABET[(self.next() % ALPHABET.len() as u64) as usize] as char)
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_requests_keep_series_bounded_and_leave_no_trace() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start_with(|c| set(&c, "rate_limit", "enabled", "false"), &up.url()).await;
+    let mut rng = Rng(0x5eed_1234_abcd_0042);
+    let mut conns = [
+        proxy.client().connect(Proto::H1).await,
+        proxy.client().connect(Proto::H2).await,
+    ];
+    let mut tokens = Vec::new();
+    let methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "PURGE", "BREW", "QQQX"];
+    for i in 0..1000 {
+        let ua = format!("Mozilla/5.0 ({}) {}/{}", rng.token(12), rng.token(10), rng.next() % 1000);
+        let lang = format!("{}-{}", rng.token(2).to_lowercase(), rng.token(2));
+        let host = format!("{}.example", rng.token(12).to_lowercase());
+        let path = format!("/{}/{}", rng.token(14), rng.token(9));
+        let method = methods[(rng.next() % methods.len() as u64) as usize];
+        tokens.extend([ua.clone(), host.clone(), path.clone()]);
+        let req = Request::builder()
+            .method(Method::from_bytes(method.as_bytes()).unwrap())
+            .uri(format!("https://{host}{path}"))
+            .header("host", host.as_str())
+            .header("user-agent", ua)
+            .header("accept-language", lang)
+            .body(body(Bytes::new()))
+            .unwrap();
+        let resp = conns[i % 2].send(req).await;
+        assert!(resp.status.as_u16() < 500, "{}", resp.status);
+    }
+    let text = proxy.admin_get("/metrics").await.1;
+    let n = series(&text).len();
+    // Languages are at most the 184 ISO 639-1 codes + 2, countries 676 two-letter codes + 1;
+    // everything else is a small fixed set. Random input must not grow it past this.
+    assert!(n < 1200, "{n} series");
+    assert_eq!(value(&text, "webprom_edge_http_requests_total"), 1000.0);
+    assert!(text.contains("method=\"OTHER\""));
+    for t in &tokens {
+        assert!(!text.contains(t.as_str()), "{t} appears in the metrics");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unique_clients_estimates_a_thousand_visitors() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start_with(
+        |c| {
+            let c = set(&c, "client_ip", "trusted_proxies", "[\"127.0.0.1\"]");
+            set(&c, "rate_limit", "enabled", "false")
+        },
+        &up.url(),
+    )
+    .await;
+    let mut conn = proxy.client().connect(Proto::H2).await;
+    let mut addrs = Vec::new();
+    for i in 0..1000u32 {
+        let ip = format!("10.{}.{}.{}", i / 65536 % 256, i / 256 % 256, i % 256);
+        // Each visitor comes twice: repeats must not count.
+        for _ in 0..2 {
+            let req = Request::get("https://localhost/")
+                .header("x-forwarded-for", ip.as_str())
+                .body(body(Bytes::new()))
+                .unwrap();
+            conn.send(req).await;
+        }
+        addrs.push(ip);
+    }
+    let text = proxy.admin_get("/metrics").await.1;
+    let estimate = value(&text, "webprom_edge_unique_clients{window=\"epoch\"}");
+    assert!((estimate - 1000.0).abs() <= 50.0, "estimate {estimate}");
+    // The access log is flushed within a second; its pseudonyms must not be in the metrics.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut pseudonyms = std::collections::HashSet::new();
+    for entry in std::fs::read_dir(proxy.path("logs")).unwrap().flatten() {
+        for line in std::fs::read_to_string(entry.path()).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            pseudonyms.insert(v["client"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(pseudonyms.len(), 1000);
+    for a in &addrs {
+        assert!(!text.contains(&format!("\"{a}\"")) && !text.contains(&format!("{a} ")), "{a} in metrics");
+    }
+    for p in pseudonyms {
+        assert!(!text.contains(&p));
+    }
+}
