@@ -5,6 +5,7 @@
 //! (hop-by-hop removal, protocol upgrade). Nothing here logs a request value.
 
 pub mod body;
+pub mod cookie;
 pub mod headers;
 pub mod upstream;
 
