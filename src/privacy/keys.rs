@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -24,6 +24,8 @@ use zeroize::{Zeroize, Zeroizing};
 pub const RATCHET_CONTEXT: &str = "webprom-edge pseudonym ratchet v1";
 
 const SECS_PER_DAY: i64 = 86_400;
+/// The largest key file read: 64 hex digits and trailing whitespace.
+const MAX_KEY_FILE_BYTES: usize = 128;
 /// Julian day number of 1970-01-01.
 const UNIX_EPOCH_JULIAN_DAY: i32 = 2_440_588;
 /// Days from 1970-01-01 to 0000-01-01 and to 9999-12-31: epochs stay four-digit years.
@@ -79,6 +81,11 @@ impl Epoch {
     /// Days from `self` to `other`: positive when `other` is later.
     pub fn days_between(self, other: Epoch) -> i64 {
         i64::from(other.0) - i64::from(self.0)
+    }
+
+    /// Days from `self` until `later` (the same as [`Epoch::days_between`]).
+    pub fn days_until(self, later: Epoch) -> i64 {
+        self.days_between(later)
     }
 
     fn date(self) -> Option<Date> {
@@ -375,7 +382,9 @@ impl KeyStore {
 
     /// Ratchets the store to `today`: loads the newest key of a day up to `today`, derives
     /// forward to `today` (never backwards), writes today's file if missing, and destroys the
-    /// files of days before the retention window. With no earlier key, creates a random one.
+    /// files of days before the retention window. With no key of `today` or before (even if
+    /// later days' files exist), creates a random one. Logs nothing: the caller reports the
+    /// outcome.
     pub fn ratchet_to(&self, today: Epoch) -> Result<RatchetOutcome, KeyError> {
         let files = self.scan()?;
         let mut written = Vec::new();
@@ -415,16 +424,6 @@ impl KeyStore {
             destroyed.push(epoch);
         }
         self.sync_dir_after(!destroyed.is_empty())?;
-        for e in &destroyed {
-            tracing::info!(epoch = %e, "destroyed expired pseudonym key");
-        }
-        if created_random {
-            tracing::warn!(
-                epoch = %today,
-                dir = %self.dir.display(),
-                "no earlier pseudonym key found: created a random key; pseudonyms do not link to earlier days"
-            );
-        }
         Ok(RatchetOutcome {
             epoch: today,
             key,
@@ -496,7 +495,8 @@ impl KeyStore {
             let Ok(epoch) = date.parse::<Epoch>() else {
                 continue;
             };
-            if !entry.file_type().map_err(dir_err)?.is_file() {
+            // Follows symbolic links: a fleet may link a shared day's file into place.
+            if !entry.path().is_file() {
                 continue;
             }
             let slot = files.entry(epoch).or_default();
@@ -591,10 +591,15 @@ struct EpochFiles {
 
 /// Reads a key file: 32 raw bytes, or 64 hex digits with optional trailing whitespace.
 fn read_key_file(path: &Path) -> Result<Key, KeyError> {
-    let data = Zeroizing::new(fs::read(path).map_err(|source| KeyError::Read {
+    let read_err = |source| KeyError::Read {
         path: path.to_path_buf(),
         source,
-    })?);
+    };
+    // Longest valid content: 64 hex digits and some trailing whitespace; read no more.
+    let mut data = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE_BYTES + 1));
+    File::open(path)
+        .and_then(|f| f.take(MAX_KEY_FILE_BYTES as u64 + 1).read_to_end(&mut data))
+        .map_err(read_err)?;
     if let Ok(meta) = fs::metadata(path)
         && meta.permissions().mode() & 0o077 != 0
     {
@@ -612,7 +617,7 @@ fn read_key_file(path: &Path) -> Result<Key, KeyError> {
         return Ok(key);
     }
     let text = data.trim_ascii_end();
-    if text.len() != 64 {
+    if text.len() != 64 || data.len() > MAX_KEY_FILE_BYTES {
         return Err(corrupt());
     }
     for (out, pair) in key.0.iter_mut().zip(text.chunks_exact(2)) {
@@ -724,6 +729,7 @@ mod tests {
         assert!(ep("2026-01-01") < ep("2026-01-02"));
         assert_eq!(ep("2026-01-01").days_between(ep("2026-03-01")), 59);
         assert_eq!(ep("2026-03-01").days_between(ep("2026-01-01")), -59);
+        assert_eq!(ep("2026-01-01").days_until(ep("2026-01-31")), 30);
         assert_eq!(ep("9999-12-31").next(), ep("9999-12-31"));
         assert_eq!(ep("1970-01-01").days(), 0);
         let today = Epoch::today();
@@ -1020,6 +1026,12 @@ mod tests {
             fs::write(tmp.path().join(format!("{day}.key")), content).unwrap();
             assert_eq!(ks.load(ep(day)).unwrap(), Some(k.clone()), "{day}");
         }
+        // A symbolic link to a shared key file counts as the day's file.
+        let shared = tempfile::tempdir().unwrap();
+        let target = shared.path().join("shared.key");
+        fs::write(&target, hex(next_key(&k).as_bytes())).unwrap();
+        std::os::unix::fs::symlink(&target, tmp.path().join("2026-01-05.key")).unwrap();
+        assert_eq!(ks.load(ep("2026-01-05")).unwrap(), Some(next_key(&k)));
     }
 
     #[test]
@@ -1033,6 +1045,13 @@ mod tests {
             b"zz0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
             b" 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
             b"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f00",
+            // Valid digits, but more trailing whitespace than a key file ever has.
+            &[
+                b"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f" as &[u8],
+                &[b' '; 100],
+            ]
+            .concat(),
+            &[b'0'; 1 << 20],
         ];
         for content in cases {
             let tmp = tempfile::tempdir().unwrap();
