@@ -1,0 +1,1069 @@
+//! Pseudonym keys and the pseudonyms made with them (SPEC §5).
+//!
+//! Owns the daily key schedule (epochs, the one-way ratchet, the key files in `key_dir`, their
+//! destruction after `key_retention`) and the pseudonym formula. Must never print, log or put
+//! in an error message a key or an address, never derive a key backwards or guess a destroyed
+//! one, and never leave a key file readable by anyone but its owner.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use time::Date;
+use zeroize::{Zeroize, Zeroizing};
+
+/// The BLAKE3 `derive_key` context of the ratchet `K[d+1] = derive_key(CONTEXT, K[d])`.
+pub const RATCHET_CONTEXT: &str = "webprom-edge pseudonym ratchet v1";
+
+const SECS_PER_DAY: i64 = 86_400;
+/// The largest key file read: 64 hex digits and trailing whitespace.
+const MAX_KEY_FILE_BYTES: usize = 128;
+/// Julian day number of 1970-01-01.
+const UNIX_EPOCH_JULIAN_DAY: i32 = 2_440_588;
+/// Days from 1970-01-01 to 0000-01-01 and to 9999-12-31: epochs stay four-digit years.
+const MIN_DAYS: i32 = -719_528;
+const MAX_DAYS: i32 = 2_932_896;
+
+/// A key epoch: one UTC day, shown as `YYYY-MM-DD`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Epoch(i32);
+
+impl Epoch {
+    /// The epoch `days` days after 1970-01-01 (clamped to years 0000..=9999).
+    pub fn from_days(days: i32) -> Epoch {
+        Epoch(days.clamp(MIN_DAYS, MAX_DAYS))
+    }
+
+    /// Days since 1970-01-01.
+    pub fn days(self) -> i32 {
+        self.0
+    }
+
+    /// The UTC day of a Unix time in seconds (clamped to years 0000..=9999).
+    pub fn from_unix_secs(secs: i64) -> Epoch {
+        let days = secs
+            .div_euclid(SECS_PER_DAY)
+            .clamp(i64::from(MIN_DAYS), i64::from(MAX_DAYS));
+        Epoch(i32::try_from(days).unwrap_or(MAX_DAYS))
+    }
+
+    /// The current UTC day.
+    pub fn today() -> Epoch {
+        Epoch::from_unix_secs(time::OffsetDateTime::now_utc().unix_timestamp())
+    }
+
+    /// The day after (saturating at 9999-12-31).
+    pub fn next(self) -> Epoch {
+        Epoch::from_days(self.0.saturating_add(1))
+    }
+
+    /// The day before (saturating at 0000-01-01).
+    pub fn prev(self) -> Epoch {
+        Epoch::from_days(self.0.saturating_sub(1))
+    }
+
+    /// The epoch `n` days later (negative: earlier), clamped.
+    pub fn add_days(self, n: i64) -> Epoch {
+        let days = i64::from(self.0)
+            .saturating_add(n)
+            .clamp(i64::from(MIN_DAYS), i64::from(MAX_DAYS));
+        Epoch(i32::try_from(days).unwrap_or(MAX_DAYS))
+    }
+
+    /// Days from `self` to `other`: positive when `other` is later.
+    pub fn days_between(self, other: Epoch) -> i64 {
+        i64::from(other.0) - i64::from(self.0)
+    }
+
+    /// Days from `self` until `later` (the same as [`Epoch::days_between`]).
+    pub fn days_until(self, later: Epoch) -> i64 {
+        self.days_between(later)
+    }
+
+    fn date(self) -> Option<Date> {
+        Date::from_julian_day(self.0.checked_add(UNIX_EPOCH_JULIAN_DAY)?).ok()
+    }
+
+    /// The key file name of this epoch, `YYYY-MM-DD.key`.
+    pub fn file_name(self) -> String {
+        format!("{self}.key")
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.date() {
+            Some(d) => write!(
+                f,
+                "{:04}-{:02}-{:02}",
+                d.year(),
+                u8::from(d.month()),
+                d.day()
+            ),
+            None => f.write_str("0000-00-00"),
+        }
+    }
+}
+
+/// An epoch that is not a valid `YYYY-MM-DD` date.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{input:?} is not a date of the form YYYY-MM-DD")]
+pub struct EpochParseError {
+    input: String,
+}
+
+impl FromStr for Epoch {
+    type Err = EpochParseError;
+
+    fn from_str(s: &str) -> Result<Epoch, EpochParseError> {
+        let err = || EpochParseError {
+            input: s.chars().take(32).collect(),
+        };
+        let b = s.as_bytes();
+        let shape_ok = b.len() == 10
+            && b[4] == b'-'
+            && b[7] == b'-'
+            && b.iter()
+                .enumerate()
+                .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+        if !shape_ok {
+            return Err(err());
+        }
+        let num = |r: std::ops::Range<usize>| s.get(r).and_then(|t| t.parse::<u16>().ok());
+        let (Some(y), Some(m), Some(d)) = (num(0..4), num(5..7), num(8..10)) else {
+            return Err(err());
+        };
+        let month = u8::try_from(m)
+            .ok()
+            .and_then(|m| time::Month::try_from(m).ok())
+            .ok_or_else(err)?;
+        let day = u8::try_from(d).map_err(|_| err())?;
+        let date = Date::from_calendar_date(i32::from(y), month, day).map_err(|_| err())?;
+        Ok(Epoch(date.to_julian_day() - UNIX_EPOCH_JULIAN_DAY))
+    }
+}
+
+/// A 32-byte pseudonym key. Zeroed on drop; never printed.
+#[derive(Clone)]
+pub struct Key([u8; 32]);
+
+impl Key {
+    /// A key from its bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Key {
+        Key(bytes)
+    }
+
+    /// A new key from the operating system's random source.
+    pub fn random() -> Result<Key, KeyError> {
+        let mut key = Key([0; 32]);
+        getrandom::fill(&mut key.0).map_err(KeyError::Random)?;
+        Ok(key)
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl Drop for Key {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl PartialEq for Key {
+    /// Compares in constant time.
+    fn eq(&self, other: &Key) -> bool {
+        self.0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+impl Eq for Key {}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Key(..)")
+    }
+}
+
+/// The key of the next day: `K[d+1] = BLAKE3::derive_key(RATCHET_CONTEXT, K[d])`.
+pub fn next_key(k: &Key) -> Key {
+    Key(blake3::derive_key(RATCHET_CONTEXT, &k.0))
+}
+
+/// A client pseudonym: 16 base64url characters (96 bits of a keyed BLAKE3 hash).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pseudonym([u8; 16]);
+
+impl Pseudonym {
+    /// The pseudonym as text.
+    pub fn as_str(&self) -> &str {
+        // Always ASCII: built only from the base64url alphabet.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for Pseudonym {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Pseudonym {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Pseudonym({:?})", self.as_str())
+    }
+}
+
+/// Text that is not a pseudonym (16 base64url characters). Does not echo the input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a pseudonym is 16 characters from A-Z, a-z, 0-9, '-' and '_'")]
+pub struct PseudonymParseError;
+
+impl FromStr for Pseudonym {
+    type Err = PseudonymParseError;
+
+    fn from_str(s: &str) -> Result<Pseudonym, PseudonymParseError> {
+        let bytes: [u8; 16] = s.as_bytes().try_into().map_err(|_| PseudonymParseError)?;
+        if bytes
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        {
+            Ok(Pseudonym(bytes))
+        } else {
+            Err(PseudonymParseError)
+        }
+    }
+}
+
+/// The pseudonym of `ip` under `key` (SPEC §5).
+///
+/// `base64url_nopad(BLAKE3::keyed_hash(key, A)[0..12])`, where A is the 4 bytes of an IPv4
+/// address (an IPv4-mapped IPv6 address counts as IPv4) or the 16 bytes of an IPv6 address
+/// with every bit after `pseudonym_ipv6_prefix` zeroed. Allocates nothing.
+pub fn pseudonym(key: &Key, ip: IpAddr, pseudonym_ipv6_prefix: u8) -> Pseudonym {
+    let hash = match ip.to_canonical() {
+        IpAddr::V4(v4) => blake3::keyed_hash(&key.0, &v4.octets()),
+        IpAddr::V6(v6) => {
+            let masked = u128::from(v6) & prefix_mask(pseudonym_ipv6_prefix);
+            blake3::keyed_hash(&key.0, &masked.to_be_bytes())
+        }
+    };
+    let mut out = [b'A'; 16];
+    // Cannot fail: 12 bytes encode to exactly 16 characters without padding.
+    let written = URL_SAFE_NO_PAD.encode_slice(&hash.as_bytes()[..12], &mut out);
+    debug_assert_eq!(written.ok(), Some(16));
+    Pseudonym(out)
+}
+
+fn prefix_mask(prefix: u8) -> u128 {
+    match prefix {
+        0 => 0,
+        p if p >= 128 => u128::MAX,
+        p => u128::MAX << (128 - u32::from(p)),
+    }
+}
+
+/// Why the key store failed. Messages name the file at fault, never a key's content.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The key directory could not be created or read.
+    #[error("key directory {}: {source}", .path.display())]
+    Dir { path: PathBuf, source: io::Error },
+    /// A key file could not be read.
+    #[error("cannot read key file {}: {source}", .path.display())]
+    Read { path: PathBuf, source: io::Error },
+    /// A key file holds neither 32 raw bytes nor 64 hex digits.
+    #[error(
+        "key file {} is corrupt: it must hold 32 raw bytes or 64 hex digits; restore it or remove it",
+        .path.display()
+    )]
+    Corrupt { path: PathBuf },
+    /// A key file could not be written.
+    #[error("cannot write key file {}: {source}", .path.display())]
+    Write { path: PathBuf, source: io::Error },
+    /// An expired key file could not be destroyed.
+    #[error("cannot destroy expired key file {}: {source}", .path.display())]
+    Destroy { path: PathBuf, source: io::Error },
+    /// The operating system's random source failed.
+    #[error("cannot make a random key: {0}")]
+    Random(getrandom::Error),
+}
+
+/// What [`KeyStore::ratchet_to`] did.
+#[derive(Debug)]
+pub struct RatchetOutcome {
+    /// The day ratcheted to.
+    pub epoch: Epoch,
+    /// That day's key.
+    pub key: Key,
+    /// No earlier key existed, so a random key was created for this day: pseudonyms do not
+    /// link to any earlier day.
+    pub created_random: bool,
+    /// Key files written: this day's if it was missing, and the first day of the retention
+    /// window if destroying older files would otherwise have made it underivable.
+    pub written: Vec<Epoch>,
+    /// Key files destroyed because they were older than the retention window.
+    pub destroyed: Vec<Epoch>,
+}
+
+/// What the store has for one day, as listed by the `keys` command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyState {
+    /// The day's key file is kept.
+    Kept,
+    /// No file, but the key can be derived forward from an earlier kept day.
+    Derivable,
+    /// No key can be had for this day (destroyed, or never made): its pseudonyms are
+    /// unlinkable.
+    Destroyed,
+}
+
+/// The key files in `key_dir`: one per kept epoch, `YYYY-MM-DD.key`, mode 0600.
+///
+/// One process ratchets a directory at a time; a fleet shares pseudonyms by copying the
+/// day's key file to every instance's own directory.
+#[derive(Debug)]
+pub struct KeyStore {
+    dir: PathBuf,
+    retention_days: i64,
+}
+
+impl KeyStore {
+    /// Opens `dir`, creating it with mode 0700 if missing. Keys of epochs older than
+    /// `retention` (whole days, rounded down) are destroyed at each ratchet.
+    pub fn open(dir: &Path, retention: Duration) -> Result<KeyStore, KeyError> {
+        let dir_err = |source| KeyError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        };
+        if !dir.is_dir() {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(dir_err)?;
+        }
+        let meta = fs::metadata(dir).map_err(dir_err)?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(
+                dir = %dir.display(),
+                "key directory is accessible to other users; it should be mode 0700"
+            );
+        }
+        let days = retention.as_secs() / SECS_PER_DAY.unsigned_abs();
+        Ok(KeyStore {
+            dir: dir.to_path_buf(),
+            retention_days: i64::try_from(days).unwrap_or(i64::MAX),
+        })
+    }
+
+    /// The key directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The oldest epoch whose key is kept when the current day is `today`.
+    pub fn window_start(&self, today: Epoch) -> Epoch {
+        today.add_days(-self.retention_days)
+    }
+
+    /// Ratchets the store to `today`: loads the newest key of a day up to `today`, derives
+    /// forward to `today` (never backwards), writes today's file if missing, and destroys the
+    /// files of days before the retention window. With no key of `today` or before (even if
+    /// later days' files exist), creates a random one. Logs nothing: the caller reports the
+    /// outcome.
+    pub fn ratchet_to(&self, today: Epoch) -> Result<RatchetOutcome, KeyError> {
+        let files = self.scan()?;
+        let mut written = Vec::new();
+        let mut created_random = false;
+
+        let key = match self.newest_at_or_before(&files, today)? {
+            Some(key) => key,
+            None => {
+                created_random = true;
+                Key::random()?
+            }
+        };
+        if !has_key(&files, today) {
+            self.write_key(today, &key)?;
+            written.push(today);
+        }
+
+        // Keep the whole window derivable: if the files about to be destroyed are the only
+        // source of the window's first days, write the key of the window's first day.
+        let start = self.window_start(today);
+        let expired: Vec<Epoch> = files.range(..start).map(|(&e, _)| e).collect();
+        let expired_key = files.range(..start).any(|(_, f)| f.key.is_some());
+        if expired_key && start != today && !has_key(&files, start) {
+            if let Some(start_key) = self.newest_at_or_before(&files, start)? {
+                self.write_key(start, &start_key)?;
+                written.push(start);
+            }
+        }
+
+        let mut destroyed = Vec::new();
+        for epoch in expired {
+            if let Some(paths) = files.get(&epoch) {
+                for path in &paths.all {
+                    destroy_file(path)?;
+                }
+            }
+            destroyed.push(epoch);
+        }
+        self.sync_dir_after(!destroyed.is_empty())?;
+        Ok(RatchetOutcome {
+            epoch: today,
+            key,
+            created_random,
+            written,
+            destroyed,
+        })
+    }
+
+    /// The key of `epoch`: from its file, or derived forward from the newest earlier kept
+    /// file. `None` when no key of that day or before is kept (the day is unlinkable).
+    pub fn load(&self, epoch: Epoch) -> Result<Option<Key>, KeyError> {
+        let files = self.scan()?;
+        self.newest_at_or_before(&files, epoch)
+    }
+
+    /// Every kept epoch, and the state of each day of the retention window ending today.
+    pub fn list(&self) -> Result<Vec<(Epoch, KeyState)>, KeyError> {
+        self.list_at(Epoch::today())
+    }
+
+    /// As [`KeyStore::list`], with the window ending at `today`.
+    pub fn list_at(&self, today: Epoch) -> Result<Vec<(Epoch, KeyState)>, KeyError> {
+        let files = self.scan()?;
+        let mut out: BTreeMap<Epoch, KeyState> = files
+            .iter()
+            .filter(|(_, f)| f.key.is_some())
+            .map(|(&e, _)| (e, KeyState::Kept))
+            .collect();
+        let oldest_kept = out.keys().next().copied();
+        let mut day = self.window_start(today);
+        loop {
+            let state = match (has_key(&files, day), oldest_kept) {
+                (true, _) => KeyState::Kept,
+                (false, Some(oldest)) if oldest < day => KeyState::Derivable,
+                _ => KeyState::Destroyed,
+            };
+            out.insert(day, state);
+            if day >= today || day.next() == day {
+                break;
+            }
+            day = day.next();
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    fn path_of(&self, epoch: Epoch) -> PathBuf {
+        self.dir.join(epoch.file_name())
+    }
+
+    /// The key files by epoch, plus leftover temporary files of the same epoch.
+    fn scan(&self) -> Result<BTreeMap<Epoch, EpochFiles>, KeyError> {
+        let dir_err = |source| KeyError::Dir {
+            path: self.dir.clone(),
+            source,
+        };
+        let mut files: BTreeMap<Epoch, EpochFiles> = BTreeMap::new();
+        for entry in fs::read_dir(&self.dir).map_err(dir_err)? {
+            let entry = entry.map_err(dir_err)?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let (date, is_tmp) = if let Some(date) = name.strip_suffix(".key") {
+                (date, false)
+            } else if let Some((date, _)) = name.split_once(".key.tmp") {
+                (date, true)
+            } else {
+                continue;
+            };
+            let Ok(epoch) = date.parse::<Epoch>() else {
+                continue;
+            };
+            // Follows symbolic links: a fleet may link a shared day's file into place.
+            if !entry.path().is_file() {
+                continue;
+            }
+            let slot = files.entry(epoch).or_default();
+            slot.all.push(entry.path());
+            if !is_tmp {
+                slot.key = Some(entry.path());
+            }
+        }
+        Ok(files)
+    }
+
+    /// The key of `epoch`, derived forward from the newest kept file at or before it.
+    fn newest_at_or_before(
+        &self,
+        files: &BTreeMap<Epoch, EpochFiles>,
+        epoch: Epoch,
+    ) -> Result<Option<Key>, KeyError> {
+        let Some((&from, path)) = files
+            .range(..=epoch)
+            .rev()
+            .find_map(|(e, f)| f.key.as_ref().map(|p| (e, p)))
+        else {
+            return Ok(None);
+        };
+        let mut key = read_key_file(path)?;
+        for _ in 0..from.days_between(epoch) {
+            key = next_key(&key);
+        }
+        Ok(Some(key))
+    }
+
+    /// Writes `epoch`'s key file atomically: temporary file (0600), fsync, rename, fsync dir.
+    fn write_key(&self, epoch: Epoch, key: &Key) -> Result<(), KeyError> {
+        let path = self.path_of(epoch);
+        let tmp = self
+            .dir
+            .join(format!("{}.tmp.{}", epoch.file_name(), std::process::id()));
+        let werr = |source| KeyError::Write {
+            path: path.clone(),
+            source,
+        };
+        if tmp.exists() {
+            destroy_file(&tmp)?;
+        }
+        let mut text = Zeroizing::new([0u8; 65]);
+        hex_encode(key.as_bytes(), &mut text[..64]);
+        text[64] = b'\n';
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.write_all(&text[..])?;
+            f.sync_all()?;
+            drop(f);
+            fs::rename(&tmp, &path)?;
+            File::open(&self.dir)?.sync_all()
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map_err(werr)
+    }
+
+    fn sync_dir_after(&self, changed: bool) -> Result<(), KeyError> {
+        if changed {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| KeyError::Dir {
+                    path: self.dir.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+}
+
+fn has_key(files: &BTreeMap<Epoch, EpochFiles>, epoch: Epoch) -> bool {
+    files.get(&epoch).is_some_and(|f| f.key.is_some())
+}
+
+/// The files of one epoch. Leftover temporary files alone do not make an epoch kept, but
+/// are destroyed with it.
+#[derive(Default)]
+struct EpochFiles {
+    /// The `YYYY-MM-DD.key` file.
+    key: Option<PathBuf>,
+    /// Every file of the epoch: the key file and leftover temporary files.
+    all: Vec<PathBuf>,
+}
+
+/// Reads a key file: 32 raw bytes, or 64 hex digits with optional trailing whitespace.
+fn read_key_file(path: &Path) -> Result<Key, KeyError> {
+    let read_err = |source| KeyError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Longest valid content: 64 hex digits and some trailing whitespace; read no more.
+    let mut data = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE_BYTES + 1));
+    File::open(path)
+        .and_then(|f| f.take(MAX_KEY_FILE_BYTES as u64 + 1).read_to_end(&mut data))
+        .map_err(read_err)?;
+    if let Ok(meta) = fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            file = %path.display(),
+            "key file is readable by other users; it should be mode 0600"
+        );
+    }
+    let corrupt = || KeyError::Corrupt {
+        path: path.to_path_buf(),
+    };
+    let mut key = Key([0; 32]);
+    if data.len() == 32 {
+        key.0.copy_from_slice(&data);
+        return Ok(key);
+    }
+    let text = data.trim_ascii_end();
+    if text.len() != 64 || data.len() > MAX_KEY_FILE_BYTES {
+        return Err(corrupt());
+    }
+    for (out, pair) in key.0.iter_mut().zip(text.chunks_exact(2)) {
+        match (hex_value(pair[0]), hex_value(pair[1])) {
+            (Some(hi), Some(lo)) => *out = hi << 4 | lo,
+            _ => return Err(corrupt()),
+        }
+    }
+    Ok(key)
+}
+
+/// Overwrites a file with zeros, syncs it, and unlinks it.
+fn destroy_file(path: &Path) -> Result<(), KeyError> {
+    let derr = |source| KeyError::Destroy {
+        path: path.to_path_buf(),
+        source,
+    };
+    let result = (|| {
+        let mut f = OpenOptions::new().write(true).open(path)?;
+        let len = usize::try_from(f.metadata()?.len()).unwrap_or(usize::MAX);
+        let zeros = [0u8; 64];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(zeros.len());
+            f.write_all(&zeros[..n])?;
+            left -= n;
+        }
+        f.sync_all()?;
+        drop(f);
+        fs::remove_file(path)
+    })();
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other.map_err(derr),
+    }
+}
+
+fn hex_encode(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
+    }
+}
+
+fn hex_value(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    const DAY: u64 = 86_400;
+
+    fn test_key() -> Key {
+        let mut b = [0u8; 32];
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = i as u8;
+        }
+        Key::from_bytes(b)
+    }
+
+    fn ep(s: &str) -> Epoch {
+        s.parse().unwrap()
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The SPEC §5 formula, written out again with other APIs.
+    fn independent_pseudonym(key: &Key, addr: &[u8]) -> String {
+        let mut h = blake3::Hasher::new_keyed(key.as_bytes());
+        h.update(addr);
+        let digest = h.finalize();
+        base64::engine::general_purpose::URL_SAFE.encode(&digest.as_bytes()[..12])
+    }
+
+    #[test]
+    fn epoch_text_and_arithmetic() {
+        // (unix seconds, day)
+        let cases: &[(i64, &str)] = &[
+            (0, "1970-01-01"),
+            (86_399, "1970-01-01"),
+            (86_400, "1970-01-02"),
+            (-1, "1969-12-31"),
+            (1_795_615_387, "2026-11-25"),
+            (951_782_400, "2000-02-29"),
+            (253_402_300_799, "9999-12-31"),
+            (i64::MAX, "9999-12-31"),
+            (i64::MIN, "0000-01-01"),
+        ];
+        for &(secs, day) in cases {
+            let e = Epoch::from_unix_secs(secs);
+            assert_eq!(e.to_string(), day, "{secs}");
+            assert_eq!(ep(day), e, "{day}");
+        }
+        let d = ep("2026-12-31");
+        assert_eq!(d.next(), ep("2027-01-01"));
+        assert_eq!(d.next().prev(), d);
+        assert_eq!(ep("2024-02-28").next(), ep("2024-02-29"));
+        assert!(ep("2026-01-01") < ep("2026-01-02"));
+        assert_eq!(ep("2026-01-01").days_between(ep("2026-03-01")), 59);
+        assert_eq!(ep("2026-03-01").days_between(ep("2026-01-01")), -59);
+        assert_eq!(ep("2026-01-01").days_until(ep("2026-01-31")), 30);
+        assert_eq!(ep("9999-12-31").next(), ep("9999-12-31"));
+        assert_eq!(ep("1970-01-01").days(), 0);
+        let today = Epoch::today();
+        assert!(today > ep("2025-01-01"));
+
+        for bad in [
+            "",
+            "2026-1-01",
+            "2026-13-01",
+            "2026-02-30",
+            "2026/01/01",
+            "+026-01-01",
+            "2026-01-01x",
+            "２０２６-01-01",
+            "2026-00-10",
+            "2026-01-00",
+        ] {
+            assert!(bad.parse::<Epoch>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn key_debug_hides_bytes() {
+        assert_eq!(format!("{:?}", test_key()), "Key(..)");
+    }
+
+    #[test]
+    fn next_key_is_blake3_derive_key() {
+        let k = test_key();
+        let mut h = blake3::Hasher::new_derive_key("webprom-edge pseudonym ratchet v1");
+        h.update(k.as_bytes());
+        assert_eq!(next_key(&k).as_bytes(), h.finalize().as_bytes());
+        assert_ne!(next_key(&k), k);
+    }
+
+    #[test]
+    fn pseudonym_matches_the_formula() {
+        let k = test_key();
+        let v6 = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+        // (address, bytes hashed)
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("203.0.113.7", vec![203, 0, 113, 7]),
+            ("::ffff:203.0.113.7", vec![203, 0, 113, 7]),
+            ("2001:db8:1:2::5", v6("2001:db8:1:2::").to_vec()),
+            (
+                "2001:db8:1:2:ffff:ffff:ffff:ffff",
+                v6("2001:db8:1:2::").to_vec(),
+            ),
+            ("2001:db8:1:3::5", v6("2001:db8:1:3::").to_vec()),
+            ("::1", v6("::").to_vec()),
+        ];
+        for (ip, bytes) in &cases {
+            let p = pseudonym(&k, ip.parse().unwrap(), 64);
+            assert_eq!(p.as_str(), independent_pseudonym(&k, bytes), "{ip}");
+            assert_eq!(p.as_str().len(), 16);
+            assert_eq!(p.as_str().parse::<Pseudonym>(), Ok(p));
+        }
+        let p = |ip: &str, prefix| pseudonym(&k, ip.parse().unwrap(), prefix);
+        // One /64, one pseudonym; different /64s, different pseudonyms.
+        assert_eq!(p("2001:db8:1:2::5", 64), p("2001:db8:1:2:abcd::1", 64));
+        assert_ne!(p("2001:db8:1:2::5", 64), p("2001:db8:1:3::5", 64));
+        // Other prefixes.
+        assert_eq!(p("2001:db8:1:2::5", 48), p("2001:db8:1:3::5", 48));
+        assert_ne!(p("2001:db8:1:2::5", 128), p("2001:db8:1:2::6", 128));
+        assert_eq!(p("2001:db8::1", 0), p("fe80::1", 0));
+        // IPv4-mapped is IPv4; the v4 address and its /64 never collide in bytes hashed.
+        assert_eq!(p("::ffff:203.0.113.7", 64), p("203.0.113.7", 64));
+        assert_ne!(p("203.0.113.7", 64), p("203.0.113.8", 64));
+        // Another day's key gives another pseudonym.
+        assert_ne!(
+            pseudonym(&next_key(&k), "203.0.113.7".parse().unwrap(), 64),
+            p("203.0.113.7", 64)
+        );
+    }
+
+    #[test]
+    fn pseudonym_parsing() {
+        // (input, valid)
+        let cases: &[(&str, bool)] = &[
+            ("AAAAAAAAAAAAAAAA", true),
+            ("abcdefghij-_0123", true),
+            ("abcdefghij-_012", false),
+            ("abcdefghij-_01234", false),
+            ("abcdefghij+/0123", false),
+            ("abcdefghij=_0123", false),
+            ("", false),
+            ("ééééééé-_0123", false),
+        ];
+        for &(input, ok) in cases {
+            let parsed = input.parse::<Pseudonym>();
+            assert_eq!(parsed.is_ok(), ok, "{input:?}");
+            if let Ok(p) = parsed {
+                assert_eq!(p.to_string(), input);
+            } else {
+                assert!(!parsed.unwrap_err().to_string().contains(input) || input.is_empty());
+            }
+        }
+    }
+
+    /// Test vectors published in the README (cross-checked with the Python `blake3` package).
+    #[test]
+    fn readme_test_vectors() {
+        let k = test_key();
+        assert_eq!(
+            hex(k.as_bytes()),
+            "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+        );
+        let p = |ip: &str| pseudonym(&k, ip.parse().unwrap(), 64).to_string();
+        assert_eq!(p("203.0.113.7"), "KgIJgOGaNuNAG_ak");
+        assert_eq!(p("2001:db8:1:2::5"), "e49CLkzjeNXEw23A");
+        assert_eq!(p("::ffff:203.0.113.7"), "KgIJgOGaNuNAG_ak");
+        assert_eq!(
+            hex(next_key(&k).as_bytes()),
+            "e635d97cb8404c52ec74112b337685a8291ab35804aaaf33905818a855d6df12"
+        );
+    }
+
+    fn store(dir: &Path, retention_days: u64) -> KeyStore {
+        KeyStore::open(dir, Duration::from_secs(retention_days * DAY)).unwrap()
+    }
+
+    fn write_hex(dir: &Path, epoch: &str, key: &Key) {
+        fs::write(
+            dir.join(format!("{epoch}.key")),
+            format!("{}\n", hex(key.as_bytes())),
+        )
+        .unwrap();
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn open_creates_private_dir_and_first_ratchet_is_random() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state/keys");
+        let ks = store(&dir, 30);
+        assert_eq!(mode(&dir), 0o700);
+
+        let today = ep("2026-11-25");
+        let out = ks.ratchet_to(today).unwrap();
+        assert!(out.created_random);
+        assert_eq!(out.written, vec![today]);
+        assert!(out.destroyed.is_empty());
+        let file = dir.join("2026-11-25.key");
+        assert_eq!(mode(&file), 0o600);
+        let text = fs::read_to_string(&file).unwrap();
+        assert_eq!(text.len(), 65);
+        assert!(text.ends_with('\n'));
+        assert!(
+            text[..64]
+                .bytes()
+                .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+        );
+        // No temporary file left behind.
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+
+        // Restart on the same day: same key, nothing new.
+        let again = store(&dir, 30).ratchet_to(today).unwrap();
+        assert!(!again.created_random);
+        assert!(again.written.is_empty());
+        assert_eq!(again.key, out.key);
+        assert_eq!(ks.load(today).unwrap(), Some(out.key.clone()));
+    }
+
+    #[test]
+    fn ratchet_derives_forward_and_never_backwards() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ks = store(tmp.path(), 30);
+        let k = test_key();
+        write_hex(tmp.path(), "2026-11-20", &k);
+
+        let out = ks.ratchet_to(ep("2026-11-21")).unwrap();
+        assert!(!out.created_random);
+        assert_eq!(out.key, next_key(&k));
+        assert_eq!(out.written, vec![ep("2026-11-21")]);
+
+        // Five days later: derived through the gap from the newest file.
+        let out = ks.ratchet_to(ep("2026-11-26")).unwrap();
+        let mut want = next_key(&k);
+        for _ in 0..5 {
+            want = next_key(&want);
+        }
+        assert_eq!(out.key, want);
+        // Days in the gap are derivable; days before the first key are not.
+        let mut d22 = next_key(&next_key(&k));
+        assert_eq!(ks.load(ep("2026-11-22")).unwrap(), Some(d22.clone()));
+        d22 = next_key(&d22);
+        assert_eq!(ks.load(ep("2026-11-23")).unwrap(), Some(d22));
+        assert_eq!(ks.load(ep("2026-11-19")).unwrap(), None);
+
+        // Ratcheting to an earlier day than kept files derives from what is at or before it.
+        assert_eq!(ks.ratchet_to(ep("2026-11-20")).unwrap().key, k);
+    }
+
+    #[test]
+    fn retention_destroys_old_files_and_keeps_window_derivable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let ks = store(dir, 3);
+        let k = test_key();
+        write_hex(dir, "2026-11-01", &k);
+        let k2 = next_key(&next_key(&k));
+        write_hex(dir, "2026-11-03", &k2);
+        // Not key files: ignored and left alone.
+        fs::write(dir.join("README"), "x").unwrap();
+        fs::write(dir.join("2026-11-02.txt"), "x").unwrap();
+        fs::write(dir.join("2026-13-01.key"), "x").unwrap();
+        // A leftover temporary file of an expired day is destroyed with it.
+        fs::write(dir.join("2026-11-01.key.tmp.999"), "secret").unwrap();
+
+        // Window for 2026-11-10 with 3 days: 11-07..=11-10.
+        let out = ks.ratchet_to(ep("2026-11-10")).unwrap();
+        assert_eq!(out.destroyed, vec![ep("2026-11-01"), ep("2026-11-03")]);
+        assert_eq!(out.written, vec![ep("2026-11-10"), ep("2026-11-07")]);
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "2026-11-02.txt",
+                "2026-11-07.key",
+                "2026-11-10.key",
+                "2026-13-01.key",
+                "README"
+            ]
+        );
+        let mut want = k2;
+        for _ in 3..7 {
+            want = next_key(&want);
+        }
+        assert_eq!(ks.load(ep("2026-11-07")).unwrap(), Some(want.clone()));
+        assert_eq!(ks.load(ep("2026-11-08")).unwrap(), Some(next_key(&want)));
+        assert_eq!(ks.load(ep("2026-11-06")).unwrap(), None);
+        assert_eq!(mode(&dir.join("2026-11-07.key")), 0o600);
+
+        // The listing for 2026-11-11: window 11-08..=11-11.
+        let list = ks.list_at(ep("2026-11-11")).unwrap();
+        assert_eq!(
+            list,
+            vec![
+                (ep("2026-11-07"), KeyState::Kept),
+                (ep("2026-11-08"), KeyState::Derivable),
+                (ep("2026-11-09"), KeyState::Derivable),
+                (ep("2026-11-10"), KeyState::Kept),
+                (ep("2026-11-11"), KeyState::Derivable),
+            ]
+        );
+        // Next day: 11-07 goes, 11-08 is written in its place.
+        let out = ks.ratchet_to(ep("2026-11-11")).unwrap();
+        assert_eq!(out.destroyed, vec![ep("2026-11-07")]);
+        assert_eq!(out.written, vec![ep("2026-11-11"), ep("2026-11-08")]);
+    }
+
+    #[test]
+    fn list_reports_destroyed_days() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ks = store(tmp.path(), 2);
+        write_hex(tmp.path(), "2026-11-10", &test_key());
+        assert_eq!(
+            ks.list_at(ep("2026-11-11")).unwrap(),
+            vec![
+                (ep("2026-11-09"), KeyState::Destroyed),
+                (ep("2026-11-10"), KeyState::Kept),
+                (ep("2026-11-11"), KeyState::Derivable),
+            ]
+        );
+        let empty = tempfile::tempdir().unwrap();
+        let list = store(empty.path(), 0).list_at(ep("2026-11-11")).unwrap();
+        assert_eq!(list, vec![(ep("2026-11-11"), KeyState::Destroyed)]);
+    }
+
+    #[test]
+    fn hex_and_raw_files_load() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ks = store(tmp.path(), 30);
+        let k = test_key();
+        // (file content, epoch)
+        let upper = hex(k.as_bytes()).to_uppercase();
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (k.as_bytes().to_vec(), "2026-01-01"),
+            (
+                format!("{}\n", hex(k.as_bytes())).into_bytes(),
+                "2026-01-02",
+            ),
+            (hex(k.as_bytes()).into_bytes(), "2026-01-03"),
+            (format!("{upper}\r\n  \t").into_bytes(), "2026-01-04"),
+        ];
+        for (content, day) in &cases {
+            fs::write(tmp.path().join(format!("{day}.key")), content).unwrap();
+            assert_eq!(ks.load(ep(day)).unwrap(), Some(k.clone()), "{day}");
+        }
+        // A symbolic link to a shared key file counts as the day's file.
+        let shared = tempfile::tempdir().unwrap();
+        let target = shared.path().join("shared.key");
+        fs::write(&target, hex(next_key(&k).as_bytes())).unwrap();
+        std::os::unix::fs::symlink(&target, tmp.path().join("2026-01-05.key")).unwrap();
+        assert_eq!(ks.load(ep("2026-01-05")).unwrap(), Some(next_key(&k)));
+    }
+
+    #[test]
+    fn corrupt_file_error_names_path_not_content() {
+        // (file content)
+        let cases: &[&[u8]] = &[
+            b"",
+            b"short",
+            &[0xAB; 31],
+            &[0xAB; 33],
+            b"zz0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+            b" 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f",
+            b"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f00",
+            // Valid digits, but more trailing whitespace than a key file ever has.
+            &[
+                b"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f" as &[u8],
+                &[b' '; 100],
+            ]
+            .concat(),
+            &[b'0'; 1 << 20],
+        ];
+        for content in cases {
+            let tmp = tempfile::tempdir().unwrap();
+            let ks = store(tmp.path(), 30);
+            let path = tmp.path().join("2026-02-01.key");
+            fs::write(&path, content).unwrap();
+            let err = ks.load(ep("2026-02-01")).unwrap_err();
+            assert!(matches!(err, KeyError::Corrupt { .. }), "{err:?}");
+            let msg = err.to_string();
+            assert!(msg.contains(&*path.to_string_lossy()), "{msg}");
+            assert!(!msg.contains("0102030405"), "{msg}");
+            assert!(ks.ratchet_to(ep("2026-02-02")).is_err());
+        }
+    }
+}
