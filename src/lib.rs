@@ -9,5 +9,6 @@ pub mod admin;
 pub mod cli;
 pub mod client_ip;
 pub mod config;
+pub mod privacy;
 pub mod proxy;
 pub mod server;
