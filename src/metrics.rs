@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::accesslog::LogCounters;
@@ -54,7 +54,7 @@ pub struct Metrics {
     language_unknown: IntCounter,
     unique_clients: IntGauge,
     hll: HyperLogLog,
-    rate_limited: Vec<(String, IntCounter)>,
+    rate_limited: IntCounterVec,
     upstream_duration: Histogram,
     upstream_errors: [IntCounter; 3],
     tls_handshakes: [[IntCounter; 3]; 2],
@@ -69,7 +69,9 @@ fn opts(name: &str, help: &str) -> Opts {
 }
 
 fn hopts(name: &str, help: &str, buckets: Vec<f64>) -> HistogramOpts {
-    HistogramOpts::new(name, help).namespace(NS).buckets(buckets)
+    HistogramOpts::new(name, help)
+        .namespace(NS)
+        .buckets(buckets)
 }
 
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -86,7 +88,10 @@ impl Metrics {
         };
 
         let requests_vec = IntCounterVec::new(
-            opts("http_requests_total", "Requests answered, by method, status class and protocol."),
+            opts(
+                "http_requests_total",
+                "Requests answered, by method, status class and protocol.",
+            ),
             &["method", "status_class", "proto"],
         )
         .expect("valid metric");
@@ -123,7 +128,10 @@ impl Metrics {
         reg(Box::new(response_bytes.clone()));
 
         let by_country = IntCounterVec::new(
-            opts("requests_by_country_total", "Requests by ISO 3166-1 country of the client."),
+            opts(
+                "requests_by_country_total",
+                "Requests by ISO 3166-1 country of the client.",
+            ),
             &["country"],
         )
         .expect("valid metric");
@@ -142,7 +150,10 @@ impl Metrics {
         reg(Box::new(browser_vec));
 
         let os_vec = IntCounterVec::new(
-            opts("requests_by_os_total", "Requests by operating system family."),
+            opts(
+                "requests_by_os_total",
+                "Requests by operating system family.",
+            ),
             &["os"],
         )
         .expect("valid metric");
@@ -175,15 +186,19 @@ impl Metrics {
         reg(Box::new(unique_clients_vec));
 
         let rl_vec = IntCounterVec::new(
-            opts("rate_limited_total", "Requests rejected by rate limiting, by policy."),
+            opts(
+                "rate_limited_total",
+                "Requests rejected by rate limiting, by policy.",
+            ),
             &["policy"],
         )
         .expect("valid metric");
-        let rate_limited = policies
-            .iter()
-            .map(|p| (p.clone(), rl_vec.with_label_values(&[p])))
-            .collect();
-        reg(Box::new(rl_vec));
+        // Every configured policy is exported from the start, at zero.
+        for p in policies {
+            rl_vec.with_label_values(&[p]);
+        }
+        reg(Box::new(rl_vec.clone()));
+        let rate_limited = rl_vec;
 
         let upstream_duration = Histogram::with_opts(hopts(
             "upstream_request_duration_seconds",
@@ -194,15 +209,22 @@ impl Metrics {
         reg(Box::new(upstream_duration.clone()));
 
         let ue_vec = IntCounterVec::new(
-            opts("upstream_errors_total", "Failed upstream exchanges, by kind."),
+            opts(
+                "upstream_errors_total",
+                "Failed upstream exchanges, by kind.",
+            ),
             &["kind"],
         )
         .expect("valid metric");
-        let upstream_errors = ["connect", "timeout", "protocol"].map(|k| ue_vec.with_label_values(&[k]));
+        let upstream_errors =
+            ["connect", "timeout", "protocol"].map(|k| ue_vec.with_label_values(&[k]));
         reg(Box::new(ue_vec));
 
         let hs_vec = IntCounterVec::new(
-            opts("tls_handshakes_total", "Completed TLS handshakes, by version and ALPN."),
+            opts(
+                "tls_handshakes_total",
+                "Completed TLS handshakes, by version and ALPN.",
+            ),
             &["version", "alpn"],
         )
         .expect("valid metric");
@@ -218,7 +240,8 @@ impl Metrics {
         reg(Box::new(tls_handshake_errors.clone()));
 
         let connections_open =
-            IntGauge::with_opts(opts("connections_open", "Open client connections.")).expect("valid metric");
+            IntGauge::with_opts(opts("connections_open", "Open client connections."))
+                .expect("valid metric");
         reg(Box::new(connections_open.clone()));
 
         let counter = |name: &str, help: &str| {
@@ -232,7 +255,10 @@ impl Metrics {
                 "access_log_dropped_total",
                 "Access-log records dropped because the writer queue was full.",
             ),
-            write_errors: counter("access_log_write_errors_total", "Access-log write or flush failures."),
+            write_errors: counter(
+                "access_log_write_errors_total",
+                "Access-log write or flush failures.",
+            ),
         };
 
         let build_info = IntGaugeVec::new(opts("build_info", "Build information."), &["version"])
@@ -304,7 +330,9 @@ impl Metrics {
     fn country(&self, c: Country) -> &IntCounter {
         let code = c.as_str();
         match code_index(code.as_bytes(), b'A') {
-            Some(i) => self.country_handles[i].get_or_init(|| self.by_country.with_label_values(&[code])),
+            Some(i) => {
+                self.country_handles[i].get_or_init(|| self.by_country.with_label_values(&[code]))
+            }
             None => &self.country_unknown,
         }
     }
@@ -312,17 +340,17 @@ impl Metrics {
     fn language(&self, l: Lang) -> &IntCounter {
         let code = l.as_str();
         match code_index(code.as_bytes(), b'a') {
-            Some(i) => self.language_handles[i].get_or_init(|| self.by_language.with_label_values(&[code])),
+            Some(i) => {
+                self.language_handles[i].get_or_init(|| self.by_language.with_label_values(&[code]))
+            }
             None => &self.language_unknown,
         }
     }
 
-    /// Counts a request rejected by the rate-limit policy at `policy` (an index into the names
-    /// given to [`Metrics::new`]).
-    pub fn rate_limited(&self, policy: usize) {
-        if let Some((_, c)) = self.rate_limited.get(policy) {
-            c.inc();
-        }
+    /// Counts a request rejected by the rate-limit policy named `policy` (`default` or a
+    /// configured path prefix: a bounded set). Off the common path, so a label lookup is fine.
+    pub fn rate_limited(&self, policy: &str) {
+        self.rate_limited.with_label_values(&[policy]).inc();
     }
 
     /// Records the time to an upstream response head.
@@ -379,11 +407,17 @@ fn code_index(code: &[u8], base: u8) -> Option<usize> {
 }
 
 fn browser_index(b: Browser) -> usize {
-    Browser::ALL.iter().position(|x| *x == b).unwrap_or(Browser::ALL.len() - 1)
+    Browser::ALL
+        .iter()
+        .position(|x| *x == b)
+        .unwrap_or(Browser::ALL.len() - 1)
 }
 
 fn os_index(o: Os) -> usize {
-    Os::ALL.iter().position(|x| *x == o).unwrap_or(Os::ALL.len() - 1)
+    Os::ALL
+        .iter()
+        .position(|x| *x == o)
+        .unwrap_or(Os::ALL.len() - 1)
 }
 
 /// A lock-free HyperLogLog (p = 14: 16384 one-byte registers, standard error 0.81%).

@@ -61,11 +61,23 @@ async fn every_spec_metric_is_exported_and_promtool_accepts_it() {
         );
     }
     assert_eq!(
-        value(&text, "webprom_edge_http_requests_total{method=\"GET\",proto=\"HTTP/2\",status_class=\"2xx\"}"),
+        value(
+            &text,
+            "webprom_edge_http_requests_total{method=\"GET\",proto=\"HTTP/2\",status_class=\"2xx\"}"
+        ),
         1.0
     );
-    assert_eq!(value(&text, "webprom_edge_tls_handshakes_total{alpn=\"h2\",version=\"TLSv1.3\"}"), 1.0);
-    assert!(text.contains("webprom_edge_unique_clients{window=\"epoch\"} 1"), "{text}");
+    assert_eq!(
+        value(
+            &text,
+            "webprom_edge_tls_handshakes_total{alpn=\"h2\",version=\"TLSv1.3\"}"
+        ),
+        1.0
+    );
+    assert!(
+        text.contains("webprom_edge_unique_clients{window=\"epoch\"} 1"),
+        "{text}"
+    );
 
     if !external("promtool", "prometheus") {
         return;
@@ -78,7 +90,12 @@ async fn every_spec_metric_is_exported_and_promtool_accepts_it() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -98,15 +115,23 @@ fn promtool_accepts_the_alert_rules() {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("SUCCESS: 6 rules found"), "{text}");
 }
 
 #[test]
 fn the_dashboard_is_json_over_our_metrics() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/grafana/webprom-edge.json");
-    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/grafana/webprom-edge.json"
+    );
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let panels = dash["panels"].as_array().unwrap();
     assert!(panels.len() >= 10);
     for p in panels {
@@ -126,7 +151,10 @@ async fn a_real_prometheus_scrapes_the_request_count() {
     let sent = 37;
     let mut conn = proxy.client().connect(Proto::H2).await;
     for i in 0..sent {
-        assert_eq!(conn.send(get(&format!("/p/{i}"))).await.status, StatusCode::OK);
+        assert_eq!(
+            conn.send(get(&format!("/p/{i}"))).await.status,
+            StatusCode::OK
+        );
     }
 
     let dir = tempfile::tempdir().unwrap();
@@ -137,8 +165,14 @@ async fn a_real_prometheus_scrapes_the_request_count() {
     std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
     let web = dead_addr();
     let mut prom = Command::new("prometheus")
-        .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address={web}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -151,14 +185,21 @@ async fn a_real_prometheus_scrapes_the_request_count() {
             let _ = self.0.wait();
         }
     }
-    let _guard = Kill(std::mem::replace(&mut prom, Command::new("true").spawn().unwrap()));
+    let _guard = Kill(std::mem::replace(
+        &mut prom,
+        Command::new("true").spawn().unwrap(),
+    ));
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let query = "sum(webprom_edge_http_requests_total)";
     loop {
-        assert!(Instant::now() < deadline, "Prometheus never reported {sent} requests");
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never reported {sent} requests"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let Some(body) = http_get(web, &format!("/api/v1/query?query={}", urlencode(query))).await else {
+        let Some(body) = http_get(web, &format!("/api/v1/query?query={}", urlencode(query))).await
+        else {
             continue;
         };
         let v: serde_json::Value = match serde_json::from_str(&body) {
@@ -168,11 +209,18 @@ async fn a_real_prometheus_scrapes_the_request_count() {
         let Some(result) = v["data"]["result"].as_array().and_then(|r| r.first()) else {
             continue;
         };
-        let count: f64 = result["value"][1].as_str().unwrap_or("0").parse().unwrap_or(0.0);
+        let count: f64 = result["value"][1]
+            .as_str()
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0.0);
         if count as usize == sent {
             break;
         }
-        assert!((count as usize) < sent, "Prometheus saw {count}, more than sent");
+        assert!(
+            (count as usize) < sent,
+            "Prometheus saw {count}, more than sent"
+        );
     }
 }
 
@@ -230,9 +278,16 @@ async fn random_requests_keep_series_bounded_and_leave_no_trace() {
         proxy.client().connect(Proto::H2).await,
     ];
     let mut tokens = Vec::new();
-    let methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "PURGE", "BREW", "QQQX"];
+    let methods = [
+        "GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "PURGE", "BREW", "QQQX",
+    ];
     for i in 0..1000 {
-        let ua = format!("Mozilla/5.0 ({}) {}/{}", rng.token(12), rng.token(10), rng.next() % 1000);
+        let ua = format!(
+            "Mozilla/5.0 ({}) {}/{}",
+            rng.token(12),
+            rng.token(10),
+            rng.next() % 1000
+        );
         let lang = format!("{}-{}", rng.token(2).to_lowercase(), rng.token(2));
         let host = format!("{}.example", rng.token(12).to_lowercase());
         let path = format!("/{}/{}", rng.token(14), rng.token(9));
@@ -300,7 +355,10 @@ async fn unique_clients_estimates_a_thousand_visitors() {
     }
     assert_eq!(pseudonyms.len(), 1000);
     for a in &addrs {
-        assert!(!text.contains(&format!("\"{a}\"")) && !text.contains(&format!("{a} ")), "{a} in metrics");
+        assert!(
+            !text.contains(&format!("\"{a}\"")) && !text.contains(&format!("{a} ")),
+            "{a} in metrics"
+        );
     }
     for p in pseudonyms {
         assert!(!text.contains(&p));

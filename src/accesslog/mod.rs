@@ -175,8 +175,12 @@ impl Writer {
                 last_sweep = Instant::now();
                 match files::sweep(&self.dir, Epoch::today(), self.retention_days) {
                     Ok(0) => {}
-                    Ok(removed) => tracing::info!(removed, "deleted access-log day files past retention"),
-                    Err(e) => tracing::warn!(dir = %self.dir.display(), error = %e, "access-log retention sweep failed"),
+                    Ok(removed) => {
+                        tracing::info!(removed, "deleted access-log day files past retention")
+                    }
+                    Err(e) => {
+                        tracing::warn!(dir = %self.dir.display(), error = %e, "access-log retention sweep failed")
+                    }
                 }
             }
         }
@@ -184,9 +188,11 @@ impl Writer {
 
     fn write(&mut self, obs: &Observation) {
         let day = obs.day();
-        self.line.clear();
-        obs.write_json(&mut self.line);
-        let result = self.file_for(day).and_then(|f| f.write_all(&self.line));
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        obs.write_json(&mut line);
+        let result = self.file_for(day).and_then(|f| f.write_all(&line));
+        self.line = line;
         match result {
             Ok(()) => self.counters.records.inc(),
             Err(e) => self.failed(day, e),

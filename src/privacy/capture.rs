@@ -110,11 +110,9 @@ impl Capture {
         let key = self.key.load();
         let headers = req.headers();
         let get = |name: &HeaderName| headers.get(name).map(|v| v.as_bytes());
-        let device = self.ua.parse(
-            get(&USER_AGENT),
-            get(&SEC_CH_UA),
-            get(&SEC_CH_UA_PLATFORM),
-        );
+        let device = self
+            .ua
+            .parse(get(&USER_AGENT), get(&SEC_CH_UA), get(&SEC_CH_UA_PLATFORM));
         let mut path = String::with_capacity(req.uri().path().len().min(128));
         normalize_path(req.uri().path(), &mut path);
         let obs = Observation {

@@ -118,9 +118,9 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.project() {
-            ResponseBodyProj::Upstream { body } => body.poll_frame(cx),
-            ResponseBodyProj::Local { body } => Poll::Ready(
+        match self.get_mut() {
+            ResponseBody::Upstream { body } => Pin::new(body).poll_frame(cx),
+            ResponseBody::Local { body } => Poll::Ready(
                 body.take()
                     .filter(|b| !b.is_empty())
                     .map(|b| Ok(Frame::data(b))),
@@ -178,7 +178,13 @@ pub struct CapturedBody {
 
 impl CapturedBody {
     /// Wraps `inner`, recording `pending` with `status` when the body is dropped.
-    pub fn new(inner: ResponseBody, pending: Pending, status: u16, limited: bool, sinks: Arc<Sinks>) -> Self {
+    pub fn new(
+        inner: ResponseBody,
+        pending: Pending,
+        status: u16,
+        limited: bool,
+        sinks: Arc<Sinks>,
+    ) -> Self {
         CapturedBody {
             inner,
             bytes: 0,

@@ -127,7 +127,8 @@ impl Proxy {
         if declared_length(&req).is_some_and(|len| len > self.max_body_bytes) {
             return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
         }
-        let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
+        let upgrade =
+            req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         // upstream_request
@@ -231,7 +232,7 @@ impl Proxy {
             ForwardClientIp::Truncated => {
                 h.remove(FORWARDED);
                 let net = truncate(client.ip(), self.ipv4_prefix, self.ipv6_prefix);
-                if let Ok(v) = HeaderValue::from_str(&net.address().to_string()) {
+                if let Ok(v) = HeaderValue::from_str(&net.as_ipnet().network().to_string()) {
                     h.insert(X_FORWARDED_FOR.clone(), v);
                 }
             }

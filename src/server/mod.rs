@@ -63,17 +63,23 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(resolver.clone())));
 
     // The capture's state: today's pseudonym key, the country database, the UA parser.
-    let keys = Arc::new(KeyStore::open(&config.privacy.key_dir, config.privacy.key_retention.0)?);
+    let keys = Arc::new(KeyStore::open(
+        &config.privacy.key_dir,
+        config.privacy.key_retention.0,
+    )?);
     let today = Epoch::today();
     let key = ratchet(&keys, today)?;
     let geo = open_geo(&config.geoip.database)?;
     if geo.is_none() {
         tracing::warn!("no geoip.database configured: every country is recorded as null");
     }
-    let capture = Capture::new(&config, EpochKey { epoch: today, key }, geo)
-        .map_err(anyhow::Error::msg)?;
+    let capture =
+        Capture::new(&config, EpochKey { epoch: today, key }, geo).map_err(anyhow::Error::msg)?;
     let limiter = RateLimiter::new(&config.rate_limit);
-    let policies = limiter.as_ref().map(|l| l.policy_names()).unwrap_or_default();
+    let policies = limiter
+        .as_ref()
+        .map(|l| l.policy_names())
+        .unwrap_or_default();
     let metrics = Arc::new(Metrics::new(&policies));
     let log = AccessLog::start(&config.access_log, metrics.log_counters())
         .with_context(|| "starting the access log (access_log.dir)")?;
@@ -134,7 +140,10 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     // Every connection task holds a tracker sender; recv() returns None once all are gone.
     let grace = config.server.shutdown_grace.0;
     if tokio::time::timeout(grace, drained.recv()).await.is_err() {
-        tracing::warn!(?grace, "shutdown grace period over; closing the remaining connections");
+        tracing::warn!(
+            ?grace,
+            "shutdown grace period over; closing the remaining connections"
+        );
     }
     admin_task.abort();
     for task in background {
@@ -153,7 +162,10 @@ fn ratchet(keys: &KeyStore, today: Epoch) -> Result<Key, KeyError> {
         tracing::warn!(epoch = %today, dir = %keys.dir().display(), "no pseudonym key found: created a random key");
     }
     if !outcome.destroyed.is_empty() {
-        tracing::info!(destroyed = outcome.destroyed.len(), "destroyed pseudonym keys past privacy.key_retention");
+        tracing::info!(
+            destroyed = outcome.destroyed.len(),
+            "destroyed pseudonym keys past privacy.key_retention"
+        );
     }
     Ok(outcome.key)
 }
@@ -185,8 +197,12 @@ async fn rotate_keys(keys: Arc<KeyStore>, proxy: Arc<Proxy>) {
             let res = tokio::task::spawn_blocking(move || rollover(&k, &p, Epoch::today())).await;
             match res {
                 Ok(Ok(_)) => break,
-                Ok(Err(e)) => tracing::error!(error = %e, "key rollover failed; retrying in a minute"),
-                Err(e) => tracing::error!(error = %e, "key rollover task failed; retrying in a minute"),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "key rollover failed; retrying in a minute")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "key rollover task failed; retrying in a minute")
+                }
             }
             tokio::time::sleep(Duration::from_secs(60)).await;
         }
@@ -226,14 +242,18 @@ fn reload(path: &Path, resolver: &CertResolver, proxy: &Proxy) {
         .and_then(|_| resolver.reload(&config.tls));
     match result {
         Ok(()) => tracing::info!("reloaded certificates"),
-        Err(e) => tracing::error!(error = %e, "certificate reload failed; keeping the old certificates"),
+        Err(e) => {
+            tracing::error!(error = %e, "certificate reload failed; keeping the old certificates")
+        }
     }
     match open_geo(&config.geoip.database) {
         Ok(geo) => {
             proxy.capture.set_geo(geo);
             tracing::info!("reloaded the country database");
         }
-        Err(e) => tracing::error!(error = %e, "country database reload failed; keeping the old one"),
+        Err(e) => {
+            tracing::error!(error = %e, "country database reload failed; keeping the old one")
+        }
     }
     let current = proxy.limiter.load();
     let unchanged = match (current.as_ref(), config.rate_limit.enabled) {

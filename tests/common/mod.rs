@@ -196,9 +196,13 @@ pub fn external(program: &str, package: &str) -> bool {
         .is_ok_and(|o| o.status.success());
     if !found {
         if std::env::var("WEBPROM_EDGE_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
-            panic!("{program} is required (WEBPROM_EDGE_REQUIRE_EXTERNAL=1): apt-get install {package}");
+            panic!(
+                "{program} is required (WEBPROM_EDGE_REQUIRE_EXTERNAL=1): apt-get install {package}"
+            );
         }
-        eprintln!("SKIPPED: {program} not found; install the Debian package `{package}` to run this test");
+        eprintln!(
+            "SKIPPED: {program} not found; install the Debian package `{package}` to run this test"
+        );
     }
     found
 }
