@@ -85,7 +85,7 @@ impl Policy {
             path_prefix,
             requests_per_second,
             burst,
-            limiter: Governor::dashmap_with_hasher(quota, PreHashed::default()),
+            limiter: Governor::dashmap_with_hasher(quota, PreHashed),
         }
     }
 }
