@@ -237,7 +237,7 @@ async fn canaries_never_leak_anywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_requests_give_ten_thousand_records() {
     let up = Upstream::start().await;
-    let proxy = Proxy::start(&up.url()).await;
+    let proxy = Proxy::start_with(|c| set(&c, "rate_limit", "enabled", "false"), &up.url()).await;
     let client = proxy.client();
     let mut tasks = Vec::new();
     for c in 0..50 {

@@ -188,9 +188,9 @@ impl Observation {
         out.extend_from_slice(b",\"path\":");
         json_str(out, &self.path);
         let tenths = (self.duration_us + 50) / 100;
-        let _ = write!(
+        let _ = writeln!(
             out,
-            ",\"status\":{},\"bytes_sent\":{},\"duration_ms\":{}.{},\"proto\":\"{}\",\"limited\":{}}}\n",
+            ",\"status\":{},\"bytes_sent\":{},\"duration_ms\":{}.{},\"proto\":\"{}\",\"limited\":{}}}",
             self.status,
             self.bytes_sent,
             tenths / 10,

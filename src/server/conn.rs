@@ -75,18 +75,26 @@ pub async fn serve_tls(
     acceptor: TlsAcceptor,
     shared: Arc<ConnShared>,
 ) {
+    let metrics = &shared.proxy.sinks.metrics;
+    let _open = OpenConnection::new(metrics);
     let stream = match tokio::time::timeout(shared.handshake_timeout, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
+            metrics.tls_handshake_error();
             tracing::debug!(error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
+            metrics.tls_handshake_error();
             tracing::debug!("TLS handshake timed out");
             return;
         }
     };
-    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let session = stream.get_ref().1;
+    let alpn = session.alpn_protocol();
+    let tls13 = session.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+    metrics.tls_handshake(tls13, alpn);
+    let h2 = alpn == Some(b"h2");
     let builder = if h2 { &shared.h2_only } else { &shared.auto };
     serve_http(stream, peer, true, builder, &shared).await;
 }

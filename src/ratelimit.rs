@@ -1,0 +1,494 @@
+//! The keyed per-client rate limiter, its route policies and the `Retry-After` value.
+//!
+//! Owns one [`governor`] keyed limiter per policy (the default quota first, then each
+//! `[[rate_limit.route]]` in config order) and the process-random key that turns a client
+//! address into a bucket key. A client is its IPv4 address, or its IPv6 address truncated to
+//! `rate_limit.ipv6_prefix`; the bucket key is a keyed SipHash of that, so the maps hold
+//! 64-bit numbers that cannot be turned back into addresses without the key, which never
+//! leaves this process's memory.
+//!
+//! It must never hold a raw client address beyond one [`RateLimiter::check`] call, and never
+//! log, print or return one (nor its key): [`Decision`] carries only a policy index and a
+//! number of seconds.
+
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter as Governor};
+use ipnet::IpNet;
+
+use crate::config::RateLimit;
+
+/// The outcome of [`RateLimiter::check`].
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Decision {
+    /// Under quota (or exempt): forward the request.
+    Allow,
+    /// Over quota: answer 429 with `Retry-After: retry_after_secs`.
+    Limited {
+        /// Index into [`RateLimiter::policy_names`] of the policy that refused.
+        policy: usize,
+        /// Whole seconds until the bucket admits a request again, at least 1.
+        retry_after_secs: u64,
+    },
+}
+
+/// Per-client quotas, shared by all requests (`Send + Sync`).
+///
+/// # Example
+/// ```
+/// use webprom_edge::config::RateLimit;
+/// use webprom_edge::ratelimit::{Decision, RateLimiter};
+///
+/// let cfg = RateLimit { requests_per_second: 1, burst: 1, ..RateLimit::default() };
+/// let limiter = RateLimiter::new(&cfg).expect("enabled");
+/// let ip = "192.0.2.7".parse().unwrap();
+/// assert_eq!(limiter.check(ip, "/"), Decision::Allow);
+/// assert!(matches!(limiter.check(ip, "/"), Decision::Limited { policy: 0, .. }));
+/// ```
+pub struct RateLimiter {
+    /// The process-random key of the bucket-key hash.
+    key: RandomState,
+    ipv6_prefix: u8,
+    exempt: Vec<IpNet>,
+    /// `policies[0]` is the default; the rest are routes in config order.
+    policies: Vec<Policy>,
+}
+
+/// A governor keyed limiter over pre-hashed `u64` keys.
+type Keyed = Governor<
+    u64,
+    DefaultKeyedStateStore<u64, PreHashed>,
+    DefaultClock,
+    NoOpMiddleware<<DefaultClock as Clock>::Instant>,
+>;
+
+struct Policy {
+    /// `None` for the default policy.
+    path_prefix: Option<String>,
+    requests_per_second: u32,
+    burst: u32,
+    limiter: Keyed,
+}
+
+impl Policy {
+    fn new(path_prefix: Option<String>, requests_per_second: u32, burst: u32) -> Policy {
+        // The config is validated (both at least 1); fall back to 1 rather than panic.
+        let rps = NonZeroU32::new(requests_per_second).unwrap_or(NonZeroU32::MIN);
+        let burst_nz = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::per_second(rps).allow_burst(burst_nz);
+        Policy {
+            path_prefix,
+            requests_per_second,
+            burst,
+            limiter: Governor::dashmap_with_hasher(quota, PreHashed),
+        }
+    }
+}
+
+impl RateLimiter {
+    /// None when cfg.enabled is false.
+    pub fn new(cfg: &RateLimit) -> Option<RateLimiter> {
+        if !cfg.enabled {
+            return None;
+        }
+        let mut policies = Vec::with_capacity(1 + cfg.route.len());
+        policies.push(Policy::new(None, cfg.requests_per_second, cfg.burst));
+        for r in &cfg.route {
+            policies.push(Policy::new(
+                Some(r.path_prefix.clone()),
+                r.requests_per_second,
+                r.burst,
+            ));
+        }
+        Some(RateLimiter {
+            key: RandomState::new(),
+            ipv6_prefix: cfg.ipv6_prefix.min(128),
+            exempt: cfg.exempt.iter().map(|c| c.0).collect(),
+            policies,
+        })
+    }
+
+    /// The name of policy `policy` (`"default"`, or a route's `path_prefix`), for the
+    /// `rate_limited_total` label.
+    pub fn policy_name(&self, policy: usize) -> &str {
+        self.policies
+            .get(policy)
+            .and_then(|p| p.path_prefix.as_deref())
+            .unwrap_or("default")
+    }
+
+    /// The names of every policy, for metric labels; index-aligned with
+    /// [`Decision::Limited`]'s `policy`.
+    pub fn policy_names(&self) -> Vec<String> {
+        self.policies
+            .iter()
+            .map(|p| {
+                p.path_prefix
+                    .clone()
+                    .unwrap_or_else(|| "default".to_owned())
+            })
+            .collect()
+    }
+
+    /// The hot path: counts one request of the client at `ip` for `path`.
+    ///
+    /// A request whose path starts with a route's `path_prefix` (first match wins) is counted
+    /// against that route's bucket only, so `/click` traffic does not use up the client's
+    /// default bucket, and the default quota does not cap a route that allows more.
+    pub fn check(&self, ip: IpAddr, path: &str) -> Decision {
+        let ip = fold_mapped(ip);
+        if self.exempt.iter().any(|net| net.contains(&ip)) {
+            return Decision::Allow;
+        }
+        let index = self.policy_index(path);
+        let limiter = &self.policies[index].limiter;
+        match limiter.check_key(&self.bucket_key(ip)) {
+            Ok(()) => Decision::Allow,
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(limiter.clock().now());
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                Decision::Limited {
+                    policy: index,
+                    retry_after_secs: secs.max(1),
+                }
+            }
+        }
+    }
+
+    /// Housekeeping: drops every key whose bucket is as good as fresh, then returns the
+    /// freed memory. Takes each map shard's write lock in turn, so call it from a blocking
+    /// task on an interval (e.g. every 60 s), not per request.
+    pub fn housekeep(&self) {
+        for p in &self.policies {
+            p.limiter.retain_recent();
+            p.limiter.shrink_to_fit();
+        }
+    }
+
+    /// Number of tracked keys over all policies (for tests/bench).
+    pub fn tracked(&self) -> usize {
+        self.policies.iter().map(|p| p.limiter.len()).sum()
+    }
+
+    /// Whether a new config would build a limiter that behaves exactly like this one (then a
+    /// SIGHUP reload keeps the existing state).
+    ///
+    /// Compares everything the limiter holds, not only the quotas: the IPv6 prefix (it
+    /// changes the keys), the exempt networks and the route order (first match wins).
+    pub fn same_quotas(&self, cfg: &RateLimit) -> bool {
+        if !cfg.enabled
+            || cfg.ipv6_prefix.min(128) != self.ipv6_prefix
+            || cfg.exempt.len() != self.exempt.len()
+            || cfg.route.len() + 1 != self.policies.len()
+        {
+            return false;
+        }
+        let exempt_same = cfg.exempt.iter().zip(&self.exempt).all(|(c, n)| c.0 == *n);
+        let default = &self.policies[0];
+        let default_same =
+            default.requests_per_second == cfg.requests_per_second && default.burst == cfg.burst;
+        let routes_same = cfg.route.iter().zip(&self.policies[1..]).all(|(r, p)| {
+            p.path_prefix.as_deref() == Some(r.path_prefix.as_str())
+                && p.requests_per_second == r.requests_per_second
+                && p.burst == r.burst
+        });
+        exempt_same && default_same && routes_same
+    }
+
+    fn policy_index(&self, path: &str) -> usize {
+        self.policies[1..]
+            .iter()
+            .position(|p| {
+                p.path_prefix
+                    .as_deref()
+                    .is_some_and(|prefix| path.starts_with(prefix))
+            })
+            .map_or(0, |i| i + 1)
+    }
+
+    /// The bucket key: a keyed SipHash of the family and the (truncated) address bytes.
+    fn bucket_key(&self, ip: IpAddr) -> u64 {
+        let mut h = self.key.build_hasher();
+        match ip {
+            IpAddr::V4(v4) => {
+                h.write_u8(4);
+                h.write_u32(u32::from(v4));
+            }
+            IpAddr::V6(v6) => {
+                h.write_u8(6);
+                h.write_u128(u128::from(v6) & prefix_mask(self.ipv6_prefix));
+            }
+        }
+        h.finish()
+    }
+}
+
+/// Folds IPv4-mapped IPv6 (`::ffff:a.b.c.d`) to IPv4. The caller already does; this keeps
+/// the two spellings of one client in one bucket regardless.
+fn fold_mapped(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The mask keeping the first `prefix` bits of an IPv6 address (`prefix` at most 128).
+fn prefix_mask(prefix: u8) -> u128 {
+    match prefix {
+        0 => 0,
+        p => u128::MAX << (128 - u32::from(p.min(128))),
+    }
+}
+
+/// The map hasher: the keys are already keyed SipHash outputs (uniform and secret, so no
+/// one can aim collisions at a bucket), so hashing them again would only cost time.
+#[derive(Clone, Copy, Default)]
+struct PreHashed;
+
+impl BuildHasher for PreHashed {
+    type Hasher = PassThrough;
+    fn build_hasher(&self) -> PassThrough {
+        PassThrough(0)
+    }
+}
+
+/// Passes a `u64` key through as its own hash.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used for `u64` keys; fold anything else in rather than drop it.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Cidr, RoutePolicy};
+    use std::time::Duration;
+
+    fn cfg(rps: u32, burst: u32) -> RateLimit {
+        RateLimit {
+            requests_per_second: rps,
+            burst,
+            ..RateLimit::default()
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn route(prefix: &str, rps: u32, burst: u32) -> RoutePolicy {
+        RoutePolicy {
+            path_prefix: prefix.to_owned(),
+            requests_per_second: rps,
+            burst,
+        }
+    }
+
+    fn limited(d: Decision) -> bool {
+        matches!(d, Decision::Limited { .. })
+    }
+
+    #[test]
+    fn disabled_is_none() {
+        let c = RateLimit {
+            enabled: false,
+            ..RateLimit::default()
+        };
+        assert!(RateLimiter::new(&c).is_none());
+    }
+
+    #[test]
+    fn burst_then_limited_with_retry_after() {
+        let l = RateLimiter::new(&cfg(1, 3)).unwrap();
+        let a = ip("192.0.2.1");
+        for _ in 0..3 {
+            assert_eq!(l.check(a, "/"), Decision::Allow);
+        }
+        match l.check(a, "/") {
+            Decision::Limited {
+                policy,
+                retry_after_secs,
+            } => {
+                assert_eq!(policy, 0);
+                assert!(retry_after_secs >= 1);
+            }
+            Decision::Allow => panic!("the 4th request should be limited"),
+        }
+        // A second client is unaffected.
+        assert_eq!(l.check(ip("192.0.2.2"), "/"), Decision::Allow);
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_bucket_per_prefix() {
+        let l = RateLimiter::new(&cfg(1, 1)).unwrap();
+        assert_eq!(l.check(ip("2001:db8:1:2::1"), "/"), Decision::Allow);
+        // Same /64 (the default prefix): same bucket, already used up.
+        assert!(limited(l.check(ip("2001:db8:1:2:ffff::9"), "/")));
+        // Another /64: its own bucket.
+        assert_eq!(l.check(ip("2001:db8:1:3::1"), "/"), Decision::Allow);
+        assert_eq!(l.tracked(), 2);
+    }
+
+    #[test]
+    fn ipv6_prefix_is_configurable() {
+        let c = RateLimit {
+            ipv6_prefix: 48,
+            ..cfg(1, 1)
+        };
+        let l = RateLimiter::new(&c).unwrap();
+        assert_eq!(l.check(ip("2001:db8:1:2::1"), "/"), Decision::Allow);
+        assert!(limited(l.check(ip("2001:db8:1:3::1"), "/")));
+        assert_eq!(l.check(ip("2001:db8:2::1"), "/"), Decision::Allow);
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_is_ipv4() {
+        let l = RateLimiter::new(&cfg(1, 1)).unwrap();
+        assert_eq!(l.check(ip("::ffff:198.51.100.4"), "/"), Decision::Allow);
+        assert!(limited(l.check(ip("198.51.100.4"), "/")));
+        assert_eq!(l.tracked(), 1);
+    }
+
+    #[test]
+    fn route_policy_is_stricter_and_separate() {
+        let mut c = cfg(100, 100);
+        c.route = vec![route("/click", 1, 2), route("/c", 1, 1)];
+        let l = RateLimiter::new(&c).unwrap();
+        let a = ip("203.0.113.9");
+        assert_eq!(l.check(a, "/click/1"), Decision::Allow);
+        assert_eq!(l.check(a, "/click/2"), Decision::Allow);
+        assert!(matches!(
+            l.check(a, "/click/3"),
+            Decision::Limited { policy: 1, .. }
+        ));
+        // The default bucket is untouched by /click traffic.
+        for _ in 0..10 {
+            assert_eq!(l.check(a, "/"), Decision::Allow);
+        }
+        // First match wins: "/c" is a later route and only counts what "/click" does not match.
+        assert_eq!(l.check(a, "/cart"), Decision::Allow);
+        assert!(matches!(
+            l.check(a, "/cart"),
+            Decision::Limited { policy: 2, .. }
+        ));
+    }
+
+    #[test]
+    fn exempt_networks_are_never_limited() {
+        let mut c = cfg(1, 1);
+        c.exempt = vec![
+            "10.0.0.0/8".parse::<Cidr>().unwrap(),
+            "2001:db8:ff::/48".parse::<Cidr>().unwrap(),
+        ];
+        let l = RateLimiter::new(&c).unwrap();
+        for _ in 0..1000 {
+            assert_eq!(l.check(ip("10.1.2.3"), "/"), Decision::Allow);
+            assert_eq!(l.check(ip("::ffff:10.9.9.9"), "/"), Decision::Allow);
+            assert_eq!(l.check(ip("2001:db8:ff:1::1"), "/"), Decision::Allow);
+        }
+        assert_eq!(l.tracked(), 0);
+        assert_eq!(l.check(ip("11.0.0.1"), "/"), Decision::Allow);
+        assert!(limited(l.check(ip("11.0.0.1"), "/")));
+    }
+
+    #[test]
+    fn allowed_again_after_waiting() {
+        // 4 per second: one request every 250 ms.
+        let l = RateLimiter::new(&cfg(4, 1)).unwrap();
+        let a = ip("192.0.2.50");
+        assert_eq!(l.check(a, "/"), Decision::Allow);
+        assert_eq!(
+            l.check(a, "/"),
+            Decision::Limited {
+                policy: 0,
+                retry_after_secs: 1
+            }
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(l.check(a, "/"), Decision::Allow);
+    }
+
+    #[test]
+    fn housekeep_drops_stale_keys_only() {
+        let mut c = cfg(1000, 1);
+        c.route = vec![route("/slow", 1, 1)];
+        let l = RateLimiter::new(&c).unwrap();
+        for i in 0..100u8 {
+            l.check(IpAddr::from([192, 0, 2, i]), "/");
+        }
+        l.check(ip("198.51.100.1"), "/slow");
+        assert_eq!(l.tracked(), 101);
+        // The default buckets refill in 1 ms; the /slow bucket needs a second.
+        std::thread::sleep(Duration::from_millis(20));
+        l.housekeep();
+        assert_eq!(l.tracked(), 1);
+        assert!(limited(l.check(ip("198.51.100.1"), "/slow")));
+    }
+
+    #[test]
+    fn same_quotas() {
+        let mut c = cfg(50, 100);
+        c.route = vec![route("/click", 5, 10)];
+        let l = RateLimiter::new(&c).unwrap();
+        assert!(l.same_quotas(&c.clone()));
+
+        let mut other = c.clone();
+        other.burst = 101;
+        assert!(!l.same_quotas(&other));
+        let mut other = c.clone();
+        other.route[0].requests_per_second = 6;
+        assert!(!l.same_quotas(&other));
+        let mut other = c.clone();
+        other.route.push(route("/x", 1, 1));
+        assert!(!l.same_quotas(&other));
+        let mut other = c.clone();
+        other.ipv6_prefix = 56;
+        assert!(!l.same_quotas(&other));
+        let mut other = c.clone();
+        other.exempt = vec!["10.0.0.0/8".parse().unwrap()];
+        assert!(!l.same_quotas(&other));
+        let mut other = c.clone();
+        other.enabled = false;
+        assert!(!l.same_quotas(&other));
+    }
+
+    #[test]
+    fn policy_names_in_order() {
+        let mut c = cfg(50, 100);
+        c.route = vec![route("/click", 5, 10), route("/api", 20, 40)];
+        let l = RateLimiter::new(&c).unwrap();
+        assert_eq!(l.policy_names(), ["default", "/click", "/api"]);
+    }
+
+    #[test]
+    fn prefix_masks() {
+        assert_eq!(prefix_mask(0), 0);
+        assert_eq!(prefix_mask(128), u128::MAX);
+        assert_eq!(prefix_mask(64), (u128::from(u64::MAX)) << 64);
+        assert_eq!(prefix_mask(1), 1u128 << 127);
+    }
+
+    #[test]
+    fn limiter_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<RateLimiter>();
+    }
+}
