@@ -152,26 +152,42 @@ impl Observation {
     }
 
     /// Appends the record as one JSON line (SPEC §4 fields, in order), newline included.
+    ///
+    /// Hand-written rather than serde: it runs once per request, and every value is either a
+    /// number, a fixed name, or already checked to need no escaping (the path is escaped anyway).
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        let day = self.day();
-        let sod = self.ts.rem_euclid(86400);
-        let _ = write!(
-            out,
-            "{{\"ts\":\"{day}T{:02}:{:02}:{:02}Z\",\"epoch\":\"{}\",\"client\":\"{}\",\"net\":\"{}\",\"country\":",
-            sod / 3600,
-            sod / 60 % 60,
-            sod % 60,
-            self.epoch,
-            self.client.as_str(),
-            self.net,
-        );
+        let mut num = itoa::Buffer::new();
+        let sod = self.ts.rem_euclid(86400) as u32;
+        out.extend_from_slice(b"{\"ts\":\"");
+        self.day().write_ymd(out);
+        out.extend_from_slice(&[
+            b'T',
+            b'0' + (sod / 36000) as u8,
+            b'0' + (sod / 3600 % 10) as u8,
+            b':',
+            b'0' + (sod / 600 % 6) as u8,
+            b'0' + (sod / 60 % 10) as u8,
+            b':',
+            b'0' + (sod % 60 / 10) as u8,
+            b'0' + (sod % 10) as u8,
+            b'Z',
+        ]);
+        out.extend_from_slice(b"\",\"epoch\":\"");
+        self.epoch.write_ymd(out);
+        out.extend_from_slice(b"\",\"client\":\"");
+        out.extend_from_slice(self.client.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"net\":\"");
+        write_network(out, &self.net, &mut num);
+        out.extend_from_slice(b"\",\"country\":");
         opt_str(out, self.country.as_ref().map(|c| c.as_str()));
         out.extend_from_slice(b",\"browser\":\"");
         out.extend_from_slice(self.device.browser.as_str().as_bytes());
         out.extend_from_slice(b"\",\"browser_version\":");
         match self.device.browser_major {
             Some(v) => {
-                let _ = write!(out, "\"{v}\"");
+                out.push(b'"');
+                out.extend_from_slice(num.format(v).as_bytes());
+                out.push(b'"');
             }
             None => out.extend_from_slice(b"null"),
         }
@@ -187,17 +203,39 @@ impl Observation {
         opt_str(out, self.host.as_deref());
         out.extend_from_slice(b",\"path\":");
         json_str(out, &self.path);
+        out.extend_from_slice(b",\"status\":");
+        out.extend_from_slice(num.format(self.status).as_bytes());
+        out.extend_from_slice(b",\"bytes_sent\":");
+        out.extend_from_slice(num.format(self.bytes_sent).as_bytes());
         let tenths = (self.duration_us + 50) / 100;
-        let _ = writeln!(
-            out,
-            ",\"status\":{},\"bytes_sent\":{},\"duration_ms\":{}.{},\"proto\":\"{}\",\"limited\":{}}}",
-            self.status,
-            self.bytes_sent,
-            tenths / 10,
-            tenths % 10,
-            self.proto.as_str(),
-            self.limited,
-        );
+        out.extend_from_slice(b",\"duration_ms\":");
+        out.extend_from_slice(num.format(tenths / 10).as_bytes());
+        out.push(b'.');
+        out.push(b'0' + (tenths % 10) as u8);
+        out.extend_from_slice(b",\"proto\":\"");
+        out.extend_from_slice(self.proto.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"limited\":");
+        out.extend_from_slice(if self.limited { b"true" } else { b"false" });
+        out.extend_from_slice(b"}\n");
+    }
+}
+
+/// `a.b.c.d/len` by hand for IPv4 (the common case); IPv6 through `Display`.
+fn write_network(out: &mut Vec<u8>, net: &Network, num: &mut itoa::Buffer) {
+    match net.as_ipnet() {
+        ipnet::IpNet::V4(v4) => {
+            for (i, octet) in v4.network().octets().iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(num.format(*octet).as_bytes());
+            }
+            out.push(b'/');
+            out.extend_from_slice(num.format(v4.prefix_len()).as_bytes());
+        }
+        ipnet::IpNet::V6(_) => {
+            let _ = write!(out, "{net}");
+        }
     }
 }
 
@@ -222,4 +260,75 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
         }
     }
     out.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::privacy::keys::{Key, pseudonym};
+    use crate::privacy::net::truncate;
+    use crate::privacy::ua::{Browser, Os};
+
+    fn sample(ip: &str) -> Observation {
+        let ip = ip.parse().unwrap();
+        let key = Key::from_bytes(core::array::from_fn(|i| i as u8));
+        Observation {
+            ts: 1_795_615_387, // 2026-11-25T14:03:07Z
+            epoch: "2026-11-25".parse().unwrap(),
+            client: pseudonym(&key, ip, 64),
+            net: truncate(ip, 24, 48),
+            country: Country::new("AL"),
+            device: Device {
+                browser: Browser::Chrome,
+                browser_major: Some(131),
+                os: Os::Windows,
+                bot: false,
+            },
+            lang: Lang::new(b"sq"),
+            method: MethodClass::Get,
+            host: Some("localhost".into()),
+            path: "/click/:id".into(),
+            status: 200,
+            bytes_sent: 1024,
+            duration_us: 1234,
+            proto: HttpProto::Http2,
+            limited: false,
+        }
+    }
+
+    #[test]
+    fn json_lines_are_exact() {
+        let mut out = Vec::new();
+        sample("203.0.113.7").write_json(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"ts\":\"2026-11-25T14:03:07Z\",\"epoch\":\"2026-11-25\",\"client\":\"KgIJgOGaNuNAG_ak\",\
+             \"net\":\"203.0.113.0/24\",\"country\":\"AL\",\"browser\":\"Chrome\",\"browser_version\":\"131\",\
+             \"os\":\"Windows\",\"bot\":false,\"lang\":\"sq\",\"method\":\"GET\",\"host\":\"localhost\",\
+             \"path\":\"/click/:id\",\"status\":200,\"bytes_sent\":1024,\"duration_ms\":1.2,\
+             \"proto\":\"HTTP/2\",\"limited\":false}\n"
+        );
+
+        let mut o = sample("2001:db8:1:2::5");
+        o.country = None;
+        o.lang = None;
+        o.host = None;
+        o.device.browser_major = None;
+        o.path = "/we\"ird\\\u{1}".into();
+        o.ts = 0;
+        o.duration_us = 49;
+        o.limited = true;
+        let mut out = Vec::new();
+        o.write_json(&mut out);
+        let line = String::from_utf8(out).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["ts"], "1970-01-01T00:00:00Z");
+        assert_eq!(v["net"], "2001:db8:1::/48");
+        assert_eq!(v["client"], "e49CLkzjeNXEw23A");
+        assert_eq!(v["path"], "/we\"ird\\\u{1}");
+        assert_eq!(v["duration_ms"], 0.0);
+        assert!(v["country"].is_null() && v["lang"].is_null() && v["host"].is_null());
+        assert!(v["browser_version"].is_null());
+        assert_eq!(v["limited"], true);
+    }
 }
