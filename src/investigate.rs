@@ -53,7 +53,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use memchr::memmem;
 
-use crate::accesslog::files;
+use crate::accesslog::files::{self, same_file};
 use crate::client_ip::ClientAddr;
 use crate::config::Config;
 use crate::privacy::keys::{Epoch, KeyState, KeyStore, Pseudonym, pseudonym};
@@ -702,16 +702,6 @@ impl Sink for Filter {
     fn invalid(&mut self, _: &[u8]) -> io::Result<()> {
         self.invalid_removed += 1;
         Ok(())
-    }
-}
-
-/// Whether `file` is still the file at `path`.
-fn same_file(file: &File, path: &Path) -> io::Result<bool> {
-    let held = file.metadata()?;
-    match fs::metadata(path) {
-        Ok(now) => Ok(held.dev() == now.dev() && held.ino() == now.ino()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
     }
 }
 
