@@ -828,6 +828,7 @@ pub fn erase(
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
     let keys = settings.keys()?;
+    remove_stale_copies(&settings.log_dir);
     let mut scratch = Vec::new();
     for (day, path) in day_files(settings, range)? {
         let Some(needles) =
@@ -857,6 +858,28 @@ pub fn erase(
         erase_file(&path, day, &needles, summary)?;
     }
     Ok(())
+}
+
+/// Removes the temporary copies left by an `erase` that was killed: they hold other clients'
+/// records that retention would never delete. A copy whose process still runs is left alone.
+fn remove_stale_copies(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(pid) = name
+            .strip_prefix(".access-")
+            .and_then(|rest| rest.split_once(".jsonl.erase."))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// The operating-system user running the command: `USER` or `LOGNAME`, else the name of the
@@ -894,27 +917,44 @@ pub fn audit_line(command: &str, summary: &Summary, ok: bool) -> Vec<u8> {
         .unwrap_or(now)
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
+    #[derive(serde::Serialize)]
+    struct Searched {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<String>,
+        client: String,
+    }
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        time: String,
+        command: &'a str,
+        user: String,
+        uid: Option<u32>,
+        pseudonyms: Vec<Searched>,
+        days_searched: Vec<String>,
+        days_unlinkable: Vec<String>,
+        count: u64,
+        ok: bool,
+    }
     let (user, uid) = os_user();
-    let pseudonyms: Vec<serde_json::Value> = summary
-        .pseudonyms
-        .iter()
-        .map(|(e, p)| match e {
-            Some(e) => serde_json::json!({"epoch": e.to_string(), "client": p.as_str()}),
-            None => serde_json::json!({"client": p.as_str()}),
-        })
-        .collect();
     let days = |d: &[Epoch]| d.iter().map(|e| e.to_string()).collect::<Vec<_>>();
-    let line = serde_json::json!({
-        "time": time,
-        "command": command,
-        "user": user,
-        "uid": uid,
-        "pseudonyms": pseudonyms,
-        "days_searched": days(&summary.days_searched),
-        "days_unlinkable": days(&summary.days_unlinkable),
-        "count": summary.records,
-        "ok": ok,
-    });
+    let line = Line {
+        time,
+        command,
+        user,
+        uid,
+        pseudonyms: summary
+            .pseudonyms
+            .iter()
+            .map(|(e, p)| Searched {
+                epoch: e.map(|e| e.to_string()),
+                client: p.as_str().to_owned(),
+            })
+            .collect(),
+        days_searched: days(&summary.days_searched),
+        days_unlinkable: days(&summary.days_unlinkable),
+        count: summary.records,
+        ok,
+    };
     let mut out = serde_json::to_vec(&line).unwrap_or_default();
     out.push(b'\n');
     out

@@ -323,7 +323,13 @@ fn days_across_the_key_schedule_and_unlinkable_days() {
     assert!(err.contains("investigate: 1 records found"), "{err}");
     assert!(err.contains("days searched: 4"), "{err}");
 
-    // Erase: A's records go, everyone else's stay, the unlinkable day is untouched.
+    // Erase: A's records go, everyone else's stay, the unlinkable day is untouched. A copy left
+    // by a killed erase is removed.
+    std::fs::write(
+        logs.join(format!(".access-{}.jsonl.erase.999999999", d(-1))),
+        "x",
+    )
+    .unwrap();
     let before = log_lines(dir.path());
     let (code, _, err) = tool(dir.path(), "erase", &["--ip", A]);
     assert_eq!(code, 0, "{err}");
