@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, ConfigError};
+use crate::investigate::{self as inv, DayRange, Settings, Summary, Target};
 use crate::server;
 
 /// Why a command failed, and so which exit status it gets.
@@ -89,4 +90,81 @@ pub fn check_config(config_path: &Path) -> Result<String, CliError> {
     let toml = toml::to_string_pretty(&config)
         .map_err(|e| CliError::Runtime(anyhow::Error::new(e).context("printing the config")))?;
     Ok(format!("{notes}{toml}"))
+}
+
+/// Which client `investigate` looks for: exactly one of `--ip` and `--client`.
+pub enum Who<'a> {
+    /// `--ip ADDR`
+    Ip(&'a str),
+    /// `--client PSEUDONYM`
+    Client(&'a str),
+}
+
+fn load_settings(config_path: &Path) -> Result<Settings, CliError> {
+    let config = Config::load(config_path)?;
+    Ok(Settings::from_config(&config))
+}
+
+/// Writes the audit line; a command whose audit cannot be written fails.
+fn audit(settings: &Settings, command: &str, summary: &Summary, ok: bool) -> Result<(), CliError> {
+    let line = inv::audit_line(command, summary, ok);
+    inv::append_audit(&settings.log_dir, settings.log_retention_days, &line).map_err(|e| {
+        CliError::Runtime(anyhow::Error::new(e).context(format!(
+            "writing the audit trail {}",
+            settings.log_dir.join(inv::AUDIT_FILE).display()
+        )))
+    })
+}
+
+/// `investigate --config FILE (--ip ADDR | --client PSEUDONYM) [--since DAY] [--until DAY]`:
+/// the client's records on stdout as stored, a summary on stderr, a line in the audit trail.
+pub fn investigate(
+    config_path: &Path,
+    who: Who<'_>,
+    since: Option<&str>,
+    until: Option<&str>,
+) -> Result<(), CliError> {
+    let target = match who {
+        Who::Ip(s) => Target::parse_ip(s),
+        Who::Client(s) => Target::parse_client(s),
+    }
+    .map_err(CliError::Config)?;
+    let range = DayRange::parse(since, until).map_err(CliError::Config)?;
+    let settings = load_settings(config_path)?;
+    let mut summary = Summary::default();
+    let stdout = std::io::stdout();
+    let out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let result = inv::investigate(&settings, &target, range, out, &mut summary);
+    eprint!("{}", summary.render("investigate"));
+    audit(&settings, "investigate", &summary, result.is_ok())?;
+    result.map_err(CliError::Runtime)
+}
+
+/// `erase --config FILE --ip ADDR [--since DAY] [--until DAY]`: removes the client's records
+/// from the day files, safely while the proxy runs; a summary on stderr, a line in the audit
+/// trail.
+pub fn erase(
+    config_path: &Path,
+    ip: &str,
+    since: Option<&str>,
+    until: Option<&str>,
+) -> Result<(), CliError> {
+    let target = Target::parse_ip(ip).map_err(CliError::Config)?;
+    let range = DayRange::parse(since, until).map_err(CliError::Config)?;
+    let settings = load_settings(config_path)?;
+    let mut summary = Summary::default();
+    let result = inv::erase(&settings, &target, range, &mut summary);
+    eprint!("{}", summary.render("erase"));
+    audit(&settings, "erase", &summary, result.is_ok())?;
+    result.map_err(CliError::Runtime)
+}
+
+/// `keys --config FILE`: one `YYYY-MM-DD kept|derivable|destroyed` line per epoch on stdout,
+/// a summary on stderr.
+pub fn keys(config_path: &Path) -> Result<(), CliError> {
+    let settings = load_settings(config_path)?;
+    let (lines, summary) = inv::keys_report(&settings).map_err(CliError::Runtime)?;
+    print!("{lines}");
+    eprint!("{summary}");
+    Ok(())
 }

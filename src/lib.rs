@@ -5,13 +5,15 @@
 //! [`ratelimit`] checks the client's quota → [`proxy`] forwards to an upstream and filters the
 //! response → [`privacy`] captures the allowed facts as an Observation → [`accesslog`] and
 //! [`metrics`] record it. [`admin`] serves health and metrics; [`config`] holds the validated
-//! configuration; [`cli`] runs the commands.
+//! configuration; [`cli`] runs the commands; [`investigate`] searches and erases the logs of one
+//! client for investigations and data-subject requests.
 
 pub mod accesslog;
 pub mod admin;
 pub mod cli;
 pub mod client_ip;
 pub mod config;
+pub mod investigate;
 pub mod metrics;
 pub mod privacy;
 pub mod proxy;

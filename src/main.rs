@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand};
 use webprom_edge::cli;
 
 /// A privacy-aware, TLS-terminating reverse proxy.
@@ -28,6 +28,46 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Print the records of one client (JSON Lines on stdout, a summary on stderr).
+    #[command(group(ArgGroup::new("who").required(true).args(["ip", "client"])))]
+    Investigate {
+        /// The TOML configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The client's address: its pseudonym is computed for each day with that day's key.
+        #[arg(long, value_name = "ADDR")]
+        ip: Option<String>,
+        /// A pseudonym, as it appears in the `client` field.
+        #[arg(long, value_name = "PSEUDONYM")]
+        client: Option<String>,
+        /// First UTC day searched (inclusive), YYYY-MM-DD.
+        #[arg(long, value_name = "DAY")]
+        since: Option<String>,
+        /// Last UTC day searched (inclusive), YYYY-MM-DD.
+        #[arg(long, value_name = "DAY")]
+        until: Option<String>,
+    },
+    /// Remove every record of one client from the day files (safe while the proxy runs).
+    Erase {
+        /// The TOML configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// The client's address: its pseudonym is computed for each day with that day's key.
+        #[arg(long, value_name = "ADDR")]
+        ip: String,
+        /// First UTC day searched (inclusive), YYYY-MM-DD.
+        #[arg(long, value_name = "DAY")]
+        since: Option<String>,
+        /// Last UTC day searched (inclusive), YYYY-MM-DD.
+        #[arg(long, value_name = "DAY")]
+        until: Option<String>,
+    },
+    /// List the key epochs kept, derivable and destroyed.
+    Keys {
+        /// The TOML configuration file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -36,6 +76,28 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Run { config } => cli::run(&config),
         Command::CheckConfig { config } => cli::check_config(&config).map(|text| print!("{text}")),
+        Command::Investigate {
+            config,
+            ip,
+            client,
+            since,
+            until,
+        } => {
+            let who = match (&ip, &client) {
+                (Some(ip), _) => cli::Who::Ip(ip),
+                (None, Some(client)) => cli::Who::Client(client),
+                // clap requires exactly one of them.
+                (None, None) => cli::Who::Client(""),
+            };
+            cli::investigate(&config, who, since.as_deref(), until.as_deref())
+        }
+        Command::Erase {
+            config,
+            ip,
+            since,
+            until,
+        } => cli::erase(&config, &ip, since.as_deref(), until.as_deref()),
+        Command::Keys { config } => cli::keys(&config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,7 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::privacy::keys::Epoch;
@@ -27,6 +27,17 @@ pub fn open_append(dir: &Path, day: Epoch) -> io::Result<File> {
         .create(true)
         .mode(0o640)
         .open(day_path(dir, day))
+}
+
+/// Whether `file` is still the file that `path` names (same device and inode). False when the
+/// path was replaced (by `erase`) or removed.
+pub fn same_file(file: &File, path: &Path) -> io::Result<bool> {
+    let held = file.metadata()?;
+    match std::fs::metadata(path) {
+        Ok(now) => Ok(held.dev() == now.dev() && held.ino() == now.ino()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Every day file in `dir`, oldest first.

@@ -6,11 +6,16 @@
 //! shutdown. A write error (disk full) is counted, reported once until writing works again, and
 //! never stops the proxy. The queue carries [`Observation`]s, so nothing but the allowed fields
 //! can reach a file.
+//!
+//! `erase` may replace a day file while the writer appends to it (see [`crate::investigate`]):
+//! the writer writes whole lines only while holding the exclusive lock ([`File::lock`]) of the
+//! file it writes to, and after taking the lock checks that the path still names that file,
+//! reopening the path if it was replaced.
 
 pub mod files;
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
@@ -72,7 +77,7 @@ impl AccessLog {
             counters: counters.clone(),
             open: None,
             failing: false,
-            line: Vec::with_capacity(512),
+            line: Vec::with_capacity(WRITE_BUFFER + 4096),
         };
         let thread = std::thread::Builder::new()
             .name("access-log".into())
@@ -118,7 +123,29 @@ fn with_path(e: io::Error, path: &Path) -> io::Error {
 
 struct OpenDay {
     day: Epoch,
-    file: BufWriter<File>,
+    file: File,
+    /// Whole lines not yet written; written under the file's lock.
+    buf: Vec<u8>,
+}
+
+impl OpenDay {
+    /// Writes the buffered lines while holding the lock of the file the day's path names now.
+    fn write_locked(&mut self, dir: &Path) -> io::Result<()> {
+        let path = files::day_path(dir, self.day);
+        loop {
+            self.file.lock()?;
+            if files::same_file(&self.file, &path)? {
+                break;
+            }
+            // Replaced by `erase` (or removed): write to the file the path names now.
+            let _ = self.file.unlock();
+            self.file = files::open_append(dir, self.day)?;
+        }
+        let result = self.file.write_all(&self.buf);
+        let _ = self.file.unlock();
+        self.buf.clear();
+        result
+    }
 }
 
 struct Writer {
@@ -128,6 +155,7 @@ struct Writer {
     open: Option<OpenDay>,
     /// A write error was reported and writing has not worked since.
     failing: bool,
+    /// The buffer of the next day opened (kept across days to reuse its allocation).
     line: Vec<u8>,
 }
 
@@ -188,31 +216,26 @@ impl Writer {
 
     fn write(&mut self, obs: &Observation) {
         let day = obs.day();
-        let mut line = std::mem::take(&mut self.line);
-        line.clear();
-        obs.write_json(&mut line);
-        let result = self.file_for(day).and_then(|f| f.write_all(&line));
-        self.line = line;
-        match result {
-            Ok(()) => self.counters.records.inc(),
-            Err(e) => self.failed(day, e),
-        }
-    }
-
-    fn file_for(&mut self, day: Epoch) -> io::Result<&mut BufWriter<File>> {
         if self.open.as_ref().is_none_or(|o| o.day != day) {
-            if let Some(mut old) = self.open.take() {
-                old.file.flush()?;
+            self.flush();
+            match files::open_append(&self.dir, day) {
+                Ok(file) => {
+                    self.open = Some(OpenDay {
+                        day,
+                        file,
+                        buf: std::mem::take(&mut self.line),
+                    })
+                }
+                Err(e) => return self.failed(day, e),
             }
-            let file = files::open_append(&self.dir, day)?;
-            self.open = Some(OpenDay {
-                day,
-                file: BufWriter::with_capacity(WRITE_BUFFER, file),
-            });
         }
-        match self.open.as_mut() {
-            Some(o) => Ok(&mut o.file),
-            None => Err(io::Error::other("no open day file")),
+        let Some(open) = self.open.as_mut() else {
+            return;
+        };
+        obs.write_json(&mut open.buf);
+        self.counters.records.inc();
+        if open.buf.len() >= WRITE_BUFFER {
+            self.flush();
         }
     }
 
@@ -220,8 +243,11 @@ impl Writer {
         let Some(open) = self.open.as_mut() else {
             return;
         };
+        if open.buf.is_empty() {
+            return;
+        }
         let day = open.day;
-        match open.file.flush() {
+        match open.write_locked(&self.dir) {
             Ok(()) => {
                 if self.failing {
                     self.failing = false;
@@ -240,6 +266,9 @@ impl Writer {
             tracing::error!(path = %path.display(), error = %e, "access log write failed; records are being lost (counted in webprom_edge_access_log_write_errors_total)");
         }
         // Start from a fresh file handle next time; the buffered bytes are gone.
-        self.open = None;
+        if let Some(old) = self.open.take() {
+            self.line = old.buf;
+            self.line.clear();
+        }
     }
 }

@@ -430,11 +430,13 @@ impl KeyStore {
         let start = self.window_start(today);
         let expired: Vec<Epoch> = files.range(..start).map(|(&e, _)| e).collect();
         let expired_key = files.range(..start).any(|(_, f)| f.key.is_some());
-        if expired_key && start != today && !has_key(&files, start) {
-            if let Some(start_key) = self.newest_at_or_before(&files, start)? {
-                self.write_key(start, &start_key)?;
-                written.push(start);
-            }
+        if expired_key
+            && start != today
+            && !has_key(&files, start)
+            && let Some(start_key) = self.newest_at_or_before(&files, start)?
+        {
+            self.write_key(start, &start_key)?;
+            written.push(start);
         }
 
         let mut destroyed = Vec::new();
