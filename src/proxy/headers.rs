@@ -45,6 +45,11 @@ fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
 /// Removes every hop-by-hop header: the fixed set, `Connection`, and the names it lists.
 /// With `keep_upgrade`, `Upgrade` survives and `Connection: upgrade` is set again.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of these: one pass over the names (cheap comparisons, no
+    // hashing) spares a dozen hash lookups per message.
+    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(CONNECTION) {
         // Rare (HTTP/1.0 keep-alive, custom hop headers): the allocation is off the common path.
         let listed: Vec<HeaderName> = headers
@@ -68,6 +73,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     } else {
         headers.remove(UPGRADE);
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == CONNECTION || *name == UPGRADE || fixed_hop_by_hop().contains(&name)
 }
 
 #[cfg(test)]
