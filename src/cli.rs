@@ -45,8 +45,17 @@ impl From<server::tls::TlsError> for CliError {
 /// `run --config FILE`: serves until SIGTERM/SIGINT.
 pub fn run(config_path: &Path) -> Result<(), CliError> {
     let config = Config::load(config_path)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.worker_threads())
+    let workers = config.worker_threads();
+    // One worker: the single-threaded scheduler does the same work without the cross-thread
+    // bookkeeping (blocking work still goes to tokio's blocking pool).
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    let runtime = builder
         .thread_name("webprom-edge")
         .enable_all()
         .build()

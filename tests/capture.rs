@@ -425,3 +425,31 @@ impl WaitRecords for Proxy {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_mid_response_is_recorded_once() {
+    use http_body_util::BodyExt;
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(&up.url()).await;
+    let Conn::H1(mut send) = proxy.client().connect(Proto::H1).await else {
+        unreachable!()
+    };
+    let req = Request::get("/big?bytes=8388608")
+        .header("host", "localhost")
+        .body(body(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Take one frame of the 8 MiB, then hang up.
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
+    drop(body);
+    drop(send);
+
+    let records = proxy.wait_records(1).await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(field(&records[0], "status"), "200");
+    let sent: u64 = field(&records[0], "bytes_sent").parse().unwrap();
+    assert!(sent > 0 && sent < 8 << 20, "bytes_sent {sent}");
+}

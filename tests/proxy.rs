@@ -509,3 +509,44 @@ async fn tls_connect(
         .await
         .unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    use std::sync::atomic::Ordering;
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(&up.url()).await;
+    for proto in BOTH {
+        let mut conn = proxy.client().connect(proto).await;
+        for _ in 0..30 {
+            assert_eq!(conn.send(get("/")).await.status, StatusCode::OK);
+            // Bodies of every size return the connection once read to the end.
+            assert_eq!(
+                conn.send(get("/big?bytes=200000")).await.body.len(),
+                200_000
+            );
+        }
+    }
+    assert_eq!(
+        up.connections.load(Ordering::SeqCst),
+        1,
+        "one pooled connection serves all"
+    );
+
+    // A response the client abandons half way closes its upstream connection instead.
+    let Conn::H1(mut send) = proxy.client().connect(Proto::H1).await else {
+        unreachable!()
+    };
+    let req = Request::get("/big?bytes=8388608")
+        .header("host", "localhost")
+        .body(body(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    drop(resp);
+    drop(send);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        proxy.client().get(Proto::H2, "/").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+}

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::upstream::Lease;
 use crate::privacy::capture::Pending;
 use crate::privacy::observation::Observation;
 
@@ -93,6 +94,8 @@ pub enum ResponseBody {
     Upstream {
         /// The upstream's body.
         body: Incoming,
+        /// Its connection, back to the pool once the body has been read to the end.
+        lease: Option<Lease>,
     },
     /// Written by the proxy (errors, admin pages).
     Local {
@@ -110,6 +113,17 @@ impl ResponseBody {
     }
 }
 
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let ResponseBody::Upstream { body, lease } = self
+            && let Some(lease) = lease.take()
+            && body.is_end_stream()
+        {
+            lease.release();
+        }
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -119,7 +133,17 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ResponseBody::Upstream { body } => Pin::new(body).poll_frame(cx),
+            ResponseBody::Upstream { body, lease } => {
+                let res = Pin::new(&mut *body).poll_frame(cx);
+                // A chunked body says it has ended only by ending: give the connection back
+                // then, while the lease is still ours.
+                if let Poll::Ready(None) = res
+                    && let Some(lease) = lease.take()
+                {
+                    lease.release();
+                }
+                res
+            }
             ResponseBody::Local { body } => Poll::Ready(
                 body.take()
                     .filter(|b| !b.is_empty())
@@ -130,14 +154,14 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::Upstream { body } => body.is_end_stream(),
+            ResponseBody::Upstream { body, .. } => body.is_end_stream(),
             ResponseBody::Local { body } => body.as_ref().is_none_or(|b| b.is_empty()),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Upstream { body } => body.size_hint(),
+            ResponseBody::Upstream { body, .. } => body.size_hint(),
             ResponseBody::Local { body } => {
                 SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
             }

@@ -16,7 +16,7 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 /// `X-Forwarded-Host`.
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// The fixed hop-by-hop set. `Upgrade` is handled by the caller, which keeps it for WebSocket.
+/// The fixed hop-by-hop set besides `Connection` and `Upgrade` (kept for WebSocket).
 fn fixed_hop_by_hop() -> [&'static HeaderName; 7] {
     [
         &KEEP_ALIVE,
@@ -44,39 +44,47 @@ fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
 
 /// Removes every hop-by-hop header: the fixed set, `Connection`, and the names it lists.
 /// With `keep_upgrade`, `Upgrade` survives and `Connection: upgrade` is set again.
+///
+/// One pass over the names decides what goes, comparing without hashing or allocating; only
+/// the names present are then removed (typically just `Connection`, if anything).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none of these: one pass over the names (cheap comparisons, no
-    // hashing) spares a dozen hash lookups per message.
-    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    if headers.contains_key(CONNECTION) {
-        // Rare (HTTP/1.0 keep-alive, custom hop headers): the allocation is off the common path.
-        let listed: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
-            .collect();
-        for name in listed {
-            if !(keep_upgrade && name == UPGRADE) {
-                headers.remove(&name);
+    let mut doomed: [Option<HeaderName>; 4] = Default::default();
+    let mut extra: Vec<HeaderName> = Vec::new();
+    let mut n = 0;
+    for name in headers.keys() {
+        let hop = if *name == UPGRADE {
+            !keep_upgrade
+        } else {
+            is_hop_by_hop(name) || listed_in_connection(headers, name)
+        };
+        if hop {
+            match doomed.get_mut(n) {
+                Some(slot) => *slot = Some(name.clone()),
+                None => extra.push(name.clone()),
             }
+            n += 1;
         }
-        headers.remove(CONNECTION);
     }
-    for name in fixed_hop_by_hop() {
+    for name in doomed.into_iter().flatten().chain(extra) {
         headers.remove(name);
     }
     if keep_upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(UPGRADE);
     }
 }
 
+/// Whether `Connection` lists `name` (its tokens compared case-insensitively).
+fn listed_in_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
+    headers.get_all(CONNECTION).iter().any(|v| {
+        v.as_bytes().split(|&b| b == b',').any(|t| {
+            t.trim_ascii()
+                .eq_ignore_ascii_case(name.as_str().as_bytes())
+        })
+    })
+}
+
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    *name == CONNECTION || *name == UPGRADE || fixed_hop_by_hop().contains(&name)
+    *name == CONNECTION || fixed_hop_by_hop().contains(&name)
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use crate::privacy::net::truncate;
 use crate::ratelimit::{Decision, RateLimiter};
 use body::{BodyTooLarge, CapturedBody, RequestBody, ResponseBody, Sinks};
 use headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO};
-use upstream::Upstreams;
+use upstream::{SendError, Upstreams};
 
 /// What the connection knows about every request on it.
 pub struct ConnInfo {
@@ -136,6 +136,11 @@ impl Proxy {
         let pick = self.upstreams.pick(parts.uri.path_and_query());
         self.set_forwarding_headers(&mut parts, conn, client);
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        if !parts.headers.contains_key(HOST)
+            && let Ok(v) = HeaderValue::from_str(self.upstreams.authority(&pick).as_str())
+        {
+            parts.headers.insert(HOST, v);
+        }
         parts.uri = pick.uri.clone();
         parts.version = Version::HTTP_11;
         let upstream_req = Request::from_parts(parts, RequestBody::new(body, self.max_body_bytes));
@@ -145,18 +150,18 @@ impl Proxy {
         let sent = Instant::now();
         let result = tokio::time::timeout(
             self.request_timeout,
-            self.upstreams.client().request(upstream_req),
+            self.upstreams.send(&pick, upstream_req),
         )
         .await;
-        let mut resp = match result {
-            Ok(Ok(resp)) => {
+        let (mut resp, lease) = match result {
+            Ok(Ok(exchange)) => {
                 metrics.upstream_duration(sent.elapsed());
-                resp
+                exchange
             }
             Ok(Err(e)) if caused_by_body_limit(&e) => {
                 return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
             }
-            Ok(Err(e)) if e.is_connect() => {
+            Ok(Err(e @ SendError::Connect(_))) => {
                 self.upstreams.mark_down(&pick);
                 metrics.upstream_error(UpstreamError::Connect);
                 tracing::warn!(error = %ErrorChain(&e), "upstream connect failed");
@@ -179,12 +184,18 @@ impl Proxy {
         headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
         cap_cookies(resp.headers_mut(), self.cookie_max_age);
         if switching {
+            // The connection now belongs to the tunnel: it never goes back to the pool.
+            drop(lease);
             match client_upgrade {
                 Some(client_side) => tunnel(client_side, hyper::upgrade::on(&mut resp)),
                 None => return local(StatusCode::BAD_GATEWAY, "bad gateway\n"),
             }
+            return resp.map(|body| ResponseBody::Upstream { body, lease: None });
         }
-        resp.map(|body| ResponseBody::Upstream { body })
+        resp.map(|body| ResponseBody::Upstream {
+            body,
+            lease: Some(lease),
+        })
     }
 
     fn set_forwarding_headers(
