@@ -6,6 +6,11 @@ use std::process::ExitCode;
 use clap::{ArgGroup, Parser, Subcommand};
 use webprom_edge::cli;
 
+/// mimalloc: the request path allocates and frees many small objects; glibc's allocator was
+/// several percent of the proxy's CPU in the load profile (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A privacy-aware, TLS-terminating reverse proxy.
 #[derive(Parser)]
 #[command(name = "webprom-edge", version, about)]
