@@ -174,7 +174,9 @@ impl Upstreams {
         loop {
             let (mut sender, reused) = match peer.checkout() {
                 Some(s) => (s, true),
-                None => (self.connect(peer).await?, false),
+                // Boxed: connecting is rare, and its large state would otherwise sit in (and be
+                // copied with) every request's future.
+                None => (Box::pin(self.connect(peer)).await?, false),
             };
             if sender.ready().await.is_err() {
                 if reused {
