@@ -28,6 +28,7 @@ pub struct ConnShared {
     /// HTTP/1.1, h2c by preface, or HTTP/2 after ALPN.
     auto: auto::Builder<TokioExecutor>,
     h2_only: auto::Builder<TokioExecutor>,
+    h1_only: auto::Builder<TokioExecutor>,
     handshake_timeout: Duration,
     idle_timeout: Duration,
     /// Flips to `true` when the process starts draining.
@@ -56,10 +57,14 @@ impl ConnShared {
             .max_header_list_size(cfg.max_header_bytes as u32)
             .max_concurrent_streams(256);
         let h2_only = auto.clone().http2_only();
+        // Over TLS, HTTP/2 is spoken only after ALPN h2 (RFC 9113 §3.2): anything else is
+        // HTTP/1.1, with no need to sniff for a preface.
+        let h1_only = auto.clone().http1_only();
         ConnShared {
             proxy,
             auto,
             h2_only,
+            h1_only,
             handshake_timeout: cfg.header_read_timeout.0,
             idle_timeout: cfg.idle_timeout.0,
             shutdown,
@@ -95,7 +100,7 @@ pub async fn serve_tls(
     let tls13 = session.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
     metrics.tls_handshake(tls13, alpn);
     let h2 = alpn == Some(b"h2");
-    let builder = if h2 { &shared.h2_only } else { &shared.auto };
+    let builder = if h2 { &shared.h2_only } else { &shared.h1_only };
     serve_http(stream, peer, true, builder, &shared).await;
 }
 
