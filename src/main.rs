@@ -42,8 +42,8 @@ enum Command {
         /// The client's address: its pseudonym is computed for each day with that day's key.
         #[arg(long, value_name = "ADDR")]
         ip: Option<String>,
-        /// A pseudonym, as it appears in the `client` field.
-        #[arg(long, value_name = "PSEUDONYM")]
+        /// A pseudonym, as it appears in the `client` field (base64url: it may begin with `-`).
+        #[arg(long, allow_hyphen_values = true, value_name = "PSEUDONYM")]
         client: Option<String>,
         /// First UTC day searched (inclusive), YYYY-MM-DD.
         #[arg(long, value_name = "DAY")]

@@ -129,7 +129,9 @@ async fn serve_http<T>(
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
         let info = info.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) }
+        // Boxed once here: hyper moves the service future into each stream's task, and a
+        // pointer moves cheaper than the whole request state.
+        Box::pin(async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) })
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(conn);
