@@ -1,0 +1,81 @@
+//! The UTC-midnight key rollover, driven through the same function the running proxy's midnight
+//! timer calls (`server::rollover`), with the day given explicitly.
+
+use std::sync::Arc;
+
+use webprom_edge::accesslog::AccessLog;
+use webprom_edge::client_ip::ClientAddr;
+use webprom_edge::config::Config;
+use webprom_edge::metrics::Metrics;
+use webprom_edge::privacy::capture::{Capture, EpochKey};
+use webprom_edge::privacy::keys::{Epoch, KeyStore, next_key, pseudonym};
+use webprom_edge::proxy::Proxy;
+use webprom_edge::proxy::body::Sinks;
+use webprom_edge::server::rollover;
+
+#[test]
+fn rollover_ratchets_the_running_capture_to_the_new_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.privacy.key_dir = dir.path().join("keys");
+    config.access_log.dir = dir.path().join("logs");
+    config.geoip.database = "".into();
+
+    let today = Epoch::today();
+    let yesterday = today.prev();
+    let keys = KeyStore::open(&config.privacy.key_dir, config.privacy.key_retention.0).unwrap();
+    let old = keys.ratchet_to(yesterday).unwrap();
+    let old_key = old.key.clone();
+    let capture = Capture::new(
+        &config,
+        EpochKey {
+            epoch: yesterday,
+            key: old.key,
+        },
+        None,
+    )
+    .unwrap();
+    let metrics = Arc::new(Metrics::new(&[]));
+    let log = AccessLog::start(&config.access_log, metrics.log_counters()).unwrap();
+    let sinks = Arc::new(Sinks {
+        log,
+        metrics: metrics.clone(),
+    });
+    let proxy = Proxy::new(&config, capture, None, sinks.clone());
+
+    let client: std::net::IpAddr = "198.51.100.7".parse().unwrap();
+    let req = http::Request::get("/").body(()).unwrap();
+    let before = proxy
+        .capture
+        .begin(ClientAddr::new(client), &req)
+        .finish(200, 0, false);
+    assert_eq!(before.epoch, yesterday);
+    assert_eq!(before.client, pseudonym(&old_key, client, 64));
+    metrics.observe(&before);
+    assert!(
+        metrics
+            .render()
+            .contains("webprom_edge_unique_clients{window=\"epoch\"} 1")
+    );
+
+    // Midnight: the epoch, the key file and the pseudonyms move on; the distinct-visitor
+    // window starts again.
+    assert!(rollover(&keys, &proxy, today).unwrap());
+    let after = proxy
+        .capture
+        .begin(ClientAddr::new(client), &req)
+        .finish(200, 0, false);
+    assert_eq!(after.epoch, today);
+    assert_eq!(after.client, pseudonym(&next_key(&old_key), client, 64));
+    assert_ne!(after.client, before.client);
+    assert!(dir.path().join(format!("keys/{today}.key")).exists());
+    assert!(
+        metrics
+            .render()
+            .contains("webprom_edge_unique_clients{window=\"epoch\"} 0")
+    );
+
+    // A second call on the same day changes nothing.
+    assert!(!rollover(&keys, &proxy, today).unwrap());
+    sinks.log.shutdown();
+}
