@@ -23,6 +23,9 @@ use crate::config;
 const BACKOFF: Duration = Duration::from_secs(3);
 /// Idle connections kept per server.
 const MAX_IDLE: usize = 1024;
+/// An idle connection older than this is closed rather than reused: a middlebox may have
+/// forgotten it without telling either end.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 type Sender = http1::SendRequest<RequestBody>;
 
@@ -30,15 +33,17 @@ struct Peer {
     authority: Authority,
     /// Milliseconds since `Upstreams::epoch` until which the peer is skipped; 0 = healthy.
     down_until_ms: AtomicU64,
-    idle: Mutex<Vec<Sender>>,
+    idle: Mutex<Vec<(Sender, Instant)>>,
 }
 
 impl Peer {
     /// An idle connection that is still open, if any.
     fn checkout(&self) -> Option<Sender> {
         let mut idle = self.idle.lock().ok()?;
-        while let Some(sender) = idle.pop() {
-            if !sender.is_closed() {
+        let mut now = None;
+        while let Some((sender, since)) = idle.pop() {
+            let fresh = now.get_or_insert_with(Instant::now).duration_since(since) < IDLE_TIMEOUT;
+            if fresh && !sender.is_closed() {
                 return Some(sender);
             }
         }
@@ -52,7 +57,7 @@ impl Peer {
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < MAX_IDLE
         {
-            idle.push(sender);
+            idle.push((sender, Instant::now()));
         }
     }
 }
