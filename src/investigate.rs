@@ -64,28 +64,6 @@ pub const AUDIT_FILE: &str = "audit.jsonl";
 /// Bytes read from a day file at a time.
 const CHUNK: usize = 8 << 20;
 
-/// The fields of a SPEC §4 record; any other is an unknown field.
-const KNOWN_FIELDS: [&str; 18] = [
-    "ts",
-    "epoch",
-    "client",
-    "net",
-    "country",
-    "browser",
-    "browser_version",
-    "os",
-    "bot",
-    "lang",
-    "method",
-    "host",
-    "path",
-    "status",
-    "bytes_sent",
-    "duration_ms",
-    "proto",
-    "limited",
-];
-
 /// Whom to look for.
 pub enum Target {
     /// A client address: its pseudonym is computed for each day with that day's key.
@@ -381,7 +359,9 @@ fn judge(line: &[u8], needles: &[Needle]) -> Verdict {
         ts: map.get("ts").and_then(|v| v.as_str()).map(str::to_owned),
         status: map.get("status").and_then(|v| v.as_u64()),
         path: map.get("path").and_then(|v| v.as_str()).map(str::to_owned),
-        unknown_fields: map.keys().any(|k| !KNOWN_FIELDS.contains(&k.as_str())),
+        unknown_fields: map
+            .keys()
+            .any(|k| !crate::privacy::observation::FIELDS.contains(&k.as_str())),
     })
 }
 
@@ -595,6 +575,31 @@ fn note_pseudonyms(summary: &mut Summary, needles: &[Needle]) {
     }
 }
 
+/// Prepares one day file for a search: the target's needles for that day and the open file.
+/// `None` for a day that cannot be searched: unlinkable (recorded in `summary`), or swept by
+/// retention since it was listed. Records the pseudonyms and the day searched.
+fn open_day(
+    settings: &Settings,
+    keys: Option<&KeyStore>,
+    target: &Target,
+    day: Epoch,
+    path: &Path,
+    summary: &mut Summary,
+) -> anyhow::Result<Option<(Vec<Needle>, File)>> {
+    let Some(needles) = needles_for_day(target, keys, day, settings.pseudonym_ipv6_prefix)? else {
+        summary.days_unlinkable.push(day);
+        return Ok(None);
+    };
+    note_pseudonyms(summary, &needles);
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    summary.days_searched.push(day);
+    Ok(Some((needles, file)))
+}
+
 /// The day files in range, oldest first.
 fn day_files(settings: &Settings, range: DayRange) -> anyhow::Result<Vec<(Epoch, PathBuf)>> {
     if !settings.log_dir.is_dir() {
@@ -658,20 +663,10 @@ pub fn investigate(
     let mut printer = Printer { out };
     let mut scratch = Vec::new();
     for (day, path) in day_files(settings, range)? {
-        let Some(needles) =
-            needles_for_day(target, keys.as_ref(), day, settings.pseudonym_ipv6_prefix)?
+        let Some((needles, file)) = open_day(settings, keys.as_ref(), target, day, &path, summary)?
         else {
-            summary.days_unlinkable.push(day);
             continue;
         };
-        note_pseudonyms(summary, &needles);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            // Swept by retention since it was listed.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
-        };
-        summary.days_searched.push(day);
         let mut lines = Lines::new(file);
         pump(&mut lines, &needles, summary, &mut printer, &mut scratch)
             .and_then(|()| finish_tail(&lines, &needles, summary, &mut Counter::default()))
@@ -831,20 +826,11 @@ pub fn erase(
     remove_stale_copies(&settings.log_dir);
     let mut scratch = Vec::new();
     for (day, path) in day_files(settings, range)? {
-        let Some(needles) =
-            needles_for_day(target, keys.as_ref(), day, settings.pseudonym_ipv6_prefix)?
+        // A first look without the lock: most files hold nothing of the client.
+        let Some((needles, file)) = open_day(settings, keys.as_ref(), target, day, &path, summary)?
         else {
-            summary.days_unlinkable.push(day);
             continue;
         };
-        note_pseudonyms(summary, &needles);
-        // A first look without the lock: most files hold nothing of the client.
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
-        };
-        summary.days_searched.push(day);
         let mut look = Summary::default();
         let mut counter = Counter::default();
         let mut lines = Lines::new(file);

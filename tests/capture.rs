@@ -391,15 +391,6 @@ fn read_all_logs(proxy: &Proxy) -> String {
     all
 }
 
-/// The string value (or number, as text) of one field of a JSON line.
-fn field(line: &str, name: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(line).unwrap();
-    match &v[name] {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
 trait WaitRecords {
     async fn wait_records(&self, n: usize) -> Vec<String>;
 }

@@ -86,14 +86,6 @@ fn log_lines(dir: &Path) -> Vec<String> {
     all
 }
 
-fn field(line: &str, name: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(line).unwrap();
-    match &v[name] {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
 /// Waits (up to 15 s) until the day files hold at least `n` records.
 async fn wait_records(dir: &Path, n: usize) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -13,6 +13,29 @@ use super::lang::Lang;
 use super::net::Network;
 use super::ua::Device;
 
+/// The fields of an access-log record (SPEC §4), in the order [`Observation::write_json`]
+/// writes them; a record with any other field was not written by this version.
+pub const FIELDS: [&str; 18] = [
+    "ts",
+    "epoch",
+    "client",
+    "net",
+    "country",
+    "browser",
+    "browser_version",
+    "os",
+    "bot",
+    "lang",
+    "method",
+    "host",
+    "path",
+    "status",
+    "bytes_sent",
+    "duration_ms",
+    "proto",
+    "limited",
+];
+
 /// The request method, folded to the standard set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MethodClass {

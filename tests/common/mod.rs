@@ -231,6 +231,15 @@ pub fn day_offset(offset: i64) -> String {
     day.to_string()
 }
 
+/// The string value (or number, as text) of one field of a JSON line.
+pub fn field(line: &str, name: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    match &v[name] {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// A loopback address where nothing listens.
 pub fn dead_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -347,8 +356,8 @@ impl Proxy {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
                 if line.contains("listening")
-                    && let Some(addr) = field(&line, "addr")
-                    && let Some(name) = field(&line, "listener")
+                    && let Some(addr) = log_field(&line, "addr")
+                    && let Some(name) = log_field(&line, "listener")
                 {
                     let _ = tx.send((name.trim_matches('"').to_owned(), addr.parse().unwrap()));
                 }
@@ -457,7 +466,7 @@ impl Drop for Proxy {
     }
 }
 
-fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+fn log_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     let start = line.find(&format!(" {name}="))? + name.len() + 2;
     let rest = &line[start..];
     Some(rest.split_whitespace().next().unwrap_or(rest))
