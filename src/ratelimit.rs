@@ -17,11 +17,14 @@ use std::num::NonZeroU32;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
-use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter as Governor};
 use ipnet::IpNet;
 
 use crate::config::RateLimit;
+
+mod store;
+
+use store::ClientTable;
 
 /// The outcome of [`RateLimiter::check`].
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -60,12 +63,8 @@ pub struct RateLimiter {
 }
 
 /// A governor keyed limiter over pre-hashed `u64` keys.
-type Keyed = Governor<
-    u64,
-    DefaultKeyedStateStore<u64, PreHashed>,
-    DefaultClock,
-    NoOpMiddleware<<DefaultClock as Clock>::Instant>,
->;
+type Keyed =
+    Governor<u64, ClientTable, DefaultClock, NoOpMiddleware<<DefaultClock as Clock>::Instant>>;
 
 struct Policy {
     /// `None` for the default policy.
@@ -85,7 +84,7 @@ impl Policy {
             path_prefix,
             requests_per_second,
             burst,
-            limiter: Governor::dashmap_with_hasher(quota, PreHashed),
+            limiter: Governor::new(quota, ClientTable::default(), DefaultClock::default()),
         }
     }
 }
@@ -161,8 +160,10 @@ impl RateLimiter {
     }
 
     /// Housekeeping: drops every key whose bucket is as good as fresh, then returns the
-    /// freed memory. Takes each map shard's write lock in turn, so call it from a blocking
-    /// task on an interval (e.g. every 60 s), not per request.
+    /// freed memory (`retain_recent` rebuilds each shard's array for the keys it keeps;
+    /// `shrink_to_fit` is then a no-op, called so another store would also shrink). Takes
+    /// each shard's write lock in turn, so call it from a blocking task on an interval
+    /// (e.g. every 60 s), not per request.
     pub fn housekeep(&self) {
         for p in &self.policies {
             p.limiter.retain_recent();
@@ -242,37 +243,6 @@ fn prefix_mask(prefix: u8) -> u128 {
     match prefix {
         0 => 0,
         p => u128::MAX << (128 - u32::from(p.min(128))),
-    }
-}
-
-/// The map hasher: the keys are already keyed SipHash outputs (uniform and secret, so no
-/// one can aim collisions at a bucket), so hashing them again would only cost time.
-#[derive(Clone, Copy, Default)]
-struct PreHashed;
-
-impl BuildHasher for PreHashed {
-    type Hasher = PassThrough;
-    fn build_hasher(&self) -> PassThrough {
-        PassThrough(0)
-    }
-}
-
-/// Passes a `u64` key through as its own hash.
-#[derive(Default)]
-struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used for `u64` keys; fold anything else in rather than drop it.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
     }
 }
 
