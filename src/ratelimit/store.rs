@@ -285,7 +285,7 @@ mod tests {
         // Three quarters full at most, half full at least after growing.
         let slots = store.bytes() / size_of::<Slot>();
         assert!(
-            slots >= 20_000 * 4 / 3 && slots <= 20_000 * 4,
+            (20_000 * 4 / 3..=20_000 * 4).contains(&slots),
             "{slots} slots"
         );
     }
