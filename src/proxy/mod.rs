@@ -29,7 +29,7 @@ use crate::privacy::capture::Capture;
 use crate::privacy::net::truncate;
 use crate::ratelimit::{Decision, RateLimiter};
 use body::{BodyTooLarge, CapturedBody, RequestBody, ResponseBody, Sinks};
-use headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO, ip_value};
 use upstream::{SendError, Upstreams};
 
 /// What the connection knows about every request on it.
@@ -233,10 +233,10 @@ impl Proxy {
                     .flatten()
                     .and_then(|v| v.to_str().ok());
                 let value = match chain {
-                    Some(chain) => format!("{chain}, {}", conn.peer.ip()),
-                    None => client.ip().to_string(),
+                    Some(chain) => HeaderValue::from_str(&format!("{chain}, {}", conn.peer.ip())),
+                    None => Ok(ip_value(client.ip())),
                 };
-                if let Ok(v) = HeaderValue::from_str(&value) {
+                if let Ok(v) = value {
                     h.insert(X_FORWARDED_FOR.clone(), v);
                 }
             }
