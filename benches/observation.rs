@@ -11,7 +11,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use webprom_edge::client_ip::ClientAddr;
 use webprom_edge::config::Config;
 use webprom_edge::metrics::Metrics;
-use webprom_edge::privacy::capture::{Capture, EpochKey, open_geo};
+use webprom_edge::privacy::capture::{Capture, ClientMemo, EpochKey, open_geo};
 use webprom_edge::privacy::keys::{Epoch, Key};
 
 const UA: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
@@ -42,9 +42,23 @@ fn observation(c: &mut Criterion) {
     let client = ClientAddr::new("81.26.200.10".parse::<IpAddr>().expect("address"));
     let warm = request(UA);
     let mut line = Vec::with_capacity(512);
+    // Every request on a new connection: nothing remembered of the client.
     c.bench_function("observation_warm_ua_cache", |b| {
         b.iter(|| {
-            let pending = capture.begin(black_box(client), black_box(&warm));
+            let memo = ClientMemo::default();
+            let pending = capture.begin(black_box(client), black_box(&warm), &memo);
+            let obs = pending.finish(200, 1024, false);
+            line.clear();
+            obs.write_json(&mut line);
+            black_box(line.len())
+        })
+    });
+
+    // Every request on one connection: the pseudonym and country come from its memo.
+    let memo = ClientMemo::default();
+    c.bench_function("observation_warm_same_connection", |b| {
+        b.iter(|| {
+            let pending = capture.begin(black_box(client), black_box(&warm), &memo);
             let obs = pending.finish(200, 1024, false);
             line.clear();
             obs.write_json(&mut line);
@@ -62,7 +76,7 @@ fn observation(c: &mut Criterion) {
     c.bench_function("observation_uncached_ua", |b| {
         b.iter(|| {
             n += 1;
-            let pending = capture.begin(client, &cold[n % COLD]);
+            let pending = capture.begin(client, &cold[n % COLD], &ClientMemo::default());
             let obs = pending.finish(200, 1024, false);
             line.clear();
             obs.write_json(&mut line);
@@ -70,7 +84,7 @@ fn observation(c: &mut Criterion) {
         })
     });
 
-    let pending = capture.begin(client, &warm);
+    let pending = capture.begin(client, &warm, &ClientMemo::default());
     let obs = pending.finish(200, 1024, false);
     c.bench_function("observation_encode_json", |b| {
         b.iter(|| {

@@ -7,7 +7,7 @@ use webprom_edge::accesslog::AccessLog;
 use webprom_edge::client_ip::ClientAddr;
 use webprom_edge::config::Config;
 use webprom_edge::metrics::Metrics;
-use webprom_edge::privacy::capture::{Capture, EpochKey};
+use webprom_edge::privacy::capture::{Capture, ClientMemo, EpochKey};
 use webprom_edge::privacy::keys::{Epoch, KeyStore, next_key, pseudonym};
 use webprom_edge::proxy::Proxy;
 use webprom_edge::proxy::body::Sinks;
@@ -45,9 +45,11 @@ fn rollover_ratchets_the_running_capture_to_the_new_day() {
 
     let client: std::net::IpAddr = "198.51.100.7".parse().unwrap();
     let req = http::Request::get("/").body(()).unwrap();
+    // One connection across midnight: its memo of the client's facts must not outlive the key.
+    let memo = ClientMemo::default();
     let before = proxy
         .capture
-        .begin(ClientAddr::new(client), &req)
+        .begin(ClientAddr::new(client), &req, &memo)
         .finish(200, 0, false);
     assert_eq!(before.epoch, yesterday);
     assert_eq!(before.client, pseudonym(&old_key, client, 64));
@@ -63,7 +65,7 @@ fn rollover_ratchets_the_running_capture_to_the_new_day() {
     assert!(rollover(&keys, &proxy, today).unwrap());
     let after = proxy
         .capture
-        .begin(ClientAddr::new(client), &req)
+        .begin(ClientAddr::new(client), &req, &memo)
         .finish(200, 0, false);
     assert_eq!(after.epoch, today);
     assert_eq!(after.client, pseudonym(&next_key(&old_key), client, 64));

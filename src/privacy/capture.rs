@@ -7,16 +7,17 @@
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::header::{ACCEPT_LANGUAGE, HOST, HeaderName, USER_AGENT};
 
-use super::geo::{GeoDb, GeoError};
-use super::keys::{Epoch, Key, pseudonym};
+use super::geo::{Country, GeoDb, GeoError};
+use super::keys::{Epoch, Key, Pseudonym, pseudonym};
 use super::lang::primary_language;
-use super::net::truncate;
+use super::net::{Network, truncate};
 use super::observation::{HttpProto, MethodClass, Observation};
 use super::path::normalize_path;
 use super::ua::UaParser;
@@ -47,6 +48,27 @@ pub struct Capture {
     ipv6_prefix: u8,
     pseudonym_ipv6_prefix: u8,
     precision_secs: i64,
+    /// Bumped whenever the key or the country database changes, so [`ClientMemo`]s made
+    /// before it are not used after it.
+    generation: AtomicU64,
+}
+
+/// What one connection remembers of the facts derived from its client's address, so that a
+/// connection carrying many requests of one client computes the pseudonym (a keyed BLAKE3
+/// hash), the network and the country once per key and database, not once per request.
+///
+/// Lives exactly as long as the connection (which holds the peer address anyway), prints
+/// nothing, and is only read by [`Capture::begin`].
+#[derive(Default)]
+pub struct ClientMemo(Mutex<Option<ClientFacts>>);
+
+#[derive(Clone, Copy)]
+struct ClientFacts {
+    client: ClientAddr,
+    generation: u64,
+    pseudonym: Pseudonym,
+    net: Network,
+    country: Option<Country>,
 }
 
 /// What is known of a request before its response: allowed fields only.
@@ -81,12 +103,14 @@ impl Capture {
             ipv6_prefix: config.privacy.ipv6_prefix,
             pseudonym_ipv6_prefix: config.privacy.pseudonym_ipv6_prefix,
             precision_secs: config.privacy.timestamp_precision.0.as_secs().max(1) as i64,
+            generation: AtomicU64::new(0),
         })
     }
 
     /// Installs the key of a new epoch (at the UTC midnight rollover).
     pub fn set_key(&self, key: EpochKey) {
         self.key.store(Arc::new(key));
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// The epoch of the key in use.
@@ -97,17 +121,26 @@ impl Capture {
     /// Swaps in another country database (SIGHUP).
     pub fn set_geo(&self, geo: Option<GeoDb>) {
         self.geo.store(geo.map(Arc::new));
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
-    /// Derives the allowed facts of a request.
-    pub fn begin<B>(&self, client: ClientAddr, req: &http::Request<B>) -> Pending {
+    /// Derives the allowed facts of a request of `client`, arriving on the connection that
+    /// owns `memo`.
+    pub fn begin<B>(
+        &self,
+        client: ClientAddr,
+        req: &http::Request<B>,
+        memo: &ClientMemo,
+    ) -> Pending {
         let started = Instant::now();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         let ts = now - now.rem_euclid(self.precision_secs);
-        let ip: IpAddr = client.ip();
+        // Read before the key: a key swapped in between only makes the memo look stale.
+        let generation = self.generation.load(Ordering::Acquire);
         let key = self.key.load();
+        let facts = self.client_facts(client, generation, &key, memo);
         let headers = req.headers();
         let get = |name: &HeaderName| headers.get(name).map(|v| v.as_bytes());
         let device = self
@@ -118,9 +151,9 @@ impl Capture {
         let obs = Observation {
             ts,
             epoch: key.epoch,
-            client: pseudonym(&key.key, ip, self.pseudonym_ipv6_prefix),
-            net: truncate(ip, self.ipv4_prefix, self.ipv6_prefix),
-            country: self.geo.load().as_ref().and_then(|db| db.lookup(ip)),
+            client: facts.pseudonym,
+            net: facts.net,
+            country: facts.country,
             device,
             lang: get(&ACCEPT_LANGUAGE).and_then(primary_language),
             method: MethodClass::of(req.method()),
@@ -137,6 +170,37 @@ impl Capture {
             limited: false,
         };
         Pending { started, obs }
+    }
+
+    /// The pseudonym, network and country of `client`: from the memo when it holds this
+    /// client under the current key and database, computed (and remembered) otherwise. A memo
+    /// busy on another thread is passed by, never waited for.
+    fn client_facts(
+        &self,
+        client: ClientAddr,
+        generation: u64,
+        key: &EpochKey,
+        memo: &ClientMemo,
+    ) -> ClientFacts {
+        let mut slot = memo.0.try_lock().ok();
+        if let Some(Some(facts)) = slot.as_deref()
+            && facts.client == client
+            && facts.generation == generation
+        {
+            return *facts;
+        }
+        let ip: IpAddr = client.ip();
+        let facts = ClientFacts {
+            client,
+            generation,
+            pseudonym: pseudonym(&key.key, ip, self.pseudonym_ipv6_prefix),
+            net: truncate(ip, self.ipv4_prefix, self.ipv6_prefix),
+            country: self.geo.load().as_ref().and_then(|db| db.lookup(ip)),
+        };
+        if let Some(slot) = slot.as_deref_mut() {
+            *slot = Some(facts);
+        }
+        facts
     }
 
     /// The requested host (Host, or HTTP/2 :authority), port dropped, if it is configured.
@@ -179,7 +243,54 @@ impl Pending {
 
 #[cfg(test)]
 mod tests {
-    use super::strip_port;
+    use super::*;
+
+    fn capture() -> Capture {
+        let geo = open_geo(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/geo/country.mmdb"))
+            .expect("the default country database");
+        let key = EpochKey {
+            epoch: Epoch::today(),
+            key: Key::from_bytes([7; 32]),
+        };
+        Capture::new(&Config::default(), key, geo).expect("capture")
+    }
+
+    fn observe(capture: &Capture, ip: &str, memo: &ClientMemo) -> Observation {
+        let client = ClientAddr::new(ip.parse().unwrap());
+        let req = http::Request::get("/").body(()).unwrap();
+        capture.begin(client, &req, memo).finish(200, 0, false)
+    }
+
+    #[test]
+    fn memo_never_answers_for_another_client_key_or_database() {
+        let capture = capture();
+        let memo = ClientMemo::default();
+        let fresh = |ip| observe(&capture, ip, &ClientMemo::default());
+        // Two clients alternating on one connection (a trusted proxy's): each its own facts.
+        for _ in 0..3 {
+            for ip in ["81.26.200.10", "8.8.8.8"] {
+                let (on_memo, alone) = (observe(&capture, ip, &memo), fresh(ip));
+                assert!(on_memo.client == alone.client, "{ip}");
+                assert_eq!(on_memo.net, alone.net, "{ip}");
+                assert_eq!(on_memo.country, alone.country, "{ip}");
+            }
+        }
+        assert!(observe(&capture, "81.26.200.10", &memo).country.is_some());
+
+        // A new key: new pseudonyms at once, on the same connection.
+        let before = observe(&capture, "81.26.200.10", &memo).client;
+        capture.set_key(EpochKey {
+            epoch: Epoch::today(),
+            key: Key::from_bytes([8; 32]),
+        });
+        let after = observe(&capture, "81.26.200.10", &memo).client;
+        assert!(after != before);
+        assert!(after == fresh("81.26.200.10").client);
+
+        // The database removed: no country, on the same connection.
+        capture.set_geo(None);
+        assert_eq!(observe(&capture, "81.26.200.10", &memo).country, None);
+    }
 
     #[test]
     fn ports_are_dropped() {

@@ -25,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use crate::client_ip::{ClientAddr, TrustedProxies, X_FORWARDED_FOR};
 use crate::config::{Config, ForwardClientIp};
 use crate::metrics::UpstreamError;
-use crate::privacy::capture::Capture;
+use crate::privacy::capture::{Capture, ClientMemo};
 use crate::privacy::net::truncate;
 use crate::ratelimit::{Decision, RateLimiter};
 use body::{BodyTooLarge, CapturedBody, RequestBody, ResponseBody, Sinks};
@@ -38,6 +38,19 @@ pub struct ConnInfo {
     pub peer: ClientAddr,
     /// Whether the connection is TLS (for `X-Forwarded-Proto`).
     pub tls: bool,
+    /// The facts derived from the client address, kept for the connection's next request.
+    pub memo: ClientMemo,
+}
+
+impl ConnInfo {
+    /// A connection from `peer`.
+    pub fn new(peer: ClientAddr, tls: bool) -> ConnInfo {
+        ConnInfo {
+            peer,
+            tls,
+            memo: ClientMemo::default(),
+        }
+    }
 }
 
 /// The forwarding core, shared by every connection.
@@ -89,7 +102,7 @@ impl Proxy {
     /// Handles one request: every phase, ending in a body that records it when it ends.
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<CapturedBody> {
         let client = self.trusted.resolve(conn.peer, req.headers());
-        let pending = self.capture.begin(client, &req);
+        let pending = self.capture.begin(client, &req, &conn.memo);
         let (resp, limited) = match self.rate_limit(client, req.uri().path()) {
             Some(rejection) => (rejection, true),
             None => (self.forward(req, conn, client).await, false),

@@ -124,7 +124,7 @@ async fn serve_http<T>(
         inner: io,
         activity: activity.clone(),
     });
-    let info = Arc::new(ConnInfo { peer, tls });
+    let info = Arc::new(ConnInfo::new(peer, tls));
     let proxy = shared.proxy.clone();
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
