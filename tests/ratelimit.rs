@@ -125,3 +125,28 @@ async fn over_quota_gets_429_is_not_forwarded_and_is_recorded() {
     assert_eq!(total, 35);
     assert_eq!(limited, 4);
 }
+
+/// A client over quota that is still sending a large body over HTTP/1.1 gets its 429, not a
+/// connection reset: the proxy reads the unwanted body to the end before closing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_refused_upload_still_gets_its_429() {
+    let up = Upstream::start().await;
+    let proxy = limited_proxy(&up).await;
+    let client = proxy.client();
+    let upload = |len: usize| {
+        Request::post("https://localhost/click")
+            .header("x-forwarded-for", "198.51.100.9")
+            .body(body(pattern(len)))
+            .unwrap()
+    };
+    assert_eq!(
+        client.request(Proto::H1, upload(10)).await.status,
+        StatusCode::OK
+    );
+    // Without the lingering read about one upload in ten sees a reset here.
+    for _ in 0..20 {
+        let resp = client.request(Proto::H1, upload(2 << 20)).await;
+        assert_eq!(resp.status, StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert_eq!(up.seen.lock().unwrap().len(), 1, "429s are not forwarded");
+}

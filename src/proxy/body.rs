@@ -8,9 +8,11 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::upstream::Lease;
@@ -22,21 +24,55 @@ use crate::privacy::observation::Observation;
 #[error("request body larger than the configured limit")]
 pub struct BodyTooLarge;
 
+/// How long, at most, [`linger`] reads a body nobody wants.
+const LINGER: Duration = Duration::from_secs(5);
+/// How much, at most, [`linger`] reads of a body nobody wants.
+const LINGER_BYTES: u64 = 16 << 20;
+
+/// Reads and throws away what is left of an HTTP/1.x request body the proxy answered without
+/// reading (a 413 or 429), for at most 5 s and 16 MiB, in a task of its own.
+///
+/// Closing a TCP connection with unread data in it makes the kernel send a reset, and a
+/// client still sending its body then sees the reset instead of the answer waiting for it.
+/// This is nginx's "lingering close". HTTP/2 needs none of it: the stream is reset, not the
+/// connection.
+pub fn linger(mut body: Incoming) {
+    if body.is_end_stream() {
+        return;
+    }
+    tokio::spawn(async move {
+        let drain = async {
+            let mut read = 0u64;
+            while let Some(Ok(frame)) = body.frame().await {
+                read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if read > LINGER_BYTES {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    });
+}
+
 pin_project_lite::pin_project! {
     /// A client's request body on its way upstream, cut off at a byte limit.
     pub struct RequestBody {
         #[pin]
         inner: Option<Incoming>,
         remaining: u64,
+        // Whether to `linger` on the rest when the limit cuts the body off (HTTP/1.x).
+        linger: bool,
     }
 }
 
 impl RequestBody {
-    /// Streams `inner`, failing once more than `limit` bytes have passed.
-    pub fn new(inner: Incoming, limit: u64) -> RequestBody {
+    /// Streams `inner`, failing once more than `limit` bytes have passed. With `linger`
+    /// (an HTTP/1.x client), the rest of a body cut off is read and thrown away ([`linger`]).
+    pub fn new(inner: Incoming, limit: u64, linger: bool) -> RequestBody {
         RequestBody {
             inner: Some(inner),
             remaining: limit,
+            linger,
         }
     }
 
@@ -45,6 +81,7 @@ impl RequestBody {
         RequestBody {
             inner: None,
             remaining: 0,
+            linger: false,
         }
     }
 }
@@ -57,8 +94,8 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        let Some(inner) = this.inner.as_pin_mut() else {
+        let mut this = self.project();
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
             return Poll::Ready(None);
         };
         match std::task::ready!(inner.poll_frame(cx)) {
@@ -66,6 +103,12 @@ impl Body for RequestBody {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > *this.remaining {
+                        // `Incoming` is `Unpin`: it can leave its pinned place.
+                        if let Some(rest) = this.inner.get_mut().take()
+                            && *this.linger
+                        {
+                            linger(rest);
+                        }
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     *this.remaining -= len;

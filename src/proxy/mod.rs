@@ -104,7 +104,10 @@ impl Proxy {
         let client = self.trusted.resolve(conn.peer, req.headers());
         let pending = self.capture.begin(client, &req, &conn.memo);
         let (resp, limited) = match self.rate_limit(client, req.uri().path()) {
-            Some(rejection) => (rejection, true),
+            Some(rejection) => {
+                linger_h1(req);
+                (rejection, true)
+            }
             None => (self.forward(req, conn, client).await, false),
         };
         let status = resp.status().as_u16();
@@ -138,6 +141,7 @@ impl Proxy {
         client: ClientAddr,
     ) -> Response<ResponseBody> {
         if declared_length(&req).is_some_and(|len| len > self.max_body_bytes) {
+            linger_h1(req);
             return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
         }
         let upgrade =
@@ -155,8 +159,10 @@ impl Proxy {
             parts.headers.insert(HOST, v);
         }
         parts.uri = pick.uri.clone();
+        let h1 = parts.version < Version::HTTP_2;
         parts.version = Version::HTTP_11;
-        let upstream_req = Request::from_parts(parts, RequestBody::new(body, self.max_body_bytes));
+        let upstream_req =
+            Request::from_parts(parts, RequestBody::new(body, self.max_body_bytes, h1));
 
         // send
         let metrics = &self.sinks.metrics;
@@ -265,6 +271,14 @@ impl Proxy {
                 h.remove(&X_FORWARDED_FOR);
             }
         }
+    }
+}
+
+/// Lets an HTTP/1.x request answered without reading its body read it to the end
+/// ([`body::linger`]), so the client receives the answer rather than a reset.
+fn linger_h1(req: Request<Incoming>) {
+    if req.version() < Version::HTTP_2 {
+        body::linger(req.into_body());
     }
 }
 
