@@ -253,7 +253,7 @@ impl Metrics {
             records: counter("access_log_records_total", "Access-log records written."),
             dropped: counter(
                 "access_log_dropped_total",
-                "Access-log records dropped because the writer queue was full.",
+                "Access-log records lost: writer queue full, or their write failed.",
             ),
             write_errors: counter(
                 "access_log_write_errors_total",

@@ -271,12 +271,15 @@ async fn ten_thousand_requests_give_ten_thousand_records() {
         10_000,
         "every request recorded exactly once"
     );
-    let metrics = proxy.admin_get("/metrics").await.1;
-    assert!(
-        metrics.contains("webprom_edge_access_log_records_total 10000"),
-        "{metrics}"
-    );
-    assert!(metrics.contains("webprom_edge_access_log_dropped_total 0"));
+    // Counted once the write succeeded, which is a moment after the lines can be read.
+    wait_metrics(
+        &proxy,
+        &[
+            "webprom_edge_access_log_records_total 10000",
+            "webprom_edge_access_log_dropped_total 0",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,4 +446,84 @@ async fn a_client_that_goes_away_mid_response_is_recorded_once() {
     assert_eq!(field(&records[0], "status"), "200");
     let sent: u64 = field(&records[0], "bytes_sent").parse().unwrap();
     assert!(sent > 0 && sent < 8 << 20, "bytes_sent {sent}");
+}
+
+/// Polls `/metrics` (up to 15 s) until it contains every one of `want`; returns the text.
+async fn wait_metrics(proxy: &Proxy, want: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let metrics = proxy.admin_get("/metrics").await.1;
+        if want.iter().all(|w| metrics.contains(w)) {
+            return metrics;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waiting for {want:?}:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A day file that cannot be written (its path links to `/dev/full`, which fails every write
+/// with ENOSPC, as a full disk does): the proxy keeps serving, counts the failed writes and the
+/// records they lost, reports the file once by its path, and writes again once it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_loses_records_visibly_and_never_stops_serving() {
+    if !std::path::Path::new("/dev/full").exists() {
+        eprintln!("skipped: this system has no /dev/full");
+        return;
+    }
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("config.toml"),
+        base_config(dir.path(), &up.url()),
+    )
+    .unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let day_file = logs.join(format!("access-{}.jsonl", today_string()));
+    std::os::unix::fs::symlink("/dev/full", &day_file).unwrap();
+    let proxy = Proxy::spawn(dir).await;
+    let client = proxy.client();
+
+    for i in 0..20 {
+        let proto = if i % 2 == 0 { Proto::H1 } else { Proto::H2 };
+        assert_eq!(client.get(proto, "/full").await.status, StatusCode::OK);
+    }
+    let metrics = wait_metrics(
+        &proxy,
+        &[
+            "webprom_edge_access_log_dropped_total 20",
+            "webprom_edge_access_log_records_total 0",
+        ],
+    )
+    .await;
+    assert!(
+        !metrics.contains("webprom_edge_access_log_write_errors_total 0"),
+        "{metrics}"
+    );
+    let out = proxy.output();
+    assert_eq!(
+        out.matches("access log write failed").count(),
+        1,
+        "reported once:\n{out}"
+    );
+    assert!(out.contains(&day_file.display().to_string()), "{out}");
+
+    // Room again: the next records are written, and the recovery is reported.
+    std::fs::remove_file(&day_file).unwrap();
+    for _ in 0..5 {
+        assert_eq!(client.get(Proto::H2, "/room").await.status, StatusCode::OK);
+    }
+    wait_metrics(
+        &proxy,
+        &[
+            "webprom_edge_access_log_records_total 5",
+            "webprom_edge_access_log_dropped_total 20",
+        ],
+    )
+    .await;
+    assert_eq!(proxy.wait_records(5).await.len(), 5);
+    assert!(proxy.output().contains("access log writing again"));
 }

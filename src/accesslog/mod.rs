@@ -3,8 +3,9 @@
 //!
 //! The request path only ever calls [`AccessLog::record`], which never blocks: when the queue
 //! is full the record is counted as dropped. The writer flushes at least once a second and at
-//! shutdown. A write error (disk full) is counted, reported once until writing works again, and
-//! never stops the proxy. The queue carries [`Observation`]s, so nothing but the allowed fields
+//! shutdown. A write error (disk full) is counted, its records counted as dropped, reported once
+//! until writing works again, and never stops the proxy; records are counted as written only
+//! once their write succeeded. The queue carries [`Observation`]s, so nothing but the allowed fields
 //! can reach a file.
 //!
 //! `erase` may replace a day file while the writer appends to it (see [`crate::investigate`]):
@@ -42,9 +43,9 @@ const WRITE_BUFFER: usize = 256 * 1024;
 /// The writer's counters (exported as `webprom_edge_access_log_*`).
 #[derive(Clone)]
 pub struct LogCounters {
-    /// Records handed to the file.
+    /// Records written to a day file.
     pub records: IntCounter,
-    /// Records dropped because the queue was full.
+    /// Records lost: the queue was full, or their write failed.
     pub dropped: IntCounter,
     /// Failed writes or flushes.
     pub write_errors: IntCounter,
@@ -130,6 +131,8 @@ struct OpenDay {
     file: File,
     /// Whole lines not yet written; written under the file's lock.
     buf: Vec<u8>,
+    /// How many records `buf` holds.
+    lines: u64,
 }
 
 impl OpenDay {
@@ -235,16 +238,17 @@ impl Writer {
                         day,
                         file,
                         buf: std::mem::take(&mut self.line),
+                        lines: 0,
                     })
                 }
-                Err(e) => return self.failed(day, e),
+                Err(e) => return self.failed(day, e, 1),
             }
         }
         let Some(open) = self.open.as_mut() else {
             return;
         };
         obs.write_json(&mut open.buf);
-        self.counters.records.inc();
+        open.lines += 1;
         if open.buf.len() >= WRITE_BUFFER {
             self.flush();
         }
@@ -257,20 +261,23 @@ impl Writer {
         if open.buf.is_empty() {
             return;
         }
-        let day = open.day;
+        let (day, lines) = (open.day, std::mem::take(&mut open.lines));
         match open.write_locked(&self.dir) {
             Ok(()) => {
+                self.counters.records.inc_by(lines);
                 if self.failing {
                     self.failing = false;
                     tracing::info!("access log writing again");
                 }
             }
-            Err(e) => self.failed(day, e),
+            Err(e) => self.failed(day, e, lines),
         }
     }
 
-    fn failed(&mut self, day: Epoch, e: io::Error) {
+    /// A write (or open) failed: `lost` records are gone, counted as dropped.
+    fn failed(&mut self, day: Epoch, e: io::Error, lost: u64) {
         self.counters.write_errors.inc();
+        self.counters.dropped.inc_by(lost);
         if !self.failing {
             self.failing = true;
             let path = files::day_path(&self.dir, day);
