@@ -3,10 +3,10 @@
 //!
 //! The request path only ever calls [`AccessLog::record`], which never blocks: when the queue
 //! is full the record is counted as dropped. The writer flushes at least once a second and at
-//! shutdown. A write error (disk full) is counted, its records counted as dropped, reported once
-//! until writing works again, and never stops the proxy; records are counted as written only
-//! once their write succeeded. The queue carries [`Observation`]s, so nothing but the allowed fields
-//! can reach a file.
+//! shutdown. A write error (disk full) is counted, its records counted as dropped, reported
+//! once until writing works again, and never stops the proxy; records are counted as written
+//! only once their write succeeded. The queue carries [`Observation`]s, so nothing but the
+//! allowed fields can reach a file.
 //!
 //! `erase` may replace a day file while the writer appends to it (see [`crate::investigate`]):
 //! the writer writes whole lines only while holding the exclusive lock ([`File::lock`]) of the
