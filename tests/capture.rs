@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -401,22 +401,19 @@ trait WaitRecords {
 impl WaitRecords for Proxy {
     /// Waits (up to 15 s) until the access log holds at least `n` records; returns them all.
     async fn wait_records(&self, n: usize) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let all = read_all_logs(self);
-            let lines: Vec<String> = all.lines().map(str::to_owned).collect();
-            if lines.len() >= n {
-                // Give a straggler the chance to show it would have made n + 1.
-                tokio::time::sleep(Duration::from_millis(1200)).await;
-                return read_all_logs(self).lines().map(str::to_owned).collect();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} of {n} records:\n{all}",
-                lines.len()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually(
+            Duration::from_secs(15),
+            Duration::from_millis(100),
+            async || (read_all_logs(self).lines().count() >= n).then_some(()),
+            || {
+                let all = read_all_logs(self);
+                format!("{} of {n} records:\n{all}", all.lines().count())
+            },
+        )
+        .await;
+        // Give a straggler the chance to show it would have made n + 1.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        read_all_logs(self).lines().map(str::to_owned).collect()
     }
 }
 
@@ -450,18 +447,16 @@ async fn a_client_that_goes_away_mid_response_is_recorded_once() {
 
 /// Polls `/metrics` (up to 15 s) until it contains every one of `want`; returns the text.
 async fn wait_metrics(proxy: &Proxy, want: &[&str]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let metrics = proxy.admin_get("/metrics").await.1;
-        if want.iter().all(|w| metrics.contains(w)) {
-            return metrics;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waiting for {want:?}:\n{metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        async || {
+            let metrics = proxy.admin_get("/metrics").await.1;
+            want.iter().all(|w| metrics.contains(w)).then_some(metrics)
+        },
+        || format!("waiting for {want:?}"),
+    )
+    .await
 }
 
 /// A day file that cannot be written (its path links to `/dev/full`, which fails every write

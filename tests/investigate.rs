@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -88,15 +88,13 @@ fn log_lines(dir: &Path) -> Vec<String> {
 
 /// Waits (up to 15 s) until the day files hold at least `n` records.
 async fn wait_records(dir: &Path, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let lines = log_lines(dir);
-        if lines.len() >= n {
-            return lines;
-        }
-        assert!(Instant::now() < deadline, "{} of {n} records", lines.len());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        async || Some(log_lines(dir)).filter(|lines| lines.len() >= n),
+        || format!("{} of {n} records", log_lines(dir).len()),
+    )
+    .await
 }
 
 fn read_key(dir: &Path, day: &str) -> Key {

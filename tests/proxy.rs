@@ -343,11 +343,14 @@ async fn sighup_swaps_the_certificate_and_keeps_open_connections() {
     std::fs::write(proxy.path("key.pem"), new.key_pair.serialize_pem()).unwrap();
     std::fs::write(proxy.path("cert.pem"), new.cert.pem()).unwrap();
     proxy.signal("HUP");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while presented_cert(proxy.tls_addr).await != new.cert.der().to_vec() {
-        assert!(Instant::now() < deadline, "new certificate never served");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let new_der = new.cert.der().to_vec();
+    eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        async || (presented_cert(proxy.tls_addr).await == new_der).then_some(()),
+        || "new certificate never served".to_owned(),
+    )
+    .await;
     // A new connection verifies against the new certificate; the old one keeps working.
     assert_eq!(
         proxy.client().get(Proto::H1, "/").await.status,
@@ -357,15 +360,13 @@ async fn sighup_swaps_the_certificate_and_keeps_open_connections() {
 }
 
 async fn wait_for_output(proxy: &Proxy, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !proxy.output().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "no {needle:?} in:\n{}",
-            proxy.output()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        async || proxy.output().contains(needle).then_some(()),
+        || format!("no {needle:?} in:\n{}", proxy.output()),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -232,6 +232,24 @@ pub fn day_offset(offset: i64) -> String {
 }
 
 /// The string value (or number, as text) of one field of a JSON line.
+/// Asks `check` every `every` until it answers `Some`, and returns that; panics with `what()`
+/// (which can describe the state by then) once `limit` has passed.
+pub async fn eventually<T>(
+    limit: Duration,
+    every: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+    what: impl FnOnce() -> String,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "{}", what());
+        tokio::time::sleep(every).await;
+    }
+}
+
 pub fn field(line: &str, name: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(line).unwrap();
     match &v[name] {
