@@ -12,6 +12,7 @@ use http::header::{FORWARDED, HeaderName};
 use ipnet::IpNet;
 
 use crate::config::Cidr;
+use crate::fields::{elements, line_elements, unquote};
 
 /// `X-Forwarded-For`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -65,60 +66,60 @@ impl TrustedProxies {
     /// The client address of a request that arrived from `peer`.
     ///
     /// The peer itself unless it is trusted; then the right-most address of `X-Forwarded-For`
-    /// (or, without it, of RFC 7239 `Forwarded`) that is not trusted. An entry that does not
-    /// parse ends the walk: everything left of it may be forged, so the last good hop is used.
+    /// (or, without it, of RFC 7239 `Forwarded`) that is not trusted. Several field lines are
+    /// one list, in order, and empty elements are ignored ([`crate::fields`]). An entry that
+    /// does not parse ends the walk: everything left of it may be forged, so the last good hop
+    /// is used.
     pub fn resolve(&self, peer: ClientAddr, headers: &HeaderMap) -> ClientAddr {
         if self.is_empty() || !self.contains(peer.0) {
             return peer;
         }
         if headers.contains_key(&X_FORWARDED_FOR) {
-            let hops = headers
-                .get_all(&X_FORWARDED_FOR)
-                .iter()
-                .rev()
-                .flat_map(|v| v.as_bytes().rsplit(|&b| b == b','))
-                .map(parse_xff_entry);
+            let hops = elements(headers.get_all(&X_FORWARDED_FOR), b',').map(parse_xff_entry);
             return self.walk(peer, hops);
         }
         if headers.contains_key(FORWARDED) {
-            let hops = headers
-                .get_all(FORWARDED)
-                .iter()
-                .rev()
-                .flat_map(|v| v.as_bytes().rsplit(|&b| b == b','))
-                .map(parse_forwarded_element);
+            let hops = elements(headers.get_all(FORWARDED), b',').map(parse_forwarded_element);
             return self.walk(peer, hops);
         }
         peer
     }
 
+    /// The right-to-left walk over `hops` (listed left to right), computed in one forward pass
+    /// so that no list is collected: the answer is the last untrusted hop after the last entry
+    /// that does not parse, else the first hop after it, else the peer.
     fn walk(&self, peer: ClientAddr, hops: impl Iterator<Item = Option<IpAddr>>) -> ClientAddr {
-        let mut client = peer;
+        let mut last_untrusted = None;
+        let mut first_good = None;
         for hop in hops {
-            let Some(ip) = hop else { break };
-            client = ClientAddr::new(ip);
-            if !self.contains(client.0) {
-                break;
+            match hop {
+                None => (last_untrusted, first_good) = (None, None),
+                Some(ip) => {
+                    let hop = ClientAddr::new(ip);
+                    first_good.get_or_insert(hop);
+                    if !self.contains(hop.0) {
+                        last_untrusted = Some(hop);
+                    }
+                }
             }
         }
-        client
+        last_untrusted.or(first_good).unwrap_or(peer)
     }
 }
 
 /// One `X-Forwarded-For` entry: an address, possibly `[v6]:port` or `v4:port`.
 fn parse_xff_entry(entry: &[u8]) -> Option<IpAddr> {
-    let s = std::str::from_utf8(entry).ok()?.trim();
-    parse_node(s)
+    parse_node(std::str::from_utf8(entry).ok()?)
 }
 
 /// The `for=` node of one `Forwarded` element, e.g. `for=192.0.2.1;proto=https`.
 fn parse_forwarded_element(element: &[u8]) -> Option<IpAddr> {
-    let s = std::str::from_utf8(element).ok()?;
-    let node = s.split(';').find_map(|pair| {
-        let (k, v) = pair.trim().split_once('=')?;
-        k.trim().eq_ignore_ascii_case("for").then_some(v.trim())
+    let node = line_elements(element, b';').find_map(|pair| {
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        let (k, v) = (pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii());
+        k.eq_ignore_ascii_case(b"for").then_some(v)
     })?;
-    parse_node(node.trim_matches('"'))
+    parse_node(std::str::from_utf8(unquote(node)).ok()?)
 }
 
 fn parse_node(s: &str) -> Option<IpAddr> {
@@ -185,6 +186,43 @@ mod tests {
                 ],
                 "198.51.100.1",
             ),
+            // Several lines: the last line's entry is the right-most.
+            (
+                "10.0.0.1",
+                &[
+                    ("x-forwarded-for", "203.0.113.5"),
+                    ("x-forwarded-for", "81.26.200.10"),
+                ],
+                "81.26.200.10",
+            ),
+            (
+                "10.0.0.1",
+                &[
+                    ("x-forwarded-for", "198.51.100.1, 10.1.1.1"),
+                    ("x-forwarded-for", "10.2.2.2"),
+                ],
+                "198.51.100.1",
+            ),
+            // Empty elements and whitespace are ignored.
+            ("10.0.0.1", &[("x-forwarded-for", "81.26.200.10,")], "81.26.200.10"),
+            ("10.0.0.1", &[("x-forwarded-for", ",81.26.200.10")], "81.26.200.10"),
+            (
+                "10.0.0.1",
+                &[("x-forwarded-for", "198.51.100.1, ,\t10.2.3.4 ,")],
+                "198.51.100.1",
+            ),
+            ("10.0.0.1", &[("x-forwarded-for", ", ,")], "10.0.0.1"),
+            (
+                "10.0.0.1",
+                &[("x-forwarded-for", ""), ("x-forwarded-for", "81.26.200.10")],
+                "81.26.200.10",
+            ),
+            // Every hop trusted: the left-most.
+            (
+                "10.0.0.1",
+                &[("x-forwarded-for", "10.3.3.3, 10.2.2.2")],
+                "10.3.3.3",
+            ),
             // Garbage stops the walk at the last good hop.
             (
                 "10.0.0.1",
@@ -211,6 +249,26 @@ mod tests {
                 "2001:db8:cafe::17",
             ),
             ("10.0.0.1", &[("forwarded", "for=unknown")], "10.0.0.1"),
+            // Forwarded over several lines, with empty elements, quoted commas and any case.
+            (
+                "10.0.0.1",
+                &[
+                    ("forwarded", "for=192.0.2.43,"),
+                    ("forwarded", "proto=https;For=\"198.51.100.17\""),
+                ],
+                "198.51.100.17",
+            ),
+            (
+                "10.0.0.1",
+                &[("forwarded", "for=192.0.2.60;by=\"a,b\", for=10.1.1.1")],
+                "192.0.2.60",
+            ),
+            // Garbage between good hops: only what is right of it counts.
+            (
+                "10.0.0.1",
+                &[("x-forwarded-for", "198.51.100.1, junk, 10.2.3.4, 198.51.100.9")],
+                "198.51.100.9",
+            ),
             // No header from a trusted peer: the peer.
             ("10.0.0.1", &[], "10.0.0.1"),
             // IPv4-mapped IPv6 counts as IPv4, for the peer and for hops.

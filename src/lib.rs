@@ -13,6 +13,7 @@ pub mod admin;
 pub mod cli;
 pub mod client_ip;
 pub mod config;
+pub mod fields;
 pub mod investigate;
 pub mod metrics;
 pub mod privacy;

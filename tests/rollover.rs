@@ -49,7 +49,7 @@ fn rollover_ratchets_the_running_capture_to_the_new_day() {
     let memo = ClientMemo::default();
     let before = proxy
         .capture
-        .begin(ClientAddr::new(client), &req, &memo)
+        .begin(ClientAddr::new(client), &req, None, &memo)
         .finish(200, 0, false);
     assert_eq!(before.epoch, yesterday);
     assert_eq!(before.client, pseudonym(&old_key, client, 64));
@@ -65,7 +65,7 @@ fn rollover_ratchets_the_running_capture_to_the_new_day() {
     assert!(rollover(&keys, &proxy, today).unwrap());
     let after = proxy
         .capture
-        .begin(ClientAddr::new(client), &req, &memo)
+        .begin(ClientAddr::new(client), &req, None, &memo)
         .finish(200, 0, false);
     assert_eq!(after.epoch, today);
     assert_eq!(after.client, pseudonym(&next_key(&old_key), client, 64));

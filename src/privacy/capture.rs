@@ -12,17 +12,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use http::header::{ACCEPT_LANGUAGE, HOST, HeaderName, USER_AGENT};
+use http::header::{ACCEPT_LANGUAGE, HeaderName, USER_AGENT};
 
 use super::geo::{Country, GeoDb, GeoError};
 use super::keys::{Epoch, Key, Pseudonym, pseudonym};
-use super::lang::primary_language;
+use super::lang::primary_language_of;
 use super::net::{Network, truncate};
 use super::observation::{HttpProto, MethodClass, Observation};
 use super::path::normalize_path;
-use super::ua::UaParser;
+use super::ua::{Device, UaParser};
 use crate::client_ip::ClientAddr;
 use crate::config::Config;
+use crate::fields::elements;
 
 static SEC_CH_UA: HeaderName = HeaderName::from_static("sec-ch-ua");
 static SEC_CH_UA_PLATFORM: HeaderName = HeaderName::from_static("sec-ch-ua-platform");
@@ -97,7 +98,7 @@ impl Capture {
                 .server
                 .hosts
                 .iter()
-                .map(|h| Arc::from(h.to_ascii_lowercase()))
+                .map(|h| Arc::from(h.to_ascii_lowercase().trim_end_matches('.')))
                 .collect(),
             ipv4_prefix: config.privacy.ipv4_prefix,
             ipv6_prefix: config.privacy.ipv6_prefix,
@@ -125,11 +126,13 @@ impl Capture {
     }
 
     /// Derives the allowed facts of a request of `client`, arriving on the connection that
-    /// owns `memo`.
+    /// owns `memo`. `host` is the request's authority as forwarding decided it (normalised,
+    /// without the port), recorded only when `server.hosts` lists it.
     pub fn begin<B>(
         &self,
         client: ClientAddr,
         req: &http::Request<B>,
+        host: Option<&str>,
         memo: &ClientMemo,
     ) -> Pending {
         let started = Instant::now();
@@ -155,9 +158,9 @@ impl Capture {
             net: facts.net,
             country: facts.country,
             device,
-            lang: get(&ACCEPT_LANGUAGE).and_then(primary_language),
+            lang: primary_language_of(elements(headers.get_all(ACCEPT_LANGUAGE), b',')),
             method: MethodClass::of(req.method()),
-            host: self.listed_host(req),
+            host: host.and_then(|h| self.listed_host(h)),
             path,
             status: 0,
             bytes_sent: 0,
@@ -167,6 +170,38 @@ impl Capture {
             } else {
                 HttpProto::Http1
             },
+            limited: false,
+        };
+        Pending { started, obs }
+    }
+
+    /// The facts of a request whose head could not be read (the HTTP/1.1 parser refused it
+    /// before any handler saw it): only the connection's peer and protocol are known. The
+    /// record says `method` `OTHER`, `path` `""` (unread), unknown browser, OS and language,
+    /// no host.
+    pub fn begin_unread(&self, peer: ClientAddr, proto: HttpProto, memo: &ClientMemo) -> Pending {
+        let started = Instant::now();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let generation = self.generation.load(Ordering::Acquire);
+        let key = self.key.load();
+        let facts = self.client_facts(peer, generation, &key, memo);
+        let obs = Observation {
+            ts: now - now.rem_euclid(self.precision_secs),
+            epoch: key.epoch,
+            client: facts.pseudonym,
+            net: facts.net,
+            country: facts.country,
+            device: Device::UNKNOWN,
+            lang: None,
+            method: MethodClass::Other,
+            host: None,
+            path: String::new(),
+            status: 0,
+            bytes_sent: 0,
+            duration_us: 0,
+            proto,
             limited: false,
         };
         Pending { started, obs }
@@ -203,30 +238,9 @@ impl Capture {
         facts
     }
 
-    /// The requested host (Host, or HTTP/2 :authority), port dropped, if it is configured.
-    fn listed_host<B>(&self, req: &http::Request<B>) -> Option<Arc<str>> {
-        let raw = match req.headers().get(HOST) {
-            Some(h) => h.to_str().ok()?,
-            None => req.uri().host()?,
-        };
-        let host = strip_port(raw);
-        self.hosts
-            .iter()
-            .find(|h| h.eq_ignore_ascii_case(host))
-            .cloned()
-    }
-}
-
-fn strip_port(authority: &str) -> &str {
-    if authority.starts_with('[') {
-        return match authority.find(']') {
-            Some(end) => &authority[..=end],
-            None => authority,
-        };
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => authority,
+    /// The configured name equal to `host` (already lowercase, without port or trailing dot).
+    fn listed_host(&self, host: &str) -> Option<Arc<str>> {
+        self.hosts.iter().find(|h| ***h == *host).cloned()
     }
 }
 
@@ -258,7 +272,7 @@ mod tests {
     fn observe(capture: &Capture, ip: &str, memo: &ClientMemo) -> Observation {
         let client = ClientAddr::new(ip.parse().unwrap());
         let req = http::Request::get("/").body(()).unwrap();
-        capture.begin(client, &req, memo).finish(200, 0, false)
+        capture.begin(client, &req, None, memo).finish(200, 0, false)
     }
 
     #[test]
@@ -290,19 +304,5 @@ mod tests {
         // The database removed: no country, on the same connection.
         capture.set_geo(None);
         assert_eq!(observe(&capture, "81.26.200.10", &memo).country, None);
-    }
-
-    #[test]
-    fn ports_are_dropped() {
-        for (input, want) in [
-            ("localhost", "localhost"),
-            ("localhost:8443", "localhost"),
-            ("[::1]:8443", "[::1]"),
-            ("[::1]", "[::1]"),
-            ("ads.example.com:", "ads.example.com"),
-            ("weird:port", "weird:port"),
-        ] {
-            assert_eq!(strip_port(input), want, "{input}");
-        }
     }
 }

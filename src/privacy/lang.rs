@@ -5,6 +5,8 @@
 //! return anything but a code from that fixed list (no region, script or private subtag, which
 //! narrow a person down), and never allocate or panic, whatever the header holds.
 
+use crate::fields::line_elements;
+
 /// A lowercase ISO 639-1 language code, e.g. `sq`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Lang([u8; 2]);
@@ -63,8 +65,14 @@ impl Lang {
 /// assert_eq!(primary_language(b"*"), None);
 /// ```
 pub fn primary_language(accept_language: &[u8]) -> Option<Lang> {
+    primary_language_of(line_elements(accept_language, b','))
+}
+
+/// [`primary_language`] over the ranges of every `Accept-Language` field line, as one list
+/// (RFC 9110 §5.3): `ranges` are the list's elements, e.g. from [`crate::fields::elements`].
+pub fn primary_language_of<'a>(ranges: impl IntoIterator<Item = &'a [u8]>) -> Option<Lang> {
     let mut best: Option<(u16, &[u8])> = None;
-    for range in accept_language.split(|&b| b == b',') {
+    for range in ranges {
         let mut parts = range.split(|&b| b == b';');
         let tag = trim_ows(parts.next().unwrap_or_default());
         if tag.is_empty() || tag == b"*" {
@@ -177,6 +185,9 @@ mod tests {
             (b"en;q=, fr;q=0.1", Some("fr")),
             (b"en;Q=0.2, fr;q=0.1", Some("en")),
             (b"en;level=1;q=0.5, fr;q=0.4", Some("en")),
+            // Empty list elements are ignored (RFC 9110 §5.6.1.2).
+            (b",en", Some("en")),
+            (b", ,de;q=0.4,", Some("de")),
             // Garbage and empty.
             (b"", None),
             (b",,,;;;", None),
@@ -194,6 +205,26 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(header)
             );
+        }
+    }
+
+    #[test]
+    fn several_field_lines_are_one_list() {
+        let lines = |ls: &[&str]| -> Vec<http::HeaderValue> {
+            ls.iter().map(|l| l.parse().unwrap()).collect()
+        };
+        let cases: &[(&[&str], Option<&str>)] = &[
+            (&["en;q=0.1", "fr"], Some("fr")),
+            (&["de", "en"], Some("de")),
+            (&["", "sq"], Some("sq")),
+            (&[",", " , it;q=0.5,"], Some("it")),
+            (&["*", "fr;q=0.2"], Some("fr")),
+            (&["en;q=0.5,", ",pt;q=0.6"], Some("pt")),
+        ];
+        for &(ls, want) in cases {
+            let values = lines(ls);
+            let got = primary_language_of(crate::fields::elements(values.iter(), b','));
+            assert_eq!(got.as_ref().map(Lang::as_str), want, "{ls:?}");
         }
     }
 

@@ -1,16 +1,22 @@
-//! Header hygiene: hop-by-hop headers removed both ways (RFC 9110 §7.6.1), and the
-//! `X-Forwarded-*` headers set for the upstream.
+//! Header hygiene: hop-by-hop headers removed both ways (RFC 9110 §7.6.1), the HTTP/2 to
+//! HTTP/1.1 translation of `Cookie` (RFC 9113 §8.2.3), `Max-Forwards` (RFC 9110 §7.6.2), the
+//! head checks of the request filter (`Content-Length`, header list size), and the values of
+//! the `X-Forwarded-*` headers set for the upstream.
 //!
-//! Pure functions over a `HeaderMap`; they never log a header value.
+//! Pure functions over a `HeaderMap`; list-valued fields are read through [`crate::fields`].
+//! They never log a header value.
 
 use std::net::IpAddr;
 
-use http::HeaderMap;
-use http::header::GetAll;
 use http::header::{
-    CONNECTION, HeaderName, HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
-    TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, CONTENT_LENGTH, COOKIE, FORWARDED, GetAll, HOST, HeaderName, HeaderValue,
+    MAX_FORWARDS, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING,
+    UPGRADE,
 };
+use http::{HeaderMap, Method, Request};
+
+use crate::client_ip::X_FORWARDED_FOR;
+use crate::fields::{elements, has_token};
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -38,11 +44,20 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
 }
 
 fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
+    has_token(headers.get_all(CONNECTION), token.as_bytes())
+}
+
+/// Fields a `Connection` option cannot remove: the request's authority and the forwarding
+/// fields this proxy answers for (a client listing them would otherwise strip what the
+/// upstream's allow-lists, limits and audits rely on). RFC 9110 §7.6.1 lets an intermediary
+/// refuse to honour such options.
+fn protected(name: &HeaderName) -> bool {
+    *name == HOST
+        || *name == X_FORWARDED_FOR
+        || *name == X_FORWARDED_PROTO
+        || *name == X_FORWARDED_HOST
+        || *name == FORWARDED
+        || *name == CONTENT_LENGTH
 }
 
 /// Removes every hop-by-hop header: the fixed set, `Connection`, and the names it lists.
@@ -61,7 +76,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         let hop = if *name == UPGRADE {
             !keep_upgrade
         } else {
-            is_hop_by_hop(name) || (has_connection && lists(&connection, name))
+            is_hop_by_hop(name)
+                || (has_connection && !protected(name) && lists(&connection, name))
         };
         if hop {
             match doomed.get_mut(n) {
@@ -81,12 +97,93 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// Whether the `Connection` values list `name` (tokens compared case-insensitively).
 fn lists(connection: &GetAll<'_, HeaderValue>, name: &HeaderName) -> bool {
-    connection.iter().any(|v| {
-        v.as_bytes().split(|&b| b == b',').any(|t| {
-            t.trim_ascii()
-                .eq_ignore_ascii_case(name.as_str().as_bytes())
-        })
-    })
+    has_token(connection.iter(), name.as_str().as_bytes())
+}
+
+/// The request's `Content-Length` (RFC 9110 §8.6): `Ok(None)` when absent, `Err(())` when
+/// its values (over every line and list element) do not parse or disagree.
+#[allow(clippy::result_unit_err)]
+pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
+    let mut length = None;
+    for element in elements(headers.get_all(CONTENT_LENGTH), b',') {
+        if element.is_empty() || element.len() > 19 || !element.iter().all(u8::is_ascii_digit) {
+            return Err(());
+        }
+        let n = element
+            .iter()
+            .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        if length.is_some_and(|l| l != n) {
+            return Err(());
+        }
+        length = Some(n);
+    }
+    // Only commas, or an empty value: present but not a length.
+    if length.is_none() && headers.contains_key(CONTENT_LENGTH) {
+        return Err(());
+    }
+    Ok(length)
+}
+
+/// The size of a request's head as HTTP/2 counts a header list (RFC 9113 §6.5.2): each field's
+/// name and value length plus 32 octets, the pseudo-header fields included. The same measure
+/// for both protocols, so one `server.max_header_bytes` means one thing.
+pub fn header_list_size<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |pq| pq.as_str().len());
+    let authority = uri.authority().map_or(0, |a| a.as_str().len() + 10 + 32);
+    let pseudo = (7 + req.method().as_str().len() + 32) + (5 + target + 32) + (7 + 5 + 32) + authority;
+    req.headers()
+        .iter()
+        .fold(pseudo, |n, (k, v)| n + k.as_str().len() + v.len() + 32)
+}
+
+/// The `Max-Forwards` value (RFC 9110 §7.6.2), if present and a number.
+pub fn max_forwards(headers: &HeaderMap) -> Option<u64> {
+    std::str::from_utf8(headers.get(MAX_FORWARDS)?.as_bytes())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// For `OPTIONS` and `TRACE`, the only methods it applies to, `Max-Forwards` decremented by
+/// this hop (RFC 9110 §7.6.2). A value that does not parse is left as it is.
+pub fn decrement_max_forwards(method: &Method, headers: &mut HeaderMap) {
+    if *method != Method::OPTIONS && *method != Method::TRACE {
+        return;
+    }
+    if let Some(n) = max_forwards(headers) {
+        headers.insert(MAX_FORWARDS, HeaderValue::from(n.saturating_sub(1)));
+    }
+}
+
+/// Joins several `Cookie` field lines into one, with `"; "` between them, as an HTTP/2 request
+/// carries them and an HTTP/1.1 upstream must receive them (RFC 9113 §8.2.3).
+pub fn join_cookie_lines(headers: &mut HeaderMap) {
+    let mut lines = headers.get_all(COOKIE).iter();
+    let (Some(first), Some(_)) = (lines.next(), lines.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for line in headers.get_all(COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(line.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, v);
+    }
+}
+
+/// A trusted peer's `X-Forwarded-For` chain (every line, as one list; empty elements dropped)
+/// with `peer` appended: `a, b, peer`. `None` if the chain cannot be a header value.
+pub fn append_hop(chain: GetAll<'_, HeaderValue>, peer: IpAddr) -> Option<HeaderValue> {
+    let mut out = Vec::with_capacity(64);
+    for hop in elements(chain, b',') {
+        out.extend_from_slice(hop);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(ip_value(peer).as_bytes());
+    HeaderValue::from_bytes(&out).ok()
 }
 
 /// An address as a header value (`X-Forwarded-For`). IPv4, the common case on every request,
@@ -201,6 +298,113 @@ mod tests {
             let mut got: Vec<&str> = m.keys().map(|k| k.as_str()).collect();
             got.sort_unstable();
             assert_eq!(&got, want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn connection_cannot_remove_what_the_proxy_answers_for() {
+        let mut m = map(&[
+            (
+                "connection",
+                "keep-alive, X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host",
+            ),
+            ("connection", "Host, Forwarded, Content-Length, X-Other"),
+            ("x-forwarded-for", "198.51.100.1"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "a"),
+            ("forwarded", "for=198.51.100.1"),
+            ("host", "a"),
+            ("content-length", "0"),
+            ("x-other", "gone"),
+        ]);
+        strip_hop_by_hop(&mut m, false);
+        let mut got: Vec<&str> = m.keys().map(|k| k.as_str()).collect();
+        got.sort_unstable();
+        assert_eq!(
+            got,
+            [
+                "content-length",
+                "forwarded",
+                "host",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto"
+            ]
+        );
+    }
+
+    #[test]
+    fn content_length_table() {
+        let cases: &[(&[&str], Result<Option<u64>, ()>)] = &[
+            (&[], Ok(None)),
+            (&["0"], Ok(Some(0))),
+            (&["42"], Ok(Some(42))),
+            (&["42", "42"], Ok(Some(42))),
+            (&["42, 42"], Ok(Some(42))),
+            (&["42", "43"], Err(())),
+            (&["42, 43"], Err(())),
+            (&["-1"], Err(())),
+            (&["+1"], Err(())),
+            (&["4 2"], Err(())),
+            (&["0x10"], Err(())),
+            (&[""], Err(())),
+            (&[","], Err(())),
+            (&["99999999999999999999"], Err(())),
+            (&["18446744073709551615"], Err(())),
+            (&["9999999999999999999"], Ok(Some(9_999_999_999_999_999_999))),
+        ];
+        for (lines, want) in cases {
+            let pairs: Vec<(&str, &str)> = lines.iter().map(|l| ("content-length", *l)).collect();
+            assert_eq!(content_length(&map(&pairs)), *want, "{lines:?}");
+        }
+    }
+
+    #[test]
+    fn cookie_lines_join_with_semicolons() {
+        let mut m = map(&[
+            ("cookie", "session_id=abc123"),
+            ("cookie", "preferred_language=en"),
+            ("cookie", "c=3; d=4"),
+        ]);
+        join_cookie_lines(&mut m);
+        let all: Vec<_> = m.get_all(COOKIE).iter().collect();
+        assert_eq!(
+            all,
+            ["session_id=abc123; preferred_language=en; c=3; d=4"]
+        );
+        let mut one = map(&[("cookie", "a=1")]);
+        join_cookie_lines(&mut one);
+        assert_eq!(one.get(COOKIE).unwrap(), "a=1");
+    }
+
+    #[test]
+    fn max_forwards_counts_down_for_options_and_trace_only() {
+        for (method, value, want) in [
+            (Method::OPTIONS, "5", "4"),
+            (Method::TRACE, "1", "0"),
+            (Method::OPTIONS, "0", "0"),
+            (Method::GET, "5", "5"),
+            (Method::OPTIONS, "x", "x"),
+        ] {
+            let mut m = map(&[("max-forwards", value)]);
+            decrement_max_forwards(&method, &mut m);
+            assert_eq!(m.get(MAX_FORWARDS).unwrap(), want, "{method} {value}");
+        }
+    }
+
+    #[test]
+    fn a_trusted_chain_keeps_every_line_and_drops_empty_elements() {
+        let peer: IpAddr = "127.0.0.1".parse().unwrap();
+        for (lines, want) in [
+            (&["203.0.113.5", "81.26.200.10"][..], "203.0.113.5, 81.26.200.10, 127.0.0.1"),
+            (&["81.26.200.10,"][..], "81.26.200.10, 127.0.0.1"),
+            (&[" , 198.51.100.1 ,, 10.0.0.2"][..], "198.51.100.1, 10.0.0.2, 127.0.0.1"),
+            (&[","][..], "127.0.0.1"),
+        ] {
+            let pairs: Vec<(&str, &str)> = lines.iter().map(|l| ("x-forwarded-for", *l)).collect();
+            let m = map(&pairs);
+            let got = append_hop(m.get_all(&X_FORWARDED_FOR), peer).unwrap();
+            assert_eq!(got, want, "{lines:?}");
         }
     }
 

@@ -1,9 +1,12 @@
 //! Forwarding: the life of one request, as named phases.
 //!
-//! `request_filter` (client address, size limit) → `upstream_request` (pick a server, header
-//! hygiene, forwarding headers) → `send` (timeout, error mapping) → `response_filter`
-//! (hop-by-hop removal, protocol upgrade). Nothing here logs a request value.
+//! `request_filter` (client address, authority, head checks: a local 4xx for what no upstream
+//! should receive) → `rate_limit` → `upstream_request` (pick a server, header hygiene,
+//! HTTP/2→HTTP/1.1 translation, forwarding headers) → `send` (timeout, error mapping) →
+//! `response_filter` (hop-by-hop removal, protocol upgrade, cookie cap). Nothing here logs a
+//! request value.
 
+pub mod authority;
 pub mod body;
 pub mod cookie;
 pub mod headers;
@@ -16,9 +19,9 @@ use arc_swap::ArcSwapOption;
 
 use bytes::Bytes;
 use http::header::{
-    CONTENT_LENGTH, CONTENT_TYPE, Entry, FORWARDED, HOST, HeaderValue, RETRY_AFTER, SET_COOKIE,
+    ALLOW, CONTENT_TYPE, Entry, FORWARDED, HOST, HeaderValue, RETRY_AFTER, SET_COOKIE,
 };
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -61,6 +64,7 @@ pub struct Proxy {
     ipv4_prefix: u8,
     ipv6_prefix: u8,
     max_body_bytes: u64,
+    max_header_bytes: usize,
     request_timeout: Duration,
     cookie_max_age: Duration,
     /// The capture phase's state (keys, country database, UA parser).
@@ -86,6 +90,7 @@ impl Proxy {
             ipv4_prefix: config.privacy.ipv4_prefix,
             ipv6_prefix: config.privacy.ipv6_prefix,
             max_body_bytes: config.server.max_body_bytes,
+            max_header_bytes: config.server.max_header_bytes,
             request_timeout: config.upstream.request_timeout.0,
             cookie_max_age: config.privacy.cookie_max_age.0,
             capture,
@@ -102,16 +107,67 @@ impl Proxy {
     /// Handles one request: every phase, ending in a body that records it when it ends.
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<CapturedBody> {
         let client = self.trusted.resolve(conn.peer, req.headers());
-        let pending = self.capture.begin(client, &req, &conn.memo);
-        let (resp, limited) = match self.rate_limit(client, req.uri().path()) {
+        let authority = authority::decide(&req);
+        let host = authority.as_ref().ok().and_then(|a| a.as_ref()).map(|a| a.host());
+        let pending = self.capture.begin(client, &req, host, &conn.memo);
+        let (resp, limited) = match self.request_filter(&req, &authority) {
             Some(rejection) => {
                 linger_h1(req);
-                (rejection, true)
+                (rejection, false)
             }
-            None => (self.forward(req, conn, client).await, false),
+            None => match self.rate_limit(client, req.uri().path()) {
+                Some(rejection) => {
+                    linger_h1(req);
+                    (rejection, true)
+                }
+                None => {
+                    let authority = authority.ok().flatten();
+                    (self.forward(req, conn, client, authority).await, false)
+                }
+            },
         };
         let status = resp.status().as_u16();
         resp.map(|body| CapturedBody::new(body, pending, status, limited, self.sinks.clone()))
+    }
+
+    /// The request-filter phase: a local answer for a head that no upstream should receive.
+    ///
+    /// - 400: no, several or conflicting hosts, or an invalid one ([`authority::decide`]);
+    ///   `Content-Length` values that disagree or do not parse (RFC 9110 §8.6; HTTP/1.1 heads
+    ///   like that are refused earlier, by the HTTP/1.1 parser).
+    /// - 431: a head larger than `server.max_header_bytes`, counted the same over both
+    ///   protocols: the HTTP/2 header list size (RFC 9113 §6.5.2) of the request.
+    /// - 405: `CONNECT` and `TRACE`, which a reverse proxy does not pass on (the first asks it
+    ///   to become a tunnel; the second would reflect credentials added on the way).
+    /// - 200 with `Allow`: `OPTIONS` with `Max-Forwards: 0`, which this hop must answer itself
+    ///   (RFC 9110 §7.6.2).
+    fn request_filter(
+        &self,
+        req: &Request<Incoming>,
+        authority: &Result<Option<authority::RequestAuthority>, authority::AuthorityError>,
+    ) -> Option<Response<ResponseBody>> {
+        if authority.is_err() || headers::content_length(req.headers()).is_err() {
+            return Some(local(StatusCode::BAD_REQUEST, "bad request\n"));
+        }
+        if headers::header_list_size(req) > self.max_header_bytes {
+            return Some(local(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request header fields too large\n",
+            ));
+        }
+        match *req.method() {
+            Method::CONNECT | Method::TRACE => {
+                let mut resp = local(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+                resp.headers_mut().insert(ALLOW, HeaderValue::from_static(ALLOWED));
+                Some(resp)
+            }
+            Method::OPTIONS if headers::max_forwards(req.headers()) == Some(0) => {
+                let mut resp = local(StatusCode::OK, "");
+                resp.headers_mut().insert(ALLOW, HeaderValue::from_static(ALLOWED));
+                Some(resp)
+            }
+            _ => None,
+        }
     }
 
     /// The rate-limit phase: a 429 with `Retry-After` when the client is over its quota.
@@ -139,8 +195,10 @@ impl Proxy {
         mut req: Request<Incoming>,
         conn: &ConnInfo,
         client: ClientAddr,
+        authority: Option<authority::RequestAuthority>,
     ) -> Response<ResponseBody> {
-        if declared_length(&req).is_some_and(|len| len > self.max_body_bytes) {
+        if matches!(headers::content_length(req.headers()), Ok(Some(len)) if len > self.max_body_bytes)
+        {
             linger_h1(req);
             return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
         }
@@ -151,15 +209,21 @@ impl Proxy {
         // upstream_request
         let (mut parts, body) = req.into_parts();
         let pick = self.upstreams.pick(parts.uri.path_and_query());
-        self.set_forwarding_headers(&mut parts, conn, client);
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-        if !parts.headers.contains_key(HOST)
-            && let Ok(v) = HeaderValue::from_str(self.upstreams.authority(&pick).as_str())
-        {
-            parts.headers.insert(HOST, v);
-        }
-        parts.uri = pick.uri.clone();
         let h1 = parts.version < Version::HTTP_2;
+        if !h1 {
+            headers::join_cookie_lines(&mut parts.headers);
+        }
+        // Set after the hop-by-hop removal, so no `Connection` option can take them away.
+        let host = match &authority {
+            Some(a) => a.header_value().clone(),
+            None => HeaderValue::from_str(self.upstreams.authority(&pick).as_str())
+                .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+        };
+        self.set_forwarding_headers(&mut parts.headers, conn, client, authority.is_some().then_some(&host));
+        parts.headers.insert(HOST, host);
+        headers::decrement_max_forwards(&parts.method, &mut parts.headers);
+        parts.uri = pick.uri.clone();
         parts.version = Version::HTTP_11;
         let upstream_req =
             Request::from_parts(parts, RequestBody::new(body, self.max_body_bytes, h1));
@@ -217,24 +281,20 @@ impl Proxy {
         })
     }
 
+    /// `X-Forwarded-Host` (the request's own authority), `X-Forwarded-Proto` and the client
+    /// address as `forward_client_ip` says; a trusted peer's own values are kept, and its
+    /// `X-Forwarded-For` chain (all its field lines, as one list) gets the peer appended.
     fn set_forwarding_headers(
         &self,
-        parts: &mut http::request::Parts,
+        h: &mut http::HeaderMap,
         conn: &ConnInfo,
         client: ClientAddr,
+        authority: Option<&HeaderValue>,
     ) {
-        let h = &mut parts.headers;
         let peer_trusted = !self.trusted.is_empty() && self.trusted.contains(conn.peer.ip());
-        // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need it as Host.
-        if !h.contains_key(HOST)
-            && let Some(authority) = parts.uri.authority()
-            && let Ok(v) = HeaderValue::from_str(authority.as_str())
-        {
-            h.insert(HOST, v);
-        }
         if !(peer_trusted && h.contains_key(&X_FORWARDED_HOST)) {
-            match h.get(HOST).cloned() {
-                Some(host) => h.insert(X_FORWARDED_HOST.clone(), host),
+            match authority {
+                Some(host) => h.insert(X_FORWARDED_HOST.clone(), host.clone()),
                 None => h.remove(&X_FORWARDED_HOST),
             };
         }
@@ -247,17 +307,14 @@ impl Proxy {
                 if !peer_trusted {
                     h.remove(FORWARDED);
                 }
-                let chain = peer_trusted
-                    .then(|| h.get(&X_FORWARDED_FOR))
-                    .flatten()
-                    .and_then(|v| v.to_str().ok());
-                let value = match chain {
-                    Some(chain) => HeaderValue::from_str(&format!("{chain}, {}", conn.peer.ip())),
-                    None => Ok(ip_value(client.ip())),
+                let value = match peer_trusted && h.contains_key(&X_FORWARDED_FOR) {
+                    true => headers::append_hop(h.get_all(&X_FORWARDED_FOR), conn.peer.ip()),
+                    false => Some(ip_value(client.ip())),
                 };
-                if let Ok(v) = value {
-                    h.insert(X_FORWARDED_FOR.clone(), v);
-                }
+                match value {
+                    Some(v) => h.insert(X_FORWARDED_FOR.clone(), v),
+                    None => h.insert(X_FORWARDED_FOR.clone(), ip_value(client.ip())),
+                };
             }
             ForwardClientIp::Truncated => {
                 h.remove(FORWARDED);
@@ -295,6 +352,9 @@ fn cap_cookies(headers: &mut http::HeaderMap, max_age: Duration) {
     }
 }
 
+/// The methods a local `Allow` names: those this proxy passes on with their meaning intact.
+const ALLOWED: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH";
+
 /// A short plain-text response written by the proxy itself.
 pub fn local(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
     let mut resp = Response::new(ResponseBody::local(Bytes::from_static(text.as_bytes())));
@@ -304,16 +364,6 @@ pub fn local(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
-}
-
-fn declared_length<B>(req: &Request<B>) -> Option<u64> {
-    req.headers()
-        .get(CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 fn caused_by_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {

@@ -19,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::client_ip::ClientAddr;
 use crate::config;
 use crate::metrics::Metrics;
+use crate::privacy::observation::HttpProto;
 use crate::proxy::{ConnInfo, Proxy};
 
 /// The per-process state every connection task shares.
@@ -46,15 +47,18 @@ impl ConnShared {
         shutdown: watch::Receiver<bool>,
         tracker: mpsc::Sender<()>,
     ) -> ConnShared {
+        // The protocol layers refuse only heads far over `max_header_bytes`; the proxy's request
+        // filter refuses the rest itself, with a record, the same way over both protocols.
+        let head_cap = protocol_head_cap(cfg.max_header_bytes);
         let mut auto = auto::Builder::new(TokioExecutor::new());
         auto.http1()
             .timer(TokioTimer::new())
             .header_read_timeout(cfg.header_read_timeout.0)
-            .max_buf_size(cfg.max_header_bytes)
+            .max_buf_size(head_cap)
             .keep_alive(true);
         auto.http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(cfg.max_header_bytes as u32)
+            .max_header_list_size(head_cap as u32)
             .max_concurrent_streams(256);
         let h2_only = auto.clone().http2_only();
         // Over TLS, HTTP/2 is spoken only after ALPN h2 (RFC 9113 §3.2): anything else is
@@ -71,6 +75,15 @@ impl ConnShared {
             _tracker: tracker,
         }
     }
+}
+
+/// How large a head the HTTP/1.1 parser and the HTTP/2 decoder accept before refusing it
+/// themselves: four times `server.max_header_bytes`, at least 64 KiB. Heads between the
+/// configured limit and this cap reach the request filter, which answers 431 with a full
+/// record; heads over it are refused by the parser (HTTP/1.1: 431 and a record with what is
+/// known, see [`record_unread_head`]).
+pub fn protocol_head_cap(max_header_bytes: usize) -> usize {
+    max_header_bytes.saturating_mul(4).max(64 * 1024)
 }
 
 /// Completes the TLS handshake (bounded by `header_read_timeout`) and serves the connection.
@@ -125,6 +138,7 @@ async fn serve_http<T>(
         activity: activity.clone(),
     });
     let info = Arc::new(ConnInfo::new(peer, tls));
+    let conn_info = info.clone();
     let proxy = shared.proxy.clone();
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
@@ -153,6 +167,7 @@ async fn serve_http<T>(
             biased;
             res = conn.as_mut() => {
                 if let Err(e) = res {
+                    record_unread_head(&*e, &shared.proxy, &conn_info);
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 return;
@@ -174,6 +189,36 @@ async fn serve_http<T>(
             }
         }
     }
+}
+
+/// The logging phase for a request the HTTP/1.1 parser refused before any handler saw it
+/// (a head over [`protocol_head_cap`], conflicting `Content-Length`, a malformed request line
+/// or field): the parser has answered 431 or 400 and closed; this writes the one record and
+/// counts the request, with what is known ([`Capture::begin_unread`]: the connection's peer,
+/// not a forwarded client address, since no field was read).
+///
+/// [`Capture::begin_unread`]: crate::privacy::capture::Capture::begin_unread
+fn record_unread_head(e: &(dyn std::error::Error + 'static), proxy: &Proxy, info: &ConnInfo) {
+    let Some(e) = e.downcast_ref::<hyper::Error>() else {
+        return;
+    };
+    // The statuses hyper answers parse errors with; the rest it answers with nothing.
+    let status = if e.is_parse_too_large() {
+        // hyper's kinds are private; its message is the only way to tell the two apart.
+        if e.to_string().contains("URI too long") {
+            414
+        } else {
+            431
+        }
+    } else if e.is_parse() && !e.is_parse_status() && !e.is_parse_version_h2() {
+        400
+    } else {
+        return;
+    };
+    let pending = proxy
+        .capture
+        .begin_unread(info.peer, HttpProto::Http1, &info.memo);
+    proxy.sinks.observe(pending.finish(status, 0, false));
 }
 
 /// Counts an open connection in `connections_open` for as long as it lives.

@@ -1,0 +1,172 @@
+//! The one reader of list-based field values (RFC 9110 §5.2, §5.3, §5.6.1).
+//!
+//! A list-based field may arrive as several field lines; a recipient treats them as one list,
+//! in order, as if joined by commas (§5.3). Elements are separated by a delimiter (`,` for
+//! `X-Forwarded-For`, `Forwarded`, `Accept-Language`, `Connection`, `Sec-CH-UA`; `;` for the
+//! crumbs of `Cookie`), may carry optional whitespace around them, may be empty (`a, , b`, a
+//! trailing `,`) and must then be ignored (§5.6.1.2), and may contain quoted strings (§5.6.4)
+//! whose delimiters do not separate anything.
+//!
+//! Every parser of such a field reads it through [`elements`], so the several-lines, empty
+//! element, whitespace and quoting rules hold in one place. Pure and allocation-free; it never
+//! looks at what the elements mean and never logs them.
+
+use http::header::HeaderValue;
+
+/// The non-empty, whitespace-trimmed elements of a list-based field over all its `lines`, in
+/// order, split at `delimiter` outside quoted strings.
+///
+/// ```
+/// use http::HeaderValue;
+/// use webprom_edge::fields::elements;
+/// let lines = [HeaderValue::from_static("a, \"b,c\""), HeaderValue::from_static(" ,d,")];
+/// let got: Vec<&[u8]> = elements(lines.iter(), b',').collect();
+/// assert_eq!(got, [&b"a"[..], b"\"b,c\"", b"d"]);
+/// ```
+pub fn elements<'a, I>(lines: I, delimiter: u8) -> Elements<'a, I::IntoIter>
+where
+    I: IntoIterator<Item = &'a HeaderValue>,
+{
+    Elements {
+        lines: lines.into_iter(),
+        rest: &[],
+        delimiter,
+    }
+}
+
+/// The elements of one field line (see [`elements`]).
+pub fn line_elements(line: &[u8], delimiter: u8) -> Elements<'_, std::iter::Empty<&HeaderValue>> {
+    Elements {
+        lines: std::iter::empty(),
+        rest: line,
+        delimiter,
+    }
+}
+
+/// Iterator returned by [`elements`].
+pub struct Elements<'a, I> {
+    lines: I,
+    rest: &'a [u8],
+    delimiter: u8,
+}
+
+impl<'a, I: Iterator<Item = &'a HeaderValue>> Iterator for Elements<'a, I> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        loop {
+            if self.rest.is_empty() {
+                self.rest = self.lines.next()?.as_bytes();
+                continue;
+            }
+            let end = element_end(self.rest, self.delimiter);
+            let element = self.rest[..end].trim_ascii();
+            self.rest = self.rest.get(end + 1..).unwrap_or_default();
+            if !element.is_empty() {
+                return Some(element);
+            }
+        }
+    }
+}
+
+/// The index of the first `delimiter` outside a quoted string, or the length.
+fn element_end(s: &[u8], delimiter: u8) -> usize {
+    let mut quoted = false;
+    let mut i = 0;
+    while i < s.len() {
+        match s[i] {
+            b'\\' if quoted => i += 1,
+            b'"' => quoted = !quoted,
+            b if b == delimiter && !quoted => return i,
+            _ => {}
+        }
+        i += 1;
+    }
+    s.len()
+}
+
+/// Whether any element of the lines equals `token`, ASCII case-insensitively (e.g. a
+/// `Connection` option, RFC 9110 §7.6.1).
+pub fn has_token<'a>(lines: impl IntoIterator<Item = &'a HeaderValue>, token: &[u8]) -> bool {
+    elements(lines, b',').any(|e| e.eq_ignore_ascii_case(token))
+}
+
+/// The content of a quoted string (RFC 9110 §5.6.4) with its escapes still in, or the input
+/// unchanged when it is not quoted.
+pub fn unquote(s: &[u8]) -> &[u8] {
+    match s {
+        [b'"', inner @ .., b'"'] => inner,
+        _ => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(lines: &[&str], delimiter: u8) -> Vec<String> {
+        let values: Vec<HeaderValue> = lines.iter().map(|l| l.parse().unwrap()).collect();
+        elements(values.iter(), delimiter)
+            .map(|e| String::from_utf8(e.to_vec()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn list_table() {
+        type Case<'a> = (&'a [&'a str], u8, &'a [&'a str]);
+        let cases: &[Case] = &[
+            // One line, several lines, in order.
+            (&["a, b"], b',', &["a", "b"]),
+            (&["a", "b"], b',', &["a", "b"]),
+            (&["a, b", "c"], b',', &["a", "b", "c"]),
+            // Empty elements and optional whitespace are ignored (RFC 9110 §5.6.1.2).
+            (&["a,"], b',', &["a"]),
+            (&[",a"], b',', &["a"]),
+            (&["a, ,b"], b',', &["a", "b"]),
+            (&[",,,"], b',', &[]),
+            (&["", "a"], b',', &["a"]),
+            (&[" \t a \t , b"], b',', &["a", "b"]),
+            (&[""], b',', &[]),
+            // Quoted strings keep their delimiters.
+            (
+                &["for=\"[2001:db8::1]:80\", for=1.2.3.4"],
+                b',',
+                &["for=\"[2001:db8::1]:80\"", "for=1.2.3.4"],
+            ),
+            (&["\"a,b\",c"], b',', &["\"a,b\"", "c"]),
+            (&["\"a\\\",b\",c"], b',', &["\"a\\\",b\"", "c"]),
+            // An unterminated quote runs to the end of its line, never into the next.
+            (&["\"a,b", "c"], b',', &["\"a,b", "c"]),
+            // Sec-CH-UA style.
+            (
+                &["\"Chromium\";v=\"127\", \"Not)A;Brand\";v=\"99\""],
+                b',',
+                &["\"Chromium\";v=\"127\"", "\"Not)A;Brand\";v=\"99\""],
+            ),
+            // Cookie crumbs.
+            (&["a=1; b=2", "c=3"], b';', &["a=1", "b=2", "c=3"]),
+            (&["a=1;; b=2;"], b';', &["a=1", "b=2"]),
+        ];
+        for (lines, delimiter, want) in cases {
+            assert_eq!(split(lines, *delimiter), *want, "{lines:?}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_found_in_any_line_and_case() {
+        let lines: Vec<HeaderValue> = ["keep-alive", "X-Secret , Upgrade"]
+            .iter()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        assert!(has_token(lines.iter(), b"upgrade"));
+        assert!(has_token(lines.iter(), b"x-secret"));
+        assert!(!has_token(lines.iter(), b"close"));
+    }
+
+    #[test]
+    fn unquote_strips_one_pair() {
+        assert_eq!(unquote(b"\"[::1]:80\""), b"[::1]:80");
+        assert_eq!(unquote(b"1.2.3.4"), b"1.2.3.4");
+        assert_eq!(unquote(b"\""), b"\"");
+    }
+}
