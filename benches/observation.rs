@@ -46,7 +46,12 @@ fn observation(c: &mut Criterion) {
     c.bench_function("observation_warm_ua_cache", |b| {
         b.iter(|| {
             let memo = ClientMemo::default();
-            let pending = capture.begin(black_box(client), black_box(&warm), Some("localhost"), &memo);
+            let pending = capture.begin(
+                black_box(client),
+                black_box(&warm),
+                Some("localhost"),
+                &memo,
+            );
             let obs = pending.finish(200, 1024, false);
             line.clear();
             obs.write_json(&mut line);
@@ -58,7 +63,12 @@ fn observation(c: &mut Criterion) {
     let memo = ClientMemo::default();
     c.bench_function("observation_warm_same_connection", |b| {
         b.iter(|| {
-            let pending = capture.begin(black_box(client), black_box(&warm), Some("localhost"), &memo);
+            let pending = capture.begin(
+                black_box(client),
+                black_box(&warm),
+                Some("localhost"),
+                &memo,
+            );
             let obs = pending.finish(200, 1024, false);
             line.clear();
             obs.write_json(&mut line);
@@ -76,7 +86,12 @@ fn observation(c: &mut Criterion) {
     c.bench_function("observation_uncached_ua", |b| {
         b.iter(|| {
             n += 1;
-            let pending = capture.begin(client, &cold[n % COLD], Some("localhost"), &ClientMemo::default());
+            let pending = capture.begin(
+                client,
+                &cold[n % COLD],
+                Some("localhost"),
+                &ClientMemo::default(),
+            );
             let obs = pending.finish(200, 1024, false);
             line.clear();
             obs.write_json(&mut line);

@@ -204,8 +204,16 @@ mod tests {
                 "198.51.100.1",
             ),
             // Empty elements and whitespace are ignored.
-            ("10.0.0.1", &[("x-forwarded-for", "81.26.200.10,")], "81.26.200.10"),
-            ("10.0.0.1", &[("x-forwarded-for", ",81.26.200.10")], "81.26.200.10"),
+            (
+                "10.0.0.1",
+                &[("x-forwarded-for", "81.26.200.10,")],
+                "81.26.200.10",
+            ),
+            (
+                "10.0.0.1",
+                &[("x-forwarded-for", ",81.26.200.10")],
+                "81.26.200.10",
+            ),
             (
                 "10.0.0.1",
                 &[("x-forwarded-for", "198.51.100.1, ,\t10.2.3.4 ,")],
@@ -266,7 +274,10 @@ mod tests {
             // Garbage between good hops: only what is right of it counts.
             (
                 "10.0.0.1",
-                &[("x-forwarded-for", "198.51.100.1, junk, 10.2.3.4, 198.51.100.9")],
+                &[(
+                    "x-forwarded-for",
+                    "198.51.100.1, junk, 10.2.3.4, 198.51.100.9",
+                )],
                 "198.51.100.9",
             ),
             // No header from a trusted peer: the peer.

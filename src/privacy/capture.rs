@@ -272,7 +272,9 @@ mod tests {
     fn observe(capture: &Capture, ip: &str, memo: &ClientMemo) -> Observation {
         let client = ClientAddr::new(ip.parse().unwrap());
         let req = http::Request::get("/").body(()).unwrap();
-        capture.begin(client, &req, None, memo).finish(200, 0, false)
+        capture
+            .begin(client, &req, None, memo)
+            .finish(200, 0, false)
     }
 
     #[test]

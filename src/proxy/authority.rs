@@ -152,7 +152,12 @@ fn valid_host(host: &[u8]) -> bool {
     if let Some(literal) = host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")) {
         return std::str::from_utf8(literal).is_ok_and(|l| l.parse::<std::net::Ipv6Addr>().is_ok());
     }
-    if host.is_empty() || host.len() > 255 {
+    // Empty DNS labels (`.`, `.a`, `a..b`) name nothing.
+    if host.is_empty()
+        || host.len() > 255
+        || host.starts_with(b".")
+        || host.windows(2).any(|w| w == b"..")
+    {
         return false;
     }
     let mut i = 0;
@@ -194,41 +199,128 @@ mod tests {
         let h10 = Version::HTTP_10;
         let rows: &[Row] = &[
             // HTTP/2: :authority decides; a Host that repeats it is fine, one that differs is not.
-            (h2, "https://localhost:8443/", &[], Ok(Some(("localhost:8443", "localhost")))),
-            (h2, "https://localhost:8443/", &["localhost:8443"], Ok(Some(("localhost:8443", "localhost")))),
-            (h2, "https://localhost:8443/", &["LOCALHOST:8443"], Ok(Some(("localhost:8443", "localhost")))),
-            (h2, "https://localhost:8443/", &["evil.example"], Err(Conflict)),
+            (
+                h2,
+                "https://localhost:8443/",
+                &[],
+                Ok(Some(("localhost:8443", "localhost"))),
+            ),
+            (
+                h2,
+                "https://localhost:8443/",
+                &["localhost:8443"],
+                Ok(Some(("localhost:8443", "localhost"))),
+            ),
+            (
+                h2,
+                "https://localhost:8443/",
+                &["LOCALHOST:8443"],
+                Ok(Some(("localhost:8443", "localhost"))),
+            ),
+            (
+                h2,
+                "https://localhost:8443/",
+                &["evil.example"],
+                Err(Conflict),
+            ),
             (h2, "https://localhost:8443/", &["localhost"], Err(Conflict)),
-            (h2, "https://localhost:8443/", &["localhost:8443", "evil.example"], Err(SeveralHosts)),
+            (
+                h2,
+                "https://localhost:8443/",
+                &["localhost:8443", "evil.example"],
+                Err(SeveralHosts),
+            ),
             (h2, "https://user@localhost/", &[], Err(Invalid)),
             // HTTP/2 without :authority: Host, else nothing.
-            (h2, "/", &["ads.example"], Ok(Some(("ads.example", "ads.example")))),
+            (
+                h2,
+                "/",
+                &["ads.example"],
+                Ok(Some(("ads.example", "ads.example"))),
+            ),
             (h2, "/", &[], Ok(None)),
             // HTTP/1.1: exactly one Host (RFC 9112 §3.2).
-            (h11, "/", &["localhost"], Ok(Some(("localhost", "localhost")))),
+            (
+                h11,
+                "/",
+                &["localhost"],
+                Ok(Some(("localhost", "localhost"))),
+            ),
             (h11, "/", &[], Err(MissingHost)),
             (h11, "/", &["a.example", "b.example"], Err(SeveralHosts)),
             (h11, "/", &["a.example", "a.example"], Err(SeveralHosts)),
             // Absolute form: the target's authority replaces Host (§3.2.2).
-            (h11, "https://ads.example/abs", &["localhost"], Ok(Some(("ads.example", "ads.example")))),
-            (h11, "http://ADS.example:8080/abs", &["localhost"], Ok(Some(("ads.example:8080", "ads.example")))),
+            (
+                h11,
+                "https://ads.example/abs",
+                &["localhost"],
+                Ok(Some(("ads.example", "ads.example"))),
+            ),
+            (
+                h11,
+                "http://ADS.example:8080/abs",
+                &["localhost"],
+                Ok(Some(("ads.example:8080", "ads.example"))),
+            ),
             (h11, "https://ads.example/abs", &[], Err(MissingHost)),
             // HTTP/1.0 may leave Host out.
             (h10, "/", &[], Ok(None)),
-            (h10, "/", &["localhost"], Ok(Some(("localhost", "localhost")))),
+            (
+                h10,
+                "/",
+                &["localhost"],
+                Ok(Some(("localhost", "localhost"))),
+            ),
             // Normalisation: case, the root's trailing dot, an empty port.
-            (h11, "/", &["Ads.EXAMPLE.com"], Ok(Some(("ads.example.com", "ads.example.com")))),
-            (h11, "/", &["ads.example."], Ok(Some(("ads.example", "ads.example")))),
-            (h11, "/", &["ads.example.:443"], Ok(Some(("ads.example:443", "ads.example")))),
-            (h11, "/", &["ads.example:"], Ok(Some(("ads.example", "ads.example")))),
-            (h11, "/", &["[2001:DB8::1]:8443"], Ok(Some(("[2001:db8::1]:8443", "[2001:db8::1]")))),
+            (
+                h11,
+                "/",
+                &["Ads.EXAMPLE.com"],
+                Ok(Some(("ads.example.com", "ads.example.com"))),
+            ),
+            (
+                h11,
+                "/",
+                &["ads.example."],
+                Ok(Some(("ads.example", "ads.example"))),
+            ),
+            (
+                h11,
+                "/",
+                &["ads.example.:443"],
+                Ok(Some(("ads.example:443", "ads.example"))),
+            ),
+            (
+                h11,
+                "/",
+                &["ads.example:"],
+                Ok(Some(("ads.example", "ads.example"))),
+            ),
+            (
+                h11,
+                "/",
+                &["[2001:DB8::1]:8443"],
+                Ok(Some(("[2001:db8::1]:8443", "[2001:db8::1]"))),
+            ),
             (h11, "/", &["[::1]"], Ok(Some(("[::1]", "[::1]")))),
-            (h11, "/", &["192.0.2.1:80"], Ok(Some(("192.0.2.1:80", "192.0.2.1")))),
-            (h11, "/", &["xn--bcher-kva.example"], Ok(Some(("xn--bcher-kva.example", "xn--bcher-kva.example")))),
+            (
+                h11,
+                "/",
+                &["192.0.2.1:80"],
+                Ok(Some(("192.0.2.1:80", "192.0.2.1"))),
+            ),
+            (
+                h11,
+                "/",
+                &["xn--bcher-kva.example"],
+                Ok(Some(("xn--bcher-kva.example", "xn--bcher-kva.example"))),
+            ),
             // Not an authority.
             (h11, "/", &[""], Err(Invalid)),
             (h11, "/", &[":80"], Err(Invalid)),
             (h11, "/", &["."], Err(Invalid)),
+            (h11, "/", &[".ads.example"], Err(Invalid)),
+            (h11, "/", &["ads..example"], Err(Invalid)),
             (h11, "/", &["user@ads.example"], Err(Invalid)),
             (h11, "/", &["ads.example:http"], Err(Invalid)),
             (h11, "/", &["ads.example:99999"], Err(Invalid)),
@@ -246,9 +338,11 @@ mod tests {
             }
             let req = builder.body(()).unwrap();
             let got = decide(&req);
-            let got = got
-                .as_ref()
-                .map(|a| a.as_ref().map(|a| (a.header_value().to_str().unwrap(), a.host())));
+            let got = got.as_ref().map(|a| {
+                a.as_ref()
+                    .map(|a| (a.header_value().to_str().unwrap(), a.host()))
+            });
+            let got = got.map_err(|e| *e);
             assert_eq!(got, *want, "{version:?} {uri} {hosts:?}");
         }
     }
@@ -256,7 +350,10 @@ mod tests {
     #[test]
     fn non_ascii_host_bytes_are_invalid() {
         let req = Request::get("/")
-            .header(HOST, HeaderValue::from_bytes(b"b\xc3\xbccher.example").unwrap())
+            .header(
+                HOST,
+                HeaderValue::from_bytes(b"b\xc3\xbccher.example").unwrap(),
+            )
             .body(())
             .unwrap();
         assert_eq!(decide(&req), Err(AuthorityError::Invalid));

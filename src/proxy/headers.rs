@@ -10,8 +10,7 @@ use std::net::IpAddr;
 
 use http::header::{
     CONNECTION, CONTENT_LENGTH, COOKIE, FORWARDED, GetAll, HOST, HeaderName, HeaderValue,
-    MAX_FORWARDS, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING,
-    UPGRADE,
+    MAX_FORWARDS, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, Method, Request};
 
@@ -76,8 +75,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         let hop = if *name == UPGRADE {
             !keep_upgrade
         } else {
-            is_hop_by_hop(name)
-                || (has_connection && !protected(name) && lists(&connection, name))
+            is_hop_by_hop(name) || (has_connection && !protected(name) && lists(&connection, name))
         };
         if hop {
             match doomed.get_mut(n) {
@@ -131,7 +129,8 @@ pub fn header_list_size<B>(req: &Request<B>) -> usize {
     let uri = req.uri();
     let target = uri.path_and_query().map_or(1, |pq| pq.as_str().len());
     let authority = uri.authority().map_or(0, |a| a.as_str().len() + 10 + 32);
-    let pseudo = (7 + req.method().as_str().len() + 32) + (5 + target + 32) + (7 + 5 + 32) + authority;
+    let pseudo =
+        (7 + req.method().as_str().len() + 32) + (5 + target + 32) + (7 + 5 + 32) + authority;
     req.headers()
         .iter()
         .fold(pseudo, |n, (k, v)| n + k.as_str().len() + v.len() + 32)
@@ -335,7 +334,8 @@ mod tests {
 
     #[test]
     fn content_length_table() {
-        let cases: &[(&[&str], Result<Option<u64>, ()>)] = &[
+        type Case<'a> = (&'a [&'a str], Result<Option<u64>, ()>);
+        let cases: &[Case] = &[
             (&[], Ok(None)),
             (&["0"], Ok(Some(0))),
             (&["42"], Ok(Some(42))),
@@ -351,7 +351,10 @@ mod tests {
             (&[","], Err(())),
             (&["99999999999999999999"], Err(())),
             (&["18446744073709551615"], Err(())),
-            (&["9999999999999999999"], Ok(Some(9_999_999_999_999_999_999))),
+            (
+                &["9999999999999999999"],
+                Ok(Some(9_999_999_999_999_999_999)),
+            ),
         ];
         for (lines, want) in cases {
             let pairs: Vec<(&str, &str)> = lines.iter().map(|l| ("content-length", *l)).collect();
@@ -368,10 +371,7 @@ mod tests {
         ]);
         join_cookie_lines(&mut m);
         let all: Vec<_> = m.get_all(COOKIE).iter().collect();
-        assert_eq!(
-            all,
-            ["session_id=abc123; preferred_language=en; c=3; d=4"]
-        );
+        assert_eq!(all, ["session_id=abc123; preferred_language=en; c=3; d=4"]);
         let mut one = map(&[("cookie", "a=1")]);
         join_cookie_lines(&mut one);
         assert_eq!(one.get(COOKIE).unwrap(), "a=1");
@@ -396,9 +396,15 @@ mod tests {
     fn a_trusted_chain_keeps_every_line_and_drops_empty_elements() {
         let peer: IpAddr = "127.0.0.1".parse().unwrap();
         for (lines, want) in [
-            (&["203.0.113.5", "81.26.200.10"][..], "203.0.113.5, 81.26.200.10, 127.0.0.1"),
+            (
+                &["203.0.113.5", "81.26.200.10"][..],
+                "203.0.113.5, 81.26.200.10, 127.0.0.1",
+            ),
             (&["81.26.200.10,"][..], "81.26.200.10, 127.0.0.1"),
-            (&[" , 198.51.100.1 ,, 10.0.0.2"][..], "198.51.100.1, 10.0.0.2, 127.0.0.1"),
+            (
+                &[" , 198.51.100.1 ,, 10.0.0.2"][..],
+                "198.51.100.1, 10.0.0.2, 127.0.0.1",
+            ),
             (&[","][..], "127.0.0.1"),
         ] {
             let pairs: Vec<(&str, &str)> = lines.iter().map(|l| ("x-forwarded-for", *l)).collect();

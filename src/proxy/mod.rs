@@ -108,7 +108,11 @@ impl Proxy {
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<CapturedBody> {
         let client = self.trusted.resolve(conn.peer, req.headers());
         let authority = authority::decide(&req);
-        let host = authority.as_ref().ok().and_then(|a| a.as_ref()).map(|a| a.host());
+        let host = authority
+            .as_ref()
+            .ok()
+            .and_then(|a| a.as_ref())
+            .map(|a| a.host());
         let pending = self.capture.begin(client, &req, host, &conn.memo);
         let (resp, limited) = match self.request_filter(&req, &authority) {
             Some(rejection) => {
@@ -158,12 +162,14 @@ impl Proxy {
         match *req.method() {
             Method::CONNECT | Method::TRACE => {
                 let mut resp = local(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-                resp.headers_mut().insert(ALLOW, HeaderValue::from_static(ALLOWED));
+                resp.headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static(ALLOWED));
                 Some(resp)
             }
             Method::OPTIONS if headers::max_forwards(req.headers()) == Some(0) => {
                 let mut resp = local(StatusCode::OK, "");
-                resp.headers_mut().insert(ALLOW, HeaderValue::from_static(ALLOWED));
+                resp.headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static(ALLOWED));
                 Some(resp)
             }
             _ => None,
@@ -220,7 +226,12 @@ impl Proxy {
             None => HeaderValue::from_str(self.upstreams.authority(&pick).as_str())
                 .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
         };
-        self.set_forwarding_headers(&mut parts.headers, conn, client, authority.is_some().then_some(&host));
+        self.set_forwarding_headers(
+            &mut parts.headers,
+            conn,
+            client,
+            authority.is_some().then_some(&host),
+        );
         parts.headers.insert(HOST, host);
         headers::decrement_max_forwards(&parts.method, &mut parts.headers);
         parts.uri = pick.uri.clone();

@@ -614,6 +614,21 @@ impl Client {
         conn.send(req).await
     }
 
+    /// Writes `request` as it is over a TLS connection with ALPN http/1.1 and returns all that
+    /// comes back until the proxy closes (or 10 s pass). For heads no HTTP client would send.
+    pub async fn raw_h1(&self, request: &[u8]) -> String {
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        let mut tls = tokio_rustls::TlsConnector::from(self.config_h1.clone())
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        tls.write_all(request).await.unwrap();
+        tls.flush().await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
     pub async fn get(&self, proto: Proto, path: &str) -> Resp {
         self.request(proto, get(path)).await
     }
@@ -627,6 +642,20 @@ pub fn get(path: &str) -> Request<ReqBody> {
 }
 
 impl Conn {
+    /// Sends a request and returns its response status, or the error (e.g. a stream reset).
+    pub async fn try_send(&mut self, req: Request<ReqBody>) -> Result<StatusCode, hyper::Error> {
+        match self {
+            Conn::H1(s) => {
+                s.ready().await?;
+                Ok(s.send_request(req).await?.status())
+            }
+            Conn::H2(s) => {
+                s.ready().await?;
+                Ok(s.send_request(req).await?.status())
+            }
+        }
+    }
+
     pub async fn send(&mut self, mut req: Request<ReqBody>) -> Resp {
         let resp = match self {
             Conn::H1(s) => {
