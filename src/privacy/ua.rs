@@ -3,12 +3,13 @@
 //! family and a bot flag (SPEC §4).
 //!
 //! The User-Agent is matched against the uap-core rules (`uap-core/regexes.yaml`, release
-//! 0.18.0), after a few rules of the same format in `uap-core/local.yaml` for products 0.18.0
-//! misses or files under the engine they embed (in-app browsers on tablets and Android web views,
-//! iOS browsers in desktop mode). The Client Hints then refine that answer: a `Sec-CH-UA` brand
-//! may name the product behind a User-Agent that names only a Chromium build (Chrome, an Android
-//! WebView) or nothing, and may correct the version of the family the User-Agent names; it never
-//! replaces a more specific family (Instagram's web view sends "Android WebView"). A
+//! 0.18.0), after a few rules of the same format in `uap-core/local.yaml` for products and
+//! crawlers 0.18.0 misses or files under the engine they embed (in-app browsers on tablets and in
+//! Android web views, iOS browsers in desktop mode, newer browser tokens). The Client Hints then
+//! refine that answer: a `Sec-CH-UA` brand may name the product behind a User-Agent that names
+//! only a Chromium build (Chrome, an Android WebView) or nothing, and may correct the version of
+//! the family the User-Agent names; it never replaces a more specific family (Instagram's web
+//! view sends "Android WebView"), and a `HeadlessChrome` brand marks a bot. A
 //! `Sec-CH-UA-Platform` naming a known system replaces the User-Agent's.
 //!
 //! It owns the compiled rules and a bounded cache of User-Agent results. It must never keep, log
