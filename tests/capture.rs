@@ -213,7 +213,7 @@ async fn canaries_never_leak_anywhere() {
     proxy.signal("TERM");
     tokio::task::block_in_place(|| proxy.wait_exit(Duration::from_secs(10)));
     let printed = proxy.output();
-    let logs = read_all_logs(&proxy);
+    let logs = proxy.access_log();
     assert!(logs.contains("/u/:id/:id/profile"), "{logs}");
 
     for (what, text) in [
@@ -381,39 +381,6 @@ fn letters(mut n: usize) -> String {
         if n == 0 {
             return s;
         }
-    }
-}
-
-fn read_all_logs(proxy: &Proxy) -> String {
-    let mut all = String::new();
-    if let Ok(entries) = std::fs::read_dir(proxy.path("logs")) {
-        for e in entries.flatten() {
-            all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
-        }
-    }
-    all
-}
-
-trait WaitRecords {
-    async fn wait_records(&self, n: usize) -> Vec<String>;
-}
-
-impl WaitRecords for Proxy {
-    /// Waits (up to 15 s) until the access log holds at least `n` records; returns them all.
-    async fn wait_records(&self, n: usize) -> Vec<String> {
-        eventually(
-            Duration::from_secs(15),
-            Duration::from_millis(100),
-            async || (read_all_logs(self).lines().count() >= n).then_some(()),
-            || {
-                let all = read_all_logs(self);
-                format!("{} of {n} records:\n{all}", all.lines().count())
-            },
-        )
-        .await;
-        // Give a straggler the chance to show it would have made n + 1.
-        tokio::time::sleep(Duration::from_millis(1200)).await;
-        read_all_logs(self).lines().map(str::to_owned).collect()
     }
 }
 

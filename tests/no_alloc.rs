@@ -85,3 +85,22 @@ fn hot_path_does_not_allocate() {
         );
     }
 }
+
+#[test]
+fn a_user_agent_cache_hit_with_client_hints_does_not_allocate() {
+    use webprom_edge::privacy::ua::{Browser, UaParser};
+    let parser = UaParser::new(64).unwrap();
+    let ua: &[u8] = b"Mozilla/5.0 (Linux; Android 14; Pixel 8 Build/AP2A.240805.005; wv) AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/127.0.6533.103 Mobile Safari/537.36 Instagram 344.0.0.34.90 Android (34/14; 420dpi; 1080x2400; Google/google; Pixel 8; shiba; shiba; en_US; 634108168)";
+    // Two Sec-CH-UA field lines, as HeaderMap::get_all yields them.
+    let sec_ch_ua: [&[u8]; 2] = [
+        br#""Not)A;Brand";v="99", "Android WebView";v="127""#,
+        br#""Chromium";v="127""#,
+    ];
+    let platform: [&[u8]; 1] = [br#""Android""#];
+    let first = parser.parse(Some(ua), sec_ch_ua, platform);
+    assert_eq!(first.browser, Browser::Instagram);
+    let mut again = None;
+    let n = allocations(|| again = Some(parser.parse(Some(ua), sec_ch_ua, platform)));
+    assert_eq!(again, Some(first));
+    assert_eq!(n, 0, "heap allocations for a cached user agent with hints");
+}

@@ -146,9 +146,11 @@ impl Capture {
         let facts = self.client_facts(client, generation, &key, memo);
         let headers = req.headers();
         let get = |name: &HeaderName| headers.get(name).map(|v| v.as_bytes());
+        // Client Hints are structured fields that may arrive in several lines: pass them all.
+        let all = |name: &HeaderName| headers.get_all(name).into_iter().map(|v| v.as_bytes());
         let device = self
             .ua
-            .parse(get(&USER_AGENT), get(&SEC_CH_UA), get(&SEC_CH_UA_PLATFORM));
+            .parse(get(&USER_AGENT), all(&SEC_CH_UA), all(&SEC_CH_UA_PLATFORM));
         let mut path = String::with_capacity(req.uri().path().len().min(128));
         normalize_path(req.uri().path(), &mut path);
         let obs = Observation {

@@ -455,6 +455,34 @@ impl Proxy {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Everything in the access log directory, all day files concatenated.
+    pub fn access_log(&self) -> String {
+        let mut all = String::new();
+        if let Ok(entries) = std::fs::read_dir(self.path("logs")) {
+            for e in entries.flatten() {
+                all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+        all
+    }
+
+    /// Waits (up to 15 s) until the access log holds at least `n` records; returns them all.
+    pub async fn wait_records(&self, n: usize) -> Vec<String> {
+        eventually(
+            Duration::from_secs(15),
+            Duration::from_millis(100),
+            async || (self.access_log().lines().count() >= n).then_some(()),
+            || {
+                let all = self.access_log();
+                format!("{} of {n} records:\n{all}", all.lines().count())
+            },
+        )
+        .await;
+        // Give a straggler the chance to show it would have made n + 1.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        self.access_log().lines().map(str::to_owned).collect()
+    }
+
     pub fn client(&self) -> Client {
         Client::new(self.tls_addr, &self.path("cert.pem"))
     }
