@@ -471,21 +471,22 @@ mod tests {
 
     #[test]
     fn expires_is_measured_from_the_earlier_of_the_clock_and_the_date_header() {
-        let far = ("set-cookie", "a=1; Expires=Fri, 01 Jan 2100 00:00:00 GMT");
+        const FAR: (&str, &str) = ("set-cookie", "a=1; Expires=Fri, 01 Jan 2100 00:00:00 GMT");
         let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
             v.iter()
                 .map(|&(k, v)| (k.to_owned(), v.to_owned()))
                 .collect()
         };
-        let rows: &[(&[(&str, &str)], &[(&str, &str)])] = &[
+        type Headers = &'static [(&'static str, &'static str)];
+        let rows: &[(Headers, Headers)] = &[
             // No Date: from the clock.
             (
-                &[far],
+                &[FAR],
                 &[("set-cookie", "a=1; Expires=Wed, 09 Dec 2026 14:03:07 GMT")],
             ),
             // A Date a day behind the clock: from the Date, so Expires − Date is the cap.
             (
-                &[("date", "Tue, 24 Nov 2026 14:03:07 GMT"), far],
+                &[("date", "Tue, 24 Nov 2026 14:03:07 GMT"), FAR],
                 &[
                     ("set-cookie", "a=1; Expires=Tue, 08 Dec 2026 14:03:07 GMT"),
                     ("date", "Tue, 24 Nov 2026 14:03:07 GMT"),
@@ -493,7 +494,7 @@ mod tests {
             ),
             // A Date ahead of the clock: from the clock.
             (
-                &[("date", "Fri, 27 Nov 2026 14:03:07 GMT"), far],
+                &[("date", "Fri, 27 Nov 2026 14:03:07 GMT"), FAR],
                 &[
                     ("set-cookie", "a=1; Expires=Wed, 09 Dec 2026 14:03:07 GMT"),
                     ("date", "Fri, 27 Nov 2026 14:03:07 GMT"),
@@ -501,7 +502,7 @@ mod tests {
             ),
             // A Date that is no HTTP-date, or two of them: replaced by the clock.
             (
-                &[("date", "24 Nov 2000"), far],
+                &[("date", "24 Nov 2000"), FAR],
                 &[
                     ("set-cookie", "a=1; Expires=Wed, 09 Dec 2026 14:03:07 GMT"),
                     ("date", "Wed, 25 Nov 2026 14:03:07 GMT"),
