@@ -591,7 +591,7 @@ fn expires_value(now: i64, cap: i64) -> impl Strategy<Value = String> {
         1 => junk(),
         1 => Just(String::new()),
         1 => (instant(now, cap), 0u8..4).prop_map(|(at, f)| {
-            format!("{}{}", render_date(at, f, 0), " ".repeat(1000)) + "x"
+            format!("{}{}", render_date(at, f, 0), " ".repeat(1100)) + "x"
         }),
     ]
 }
@@ -609,7 +609,13 @@ fn max_age_value(cap: i64) -> impl Strategy<Value = String> {
     ];
     let sign = prop_oneof![4 => Just(""), 1 => Just("-"), 1 => Just("+"), 1 => Just("--")];
     let zeros = prop_oneof![4 => Just(0usize), 1 => 1usize..4, 1 => Just(1030)];
-    let tail = prop_oneof![6 => Just(""), 1 => Just("abc"), 1 => Just(" 1"), 1 => Just(".5"), 1 => Just("e9")];
+    let tail = prop_oneof![
+        6 => Just(""),
+        1 => Just("abc"),
+        1 => Just(" 1"),
+        1 => Just(".5"),
+        1 => Just("e9"),
+    ];
     prop_oneof![
         10 => (sign, zeros, number, tail)
             .prop_map(|(s, z, n, t)| format!("{s}{}{n}{t}", "0".repeat(z))),
@@ -738,7 +744,9 @@ proptest! {
     #![proptest_config(config())]
 
     #[test]
-    fn lifetime_after_the_cap_is_never_longer_for_structured_lines((line, now, cap) in structured()) {
+    fn lifetime_after_the_cap_is_never_longer_for_structured_lines(
+        (line, now, cap) in structured(),
+    ) {
         if let Err(e) = check(line.as_bytes(), cap, now) {
             prop_assert!(false, "{}", e);
         }

@@ -29,9 +29,9 @@ const MAX_HTTP_DATE_SECS: i64 = 253_402_300_799;
 ///
 /// Chromium and Firefox measure an `Expires` from the response's `Date` (expiry = Expires −
 /// Date + their clock), so the cap is measured from the earlier of `now` and that `Date`. A
-/// `Date` that is not one valid HTTP-date (RFC 9110 §5.6.7), which browsers might read as any
-/// instant, is replaced by `now`, as RFC 9110 §6.6.1 allows. Responses without `Set-Cookie`
-/// are left alone.
+/// missing `Date`, or one that is not a single valid HTTP-date (RFC 9110 §5.6.7) and that
+/// browsers might read as any instant, is set to `now` (RFC 9110 §6.6.1 allows both).
+/// Responses without `Set-Cookie` are left alone.
 pub fn cap_response(headers: &mut HeaderMap, max_age: Duration, now: SystemTime) {
     if !headers.contains_key(SET_COOKIE) {
         return;
@@ -50,12 +50,11 @@ pub fn cap_response(headers: &mut HeaderMap, max_age: Duration, now: SystemTime)
 fn measured_from(headers: &mut HeaderMap, now: SystemTime) -> SystemTime {
     let mut dates = headers.get_all(DATE).iter();
     let only = match (dates.next(), dates.next()) {
-        (None, _) => return now,
         (Some(date), None) => date
             .to_str()
             .ok()
             .and_then(|s| httpdate::parse_http_date(s).ok()),
-        (Some(_), Some(_)) => None,
+        _ => None,
     };
     if let Some(date) = only {
         return date.min(now);
@@ -75,11 +74,14 @@ fn measured_from(headers: &mut HeaderMap, now: SystemTime) -> SystemTime {
 /// occurrence is capped on its own, keeping its validity:
 ///
 /// - `Max-Age`: the digits of a value above the cap become the cap; a leading `+` (which
-///   Chromium reads) or trailing bytes (which some browsers read past) are kept, so a value
-///   RFC 6265 ignores stays ignored. Zero and negative values (deletions) are left alone.
+///   Chromium reads) or trailing bytes (older browsers read the number before them) are
+///   kept, so a value RFC 6265 ignores stays ignored. Zero and negative values (deletions)
+///   are left alone.
 /// - `Expires`: a date (RFC 6265 §5.1.1) later than `now + max_age` becomes that instant as
-///   an IMF-fixdate. Past dates (deletions) and dates a browser cannot parse (it ignores them:
-///   the cookie stays a session cookie) are left alone; nothing is ever added.
+///   an IMF-fixdate. Past dates (deletions) and dates RFC 6265 cannot parse (a browser
+///   ignores them: the cookie stays a session cookie) are left alone; nothing is ever added.
+///   Where a browser's own date parser departs from RFC 6265 (Chromium reads five-digit
+///   years, Firefox free-form dates), the cap follows RFC 6265.
 /// - A value longer than 1024 bytes, which browsers ignore, keeps its length when rewritten.
 ///
 /// Attribute names are matched case-insensitively and values trimmed of spaces and tabs, as
@@ -479,10 +481,13 @@ mod tests {
         };
         type Headers = &'static [(&'static str, &'static str)];
         let rows: &[(Headers, Headers)] = &[
-            // No Date: from the clock.
+            // No Date: from the clock, which becomes the Date.
             (
                 &[FAR],
-                &[("set-cookie", "a=1; Expires=Wed, 09 Dec 2026 14:03:07 GMT")],
+                &[
+                    ("set-cookie", "a=1; Expires=Wed, 09 Dec 2026 14:03:07 GMT"),
+                    ("date", "Wed, 25 Nov 2026 14:03:07 GMT"),
+                ],
             ),
             // A Date a day behind the clock: from the Date, so Expires − Date is the cap.
             (
@@ -539,7 +544,11 @@ mod tests {
             ("set-cookie", "c=3; Expires=Fri, 01 Jan 2100 00:00:00 GMT"),
             ("set-cookie", "d=4"),
         ]);
-        let cookies: Vec<&str> = got.iter().map(|(_, v)| v.as_str()).collect();
+        let cookies: Vec<&str> = got
+            .iter()
+            .filter(|(k, _)| k == "set-cookie")
+            .map(|(_, v)| v.as_str())
+            .collect();
         assert_eq!(
             cookies,
             [
