@@ -3,8 +3,8 @@
 //! `request_filter` (client address, authority, head checks: a local 4xx for what no upstream
 //! should receive) → `rate_limit` → `upstream_request` (pick a server, header hygiene,
 //! HTTP/2→HTTP/1.1 translation, forwarding headers) → `send` (timeout, error mapping) →
-//! `response_filter` (hop-by-hop removal, protocol upgrade, cookie cap). Nothing here logs a
-//! request value.
+//! `response_filter` (hop-by-hop removal, the cookie lifetime cap, protocol upgrade). Nothing
+//! here logs a request value.
 
 pub mod authority;
 pub mod body;
@@ -18,9 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwapOption;
 
 use bytes::Bytes;
-use http::header::{
-    ALLOW, CONTENT_TYPE, Entry, FORWARDED, HOST, HeaderValue, RETRY_AFTER, SET_COOKIE,
-};
+use http::header::{ALLOW, CONTENT_TYPE, FORWARDED, HOST, HeaderValue, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -276,7 +274,7 @@ impl Proxy {
         // response_filter
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
-        cap_cookies(resp.headers_mut(), self.cookie_max_age);
+        cookie::cap_response(resp.headers_mut(), self.cookie_max_age, SystemTime::now());
         if switching {
             // The connection now belongs to the tunnel: it never goes back to the pool.
             drop(lease);
@@ -347,19 +345,6 @@ impl Proxy {
 fn linger_h1(req: Request<Incoming>) {
     if req.version() < Version::HTTP_2 {
         body::linger(req.into_body());
-    }
-}
-
-/// The response policy of P11: upstream `Set-Cookie` lifetimes capped to `max_age`.
-fn cap_cookies(headers: &mut http::HeaderMap, max_age: Duration) {
-    let Entry::Occupied(mut cookies) = headers.entry(SET_COOKIE) else {
-        return;
-    };
-    let now = SystemTime::now();
-    for value in cookies.iter_mut() {
-        if let Some(capped) = cookie::cap_set_cookie(value, max_age, now) {
-            *value = capped;
-        }
     }
 }
 

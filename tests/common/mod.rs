@@ -31,7 +31,9 @@ pub fn pattern(len: usize) -> Vec<u8> {
 /// A real upstream on 127.0.0.1:0 that records the request heads it sees.
 ///
 /// Routes: `/echo` (echoes the body, streaming), `/sink` (reads the whole body first), `/headers`, `/big?bytes=N`, `/slow?ms=N`,
-/// `/hop` (answers with hop-by-hop headers), `/ws` (101 + byte echo), anything else: a greeting.
+/// `/hop` (answers with hop-by-hop headers), `/ws` (101 + byte echo), `/set-cookie` (a
+/// `Set-Cookie` per `x-test-set-cookie` request header, and `Date: <x-test-date>` if given),
+/// anything else: a greeting.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<HeaderMap>>>,
@@ -100,6 +102,16 @@ async fn upstream_route(
             .header("set-cookie", "short=3; Max-Age=60")
             .body(full("cookies\n"))
             .unwrap(),
+        "/set-cookie" => {
+            let mut resp = Response::builder();
+            for value in req.headers().get_all("x-test-set-cookie") {
+                resp = resp.header("set-cookie", value);
+            }
+            if let Some(date) = req.headers().get("x-test-date") {
+                resp = resp.header("date", date);
+            }
+            resp.body(full("set-cookie\n")).unwrap()
+        }
         "/hop" => Response::builder()
             .header("connection", "x-resp-hop")
             .header("x-resp-hop", "secret")
