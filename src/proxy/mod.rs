@@ -80,7 +80,7 @@ impl Proxy {
         sinks: Arc<Sinks>,
     ) -> Proxy {
         Proxy {
-            upstreams: Upstreams::new(&config.upstream),
+            upstreams: Upstreams::new(&config.upstream, sinks.metrics.upstream_retries()),
             trusted: TrustedProxies::new(&config.client_ip.trusted_proxies),
             forward_client_ip: config.upstream.forward_client_ip,
             ipv4_prefix: config.privacy.ipv4_prefix,
@@ -97,6 +97,17 @@ impl Proxy {
     /// Whether at least one upstream is not in back-off.
     pub fn ready(&self) -> bool {
         self.upstreams.any_up()
+    }
+
+    /// Closes pooled upstream connections as they pass `upstream.idle_timeout`, also when no
+    /// request comes; runs until its task is dropped.
+    pub async fn close_idle_upstreams(&self) {
+        let mut tick = tokio::time::interval(self.upstreams.close_idle_period());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.upstreams.close_idle();
+        }
     }
 
     /// Handles one request: every phase, ending in a body that records it when it ends.
@@ -153,11 +164,6 @@ impl Proxy {
         let pick = self.upstreams.pick(parts.uri.path_and_query());
         self.set_forwarding_headers(&mut parts, conn, client);
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-        if !parts.headers.contains_key(HOST)
-            && let Ok(v) = HeaderValue::from_str(self.upstreams.authority(&pick).as_str())
-        {
-            parts.headers.insert(HOST, v);
-        }
         parts.uri = pick.uri.clone();
         let h1 = parts.version < Version::HTTP_2;
         parts.version = Version::HTTP_11;
@@ -181,7 +187,6 @@ impl Proxy {
                 return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
             }
             Ok(Err(e @ SendError::Connect(_))) => {
-                self.upstreams.mark_down(&pick);
                 metrics.upstream_error(UpstreamError::Connect);
                 tracing::warn!(error = %ErrorChain(&e), "upstream connect failed");
                 return local(StatusCode::BAD_GATEWAY, "bad gateway\n");

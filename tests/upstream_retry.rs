@@ -1,0 +1,613 @@
+//! Upstreams that close or reset connections, and the retries that keep that from the client:
+//! a request that failed on a reused connection before any response byte is sent once more on
+//! a new connection when that is safe (idempotent, empty body, or never written), a server that
+//! refuses connections passes the request to the next one, and idle pooled connections are
+//! closed after `upstream.idle_timeout`.
+//!
+//! The misbehaving upstreams here are hand-written HTTP/1.1 over tokio sockets, so that each
+//! one closes exactly when the row says.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{BOTH, Conn, Proto, Proxy, Resp, body, dead_addr, set};
+use http::{Method, Request, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How a scripted upstream treats the requests on its connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Behaviour {
+    /// Answers every request and keeps the connection open.
+    KeepAlive,
+    /// Answers, then closes the connection, without saying `Connection: close` (a server with a
+    /// per-connection request limit).
+    CloseAfterEachResponse,
+    /// Answers and keeps the connection, but closes it once it has been idle this many ms.
+    CloseWhenIdle(u64),
+    /// Answers the first request on each connection; reads the head of the second and closes.
+    CloseOnSecondRequest,
+    /// Answers the first request on each connection; reads the head of the second and resets.
+    ResetOnSecondRequest,
+    /// Answers the first request on each connection; to the second, writes half a response
+    /// head and closes.
+    HalfHeadOnSecondRequest,
+    /// Answers the first request it ever receives; resets every later one after its head.
+    ResetAfterFirstRequest,
+}
+
+/// A hand-written HTTP/1.1 upstream on 127.0.0.1:0.
+struct Scripted {
+    addr: SocketAddr,
+    /// `METHOD target` of every request head read, in order.
+    seen: Arc<Mutex<Vec<String>>>,
+    /// Connections accepted.
+    connections: Arc<AtomicUsize>,
+    /// Connections the proxy closed while they were idle.
+    closed_by_peer: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One request head as the scripted upstream reads it.
+struct Head {
+    method: String,
+    target: String,
+    content_length: usize,
+}
+
+impl Scripted {
+    async fn start(behaviour: Behaviour) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let closed_by_peer = Arc::new(AtomicUsize::new(0));
+        let total = Arc::new(AtomicUsize::new(0));
+        let (seen2, connections2, closed2) =
+            (seen.clone(), connections.clone(), closed_by_peer.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                connections2.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(
+                    tcp,
+                    behaviour,
+                    seen2.clone(),
+                    total.clone(),
+                    closed2.clone(),
+                ));
+            }
+        });
+        Scripted {
+            addr,
+            seen,
+            connections,
+            closed_by_peer,
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// How many times a request for `target` (with `method`) arrived.
+    fn times_seen(&self, method: &Method, target: &str) -> usize {
+        let wanted = format!("{method} {target}");
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| **s == wanted)
+            .count()
+    }
+}
+
+async fn serve(
+    mut tcp: TcpStream,
+    behaviour: Behaviour,
+    seen: Arc<Mutex<Vec<String>>>,
+    total: Arc<AtomicUsize>,
+    closed_by_peer: Arc<AtomicUsize>,
+) {
+    let mut buf = Vec::new();
+    let mut answered = 0usize;
+    loop {
+        let head = match behaviour {
+            Behaviour::CloseWhenIdle(ms) if answered > 0 => {
+                let wait = Duration::from_millis(ms);
+                match tokio::time::timeout(wait, read_head(&mut tcp, &mut buf)).await {
+                    Ok(head) => head,
+                    // Idle too long: close, as Node.js does after its keep-alive timeout.
+                    Err(_) => return,
+                }
+            }
+            _ => read_head(&mut tcp, &mut buf).await,
+        };
+        let Some(head) = head else {
+            if buf.is_empty() && answered > 0 {
+                closed_by_peer.fetch_add(1, Ordering::SeqCst);
+            }
+            return;
+        };
+        seen.lock()
+            .unwrap()
+            .push(format!("{} {}", head.method, head.target));
+        let nth = total.fetch_add(1, Ordering::SeqCst);
+        let second = answered >= 1;
+        match behaviour {
+            Behaviour::CloseOnSecondRequest if second => return,
+            Behaviour::ResetOnSecondRequest if second => {
+                let _ = tcp.set_zero_linger();
+                return;
+            }
+            Behaviour::ResetAfterFirstRequest if nth >= 1 => {
+                let _ = tcp.set_zero_linger();
+                return;
+            }
+            Behaviour::HalfHeadOnSecondRequest if second => {
+                let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\nContent-Le").await;
+                let _ = tcp.flush().await;
+                return;
+            }
+            _ => {}
+        }
+        if !read_body(&mut tcp, &mut buf, head.content_length).await {
+            return;
+        }
+        let text = format!("ok {} {}\n", head.method, head.target);
+        let mut response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
+            text.len()
+        );
+        if head.method != "HEAD" {
+            response.push_str(&text);
+        }
+        if tcp.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+        answered += 1;
+        if behaviour == Behaviour::CloseAfterEachResponse {
+            return;
+        }
+    }
+}
+
+/// Reads one request head from `tcp` (bytes past it stay in `buf`); `None` at EOF or error.
+async fn read_head(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Head> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let text = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 4);
+            let mut lines = text.split("\r\n");
+            let mut request_line = lines.next()?.split(' ');
+            let method = request_line.next()?.to_owned();
+            let target = request_line.next()?.to_owned();
+            let content_length = lines
+                .filter_map(|l| l.split_once(':'))
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse().ok())
+                .unwrap_or(0);
+            return Some(Head {
+                method,
+                target,
+                content_length,
+            });
+        }
+        let mut chunk = [0u8; 4096];
+        match tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Reads and discards a body of `len` bytes; false at EOF or error.
+async fn read_body(tcp: &mut TcpStream, buf: &mut Vec<u8>, len: usize) -> bool {
+    while buf.len() < len {
+        let mut chunk = [0u8; 4096];
+        match tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    buf.drain(..len);
+    true
+}
+
+fn request(method: &Method, path: &str, payload: &'static [u8]) -> Request<common::ReqBody> {
+    Request::builder()
+        .method(method.clone())
+        .uri(format!("https://localhost{path}"))
+        .body(body(Bytes::from_static(payload)))
+        .unwrap()
+}
+
+/// The value of one sample line of the Prometheus text, 0 when absent.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+const RETRIES_CLOSED: &str = "webprom_edge_upstream_retries_total{reason=\"closed\"}";
+const RETRIES_CONNECT: &str = "webprom_edge_upstream_retries_total{reason=\"connect\"}";
+
+fn upstream_errors(metrics: &str, kind: &str) -> f64 {
+    sample(
+        metrics,
+        &format!("webprom_edge_upstream_errors_total{{kind=\"{kind}\"}}"),
+    )
+}
+
+fn total_upstream_errors(metrics: &str) -> f64 {
+    ["connect", "timeout", "protocol"]
+        .iter()
+        .map(|k| upstream_errors(metrics, k))
+        .sum()
+}
+
+/// A second handle on an HTTP/2 connection, for concurrent streams.
+fn share(conn: &Conn) -> Conn {
+    match conn {
+        Conn::H2(s) => Conn::H2(s.clone()),
+        Conn::H1(_) => panic!("an HTTP/1.1 connection carries one request at a time"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_closing_after_every_response_costs_no_request() {
+    const REQUESTS: usize = 1000;
+    // (client protocol, client connections, concurrent requests per connection): the first row
+    // is `h2load -n 1000 -c 4 -m 4`.
+    let rows = [(Proto::H2, 4, 4), (Proto::H1, 16, 1)];
+    for (proto, connections, streams) in rows {
+        let up = Scripted::start(Behaviour::CloseAfterEachResponse).await;
+        let proxy = Proxy::start(&up.url()).await;
+        let client = proxy.client();
+        let workers = connections * streams;
+        let mut tasks = Vec::new();
+        for c in 0..connections {
+            let conn = client.connect(proto).await;
+            let mut handles = vec![conn];
+            for _ in 1..streams {
+                let shared = share(&handles[0]);
+                handles.push(shared);
+            }
+            for (s, mut conn) in handles.into_iter().enumerate() {
+                let worker = c * streams + s;
+                tasks.push(tokio::spawn(async move {
+                    let mut failed = Vec::new();
+                    for i in (worker..REQUESTS).step_by(workers) {
+                        let path = format!("/a/{i}");
+                        let resp: Resp = conn.send(request(&Method::GET, &path, b"")).await;
+                        if resp.status != StatusCode::OK
+                            || resp.text() != format!("ok GET {path}\n")
+                        {
+                            failed.push((i, resp.status));
+                        }
+                    }
+                    failed
+                }));
+            }
+        }
+        let mut failed = Vec::new();
+        for t in tasks {
+            failed.extend(t.await.unwrap());
+        }
+        assert!(
+            failed.is_empty(),
+            "{proto:?}: {} of {REQUESTS} failed, e.g. {:?}",
+            failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+        // No request reached the upstream more than twice.
+        let mut times: HashMap<String, usize> = HashMap::new();
+        for s in up.seen.lock().unwrap().iter() {
+            *times.entry(s.clone()).or_default() += 1;
+        }
+        assert_eq!(times.len(), REQUESTS, "{proto:?}");
+        assert!(times.values().all(|&n| n <= 2), "{proto:?}");
+        let (_, metrics) = proxy.admin_get("/metrics").await;
+        assert!(
+            sample(&metrics, RETRIES_CLOSED) > 0.0,
+            "{proto:?}: no retry counted"
+        );
+        assert_eq!(sample(&metrics, RETRIES_CONNECT), 0.0, "{proto:?}");
+        assert_eq!(total_upstream_errors(&metrics), 0.0, "{proto:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_closing_idle_connections_costs_no_request() {
+    let up = Scripted::start(Behaviour::CloseWhenIdle(50)).await;
+    let proxy = Proxy::start(&up.url()).await;
+    let client = proxy.client();
+    let mut conns = [
+        client.connect(Proto::H1).await,
+        client.connect(Proto::H2).await,
+    ];
+    let mut failed = Vec::new();
+    for i in 0..300u64 {
+        // Pauses from 44 to 56 ms: around the upstream's 50 ms, where its close races the
+        // proxy's reuse of the connection.
+        tokio::time::sleep(Duration::from_millis(44 + i % 13)).await;
+        let path = format!("/b/{i}");
+        let resp = conns[(i % 2) as usize]
+            .send(request(&Method::GET, &path, b""))
+            .await;
+        if resp.status != StatusCode::OK {
+            failed.push((i, resp.status));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of 300 failed: {failed:?}",
+        failed.len()
+    );
+    let (_, metrics) = proxy.admin_get("/metrics").await;
+    assert_eq!(total_upstream_errors(&metrics), 0.0);
+    // Most connections were closed by the upstream rather than reused.
+    assert!(up.connections.load(Ordering::SeqCst) > 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_before_any_response_byte_is_retried_only_when_safe() {
+    use Behaviour::*;
+    const NONE: &[u8] = b"";
+    const SOME: &[u8] = b"field=value";
+    // (upstream, method, request body, status, times the upstream saw the request). The
+    // second request on each upstream connection fails; every row runs over HTTP/1.1 and
+    // HTTP/2, each after a GET that leaves one used connection in the pool.
+    let rows: [(Behaviour, Method, &[u8], StatusCode, usize); 16] = [
+        // Idempotent and body-less: sent once more, on a new connection.
+        (ResetOnSecondRequest, Method::GET, NONE, StatusCode::OK, 2),
+        (ResetOnSecondRequest, Method::HEAD, NONE, StatusCode::OK, 2),
+        (
+            ResetOnSecondRequest,
+            Method::OPTIONS,
+            NONE,
+            StatusCode::OK,
+            2,
+        ),
+        (
+            ResetOnSecondRequest,
+            Method::DELETE,
+            NONE,
+            StatusCode::OK,
+            2,
+        ),
+        (ResetOnSecondRequest, Method::PUT, NONE, StatusCode::OK, 2),
+        (ResetOnSecondRequest, Method::TRACE, NONE, StatusCode::OK, 2),
+        (CloseOnSecondRequest, Method::GET, NONE, StatusCode::OK, 2),
+        (
+            CloseOnSecondRequest,
+            Method::DELETE,
+            NONE,
+            StatusCode::OK,
+            2,
+        ),
+        // Not idempotent: the upstream may have acted on it; never sent twice.
+        (
+            ResetOnSecondRequest,
+            Method::POST,
+            NONE,
+            StatusCode::BAD_GATEWAY,
+            1,
+        ),
+        (
+            ResetOnSecondRequest,
+            Method::PATCH,
+            NONE,
+            StatusCode::BAD_GATEWAY,
+            1,
+        ),
+        (
+            CloseOnSecondRequest,
+            Method::POST,
+            NONE,
+            StatusCode::BAD_GATEWAY,
+            1,
+        ),
+        // A body was sent (and is not kept): never sent twice, whatever the method.
+        (
+            ResetOnSecondRequest,
+            Method::POST,
+            SOME,
+            StatusCode::BAD_GATEWAY,
+            1,
+        ),
+        (
+            ResetOnSecondRequest,
+            Method::PUT,
+            SOME,
+            StatusCode::BAD_GATEWAY,
+            1,
+        ),
+        (
+            CloseOnSecondRequest,
+            Method::DELETE,
+            SOME,
+            StatusCode::BAD_GATEWAY,
+            1,
+        ),
+        // A response byte arrived: the upstream answered; never sent twice.
+        (
+            HalfHeadOnSecondRequest,
+            Method::GET,
+            NONE,
+            StatusCode::BAD_GATEWAY,
+            1,
+        ),
+        (
+            HalfHeadOnSecondRequest,
+            Method::HEAD,
+            NONE,
+            StatusCode::BAD_GATEWAY,
+            1,
+        ),
+    ];
+    for (behaviour, method, payload, status, times) in rows {
+        let row = format!("{behaviour:?} {method} body={}", payload.len());
+        let up = Scripted::start(behaviour).await;
+        let proxy = Proxy::start(&up.url()).await;
+        for proto in BOTH {
+            let mut conn = proxy.client().connect(proto).await;
+            let warm = conn.send(request(&Method::GET, "/warm", b"")).await;
+            assert_eq!(warm.status, StatusCode::OK, "{row} {proto:?} warm-up");
+            let path = format!("/c/{proto:?}");
+            let resp = conn.send(request(&method, &path, payload)).await;
+            assert_eq!(resp.status, status, "{row} {proto:?}");
+            if status == StatusCode::OK && method != Method::HEAD {
+                assert_eq!(
+                    resp.text(),
+                    format!("ok {method} {path}\n"),
+                    "{row} {proto:?}"
+                );
+            }
+            assert_eq!(up.times_seen(&method, &path), times, "{row} {proto:?}");
+        }
+        let (_, metrics) = proxy.admin_get("/metrics").await;
+        let retried = status == StatusCode::OK;
+        // Retried rows: the row's two requests, and the second warm-up (which lands on the
+        // first row's retry connection, used once). Otherwise nothing is retried.
+        let retries = if retried { 3.0 } else { 0.0 };
+        assert_eq!(sample(&metrics, RETRIES_CLOSED), retries, "{row}");
+        let errors = if retried { 0.0 } else { 2.0 };
+        assert_eq!(upstream_errors(&metrics, "protocol"), errors, "{row}");
+        assert_eq!(total_upstream_errors(&metrics), errors, "{row}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_sent_again_at_most_once() {
+    for proto in BOTH {
+        let up = Scripted::start(Behaviour::ResetAfterFirstRequest).await;
+        let proxy = Proxy::start(&up.url()).await;
+        let mut conn = proxy.client().connect(proto).await;
+        let warm = conn.send(request(&Method::GET, "/warm", b"")).await;
+        assert_eq!(warm.status, StatusCode::OK, "{proto:?}");
+        let resp = conn.send(request(&Method::GET, "/f", b"")).await;
+        assert_eq!(resp.status, StatusCode::BAD_GATEWAY, "{proto:?}");
+        assert_eq!(up.times_seen(&Method::GET, "/f"), 2, "{proto:?}");
+        let (_, metrics) = proxy.admin_get("/metrics").await;
+        assert_eq!(sample(&metrics, RETRIES_CLOSED), 1.0, "{proto:?}");
+        // The final failure counts once.
+        assert_eq!(upstream_errors(&metrics, "protocol"), 1.0, "{proto:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refusing_connections_passes_the_request_to_the_next() {
+    let up = Scripted::start(Behaviour::KeepAlive).await;
+    let live = up.url();
+    let dead = || format!("http://{}", dead_addr());
+    // (servers, requests, status of each, connect retries, connect errors, ready). A refused
+    // server is tried again only after its 3 s back-off, so it costs one retry here.
+    let rows = [
+        (
+            vec![dead(), live.clone()],
+            10,
+            StatusCode::OK,
+            1.0,
+            0.0,
+            true,
+        ),
+        (
+            vec![live.clone(), dead()],
+            10,
+            StatusCode::OK,
+            1.0,
+            0.0,
+            true,
+        ),
+        (
+            vec![dead(), dead(), live.clone()],
+            10,
+            StatusCode::OK,
+            2.0,
+            0.0,
+            true,
+        ),
+        // Every server refuses: one 502, counted once, after trying each server once.
+        (
+            vec![dead(), dead()],
+            1,
+            StatusCode::BAD_GATEWAY,
+            1.0,
+            1.0,
+            false,
+        ),
+        (vec![dead()], 1, StatusCode::BAD_GATEWAY, 0.0, 1.0, false),
+    ];
+    for (servers, requests, status, retries, errors, ready) in rows {
+        let list = format!("{servers:?}");
+        let proxy = Proxy::start_with(|c| set(&c, "upstream", "servers", &list), &live).await;
+        let client = proxy.client();
+        for i in 0..requests {
+            let proto = BOTH[i % 2];
+            let path = format!("/e/{i}");
+            let resp = client
+                .request(proto, request(&Method::GET, &path, b""))
+                .await;
+            assert_eq!(resp.status, status, "{list} request {i} {proto:?}");
+        }
+        let (_, metrics) = proxy.admin_get("/metrics").await;
+        assert_eq!(sample(&metrics, RETRIES_CONNECT), retries, "{list}");
+        assert_eq!(upstream_errors(&metrics, "connect"), errors, "{list}");
+        let readyz = proxy.admin_get("/readyz").await.0;
+        assert_eq!(readyz == StatusCode::OK, ready, "{list}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_idle_past_the_idle_timeout_is_closed_not_reused() {
+    // (upstream.idle_timeout, pause between two requests, upstream connections, connections
+    // the proxy closed during the pause).
+    let rows = [
+        ("\"100ms\"", 400, 2, 1),
+        ("\"4s\"", 400, 1, 0),
+        ("\"1s\"", 50, 1, 0),
+    ];
+    for (idle_timeout, pause_ms, connections, closed) in rows {
+        let up = Scripted::start(Behaviour::KeepAlive).await;
+        let proxy = Proxy::start_with(
+            |c| set(&c, "upstream", "idle_timeout", idle_timeout),
+            &up.url(),
+        )
+        .await;
+        let client = proxy.client();
+        let first = client.get(Proto::H1, "/g/1").await;
+        assert_eq!(first.status, StatusCode::OK, "{idle_timeout}");
+        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+        assert_eq!(
+            up.closed_by_peer.load(Ordering::SeqCst),
+            closed,
+            "{idle_timeout}: closed by the proxy while idle"
+        );
+        let second = client.get(Proto::H1, "/g/2").await;
+        assert_eq!(second.status, StatusCode::OK, "{idle_timeout}");
+        assert_eq!(
+            up.connections.load(Ordering::SeqCst),
+            connections,
+            "{idle_timeout}"
+        );
+        let (_, metrics) = proxy.admin_get("/metrics").await;
+        assert_eq!(sample(&metrics, RETRIES_CLOSED), 0.0, "{idle_timeout}");
+    }
+}
