@@ -237,6 +237,16 @@ fn request(method: &Method, path: &str, payload: &'static [u8]) -> Request<commo
         .unwrap()
 }
 
+/// The proxy in front of `upstream`, its config changed by `edit`; no rate limit, since the
+/// tests send hundreds of requests from one address.
+async fn start_proxy(upstream: &str, edit: impl FnOnce(String) -> String) -> Proxy {
+    Proxy::start_with(
+        |c| edit(set(&c, "rate_limit", "enabled", "false")),
+        upstream,
+    )
+    .await
+}
+
 /// The value of one sample line of the Prometheus text, 0 when absent.
 fn sample(metrics: &str, series: &str) -> f64 {
     metrics
@@ -278,7 +288,7 @@ async fn an_upstream_closing_after_every_response_costs_no_request() {
     let rows = [(Proto::H2, 4, 4), (Proto::H1, 16, 1)];
     for (proto, connections, streams) in rows {
         let up = Scripted::start(Behaviour::CloseAfterEachResponse).await;
-        let proxy = Proxy::start(&up.url()).await;
+        let proxy = start_proxy(&up.url(), |c| c).await;
         let client = proxy.client();
         let workers = connections * streams;
         let mut tasks = Vec::new();
@@ -336,7 +346,7 @@ async fn an_upstream_closing_after_every_response_costs_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_closing_idle_connections_costs_no_request() {
     let up = Scripted::start(Behaviour::CloseWhenIdle(50)).await;
-    let proxy = Proxy::start(&up.url()).await;
+    let proxy = start_proxy(&up.url(), |c| c).await;
     let client = proxy.client();
     let mut conns = [
         client.connect(Proto::H1).await,
@@ -465,7 +475,7 @@ async fn a_failure_before_any_response_byte_is_retried_only_when_safe() {
     for (behaviour, method, payload, status, times) in rows {
         let row = format!("{behaviour:?} {method} body={}", payload.len());
         let up = Scripted::start(behaviour).await;
-        let proxy = Proxy::start(&up.url()).await;
+        let proxy = start_proxy(&up.url(), |c| c).await;
         for proto in BOTH {
             let mut conn = proxy.client().connect(proto).await;
             let warm = conn.send(request(&Method::GET, "/warm", b"")).await;
@@ -498,7 +508,7 @@ async fn a_failure_before_any_response_byte_is_retried_only_when_safe() {
 async fn a_request_is_sent_again_at_most_once() {
     for proto in BOTH {
         let up = Scripted::start(Behaviour::ResetAfterFirstRequest).await;
-        let proxy = Proxy::start(&up.url()).await;
+        let proxy = start_proxy(&up.url(), |c| c).await;
         let mut conn = proxy.client().connect(proto).await;
         let warm = conn.send(request(&Method::GET, "/warm", b"")).await;
         assert_eq!(warm.status, StatusCode::OK, "{proto:?}");
@@ -557,7 +567,7 @@ async fn a_server_refusing_connections_passes_the_request_to_the_next() {
     ];
     for (servers, requests, status, retries, errors, ready) in rows {
         let list = format!("{servers:?}");
-        let proxy = Proxy::start_with(|c| set(&c, "upstream", "servers", &list), &live).await;
+        let proxy = start_proxy(&live, |c| set(&c, "upstream", "servers", &list)).await;
         let client = proxy.client();
         for i in 0..requests {
             let proto = BOTH[i % 2];
@@ -586,10 +596,9 @@ async fn a_pooled_connection_idle_past_the_idle_timeout_is_closed_not_reused() {
     ];
     for (idle_timeout, pause_ms, connections, closed) in rows {
         let up = Scripted::start(Behaviour::KeepAlive).await;
-        let proxy = Proxy::start_with(
-            |c| set(&c, "upstream", "idle_timeout", idle_timeout),
-            &up.url(),
-        )
+        let proxy = start_proxy(&up.url(), |c| {
+            set(&c, "upstream", "idle_timeout", idle_timeout)
+        })
         .await;
         let client = proxy.client();
         let first = client.get(Proto::H1, "/g/1").await;

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::header::{
     CONTENT_LENGTH, CONTENT_TYPE, Entry, FORWARDED, HOST, HeaderValue, RETRY_AFTER, SET_COOKIE,
 };
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -114,13 +114,17 @@ impl Proxy {
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<CapturedBody> {
         let client = self.trusted.resolve(conn.peer, req.headers());
         let pending = self.capture.begin(client, &req, &conn.memo);
-        let (resp, limited) = match self.rate_limit(client, req.uri().path()) {
+        let head = req.method() == Method::HEAD;
+        let (mut resp, limited) = match self.rate_limit(client, req.uri().path()) {
             Some(rejection) => {
                 linger_h1(req);
                 (rejection, true)
             }
             None => (self.forward(req, conn, client).await, false),
         };
+        if head {
+            resp.body_mut().clear_local();
+        }
         let status = resp.status().as_u16();
         resp.map(|body| CapturedBody::new(body, pending, status, limited, self.sinks.clone()))
     }
