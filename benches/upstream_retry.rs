@@ -8,10 +8,11 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use http::header::{HeaderName, HeaderValue};
+use http::header::{HOST, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
+use webprom_edge::client_ip::X_FORWARDED_FOR;
 use webprom_edge::proxy::body::RequestBody;
-use webprom_edge::proxy::headers::ip_value;
+use webprom_edge::proxy::headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO, ip_value};
 use webprom_edge::proxy::upstream::copy_head;
 
 /// A desktop browser's navigation request, as received.
@@ -48,9 +49,10 @@ const LOAD_TOOL: &[(&str, &str)] = &[
     ("accept", "*/*"),
 ];
 
-/// The upstream request as the proxy hands it to the pool: received values are slices of one
-/// shared buffer (as hyper's parser makes them), the forwarding headers are the proxy's own.
-fn upstream_request(received: &[(&'static str, &'static str)]) -> Request<RequestBody> {
+/// The upstream request as the proxy hands it to the pool, built as hyper's HTTP/1.1 parser and
+/// the forwarding phase build it: names from bytes (a custom name is copied into a buffer of
+/// its own), values as slices of one shared read buffer, the forwarding headers the proxy's own.
+fn upstream_request(received: &[(&str, &str)]) -> Request<RequestBody> {
     let mut raw = String::new();
     for (_, v) in received {
         raw.push_str(v);
@@ -66,14 +68,16 @@ fn upstream_request(received: &[(&'static str, &'static str)]) -> Request<Reques
     for (name, value) in received {
         let v = shared.slice(at..at + value.len());
         at += value.len();
+        let name = HeaderName::from_bytes(name.as_bytes()).expect("valid name");
         let v = HeaderValue::from_maybe_shared(v).expect("valid value");
-        req.headers_mut().append(HeaderName::from_static(name), v);
+        req.headers_mut().append(name, v);
     }
     let h = req.headers_mut();
-    h.insert("x-forwarded-host", h["host"].clone());
-    h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    let host = h[HOST].clone();
+    h.insert(X_FORWARDED_HOST.clone(), host);
+    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
     h.insert(
-        "x-forwarded-for",
+        X_FORWARDED_FOR.clone(),
         ip_value(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7))),
     );
     req
