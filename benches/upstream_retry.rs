@@ -15,6 +15,10 @@ use webprom_edge::proxy::body::RequestBody;
 use webprom_edge::proxy::headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO, ip_value};
 use webprom_edge::proxy::upstream::copy_head;
 
+// The proxy's allocator: the copy is mostly allocation and reference counting.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A desktop browser's navigation request, as received.
 const BROWSER: &[(&str, &str)] = &[
     ("host", "shop.example.com"),

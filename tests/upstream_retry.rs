@@ -342,6 +342,54 @@ async fn an_upstream_closing_after_every_response_costs_no_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_to_an_upstream_closing_after_every_response_is_never_sent_twice() {
+    // A POST written to a connection the upstream has just closed gets a 502: the proxy
+    // cannot know whether the upstream acted on it. Only a POST the connection handed back
+    // unwritten goes again. So each POST is seen at most once, and each gets a 200 or a 502.
+    const REQUESTS: usize = 400;
+    let up = Scripted::start(Behaviour::CloseAfterEachResponse).await;
+    let proxy = start_proxy(&up.url(), |c| c).await;
+    let client = proxy.client();
+    let mut tasks = Vec::new();
+    for c in 0..4 {
+        let conn = client.connect(Proto::H2).await;
+        for s in 0..4 {
+            let mut conn = share(&conn);
+            let worker = c * 4 + s;
+            tasks.push(tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for i in (worker..REQUESTS).step_by(16) {
+                    let path = format!("/d/{i}");
+                    statuses.push(conn.send(request(&Method::POST, &path, b"")).await.status);
+                }
+                statuses
+            }));
+        }
+    }
+    let mut bad_gateway = 0;
+    for t in tasks {
+        for status in t.await.unwrap() {
+            match status {
+                StatusCode::OK => {}
+                StatusCode::BAD_GATEWAY => bad_gateway += 1,
+                other => panic!("unexpected {other}"),
+            }
+        }
+    }
+    for i in 0..REQUESTS {
+        let seen = up.times_seen(&Method::POST, &format!("/d/{i}"));
+        assert!(seen <= 1, "POST /d/{i} seen {seen} times");
+    }
+    let (_, metrics) = proxy.admin_get("/metrics").await;
+    // Each 502 is one protocol error, counted once.
+    assert_eq!(
+        upstream_errors(&metrics, "protocol"),
+        f64::from(bad_gateway)
+    );
+    eprintln!("{bad_gateway} of {REQUESTS} POSTs got 502");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_closing_idle_connections_costs_no_request() {
     let up = Scripted::start(Behaviour::CloseWhenIdle(50)).await;
     let proxy = start_proxy(&up.url(), |c| c).await;
