@@ -220,10 +220,7 @@ impl Proxy {
             }
             return resp.map(|body| ResponseBody::Upstream { body, lease: None });
         }
-        resp.map(|body| ResponseBody::Upstream {
-            body,
-            lease: Some(lease),
-        })
+        resp.map(|body| ResponseBody::Upstream { body, lease })
     }
 
     fn set_forwarding_headers(

@@ -21,8 +21,9 @@
 //! `request_timeout`, never a failure on a new connection. Nothing here logs a request value.
 
 use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
 use std::io;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -219,14 +220,14 @@ impl Upstreams {
     }
 
     /// Sends `req` to the picked server over a pooled connection (or a new one), returning the
-    /// response head and the lease on its connection. A request without `Host` gets the
+    /// response head and the lease on its connection (`None` if the connection already ended). A request without `Host` gets the
     /// server's `host:port`. Retries as the module doc says; a server that cannot be connected
     /// to is marked down for the back-off.
     pub async fn send(
         &self,
         pick: &Pick,
         mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Lease), SendError> {
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         let default_host = !req.headers().contains_key(HOST);
         let mut index = pick.index;
         let mut tried = 0;
@@ -259,12 +260,13 @@ impl Upstreams {
     }
 
     /// One server's part of [`Upstreams::send`]: a pooled connection, and at most one retry on
-    /// a new one.
+    /// a new one. The lease is `None` in the rare case where the connection ended as the
+    /// response arrived.
     async fn send_to(
         &self,
         peer: &Arc<Peer>,
         mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Lease), Failure> {
+    ) -> Result<(Response<Incoming>, Option<Lease>), Failure> {
         let mut pooled = true;
         loop {
             let checked_out = if pooled {
@@ -272,7 +274,13 @@ impl Upstreams {
             } else {
                 None
             };
-            let (mut conn, reused) = match checked_out {
+            let (
+                Conn {
+                    mut sender,
+                    received,
+                },
+                reused,
+            ) = match checked_out {
                 Some(conn) => (conn, true),
                 // Boxed: connecting is rare, and its large state would otherwise sit in (and be
                 // copied with) every request's future.
@@ -281,7 +289,7 @@ impl Upstreams {
                     Err(e) => return Err(Failure::Connect(e, Box::new(req))),
                 },
             };
-            if conn.sender.ready().await.is_err() {
+            if sender.ready().await.is_err() {
                 if reused {
                     // Closed while idle; nothing was sent on it.
                     continue;
@@ -292,21 +300,38 @@ impl Upstreams {
             // Copied only when a failure after sending could be retried: the head is gone
             // once hyper has written it.
             let copy = (reused && may_send_twice(&req)).then(|| copy_head(&req));
-            let received = conn.received.load(Ordering::Relaxed);
-            match conn.sender.try_send_request(req).await {
+            let received_before = received.load(Ordering::Relaxed);
+            let mut sending = pin!(sender.try_send_request(req));
+            let (result, sender) = match until_closed(sending.as_mut(), &mut sender).await {
+                Some(result) => (result, Some(sender)),
+                None => {
+                    // The connection ended with the request still in hyper's queue, where it
+                    // stays for as long as the queue has a sender (hyper#4122: a send racing
+                    // the connection's shutdown). Dropping the sender frees the queue, which
+                    // hands the request back unsent.
+                    drop(sender);
+                    (sending.await, None)
+                }
+            };
+            match result {
                 Ok(resp) => {
-                    let lease = Lease {
-                        conn,
+                    let lease = sender.map(|sender| Lease {
+                        conn: Conn { sender, received },
                         peer: peer.clone(),
-                    };
+                    });
                     return Ok((resp, lease));
                 }
                 Err(mut e) => {
                     // `received` is read after the error came through hyper's channel, so it
                     // holds every byte the connection task read before failing.
-                    let nothing_received = conn.received.load(Ordering::Relaxed) == received;
+                    let nothing_received = received.load(Ordering::Relaxed) == received_before;
                     req = match (e.take_message(), copy) {
                         (Some(unsent), _) if reused => unsent,
+                        // A new connection that closes before taking a request: as if refused.
+                        (Some(unsent), _) => {
+                            let e = SendError::Connect(e.error().to_string());
+                            return Err(Failure::Connect(e, Box::new(unsent)));
+                        }
                         (None, Some(copy)) if nothing_received && !e.error().is_user() => copy,
                         _ => return Err(Failure::Exchange(SendError::Exchange(e.into_error()))),
                     };
@@ -384,6 +409,21 @@ impl Upstreams {
     pub fn close_idle_period(&self) -> Duration {
         (self.idle_timeout / 2).max(Duration::from_millis(10))
     }
+}
+
+/// Awaits `sending` unless the connection of `sender` ends first (`None`).
+async fn until_closed<F: Future + Unpin>(mut sending: F, sender: &mut Sender) -> Option<F::Output> {
+    poll_fn(|cx| {
+        if let Poll::Ready(result) = Pin::new(&mut sending).poll(cx) {
+            return Poll::Ready(Some(result));
+        }
+        match sender.poll_ready(cx) {
+            Poll::Ready(Err(_)) => Poll::Ready(None),
+            // Ready(Ok) comes only once the response head is in, which `sending` then has.
+            _ => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Whether `req` may be written a second time: an idempotent method (RFC 9110 §9.2.2) with no
