@@ -220,9 +220,9 @@ impl Upstreams {
     }
 
     /// Sends `req` to the picked server over a pooled connection (or a new one), returning the
-    /// response head and the lease on its connection (`None` if the connection already ended). A request without `Host` gets the
-    /// server's `host:port`. Retries as the module doc says; a server that cannot be connected
-    /// to is marked down for the back-off.
+    /// response head and the lease on its connection (`None` if the connection already ended).
+    /// A request without `Host` gets the server's `host:port`. Retries as the module doc says;
+    /// a server that cannot be connected to is marked down for the back-off.
     pub async fn send(
         &self,
         pick: &Pick,
@@ -274,13 +274,7 @@ impl Upstreams {
             } else {
                 None
             };
-            let (
-                Conn {
-                    mut sender,
-                    received,
-                },
-                reused,
-            ) = match checked_out {
+            let (conn, reused) = match checked_out {
                 Some(conn) => (conn, true),
                 // Boxed: connecting is rare, and its large state would otherwise sit in (and be
                 // copied with) every request's future.
@@ -289,6 +283,10 @@ impl Upstreams {
                     Err(e) => return Err(Failure::Connect(e, Box::new(req))),
                 },
             };
+            let Conn {
+                mut sender,
+                received,
+            } = conn;
             if sender.ready().await.is_err() {
                 if reused {
                     // Closed while idle; nothing was sent on it.
