@@ -496,3 +496,81 @@ impl AsyncWrite for Counted {
         self.project().tcp.poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use http::Method;
+
+    fn upstreams(n: usize) -> Upstreams {
+        let cfg = config::Upstream {
+            servers: (0..n)
+                .map(|i| format!("http://127.0.0.1:{}", 8080 + i).parse().unwrap())
+                .collect(),
+            ..Default::default()
+        };
+        Upstreams::new(&cfg, Metrics::new(&[]).upstream_retries())
+    }
+
+    #[test]
+    fn only_idempotent_body_less_requests_may_be_sent_twice() {
+        let rows = [
+            (Method::GET, true),
+            (Method::HEAD, true),
+            (Method::OPTIONS, true),
+            (Method::TRACE, true),
+            (Method::PUT, true),
+            (Method::DELETE, true),
+            (Method::POST, false),
+            (Method::PATCH, false),
+            (Method::CONNECT, false),
+            (Method::from_bytes(b"PURGE").unwrap(), false),
+        ];
+        for (method, expected) in rows {
+            let mut req = Request::new(RequestBody::empty());
+            *req.method_mut() = method.clone();
+            assert_eq!(may_send_twice(&req), expected, "{method}");
+        }
+    }
+
+    #[test]
+    fn the_copy_of_a_head_is_the_same_request() {
+        let req = Request::delete("/basket/7?x=1")
+            .header("host", "shop.example")
+            .header("x-a", "1")
+            .header("x-a", "2")
+            .body(RequestBody::empty())
+            .unwrap();
+        let copy = copy_head(&req);
+        assert_eq!(copy.method(), req.method());
+        assert_eq!(copy.uri(), req.uri());
+        assert_eq!(copy.version(), req.version());
+        assert_eq!(copy.headers(), req.headers());
+        assert!(copy.body().is_end_stream());
+    }
+
+    #[test]
+    fn a_server_backing_off_is_skipped_in_turn_and_on_failover() {
+        let up = upstreams(3);
+        up.mark_down(1);
+        let picked: Vec<usize> = (0..6).map(|_| up.pick(None).index).collect();
+        assert_eq!(picked, [0, 2, 2, 0, 2, 2]);
+        assert_eq!(up.next_up(0), Some(2));
+        assert_eq!(up.next_up(2), Some(0));
+        assert!(up.any_up());
+        up.mark_down(0);
+        up.mark_down(2);
+        // Every server backing off: the turn picks one anyway, failover finds none.
+        assert_eq!(up.next_up(0), None);
+        assert!(!up.any_up());
+        let _ = up.pick(None);
+    }
+
+    #[test]
+    fn a_single_server_has_no_next() {
+        let up = upstreams(1);
+        assert_eq!(up.next_up(0), None);
+        assert_eq!(up.pick(None).index, 0);
+    }
+}
