@@ -174,6 +174,10 @@ pub struct Upstream {
     pub connect_timeout: Dur,
     /// Time allowed from sending the request to receiving the response head.
     pub request_timeout: Dur,
+    /// A pooled keep-alive connection idle this long is closed rather than reused. Keep it
+    /// below the upstream's own keep-alive timeout (Node.js: 5 s), so that the proxy, not the
+    /// upstream, closes idle connections.
+    pub idle_timeout: Dur,
     /// What `X-Forwarded-For` carries upstream.
     pub forward_client_ip: ForwardClientIp,
 }
@@ -184,6 +188,7 @@ impl Default for Upstream {
             servers: vec![UpstreamUrl::from_str("http://127.0.0.1:8080").expect("valid default")],
             connect_timeout: Dur::secs(2),
             request_timeout: Dur::secs(30),
+            idle_timeout: Dur::secs(4),
             forward_client_ip: ForwardClientIp::Full,
         }
     }
@@ -410,6 +415,7 @@ impl Config {
             ("server.idle_timeout", s.idle_timeout),
             ("upstream.connect_timeout", self.upstream.connect_timeout),
             ("upstream.request_timeout", self.upstream.request_timeout),
+            ("upstream.idle_timeout", self.upstream.idle_timeout),
             ("privacy.key_retention", self.privacy.key_retention),
             (
                 "privacy.timestamp_precision",
@@ -664,6 +670,7 @@ mod tests {
         assert_eq!(c.server.listen.to_string(), "0.0.0.0:8443");
         assert_eq!(c.server.max_header_bytes, 16384);
         assert_eq!(c.upstream.request_timeout.0, Duration::from_secs(30));
+        assert_eq!(c.upstream.idle_timeout.0, Duration::from_secs(4));
         assert_eq!(c.privacy.key_retention.0, Duration::from_secs(30 * 86400));
         assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9100");
         assert_eq!(c.upstream.forward_client_ip, ForwardClientIp::Full);
@@ -702,6 +709,11 @@ mod tests {
             (
                 "[upstream]\nforward_client_ip = \"some\"",
                 "upstream.forward_client_ip",
+            ),
+            ("[upstream]\nidle_timeout = \"0s\"", "upstream.idle_timeout"),
+            (
+                "[upstream]\nidle_timeout = \"soon\"",
+                "upstream.idle_timeout",
             ),
         ];
         for (text, key) in cases {

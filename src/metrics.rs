@@ -38,6 +38,27 @@ pub enum UpstreamError {
     Protocol,
 }
 
+/// Why a request was sent upstream again (the `reason` label of `upstream_retries_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryReason {
+    /// A server could not be connected to; the request went to the next server.
+    Connect,
+    /// A reused keep-alive connection turned out closed before any response byte arrived; the
+    /// request went again on a new connection.
+    Closed,
+}
+
+/// The `upstream_retries_total` counters, handed to the upstream pool.
+#[derive(Clone)]
+pub struct UpstreamRetries([IntCounter; 2]);
+
+impl UpstreamRetries {
+    /// Counts one request sent again, for `reason`.
+    pub fn count(&self, reason: RetryReason) {
+        self.0[reason as usize].inc();
+    }
+}
+
 /// The process's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -57,6 +78,7 @@ pub struct Metrics {
     rate_limited: IntCounterVec,
     upstream_duration: Histogram,
     upstream_errors: [IntCounter; 3],
+    upstream_retries: UpstreamRetries,
     tls_handshakes: [[IntCounter; 3]; 2],
     tls_handshake_errors: IntCounter,
     /// Open client connections.
@@ -220,6 +242,23 @@ impl Metrics {
             ["connect", "timeout", "protocol"].map(|k| ue_vec.with_label_values(&[k]));
         reg(Box::new(ue_vec));
 
+        // Two reasons because they call for different remedies: `connect`, a server down;
+        // `closed`, an upstream closing keep-alive connections sooner than
+        // `upstream.idle_timeout` (or after a number of requests).
+        let retries_vec = IntCounterVec::new(
+            opts(
+                "upstream_retries_total",
+                "Requests sent upstream again: to the next server after a connect failure \
+                 (connect), or on a new connection after a reused one was found closed before \
+                 any response byte (closed).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let upstream_retries =
+            UpstreamRetries(["connect", "closed"].map(|r| retries_vec.with_label_values(&[r])));
+        reg(Box::new(retries_vec));
+
         let hs_vec = IntCounterVec::new(
             opts(
                 "tls_handshakes_total",
@@ -286,6 +325,7 @@ impl Metrics {
             rate_limited,
             upstream_duration,
             upstream_errors,
+            upstream_retries,
             tls_handshakes,
             tls_handshake_errors,
             connections_open,
@@ -361,6 +401,11 @@ impl Metrics {
     /// Counts a failed upstream exchange.
     pub fn upstream_error(&self, kind: UpstreamError) {
         self.upstream_errors[kind as usize].inc();
+    }
+
+    /// The `upstream_retries_total` counters, for the upstream pool.
+    pub fn upstream_retries(&self) -> UpstreamRetries {
+        self.upstream_retries.clone()
     }
 
     /// Counts a completed handshake.

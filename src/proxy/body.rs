@@ -154,6 +154,15 @@ impl ResponseBody {
             body: Some(bytes.into()),
         }
     }
+
+    /// Empties a body the proxy wrote itself, for the answer to a HEAD request, which has
+    /// none (RFC 9110 §9.3.2). HTTP/1.1 leaves it out on its own; HTTP/2 would send it, and
+    /// the client would reset the stream (RFC 9113 §8.1.1).
+    pub fn clear_local(&mut self) {
+        if let ResponseBody::Local { body } = self {
+            *body = None;
+        }
+    }
 }
 
 impl Drop for ResponseBody {

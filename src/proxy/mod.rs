@@ -82,7 +82,7 @@ impl Proxy {
         sinks: Arc<Sinks>,
     ) -> Proxy {
         Proxy {
-            upstreams: Upstreams::new(&config.upstream),
+            upstreams: Upstreams::new(&config.upstream, sinks.metrics.upstream_retries()),
             trusted: TrustedProxies::new(&config.client_ip.trusted_proxies),
             forward_client_ip: config.upstream.forward_client_ip,
             ipv4_prefix: config.privacy.ipv4_prefix,
@@ -102,6 +102,17 @@ impl Proxy {
         self.upstreams.any_up()
     }
 
+    /// Closes pooled upstream connections as they pass `upstream.idle_timeout`, also when no
+    /// request comes; runs until its task is dropped.
+    pub async fn close_idle_upstreams(&self) {
+        let mut tick = tokio::time::interval(self.upstreams.close_idle_period());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.upstreams.close_idle();
+        }
+    }
+
     /// Handles one request: every phase, ending in a body that records it when it ends.
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<CapturedBody> {
         let client = self.trusted.resolve(conn.peer, req.headers());
@@ -112,7 +123,8 @@ impl Proxy {
             .and_then(|a| a.as_ref())
             .map(|a| a.host());
         let pending = self.capture.begin(client, &req, host, &conn.memo);
-        let (resp, limited) = match self.request_filter(&req, &authority) {
+        let head = req.method() == Method::HEAD;
+        let (mut resp, limited) = match self.request_filter(&req, &authority) {
             Some(rejection) => {
                 linger_h1(req);
                 (rejection, false)
@@ -128,6 +140,9 @@ impl Proxy {
                 }
             },
         };
+        if head {
+            resp.body_mut().clear_local();
+        }
         let status = resp.status().as_u16();
         resp.map(|body| CapturedBody::new(body, pending, status, limited, self.sinks.clone()))
     }
@@ -219,18 +234,13 @@ impl Proxy {
             headers::join_cookie_lines(&mut parts.headers);
         }
         // Set after the hop-by-hop removal, so no `Connection` option can take them away.
-        let host = match &authority {
-            Some(a) => a.header_value().clone(),
-            None => HeaderValue::from_str(self.upstreams.authority(&pick).as_str())
-                .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
+        let host = authority.map(|a| a.header_value().clone());
+        self.set_forwarding_headers(&mut parts.headers, conn, client, host.as_ref());
+        // A request that names no host is sent with the chosen server's (by `send`).
+        match host {
+            Some(host) => parts.headers.insert(HOST, host),
+            None => parts.headers.remove(HOST),
         };
-        self.set_forwarding_headers(
-            &mut parts.headers,
-            conn,
-            client,
-            authority.is_some().then_some(&host),
-        );
-        parts.headers.insert(HOST, host);
         headers::decrement_max_forwards(&parts.method, &mut parts.headers);
         parts.uri = pick.uri.clone();
         parts.version = Version::HTTP_11;
@@ -254,7 +264,6 @@ impl Proxy {
                 return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
             }
             Ok(Err(e @ SendError::Connect(_))) => {
-                self.upstreams.mark_down(&pick);
                 metrics.upstream_error(UpstreamError::Connect);
                 tracing::warn!(error = %ErrorChain(&e), "upstream connect failed");
                 return local(StatusCode::BAD_GATEWAY, "bad gateway\n");
@@ -284,10 +293,7 @@ impl Proxy {
             }
             return resp.map(|body| ResponseBody::Upstream { body, lease: None });
         }
-        resp.map(|body| ResponseBody::Upstream {
-            body,
-            lease: Some(lease),
-        })
+        resp.map(|body| ResponseBody::Upstream { body, lease })
     }
 
     /// `X-Forwarded-Host` (the request's own authority), `X-Forwarded-Proto` and the client

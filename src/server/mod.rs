@@ -113,6 +113,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let background = [
         tokio::spawn(rotate_keys(keys.clone(), proxy.clone())),
         tokio::spawn(housekeep_limiter(proxy.clone())),
+        tokio::spawn(close_idle_upstreams(proxy.clone())),
     ];
     log_listening("tls", &tls_listener);
     tokio::spawn(accept_loop(tls_listener, Some(acceptor), shared.clone()));
@@ -219,6 +220,10 @@ async fn housekeep_limiter(proxy: Arc<Proxy>) {
             let _ = tokio::task::spawn_blocking(move || limiter.housekeep()).await;
         }
     }
+}
+
+async fn close_idle_upstreams(proxy: Arc<Proxy>) {
+    proxy.close_idle_upstreams().await;
 }
 
 fn log_listening(listener: &'static str, l: &TcpListener) {
