@@ -6,6 +6,7 @@
 
 pub mod body;
 pub mod cookie;
+pub mod expect;
 pub mod headers;
 pub mod upstream;
 
@@ -19,7 +20,6 @@ use http::header::{
     CONTENT_LENGTH, CONTENT_TYPE, Entry, FORWARDED, HOST, HeaderValue, RETRY_AFTER, SET_COOKIE,
 };
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::client_ip::{ClientAddr, TrustedProxies, X_FORWARDED_FOR};
@@ -28,7 +28,7 @@ use crate::metrics::UpstreamError;
 use crate::privacy::capture::{Capture, ClientMemo};
 use crate::privacy::net::truncate;
 use crate::ratelimit::{Decision, RateLimiter};
-use body::{BodyTooLarge, CapturedBody, RequestBody, ResponseBody, Sinks};
+use body::{BodyTooLarge, CapturedBody, ClientBody, RequestBody, ResponseBody, Sinks};
 use headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO, ip_value};
 use upstream::{SendError, Upstreams};
 
@@ -100,7 +100,11 @@ impl Proxy {
     }
 
     /// Handles one request: every phase, ending in a body that records it when it ends.
-    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<CapturedBody> {
+    pub async fn handle(
+        &self,
+        req: Request<ClientBody>,
+        conn: &ConnInfo,
+    ) -> Response<CapturedBody> {
         let client = self.trusted.resolve(conn.peer, req.headers());
         let pending = self.capture.begin(client, &req, &conn.memo);
         let (resp, limited) = match self.rate_limit(client, req.uri().path()) {
@@ -136,13 +140,18 @@ impl Proxy {
     /// Forwards to an upstream and filters the response.
     async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<ClientBody>,
         conn: &ConnInfo,
         client: ClientAddr,
     ) -> Response<ResponseBody> {
         if declared_length(&req).is_some_and(|len| len > self.max_body_bytes) {
             linger_h1(req);
             return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+        }
+        let version = req.version();
+        if expect::take(req.headers_mut(), version).is_err() {
+            linger_h1(req);
+            return local(StatusCode::EXPECTATION_FAILED, "expectation failed\n");
         }
         let upgrade =
             req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
@@ -159,10 +168,8 @@ impl Proxy {
             parts.headers.insert(HOST, v);
         }
         parts.uri = pick.uri.clone();
-        let h1 = parts.version < Version::HTTP_2;
         parts.version = Version::HTTP_11;
-        let upstream_req =
-            Request::from_parts(parts, RequestBody::new(body, self.max_body_bytes, h1));
+        let upstream_req = Request::from_parts(parts, RequestBody::new(body, self.max_body_bytes));
 
         // send
         let metrics = &self.sinks.metrics;
@@ -276,9 +283,9 @@ impl Proxy {
 
 /// Lets an HTTP/1.x request answered without reading its body read it to the end
 /// ([`body::linger`]), so the client receives the answer rather than a reset.
-fn linger_h1(req: Request<Incoming>) {
-    if req.version() < Version::HTTP_2 {
-        body::linger(req.into_body());
+fn linger_h1(req: Request<ClientBody>) {
+    if let ClientBody::H1(body) = req.into_body() {
+        body::linger(body);
     }
 }
 
