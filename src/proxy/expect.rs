@@ -65,7 +65,8 @@ mod tests {
     #[test]
     fn expectations_are_met_removed_or_refused() {
         // (values, version, wants 100, take result)
-        let rows: &[(&[&str], Version, bool, Result<(), Unmet>)] = &[
+        type Row = (&'static [&'static str], Version, bool, Result<(), Unmet>);
+        let rows: &[Row] = &[
             (&[], Version::HTTP_11, false, Ok(())),
             (&["100-continue"], Version::HTTP_11, true, Ok(())),
             (&["100-continue"], Version::HTTP_2, true, Ok(())),
