@@ -418,3 +418,41 @@ async fn curl_uploads_expecting_100_continue_never_wait_for_its_timer_over_eithe
         assert_eq!(field(&rec, "status"), status.to_string(), "{name}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_reset_mid_response_is_recorded_once_and_the_connection_serves_on() {
+    let up = Upstream::start().await;
+    let proxy = expect_proxy(&up).await;
+    let mut send = h2_connect(&proxy).await;
+    poll_fn(|cx| send.poll_ready(cx)).await.unwrap();
+    let req = Request::get("https://localhost/big?bytes=8388608")
+        .body(())
+        .unwrap();
+    let (fut, request_stream) = send.send_request(req, true).unwrap();
+    let resp = fut.await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut recv = resp.into_body();
+    let first = recv.data().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    // Dropping both halves resets the stream (RST_STREAM CANCEL): 8 MiB never fits the window.
+    drop(recv);
+    drop(request_stream);
+
+    let rec = record(&proxy, 1).await;
+    assert_eq!(field(&rec, "status"), "200");
+    let sent: u64 = field(&rec, "bytes_sent").parse().unwrap();
+    assert!(sent > 0 && sent < 8 << 20, "bytes_sent {sent}");
+
+    // The same connection goes on serving.
+    let seen = exchange(
+        &mut send,
+        Request::get("https://localhost/").body(()).unwrap(),
+        None,
+    )
+    .await;
+    assert_eq!(seen.status, StatusCode::OK);
+    assert_eq!(seen.body, GREETING);
+    record(&proxy, 2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(read_all_logs(&proxy).len(), 2, "one record per request");
+}
