@@ -33,7 +33,7 @@ pub struct ConnShared {
     /// HTTP/1.1.
     h1_only: auto::Builder<TokioExecutor>,
     /// HTTP/2, after ALPN h2 or the h2c preface.
-    h2: ::h2::server::Builder,
+    h2: h2::Settings,
     handshake_timeout: Duration,
     idle_timeout: Duration,
     /// Flips to `true` when the process starts draining.
@@ -61,7 +61,7 @@ impl ConnShared {
         ConnShared {
             proxy,
             h1_only,
-            h2: h2::builder(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX)),
+            h2: h2::settings(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX)),
             handshake_timeout: cfg.header_read_timeout.0,
             idle_timeout: cfg.idle_timeout.0,
             shutdown,

@@ -45,9 +45,12 @@ const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// Streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
 const MAX_CONCURRENT_STREAMS: u32 = 256;
 
+/// The settings every HTTP/2 connection is served with (an `h2` server builder).
+pub type Settings = Builder;
+
 /// The `h2` server settings: hyper's defaults, 256 concurrent streams, and a header list of at
 /// most `max_header_list_size` bytes (a larger one is answered 431 by `h2`).
-pub fn builder(max_header_list_size: u32) -> Builder {
+pub fn settings(max_header_list_size: u32) -> Settings {
     let mut b = Builder::new();
     b.initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
@@ -81,9 +84,9 @@ pub struct Connection<T> {
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     /// Starts the server side of the handshake on `io` (the client preface and SETTINGS).
-    pub fn new(io: T, builder: &Builder, proxy: Arc<Proxy>, info: ConnInfo) -> Connection<T> {
+    pub fn new(io: T, settings: &Settings, proxy: Arc<Proxy>, info: ConnInfo) -> Connection<T> {
         Connection {
-            state: State::Handshaking(builder.handshake(io)),
+            state: State::Handshaking(settings.handshake(io)),
             service: Arc::new(Service { proxy, info }),
             close_pending: false,
         }
