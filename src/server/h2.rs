@@ -12,9 +12,9 @@
 //! What it must never do: log a request value (headers, body), buffer a body, or keep working
 //! for a stream its client has reset.
 
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::io;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -119,7 +119,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Future for Connection<T
                 }
                 State::Serving(conn) => match ready!(conn.poll_accept(cx)) {
                     Some(Ok((req, reply))) => {
-                        tokio::spawn(serve_stream(this.service.clone(), req, reply));
+                        let (parts, recv) = req.into_parts();
+                        let (body, continue_wanted) = RecvBody::new(recv, &parts.headers);
+                        let req = Request::from_parts(parts, ClientBody::H2(body));
+                        let svc = this.service.clone();
+                        // Boxed once: the stream's task holds a pointer, not the request state.
+                        let handling =
+                            Box::pin(async move { svc.proxy.handle(req, &svc.info).await });
+                        tokio::spawn(Stream::new(handling, continue_wanted, reply));
                     }
                     Some(Err(e)) => return Poll::Ready(Err(e)),
                     None => return Poll::Ready(Ok(())),
@@ -129,41 +136,126 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Future for Connection<T
     }
 }
 
-/// One stream: the proxy's answer, raced against the client resetting the stream, then the
-/// response body piped out. The access log record is written when the response body is dropped
-/// here (see [`crate::proxy::body::CapturedBody`]).
-async fn serve_stream(svc: Arc<Service>, req: Request<RecvStream>, mut reply: SendResponse<Bytes>) {
-    let (parts, recv) = req.into_parts();
-    let (body, mut continue_wanted) = RecvBody::new(recv, &parts.headers);
-    let req = Request::from_parts(parts, ClientBody::H2(body));
-    let mut handling = pin!(svc.proxy.handle(req, &svc.info));
-    let answer = poll_fn(|cx| {
-        // The body is read (by the upstream connection's task) once the request is on its way:
-        // tell the client to send it.
-        if let Some(wanted) = continue_wanted.as_mut()
-            && let Poll::Ready(read) = Pin::new(wanted).poll(cx)
-        {
-            continue_wanted = None;
-            if read.is_ok() {
-                let mut cont = Response::new(());
-                *cont.status_mut() = StatusCode::CONTINUE;
-                if let Err(e) = reply.send_informational(cont) {
-                    tracing::debug!(error = %e, "sending 100 Continue failed");
+/// One stream, as its own task: the proxy's answer, raced against the client resetting the
+/// stream, then the response body written out. The access log record is written when the
+/// response body is dropped (see [`crate::proxy::body::CapturedBody`]): once it has ended, or
+/// when the stream is reset or fails.
+///
+/// Written out as a state machine, as hyper's `H2Stream` is, rather than as an `async fn`: the
+/// task then holds the boxed answer or the body being sent, never both, and spawning it or
+/// finishing it copies a few hundred bytes instead of kilobytes.
+struct Stream<F, B> {
+    reply: SendResponse<Bytes>,
+    state: StreamState<F, B>,
+}
+
+enum StreamState<F, B> {
+    /// Waiting for the proxy's answer.
+    Answering {
+        handling: Pin<Box<F>>,
+        /// Fires when the request body is first read and the client waits for a 100.
+        continue_wanted: Option<oneshot::Receiver<()>>,
+    },
+    /// Writing the response body.
+    Sending {
+        body: B,
+        send: SendStream<Bytes>,
+        /// A frame taken from the body, waiting for window; `true` when it is the last.
+        waiting: Option<(Bytes, bool)>,
+    },
+    Done,
+}
+
+impl<F, B> Stream<F, B> {
+    fn new(
+        handling: Pin<Box<F>>,
+        continue_wanted: Option<oneshot::Receiver<()>>,
+        reply: SendResponse<Bytes>,
+    ) -> Self {
+        Stream {
+            reply,
+            state: StreamState::Answering {
+                handling,
+                continue_wanted,
+            },
+        }
+    }
+}
+
+impl<F, B> Future for Stream<F, B>
+where
+    F: Future<Output = Response<B>>,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // Every field is `Unpin`: the answer is boxed.
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                StreamState::Answering {
+                    handling,
+                    continue_wanted,
+                } => {
+                    // The body is read (by the upstream connection's task) once the request
+                    // is on its way: tell the client to send it.
+                    if let Some(wanted) = continue_wanted
+                        && let Poll::Ready(read) = Pin::new(wanted).poll(cx)
+                    {
+                        *continue_wanted = None;
+                        if read.is_ok() {
+                            let mut cont = Response::new(());
+                            *cont.status_mut() = StatusCode::CONTINUE;
+                            if let Err(e) = this.reply.send_informational(cont) {
+                                tracing::debug!(error = %e, "sending 100 Continue failed");
+                            }
+                        }
+                    }
+                    let Poll::Ready(resp) = handling.as_mut().poll(cx) else {
+                        // A client that resets the stream cancels the request: dropping
+                        // `handling` drops the upstream exchange with it.
+                        return match this.reply.poll_reset(cx) {
+                            Poll::Ready(_) => {
+                                this.state = StreamState::Done;
+                                Poll::Ready(())
+                            }
+                            Poll::Pending => Poll::Pending,
+                        };
+                    };
+                    this.state = match respond(&mut this.reply, resp) {
+                        Some((body, send)) => StreamState::Sending {
+                            body,
+                            send,
+                            waiting: None,
+                        },
+                        None => StreamState::Done,
+                    };
                 }
+                StreamState::Sending {
+                    body,
+                    send,
+                    waiting,
+                } => {
+                    let res = ready!(poll_pipe(body, send, waiting, cx));
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "sending the response body failed");
+                    }
+                    // The body is dropped here: the request is recorded.
+                    this.state = StreamState::Done;
+                }
+                StreamState::Done => return Poll::Ready(()),
             }
         }
-        if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
-            return Poll::Ready(Some(resp));
-        }
-        // A client that resets the stream cancels the request: dropping `handling` drops the
-        // upstream exchange with it.
-        reply.poll_reset(cx).map(|_| None)
-    })
-    .await;
-    let Some(resp) = answer else {
-        return;
-    };
+    }
+}
 
+/// Sends the response head; returns the body and its stream when there is a body to send.
+fn respond<B: Body>(
+    reply: &mut SendResponse<Bytes>,
+    resp: Response<B>,
+) -> Option<(B, SendStream<Bytes>)> {
     let (mut head, body) = resp.into_parts();
     // The proxy's response filter has removed every connection-specific header already
     // (RFC 9113 §8.2.2); `h2` would refuse the head otherwise.
@@ -179,14 +271,14 @@ async fn serve_stream(svc: Arc<Service>, req: Request<RecvStream>, mut reply: Se
             .or_insert_with(|| HeaderValue::from(len));
     }
     match reply.send_response(Response::from_parts(head, ()), end) {
-        Ok(send) if !end => pipe(body, send).await,
-        Ok(_) => {}
+        Ok(send) if !end => Some((body, send)),
+        Ok(_) => None,
         Err(e) => {
             tracing::debug!(error = %e, "sending the response head failed");
             reply.send_reset(Reason::INTERNAL_ERROR);
+            None
         }
     }
-    // `body` is dropped here at the latest, ended or not: the request is recorded.
 }
 
 /// Writes `body` to the stream as the client's flow-control window opens, until the body ends,
@@ -195,78 +287,74 @@ async fn serve_stream(svc: Arc<Service>, req: Request<RecvStream>, mut reply: Se
 /// As hyper does: the next frame is taken from the body only once the one before has been
 /// handed to `h2`, and a frame waits for at least one byte of window first. `h2` never sends
 /// past the window; what it holds for one stream is at most that one frame.
-async fn pipe<B>(body: B, mut send: SendStream<Bytes>)
+fn poll_pipe<B>(
+    body: &mut B,
+    send: &mut SendStream<Bytes>,
+    waiting: &mut Option<(Bytes, bool)>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), h2::Error>>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let mut body = body;
-    // A frame taken from the body, waiting for window; `true` when it is the last.
-    let mut waiting: Option<(Bytes, bool)> = None;
-    let done = poll_fn(|cx| {
-        loop {
-            if let Poll::Ready(reason) = send.poll_reset(cx) {
-                return Poll::Ready(
-                    reason.map(|r| tracing::debug!(reason = ?r, "client reset the stream")),
-                );
+    loop {
+        if let Poll::Ready(reason) = send.poll_reset(cx) {
+            return Poll::Ready(
+                reason.map(|r| tracing::debug!(reason = ?r, "client reset the stream")),
+            );
+        }
+        if let Some((_, last)) = waiting {
+            let last = *last;
+            while send.capacity() == 0 {
+                match ready!(send.poll_capacity(cx)) {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Poll::Ready(Err(e)),
+                    None => return Poll::Ready(Ok(())),
+                }
             }
-            if let Some((_, last)) = &waiting {
-                let last = *last;
-                while send.capacity() == 0 {
-                    match ready!(send.poll_capacity(cx)) {
-                        Some(Ok(_)) => {}
-                        Some(Err(e)) => return Poll::Ready(Err(e)),
-                        None => return Poll::Ready(Ok(())),
-                    }
-                }
-                if let Some((data, _)) = waiting.take() {
-                    send.send_data(data, last)?;
-                }
-                if last {
-                    return Poll::Ready(Ok(()));
-                }
-                continue;
+            if let Some((data, _)) = waiting.take() {
+                send.send_data(data, last)?;
             }
-            match ready!(Pin::new(&mut body).poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        let last = body.is_end_stream();
-                        if data.is_empty() {
-                            send.send_data(data, last)?;
-                            if last {
-                                return Poll::Ready(Ok(()));
-                            }
-                        } else {
-                            // One byte claimed, not the frame's length: a claim on the
-                            // connection window held by a stream that waits would starve the
-                            // others (hyperium/hyper#4003). `h2` raises it to what is queued.
-                            send.reserve_capacity(1);
-                            waiting = Some((data, last));
-                        }
-                    }
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            send.reserve_capacity(0);
-                            send.send_trailers(trailers)?;
+            if last {
+                return Poll::Ready(Ok(()));
+            }
+            continue;
+        }
+        match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    let last = body.is_end_stream();
+                    if data.is_empty() {
+                        send.send_data(data, last)?;
+                        if last {
                             return Poll::Ready(Ok(()));
                         }
+                    } else {
+                        // One byte claimed, not the frame's length: a claim on the connection
+                        // window held by a stream that waits would starve the others
+                        // (hyperium/hyper#4003). `h2` raises it to what is queued.
+                        send.reserve_capacity(1);
+                        *waiting = Some((data, last));
                     }
-                },
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "response body failed");
-                    send.send_reset(Reason::INTERNAL_ERROR);
-                    return Poll::Ready(Ok(()));
                 }
-                None => {
-                    send.send_data(Bytes::new(), true)?;
-                    return Poll::Ready(Ok(()));
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        send.reserve_capacity(0);
+                        send.send_trailers(trailers)?;
+                        return Poll::Ready(Ok(()));
+                    }
                 }
+            },
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "response body failed");
+                send.send_reset(Reason::INTERNAL_ERROR);
+                return Poll::Ready(Ok(()));
+            }
+            None => {
+                send.send_data(Bytes::new(), true)?;
+                return Poll::Ready(Ok(()));
             }
         }
-    })
-    .await;
-    if let Err(e) = done {
-        tracing::debug!(error = %e, "sending the response body failed");
     }
 }
 
