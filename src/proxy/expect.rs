@@ -29,6 +29,10 @@ pub fn wants_continue(headers: &HeaderMap) -> bool {
 /// Removes `Expect` from a request about to be forwarded. `Err(Unmet)` when an HTTP/1.1 or
 /// later request expects anything besides `100-continue`; empty list members are ignored.
 pub fn take(headers: &mut HeaderMap, version: Version) -> Result<(), Unmet> {
+    // The common case first: a lookup costs less than `entry`, which may grow the map.
+    if !headers.contains_key(EXPECT) {
+        return Ok(());
+    }
     let Entry::Occupied(entry) = headers.entry(EXPECT) else {
         return Ok(());
     };
