@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use super::upstream::Lease;
 use crate::privacy::capture::Pending;
 use crate::privacy::observation::Observation;
+use crate::server::h2::RecvBody;
 
 /// The request body grew past `server.max_body_bytes`.
 #[derive(Debug, thiserror::Error)]
@@ -54,25 +55,61 @@ pub fn linger(mut body: Incoming) {
     });
 }
 
-pin_project_lite::pin_project! {
-    /// A client's request body on its way upstream, cut off at a byte limit.
-    pub struct RequestBody {
-        #[pin]
-        inner: Option<Incoming>,
-        remaining: u64,
-        // Whether to `linger` on the rest when the limit cuts the body off (HTTP/1.x).
-        linger: bool,
+/// A client's request body as its connection delivers it.
+pub enum ClientBody {
+    /// HTTP/1.x, read by hyper's server.
+    H1(Incoming),
+    /// HTTP/2, read by [`crate::server::h2`].
+    H2(RecvBody),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        // Both kinds are `Unpin`.
+        let res = match self.get_mut() {
+            ClientBody::H1(b) => std::task::ready!(Pin::new(b).poll_frame(cx))
+                .map(|r| r.map_err(|e| Box::new(e) as Self::Error)),
+            ClientBody::H2(b) => std::task::ready!(Pin::new(b).poll_frame(cx))
+                .map(|r| r.map_err(|e| Box::new(e) as Self::Error)),
+        };
+        Poll::Ready(res)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::H1(b) => b.is_end_stream(),
+            ClientBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::H1(b) => b.size_hint(),
+            ClientBody::H2(b) => b.size_hint(),
+        }
     }
 }
 
+/// A client's request body on its way upstream, cut off at a byte limit.
+pub struct RequestBody {
+    inner: Option<ClientBody>,
+    remaining: u64,
+}
+
 impl RequestBody {
-    /// Streams `inner`, failing once more than `limit` bytes have passed. With `linger`
-    /// (an HTTP/1.x client), the rest of a body cut off is read and thrown away ([`linger`]).
-    pub fn new(inner: Incoming, limit: u64, linger: bool) -> RequestBody {
+    /// Streams `inner`, failing once more than `limit` bytes have passed. The rest of an
+    /// HTTP/1.x body cut off is read and thrown away ([`linger`]); an HTTP/2 stream is reset
+    /// when its body is dropped.
+    pub fn new(inner: ClientBody, limit: u64) -> RequestBody {
         RequestBody {
             inner: Some(inner),
             remaining: limit,
-            linger,
         }
     }
 
@@ -81,7 +118,6 @@ impl RequestBody {
         RequestBody {
             inner: None,
             remaining: 0,
-            linger: false,
         }
     }
 }
@@ -94,29 +130,25 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let mut this = self.project();
-        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        match std::task::ready!(inner.poll_frame(cx)) {
+        match std::task::ready!(Pin::new(inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
-                    if len > *this.remaining {
-                        // `Incoming` is `Unpin`: it can leave its pinned place.
-                        if let Some(rest) = this.inner.get_mut().take()
-                            && *this.linger
-                        {
+                    if len > this.remaining {
+                        if let Some(ClientBody::H1(rest)) = this.inner.take() {
                             linger(rest);
                         }
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
-                    *this.remaining -= len;
+                    this.remaining -= len;
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(e)))),
-            None => Poll::Ready(None),
+            other => Poll::Ready(other),
         }
     }
 

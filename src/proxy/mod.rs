@@ -9,6 +9,7 @@
 pub mod authority;
 pub mod body;
 pub mod cookie;
+pub mod expect;
 pub mod headers;
 pub mod upstream;
 
@@ -20,7 +21,6 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_TYPE, FORWARDED, HOST, HeaderValue, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::client_ip::{ClientAddr, TrustedProxies, X_FORWARDED_FOR};
@@ -29,7 +29,7 @@ use crate::metrics::UpstreamError;
 use crate::privacy::capture::{Capture, ClientMemo};
 use crate::privacy::net::truncate;
 use crate::ratelimit::{Decision, RateLimiter};
-use body::{BodyTooLarge, CapturedBody, RequestBody, ResponseBody, Sinks};
+use body::{BodyTooLarge, CapturedBody, ClientBody, RequestBody, ResponseBody, Sinks};
 use headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO, ip_value};
 use upstream::{SendError, Upstreams};
 
@@ -114,7 +114,11 @@ impl Proxy {
     }
 
     /// Handles one request: every phase, ending in a body that records it when it ends.
-    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<CapturedBody> {
+    pub async fn handle(
+        &self,
+        req: Request<ClientBody>,
+        conn: &ConnInfo,
+    ) -> Response<CapturedBody> {
         let client = self.trusted.resolve(conn.peer, req.headers());
         let authority = authority::decide(&req);
         let host = authority
@@ -160,7 +164,7 @@ impl Proxy {
     ///   (RFC 9110 §7.6.2).
     fn request_filter(
         &self,
-        req: &Request<Incoming>,
+        req: &Request<ClientBody>,
         authority: &Result<Option<authority::RequestAuthority>, authority::AuthorityError>,
     ) -> Option<Response<ResponseBody>> {
         if authority.is_err() || headers::content_length(req.headers()).is_err() {
@@ -211,7 +215,7 @@ impl Proxy {
     /// Forwards to an upstream and filters the response.
     async fn forward(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<ClientBody>,
         conn: &ConnInfo,
         client: ClientAddr,
         authority: Option<authority::RequestAuthority>,
@@ -221,6 +225,11 @@ impl Proxy {
             linger_h1(req);
             return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
         }
+        let version = req.version();
+        if expect::take(req.headers_mut(), version).is_err() {
+            linger_h1(req);
+            return local(StatusCode::EXPECTATION_FAILED, "expectation failed\n");
+        }
         let upgrade =
             req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -229,8 +238,7 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let pick = self.upstreams.pick(parts.uri.path_and_query());
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
-        let h1 = parts.version < Version::HTTP_2;
-        if !h1 {
+        if parts.version == Version::HTTP_2 {
             headers::join_cookie_lines(&mut parts.headers);
         }
         // Set after the hop-by-hop removal, so no `Connection` option can take them away.
@@ -244,8 +252,7 @@ impl Proxy {
         headers::decrement_max_forwards(&parts.method, &mut parts.headers);
         parts.uri = pick.uri.clone();
         parts.version = Version::HTTP_11;
-        let upstream_req =
-            Request::from_parts(parts, RequestBody::new(body, self.max_body_bytes, h1));
+        let upstream_req = Request::from_parts(parts, RequestBody::new(body, self.max_body_bytes));
 
         // send
         let metrics = &self.sinks.metrics;
@@ -348,9 +355,9 @@ impl Proxy {
 
 /// Lets an HTTP/1.x request answered without reading its body read it to the end
 /// ([`body::linger`]), so the client receives the answer rather than a reset.
-fn linger_h1(req: Request<Incoming>) {
-    if req.version() < Version::HTTP_2 {
-        body::linger(req.into_body());
+fn linger_h1(req: Request<ClientBody>) {
+    if let ClientBody::H1(body) = req.into_body() {
+        body::linger(body);
     }
 }
 

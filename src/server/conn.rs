@@ -1,6 +1,9 @@
-//! Serving one accepted connection: TLS handshake, HTTP/1.1 or HTTP/2, idle timeout, drain.
+//! Serving one accepted connection: TLS handshake, HTTP/1.1 (hyper) or HTTP/2 ([`super::h2`]),
+//! idle timeout, drain.
 
 use std::convert::Infallible;
+use std::fmt::Display;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,20 +19,22 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
+use super::h2;
 use crate::client_ip::ClientAddr;
 use crate::config;
 use crate::metrics::Metrics;
 use crate::privacy::observation::HttpProto;
+use crate::proxy::body::ClientBody;
 use crate::proxy::{ConnInfo, Proxy};
 
 /// The per-process state every connection task shares.
 pub struct ConnShared {
     /// The forwarding core.
     pub proxy: Arc<Proxy>,
-    /// HTTP/1.1, h2c by preface, or HTTP/2 after ALPN.
-    auto: auto::Builder<TokioExecutor>,
-    h2_only: auto::Builder<TokioExecutor>,
+    /// HTTP/1.1.
     h1_only: auto::Builder<TokioExecutor>,
+    /// HTTP/2, after ALPN h2 or the h2c preface.
+    h2: h2::Settings,
     handshake_timeout: Duration,
     idle_timeout: Duration,
     /// Flips to `true` when the process starts draining.
@@ -56,19 +61,11 @@ impl ConnShared {
             .header_read_timeout(cfg.header_read_timeout.0)
             .max_buf_size(head_cap)
             .keep_alive(true);
-        auto.http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(head_cap as u32)
-            .max_concurrent_streams(256);
-        let h2_only = auto.clone().http2_only();
-        // Over TLS, HTTP/2 is spoken only after ALPN h2 (RFC 9113 §3.2): anything else is
-        // HTTP/1.1, with no need to sniff for a preface.
-        let h1_only = auto.clone().http1_only();
+        let h1_only = auto.http1_only();
         ConnShared {
             proxy,
-            auto,
-            h2_only,
             h1_only,
+            h2: h2::settings(u32::try_from(head_cap).unwrap_or(u32::MAX)),
             handshake_timeout: cfg.header_read_timeout.0,
             idle_timeout: cfg.idle_timeout.0,
             shutdown,
@@ -112,15 +109,42 @@ pub async fn serve_tls(
     let alpn = session.alpn_protocol();
     let tls13 = session.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
     metrics.tls_handshake(tls13, alpn);
-    let h2 = alpn == Some(b"h2");
-    let builder = if h2 { &shared.h2_only } else { &shared.h1_only };
-    serve_http(stream, peer, true, builder, &shared).await;
+    // Over TLS, HTTP/2 is spoken only after ALPN h2 (RFC 9113 §3.2): anything else is
+    // HTTP/1.1, with no need to sniff for a preface.
+    if alpn == Some(b"h2") {
+        serve_h2(stream, peer, true, &shared).await;
+    } else {
+        serve_http(stream, peer, true, &shared.h1_only, &shared).await;
+    }
 }
 
-/// Serves a cleartext connection (HTTP/1.1, or h2c by prior knowledge).
+/// Serves a cleartext connection: h2c when it opens with the HTTP/2 preface (prior knowledge,
+/// RFC 9113 §3.3), HTTP/1.1 otherwise.
 pub async fn serve_plain(tcp: TcpStream, peer: ClientAddr, shared: Arc<ConnShared>) {
     let _open = OpenConnection::new(&shared.proxy.sinks.metrics);
-    serve_http(tcp, peer, false, &shared.auto, &shared).await;
+    let sniffed = tokio::time::timeout(shared.handshake_timeout, h2::sniff_preface(tcp)).await;
+    match sniffed {
+        Ok(Ok((true, io))) => serve_h2(io, peer, false, &shared).await,
+        Ok(Ok((false, io))) => serve_http(io, peer, false, &shared.h1_only, &shared).await,
+        Ok(Err(e)) => tracing::debug!(error = %e, "reading the connection preface failed"),
+        Err(_) => tracing::debug!("connection preface timed out"),
+    }
+}
+
+async fn serve_h2<T>(io: T, peer: ClientAddr, tls: bool, shared: &Arc<ConnShared>)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(AtomicBool::new(false));
+    let io = IdleIo {
+        inner: io,
+        activity: activity.clone(),
+    };
+    let info = ConnInfo::new(peer, tls);
+    let conn = h2::Connection::new(io, &shared.h2, shared.proxy.clone(), info);
+    // HTTP/2 refuses malformed requests per stream (RFC 9113 §8.1.1); a connection error has
+    // no request to record.
+    let _ = drive(conn, h2::Connection::graceful_shutdown, &activity, shared).await;
 }
 
 async fn serve_http<T>(
@@ -143,11 +167,30 @@ async fn serve_http<T>(
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
         let info = info.clone();
-        // Boxed once here: hyper moves the service future into each stream's task, and a
-        // pointer moves cheaper than the whole request state.
-        Box::pin(async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) })
+        // Boxed once here: hyper moves the service future about, and a pointer moves cheaper
+        // than the whole request state.
+        Box::pin(
+            async move { Ok::<_, Infallible>(proxy.handle(req.map(ClientBody::H1), &info).await) },
+        )
     });
     let conn = builder.serve_connection_with_upgrades(io, service);
+    if let Err(e) = drive(conn, |conn| conn.graceful_shutdown(), &activity, shared).await {
+        record_unread_head(&*e, &shared.proxy, &conn_info);
+    }
+}
+
+/// Runs a connection to its end, closing it gracefully when the process drains or when no byte
+/// has moved either way for `idle_timeout`. Returns how the connection ended.
+async fn drive<C, E>(
+    conn: C,
+    graceful_shutdown: impl Fn(Pin<&mut C>),
+    activity: &AtomicBool,
+    shared: &ConnShared,
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+    E: Display,
+{
     tokio::pin!(conn);
 
     let mut shutdown = shared.shutdown.clone();
@@ -158,7 +201,7 @@ async fn serve_http<T>(
     let mut quiet_ticks = 0u32;
     let mut draining = *shutdown.borrow();
     if draining {
-        conn.as_mut().graceful_shutdown();
+        graceful_shutdown(conn.as_mut());
     }
     loop {
         tokio::select! {
@@ -166,15 +209,14 @@ async fn serve_http<T>(
             // order spares the random draw `select!` makes otherwise.
             biased;
             res = conn.as_mut() => {
-                if let Err(e) = res {
-                    record_unread_head(&*e, &shared.proxy, &conn_info);
+                if let Err(e) = &res {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
-                return;
+                return res;
             }
             _ = shutdown.changed(), if !draining => {
                 draining = true;
-                conn.as_mut().graceful_shutdown();
+                graceful_shutdown(conn.as_mut());
             }
             _ = tick.tick(), if !draining => {
                 if activity.swap(false, Ordering::Relaxed) {
@@ -183,7 +225,7 @@ async fn serve_http<T>(
                     quiet_ticks += 1;
                     if quiet_ticks >= 4 {
                         draining = true;
-                        conn.as_mut().graceful_shutdown();
+                        graceful_shutdown(conn.as_mut());
                     }
                 }
             }

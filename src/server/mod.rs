@@ -2,6 +2,7 @@
 //! SIGTERM/SIGINT.
 
 pub mod conn;
+pub mod h2;
 pub mod tls;
 
 use std::net::SocketAddr;

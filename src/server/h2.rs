@@ -1,0 +1,612 @@
+//! Serving HTTP/2 (RFC 9113) with the `h2` crate: the handshake with our settings, one task per
+//! stream, request bodies read with flow control, response bodies written within the peer's
+//! window, `100 (Continue)`, stream resets and the graceful close (GOAWAY).
+//!
+//! hyper's HTTP/2 server cannot send a 1xx response (hyperium/hyper#2743), so a client that
+//! sends `Expect: 100-continue` waits out its own timer (curl: 1 s) before sending a body. This
+//! module does what hyper's does otherwise, the way it does it (the same `h2` settings, a task
+//! per stream, no copy of a DATA frame), and sends `100 (Continue)` the first time the request
+//! body is read — as hyper's HTTP/1.1 server does — never when the answer needs no body (413,
+//! 417, 429). HTTP/1.1 stays with hyper ([`super::conn`]).
+//!
+//! What it must never do: log a request value (headers, body), buffer a body, or keep working
+//! for a stream its client has reset.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use h2::server::{Builder, Handshake, SendResponse};
+use h2::{Reason, RecvStream, SendStream};
+use http::header::{CONTENT_LENGTH, DATE};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::sync::oneshot;
+
+use crate::proxy::body::ClientBody;
+use crate::proxy::{ConnInfo, Proxy, expect};
+
+/// The client connection preface (RFC 9113 §3.4) that opens HTTP/2 by prior knowledge (h2c).
+pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+// hyper 1.12's HTTP/2 server settings, kept so that serving performs as it did under hyper:
+// windows of 1 MiB instead of the protocol's 64 KiB, 16 KiB frames, and up to 400 KiB queued
+// per stream for sending.
+const STREAM_WINDOW: u32 = 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 1024 * 1024;
+const MAX_FRAME_SIZE: u32 = 16 * 1024;
+const MAX_SEND_BUFFER: usize = 400 * 1024;
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+/// Streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+const MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// The settings every HTTP/2 connection is served with (an `h2` server builder).
+pub type Settings = Builder;
+
+/// The `h2` server settings: hyper's defaults, 256 concurrent streams, and a header list of at
+/// most `max_header_list_size` bytes (a larger one is answered 431 by `h2`).
+pub fn settings(max_header_list_size: u32) -> Settings {
+    let mut b = Builder::new();
+    b.initial_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_SIZE)
+        .max_header_list_size(max_header_list_size)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+    b
+}
+
+/// What every stream of a connection shares: one reference count per stream.
+struct Service {
+    proxy: Arc<Proxy>,
+    info: ConnInfo,
+}
+
+enum State<T> {
+    Handshaking(Handshake<T, Bytes>),
+    Serving(h2::server::Connection<T, Bytes>),
+}
+
+/// One HTTP/2 connection being served: a future that ends when the connection closes, with
+/// `Err` if it ended on a protocol or I/O error. Each stream runs in a task of its own.
+pub struct Connection<T> {
+    state: State<T>,
+    service: Arc<Service>,
+    /// A graceful shutdown asked for before the handshake finished.
+    close_pending: bool,
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
+    /// Starts the server side of the handshake on `io` (the client preface and SETTINGS).
+    pub fn new(io: T, settings: &Settings, proxy: Arc<Proxy>, info: ConnInfo) -> Connection<T> {
+        Connection {
+            state: State::Handshaking(settings.handshake(io)),
+            service: Arc::new(Service { proxy, info }),
+            close_pending: false,
+        }
+    }
+
+    /// Sends GOAWAY: streams already open finish, no new one is accepted, and the connection
+    /// closes once the last one has. The future must still be polled to the end.
+    pub fn graceful_shutdown(self: Pin<&mut Self>) {
+        let this = self.get_mut();
+        match &mut this.state {
+            State::Handshaking(_) => this.close_pending = true,
+            State::Serving(conn) => conn.graceful_shutdown(),
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Future for Connection<T> {
+    type Output = Result<(), h2::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                State::Handshaking(hs) => {
+                    let mut conn = ready!(Pin::new(hs).poll(cx))?;
+                    if this.close_pending {
+                        conn.graceful_shutdown();
+                    }
+                    this.state = State::Serving(conn);
+                }
+                State::Serving(conn) => match ready!(conn.poll_accept(cx)) {
+                    Some(Ok((req, reply))) => {
+                        let (parts, recv) = req.into_parts();
+                        let (body, continue_wanted) = RecvBody::new(recv, &parts.headers);
+                        let req = Request::from_parts(parts, ClientBody::H2(body));
+                        let svc = this.service.clone();
+                        // Boxed once: the stream's task holds a pointer, not the request state.
+                        let handling =
+                            Box::pin(async move { svc.proxy.handle(req, &svc.info).await });
+                        tokio::spawn(Stream::new(handling, continue_wanted, reply));
+                    }
+                    Some(Err(e)) => return Poll::Ready(Err(e)),
+                    None => return Poll::Ready(Ok(())),
+                },
+            }
+        }
+    }
+}
+
+/// One stream, as its own task: the proxy's answer, raced against the client resetting the
+/// stream, then the response body written out. The access log record is written when the
+/// response body is dropped (see [`crate::proxy::body::CapturedBody`]): once it has ended, or
+/// when the stream is reset or fails.
+///
+/// Written out as a state machine, as hyper's `H2Stream` is, rather than as an `async fn`: the
+/// task then holds the boxed answer or the body being sent, never both, and spawning it or
+/// finishing it copies a few hundred bytes instead of kilobytes.
+struct Stream<F, B> {
+    reply: SendResponse<Bytes>,
+    state: StreamState<F, B>,
+}
+
+enum StreamState<F, B> {
+    /// Waiting for the proxy's answer.
+    Answering {
+        handling: Pin<Box<F>>,
+        /// Fires when the request body is first read and the client waits for a 100.
+        continue_wanted: Option<oneshot::Receiver<()>>,
+    },
+    /// Writing the response body.
+    Sending {
+        body: B,
+        send: SendStream<Bytes>,
+        /// A frame taken from the body, waiting for window; `true` when it is the last.
+        waiting: Option<(Bytes, bool)>,
+    },
+    Done,
+}
+
+impl<F, B> Stream<F, B> {
+    fn new(
+        handling: Pin<Box<F>>,
+        continue_wanted: Option<oneshot::Receiver<()>>,
+        reply: SendResponse<Bytes>,
+    ) -> Self {
+        Stream {
+            reply,
+            state: StreamState::Answering {
+                handling,
+                continue_wanted,
+            },
+        }
+    }
+}
+
+impl<F, B> Future for Stream<F, B>
+where
+    F: Future<Output = Response<B>>,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // Every field is `Unpin`: the answer is boxed.
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                StreamState::Answering {
+                    handling,
+                    continue_wanted,
+                } => {
+                    // The body is read (by the upstream connection's task) once the request
+                    // is on its way: tell the client to send it.
+                    if let Some(wanted) = continue_wanted
+                        && let Poll::Ready(read) = Pin::new(wanted).poll(cx)
+                    {
+                        *continue_wanted = None;
+                        if read.is_ok() {
+                            let mut cont = Response::new(());
+                            *cont.status_mut() = StatusCode::CONTINUE;
+                            if let Err(e) = this.reply.send_informational(cont) {
+                                tracing::debug!(error = %e, "sending 100 Continue failed");
+                            }
+                        }
+                    }
+                    let Poll::Ready(resp) = handling.as_mut().poll(cx) else {
+                        // A client that resets the stream cancels the request: dropping
+                        // `handling` drops the upstream exchange with it.
+                        return match this.reply.poll_reset(cx) {
+                            Poll::Ready(_) => {
+                                this.state = StreamState::Done;
+                                Poll::Ready(())
+                            }
+                            Poll::Pending => Poll::Pending,
+                        };
+                    };
+                    this.state = match respond(&mut this.reply, resp) {
+                        Some((body, send)) => StreamState::Sending {
+                            body,
+                            send,
+                            waiting: None,
+                        },
+                        None => StreamState::Done,
+                    };
+                }
+                StreamState::Sending {
+                    body,
+                    send,
+                    waiting,
+                } => {
+                    let res = ready!(poll_pipe(body, send, waiting, cx));
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "sending the response body failed");
+                    }
+                    // The body is dropped here: the request is recorded.
+                    this.state = StreamState::Done;
+                }
+                StreamState::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+/// Sends the response head; returns the body and its stream when there is a body to send.
+fn respond<B: Body>(
+    reply: &mut SendResponse<Bytes>,
+    resp: Response<B>,
+) -> Option<(B, SendStream<Bytes>)> {
+    let (mut head, body) = resp.into_parts();
+    // The proxy's response filter has removed every connection-specific header already
+    // (RFC 9113 §8.2.2); `h2` would refuse the head otherwise.
+    if !head.headers.contains_key(DATE)
+        && let Some(date) = date_now()
+    {
+        head.headers.insert(DATE, date);
+    }
+    let end = body.is_end_stream();
+    if !end && let Some(len) = body.size_hint().exact() {
+        head.headers
+            .entry(CONTENT_LENGTH)
+            .or_insert_with(|| HeaderValue::from(len));
+    }
+    match reply.send_response(Response::from_parts(head, ()), end) {
+        Ok(send) if !end => Some((body, send)),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::debug!(error = %e, "sending the response head failed");
+            reply.send_reset(Reason::INTERNAL_ERROR);
+            None
+        }
+    }
+}
+
+/// Writes `body` to the stream as the client's flow-control window opens, until the body ends,
+/// fails (the stream is reset with INTERNAL_ERROR) or the client resets the stream.
+///
+/// As hyper does: the next frame is taken from the body only once the one before has been
+/// handed to `h2`, and a frame waits for at least one byte of window first. `h2` never sends
+/// past the window; what it holds for one stream is at most that one frame.
+fn poll_pipe<B>(
+    body: &mut B,
+    send: &mut SendStream<Bytes>,
+    waiting: &mut Option<(Bytes, bool)>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), h2::Error>>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    loop {
+        if let Poll::Ready(reason) = send.poll_reset(cx) {
+            return Poll::Ready(
+                reason.map(|r| tracing::debug!(reason = ?r, "client reset the stream")),
+            );
+        }
+        if let Some((_, last)) = waiting {
+            let last = *last;
+            while send.capacity() == 0 {
+                match ready!(send.poll_capacity(cx)) {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Poll::Ready(Err(e)),
+                    None => return Poll::Ready(Ok(())),
+                }
+            }
+            if let Some((data, _)) = waiting.take() {
+                send.send_data(data, last)?;
+            }
+            if last {
+                return Poll::Ready(Ok(()));
+            }
+            continue;
+        }
+        match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    let last = body.is_end_stream();
+                    if data.is_empty() {
+                        send.send_data(data, last)?;
+                        if last {
+                            return Poll::Ready(Ok(()));
+                        }
+                    } else {
+                        // One byte claimed, not the frame's length: a claim on the connection
+                        // window held by a stream that waits would starve the others
+                        // (hyperium/hyper#4003). `h2` raises it to what is queued.
+                        send.reserve_capacity(1);
+                        *waiting = Some((data, last));
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        send.reserve_capacity(0);
+                        send.send_trailers(trailers)?;
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            },
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "response body failed");
+                send.send_reset(Reason::INTERNAL_ERROR);
+                return Poll::Ready(Ok(()));
+            }
+            None => {
+                send.send_data(Bytes::new(), true)?;
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+/// An HTTP/2 request body: DATA frames as they arrive, then trailers. Each frame read gives its
+/// bytes back to the client's flow-control window; the first read sends `100 (Continue)` when
+/// the client asked for it.
+pub struct RecvBody {
+    recv: RecvStream,
+    /// What the declared `Content-Length` still promises (`h2` enforces it); `None` without.
+    remaining: Option<u64>,
+    data_done: bool,
+    /// Fired on the first read when the client waits for `100 (Continue)`.
+    continue_wanted: Option<oneshot::Sender<()>>,
+}
+
+impl RecvBody {
+    /// The body of a request with `headers`, and the signal of its first read when the client
+    /// expects `100-continue` and has a body to send.
+    fn new(recv: RecvStream, headers: &HeaderMap) -> (RecvBody, Option<oneshot::Receiver<()>>) {
+        let end = recv.is_end_stream();
+        let remaining = if end {
+            Some(0)
+        } else {
+            content_length(headers)
+        };
+        let (tx, rx) = if !end && expect::wants_continue(headers) {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let body = RecvBody {
+            recv,
+            remaining,
+            data_done: false,
+            continue_wanted: tx,
+        };
+        (body, rx)
+    }
+}
+
+impl Body for RecvBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = self.get_mut();
+        if let Some(wanted) = this.continue_wanted.take() {
+            let _ = wanted.send(());
+        }
+        if !this.data_done {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    if let Some(left) = &mut this.remaining {
+                        *left = left.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(early_end(e)),
+                None => this.data_done = true,
+            }
+        }
+        match ready!(this.recv.poll_trailers(cx)) {
+            Ok(trailers) => Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t)))),
+            Err(e) => Poll::Ready(early_end(e)),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.remaining
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
+    }
+}
+
+/// A reset with NO_ERROR ends the body without failing it: the client has its answer and stops
+/// sending (RFC 9113 §8.1).
+fn early_end(e: h2::Error) -> Option<Result<Frame<Bytes>, h2::Error>> {
+    (e.reason() != Some(Reason::NO_ERROR)).then_some(Err(e))
+}
+
+/// The declared `Content-Length`, if every value (and list member) agrees.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut len = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for member in value.as_bytes().split(|&b| b == b',') {
+            let n: u64 = std::str::from_utf8(member.trim_ascii())
+                .ok()?
+                .parse()
+                .ok()?;
+            if len.is_some_and(|l| l != n) {
+                return None;
+            }
+            len = Some(n);
+        }
+    }
+    len
+}
+
+/// The `Date` header for now (RFC 9110 §6.6.1), formatted once a second per thread.
+fn date_now() -> Option<HeaderValue> {
+    use std::cell::RefCell;
+    thread_local! {
+        static DATE: RefCell<(u64, Option<HeaderValue>)> = const { RefCell::new((0, None)) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, value)| {
+        if *at != secs || value.is_none() {
+            *at = secs;
+            *value = HeaderValue::try_from(httpdate::fmt_http_date(now)).ok();
+        }
+        value.clone()
+    })
+}
+
+/// Reads the start of a cleartext connection to tell h2c by prior knowledge (the 24-byte
+/// preface) from HTTP/1.1, stopping at the first byte that differs. Returns whether it is h2c
+/// and the connection with the bytes read put back in front.
+pub async fn sniff_preface<T: AsyncRead + Unpin>(mut io: T) -> io::Result<(bool, Rewind<T>)> {
+    let mut start = [0u8; 24];
+    let mut len = 0;
+    while len < start.len() && start[..len] == PREFACE[..len] {
+        let n = io.read(&mut start[len..]).await?;
+        if n == 0 {
+            break;
+        }
+        len += n;
+    }
+    let h2c = start == *PREFACE;
+    Ok((
+        h2c,
+        Rewind {
+            start,
+            pos: 0,
+            len,
+            inner: io,
+        },
+    ))
+}
+
+/// A connection whose first bytes, already read, are read again.
+pub struct Rewind<T> {
+    start: [u8; 24],
+    pos: usize,
+    len: usize,
+    inner: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos < this.len {
+            let n = (this.len - this.pos).min(buf.remaining());
+            buf.put_slice(&this.start[this.pos..this.pos + n]);
+            this.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_length_counts_only_when_every_value_agrees() {
+        let rows: &[(&[&str], Option<u64>)] = &[
+            (&[], None),
+            (&["0"], Some(0)),
+            (&["2097152"], Some(2_097_152)),
+            (&[" 42 "], Some(42)),
+            (&["42", "42"], Some(42)),
+            (&["42, 42"], Some(42)),
+            (&["42", "43"], None),
+            (&["42, 43"], None),
+            (&["-1"], None),
+            (&["4x"], None),
+            (&[""], None),
+        ];
+        for (values, want) in rows {
+            let mut h = HeaderMap::new();
+            for v in *values {
+                h.append(CONTENT_LENGTH, HeaderValue::from_str(v).unwrap());
+            }
+            assert_eq!(content_length(&h), *want, "{values:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_preface_is_told_from_http1_and_read_again() {
+        let rows: &[(&[u8], bool)] = &[
+            (PREFACE, true),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04", true),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", false),
+            (b"PRI * HTTP/1.1\r\n\r\n", false),
+            (b"PRI", false),
+            (b"", false),
+        ];
+        for (sent, h2c) in rows {
+            let (mut client, server) = tokio::io::duplex(64);
+            tokio::io::AsyncWriteExt::write_all(&mut client, sent)
+                .await
+                .unwrap();
+            drop(client);
+            let (found, mut io) = sniff_preface(server).await.unwrap();
+            assert_eq!(found, *h2c, "{sent:?}");
+            let mut again = Vec::new();
+            io.read_to_end(&mut again).await.unwrap();
+            assert_eq!(again, *sent, "{sent:?} read again");
+        }
+    }
+}
