@@ -87,8 +87,9 @@ async fn exchange(
         let mut body_sent = false;
         let mut pending_body = body;
         if !waits && let Some(b) = pending_body.take() {
-            stream.send_data(b, true).unwrap();
-            body_sent = true;
+            // The proxy may already have answered (413, 417, 429) and reset the stream; the
+            // answer is what the row checks.
+            body_sent = stream.send_data(b, true).is_ok();
         }
         let resp = loop {
             let next = poll_fn(|cx| {
