@@ -285,10 +285,11 @@ pub struct CapturedBody {
 }
 
 impl CapturedBody {
-    /// Wraps `inner`, recording `pending` with `status` when the body is dropped.
+    /// Wraps `inner`, recording `pending` (if any: `None` records nothing) with `status` when
+    /// the body is dropped.
     pub fn new(
         inner: ResponseBody,
-        pending: Pending,
+        pending: Option<Pending>,
         status: u16,
         limited: bool,
         sinks: Arc<Sinks>,
@@ -296,7 +297,7 @@ impl CapturedBody {
         CapturedBody {
             inner,
             bytes: 0,
-            capturing: Some(Capturing {
+            capturing: pending.map(|pending| Capturing {
                 pending,
                 status,
                 limited,

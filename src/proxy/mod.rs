@@ -127,6 +127,12 @@ impl Proxy {
             .and_then(|a| a.as_ref())
             .map(|a| a.host());
         let pending = self.capture.begin(client, &req, host, &conn.memo);
+        // Recorded as 499 if the client goes away (closes, resets its stream) before the
+        // answer exists: this future is then dropped at its `await`.
+        let mut unanswered = Unanswered {
+            pending: Some(pending),
+            sinks: &self.sinks,
+        };
         let head = req.method() == Method::HEAD;
         let (mut resp, limited) = match self.request_filter(&req, &authority) {
             Some(rejection) => {
@@ -148,6 +154,7 @@ impl Proxy {
             resp.body_mut().clear_local();
         }
         let status = resp.status().as_u16();
+        let pending = unanswered.pending.take();
         resp.map(|body| CapturedBody::new(body, pending, status, limited, self.sinks.clone()))
     }
 
@@ -349,6 +356,27 @@ impl Proxy {
                 h.remove(FORWARDED);
                 h.remove(&X_FORWARDED_FOR);
             }
+        }
+    }
+}
+
+/// The status recorded for a request whose client went away before it was answered (nginx's
+/// "client closed request"; never sent, since no one is there to receive it).
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// A request's record until its answer exists: dropped before that (the client closed the
+/// connection or reset the stream while the request was on its way), it writes the record with
+/// [`CLIENT_CLOSED_REQUEST`], so that every request still has exactly one.
+struct Unanswered<'a> {
+    pending: Option<crate::privacy::capture::Pending>,
+    sinks: &'a Sinks,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            self.sinks
+                .observe(pending.finish(CLIENT_CLOSED_REQUEST, 0, false));
         }
     }
 }
