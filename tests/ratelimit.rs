@@ -159,5 +159,8 @@ async fn a_large_refused_upload_still_gets_its_429() {
             other => assert_eq!(forwarded, 1, "{other} without reaching the upstream"),
         }
     }
-    assert!(refused >= 10, "only {refused} of 20 uploads were over the quota");
+    assert!(
+        refused >= 10,
+        "only {refused} of 20 uploads were over the quota"
+    );
 }

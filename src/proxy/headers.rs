@@ -122,6 +122,21 @@ pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ()> {
     Ok(length)
 }
 
+/// Several agreeing `Content-Length` lines or list elements (`3` twice, `3, 3`) become one
+/// line, as HTTP/1.1 upstreams expect (some refuse repeats). Call only after
+/// [`content_length`] accepted the values.
+pub fn one_content_length(headers: &mut HeaderMap) {
+    let mut lines = headers.get_all(CONTENT_LENGTH).iter();
+    let repeated = match (lines.next(), lines.next()) {
+        (Some(first), None) => first.as_bytes().contains(&b','),
+        (Some(_), Some(_)) => true,
+        _ => false,
+    };
+    if repeated && let Ok(Some(n)) = content_length(headers) {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+    }
+}
+
 /// The size of a request's head as HTTP/2 counts a header list (RFC 9113 §6.5.2): each field's
 /// name and value length plus 32 octets, the pseudo-header fields included. The same measure
 /// for both protocols, so one `server.max_header_bytes` means one thing.
@@ -359,6 +374,22 @@ mod tests {
         for (lines, want) in cases {
             let pairs: Vec<(&str, &str)> = lines.iter().map(|l| ("content-length", *l)).collect();
             assert_eq!(content_length(&map(&pairs)), *want, "{lines:?}");
+        }
+    }
+
+    #[test]
+    fn agreeing_content_lengths_become_one_line() {
+        for (lines, want) in [
+            (&["3", "3"][..], &["3"][..]),
+            (&["3, 3"][..], &["3"][..]),
+            (&["3"][..], &["3"][..]),
+            (&[][..], &[][..]),
+        ] {
+            let pairs: Vec<(&str, &str)> = lines.iter().map(|l| ("content-length", *l)).collect();
+            let mut m = map(&pairs);
+            one_content_length(&mut m);
+            let got: Vec<_> = m.get_all(CONTENT_LENGTH).iter().collect();
+            assert_eq!(got, want, "{lines:?}");
         }
     }
 

@@ -245,6 +245,7 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let pick = self.upstreams.pick(parts.uri.path_and_query());
         headers::strip_hop_by_hop(&mut parts.headers, upgrade);
+        headers::one_content_length(&mut parts.headers);
         if parts.version == Version::HTTP_2 {
             headers::join_cookie_lines(&mut parts.headers);
         }
