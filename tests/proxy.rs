@@ -212,7 +212,14 @@ async fn upstream_down_gives_502_and_slow_gives_504() {
         &up.url(),
     )
     .await;
-    assert_eq!(proxy.admin_get("/readyz").await.0, StatusCode::OK);
+    // Ready once the listeners are up (the harness may see the admin port a moment before).
+    eventually(
+        Duration::from_secs(5),
+        Duration::from_millis(20),
+        async || (proxy.admin_get("/readyz").await.0 == StatusCode::OK).then_some(()),
+        || "never ready".to_owned(),
+    )
+    .await;
     for proto in BOTH {
         let resp = proxy.client().get(proto, "/slow?ms=3000").await;
         assert_eq!(resp.status, StatusCode::GATEWAY_TIMEOUT, "{proto:?}");
