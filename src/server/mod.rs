@@ -22,6 +22,7 @@ use crate::client_ip::ClientAddr;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::privacy::capture::{Capture, EpochKey, open_geo};
+use crate::privacy::geo::{GeoChange, GeoFollower};
 use crate::privacy::keys::{Epoch, Key, KeyError, KeyStore};
 use crate::proxy::Proxy;
 use crate::proxy::body::Sinks;
@@ -113,6 +114,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     let background = [
         tokio::spawn(rotate_keys(keys.clone(), proxy.clone())),
         tokio::spawn(housekeep_limiter(proxy.clone())),
+        tokio::spawn(follow_geo(proxy.clone())),
     ];
     log_listening("tls", &tls_listener);
     tokio::spawn(accept_loop(tls_listener, Some(acceptor), shared.clone()));
@@ -126,7 +128,13 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
 
     loop {
         match signals.next().await {
-            Signal::Reload => reload(&config_path, &resolver, &proxy),
+            Signal::Reload => {
+                // Reading files may block: off the runtime, and one reload at a time.
+                let (path, r, p) = (config_path.clone(), resolver.clone(), proxy.clone());
+                if let Err(e) = tokio::task::spawn_blocking(move || reload(&path, &r, &p)).await {
+                    tracing::error!(error = %e, "reload task failed");
+                }
+            }
             Signal::Stop(name) => {
                 tracing::info!(signal = name, grace = ?config.server.shutdown_grace.0, "draining");
                 break;
@@ -205,6 +213,48 @@ async fn rotate_keys(keys: Arc<KeyStore>, proxy: Arc<Proxy>) {
                 }
             }
             tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+    }
+}
+
+/// How often the country database's file is looked at (one `stat`).
+const GEO_POLL: Duration = Duration::from_secs(2);
+
+/// Reloads the country database when its file changes on disk (replaced by rename, rewritten
+/// in place, removed and put back), as SIGHUP does; a changed file that is not a valid database
+/// keeps the one in use, reported once by path.
+async fn follow_geo(proxy: Arc<Proxy>) {
+    let mut follower = GeoFollower::default();
+    let mut tick = tokio::time::interval(GEO_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(current) = proxy.capture.geo() else {
+            continue;
+        };
+        let polled = tokio::task::spawn_blocking(move || {
+            let change = follower.poll(&current);
+            (follower, change)
+        })
+        .await;
+        let change;
+        (follower, change) = match polled {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(error = %e, "country database check failed");
+                (GeoFollower::default(), GeoChange::Unchanged)
+            }
+        };
+        match change {
+            GeoChange::Unchanged => {}
+            GeoChange::Reloaded(db) => {
+                let path = db.path().display().to_string();
+                proxy.capture.set_geo(Some(db));
+                tracing::info!(%path, "country database file changed: reloaded");
+            }
+            GeoChange::Unusable(e) => {
+                tracing::error!(path = %e.path().display(), error = %e, "country database file changed but cannot be used; keeping the database in use");
+            }
         }
     }
 }
