@@ -91,6 +91,23 @@ fn assert_alive(proxy: &mut Proxy, when: &str) {
     }
 }
 
+/// Waits (up to 20 s) until `cond` holds, failing at once if the proxy exits meanwhile.
+async fn until(proxy: &mut Proxy, what: &str, cond: impl Fn(&Proxy) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        assert_alive(proxy, what);
+        if cond(proxy) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: timed out\n{}",
+            proxy.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The country of the newest record from 198.51.100.7 written after the first `skip` records.
 fn newest_country(proxy: &Proxy, skip: usize) -> Option<String> {
     let log = proxy.access_log();
@@ -188,43 +205,27 @@ async fn the_geoip_database_rewritten_under_live_traffic_never_stops_the_proxy()
         step(&db);
         match want {
             Ok(country) => {
-                eventually(
-                    Duration::from_secs(20),
-                    Duration::from_millis(100),
-                    async || {
-                        (newest_country(&proxy, before_records).as_deref() == Some(country))
-                            .then_some(())
-                    },
-                    || format!("{what}: records never showed {country}\n{}", proxy.output()),
-                )
+                let what = format!("{what}: records show {country}");
+                until(&mut proxy, &what, |p| {
+                    newest_country(p, before_records).as_deref() == Some(country)
+                })
                 .await;
                 last = country.to_owned();
             }
             Err(report) => {
-                eventually(
-                    Duration::from_secs(20),
-                    Duration::from_millis(100),
-                    async || {
-                        let out = proxy.output();
-                        let new = out.matches("cannot be used").count() > before_reports;
-                        (new && out.contains(report)).then_some(())
-                    },
-                    || format!("{what}: no report {report:?}\n{}", proxy.output()),
-                )
+                let what = format!("{what}: reported with {report:?}");
+                until(&mut proxy, &what, |p| {
+                    let out = p.output();
+                    out.matches("cannot be used").count() > before_reports && out.contains(report)
+                })
                 .await;
                 assert!(
                     proxy.output().contains(&db.display().to_string()),
                     "{what}: the report names the file"
                 );
-                // The database in use stays: records still show the country they showed.
+                // The database in use stays: new records show the country they showed.
                 let now = proxy.access_log().lines().count();
-                eventually(
-                    Duration::from_secs(10),
-                    Duration::from_millis(100),
-                    async || (proxy.access_log().lines().count() > now).then_some(()),
-                    || format!("{what}: no new records"),
-                )
-                .await;
+                until(&mut proxy, &what, |p| p.access_log().lines().count() > now).await;
                 assert_eq!(
                     newest_country(&proxy, now).as_deref(),
                     Some(last.as_str()),
