@@ -199,7 +199,8 @@ mod tests {
         std::os::unix::fs::symlink(&file, &link).unwrap();
 
         // (path, bound, Ok(bytes) or the error's message)
-        let cases: Vec<(PathBuf, u64, Result<&[u8], &str>)> = vec![
+        type Row<'a> = (PathBuf, u64, Result<&'a [u8], &'a str>);
+        let cases: Vec<Row<'_>> = vec![
             (file.clone(), 10, Ok(b"0123456789")),
             (link.clone(), 10, Ok(b"0123456789")),
             (file.clone(), 9, Err("is larger than 9 bytes")),

@@ -53,7 +53,11 @@ impl Traffic {
         let task = tokio::spawn(async move {
             let mut i = 0usize;
             while !s.load(Ordering::Relaxed) {
-                let proto = if i % 2 == 0 { Proto::H1 } else { Proto::H2 };
+                let proto = if i.is_multiple_of(2) {
+                    Proto::H1
+                } else {
+                    Proto::H2
+                };
                 i += 1;
                 t.sent.fetch_add(1, Ordering::SeqCst);
                 let resp = client
@@ -240,4 +244,219 @@ async fn the_geoip_database_rewritten_under_live_traffic_never_stops_the_proxy()
     assert_eq!(ok, sent, "every request answered 200");
     let records = proxy.wait_records(sent).await;
     assert_eq!(records.len(), sent, "one record per request");
+}
+
+/// Observations as the capture makes them, for driving the access-log writer directly.
+fn observations(n: usize) -> Vec<webprom_edge::privacy::observation::Observation> {
+    use webprom_edge::client_ip::ClientAddr;
+    use webprom_edge::privacy::capture::{Capture, ClientMemo, EpochKey};
+    use webprom_edge::privacy::keys::{Epoch, Key};
+    let mut config = webprom_edge::config::Config::default();
+    config.geoip.database = "".into();
+    let key = EpochKey {
+        epoch: Epoch::today(),
+        key: Key::from_bytes([9; 32]),
+    };
+    let capture = Capture::new(&config, key, None).unwrap();
+    (0..n)
+        .map(|i| {
+            let req = http::Request::get(format!("/n/{i}")).body(()).unwrap();
+            let client = ClientAddr::new("198.51.100.7".parse().unwrap());
+            capture
+                .begin(client, &req, None, &ClientMemo::default())
+                .finish(200, 0, false)
+        })
+        .collect()
+}
+
+/// A day file whose last line is partial (the proxy was killed mid-write, or a write was cut
+/// short) gets the next record on a line of its own: the fragment is cut off, never glued to
+/// the new record, and every line of the file is a whole record.
+#[test]
+fn a_partial_last_line_is_cut_off_before_the_next_record() {
+    use webprom_edge::accesslog::AccessLog;
+    use webprom_edge::metrics::Metrics;
+
+    let whole = "{\"ts\":\"2026-11-25T14:03:07Z\",\"status\":200}\n";
+    let long_fragment = format!(
+        "{{\"ts\":\"2026-11-25T14:03:07Z\",\"path\":\"/{}",
+        "x".repeat(100_000)
+    );
+    // (what is in the file, its whole records kept)
+    let cases: Vec<(&str, String, usize)> = vec![
+        ("no file", String::new(), 0),
+        ("whole records", whole.repeat(3), 3),
+        (
+            "a record and half of another",
+            format!("{whole}{{\"ts\":\"2026-11-"),
+            1,
+        ),
+        ("half a record only", "{\"ts\":\"2026-11-25T14".into(), 0),
+        (
+            "records and a fragment longer than a read",
+            format!("{}{long_fragment}", whole.repeat(2)),
+            2,
+        ),
+        (
+            "a fragment longer than a read only",
+            long_fragment.clone(),
+            0,
+        ),
+        ("a record without its newline", whole.trim_end().into(), 0),
+    ];
+    let mut obs = observations(3 * cases.len()).into_iter();
+    for (what, content, kept) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = webprom_edge::config::Config::default();
+        config.access_log.dir = dir.path().join("logs");
+        std::fs::create_dir_all(&config.access_log.dir).unwrap();
+        let day_file = config
+            .access_log
+            .dir
+            .join(format!("access-{}.jsonl", today_string()));
+        if what != "no file" {
+            std::fs::write(&day_file, &content).unwrap();
+        }
+        let metrics = Metrics::new(&[]);
+        let counters = metrics.log_counters();
+        let log = AccessLog::start(&config.access_log, counters.clone()).unwrap();
+        for o in obs.by_ref().take(3) {
+            log.record(o);
+        }
+        log.flush();
+        log.shutdown();
+
+        let text = std::fs::read_to_string(&day_file).unwrap();
+        assert!(text.ends_with('\n'), "{what}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), kept + 3, "{what}:\n{text:.300}");
+        for line in &lines {
+            assert!(
+                serde_json::from_str::<serde_json::Value>(line).is_ok(),
+                "{what}: a line that is not a record: {line:.200}"
+            );
+        }
+        assert_eq!(counters.records.get(), 3, "{what}");
+        assert_eq!(counters.dropped.get(), 0, "{what}");
+    }
+}
+
+/// The value of an unlabelled metric in a Prometheus text page.
+fn metric(page: &str, name: &str) -> u64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in:\n{page}"))
+}
+
+/// `n` requests at once on one HTTP/2 connection, so that they reach the writer as one batch.
+async fn burst(client: &Client, n: usize, tag: &str) -> usize {
+    let Conn::H2(send) = client.connect(Proto::H2).await else {
+        unreachable!()
+    };
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let mut send = send.clone();
+        let req = get(&format!("/{tag}/{i}"));
+        tasks.push(tokio::spawn(async move {
+            send.ready().await.ok()?;
+            send.send_request(req).await.ok().map(|r| r.status())
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        if t.await.unwrap() == Some(StatusCode::OK) {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+/// Waits until every request sent is accounted for (written or dropped); returns the metrics.
+async fn accounted(proxy: &Proxy, requests: u64) -> String {
+    eventually(
+        Duration::from_secs(20),
+        Duration::from_millis(100),
+        async || {
+            let page = proxy.admin_get("/metrics").await.1;
+            let done = metric(&page, "webprom_edge_access_log_records_total")
+                + metric(&page, "webprom_edge_access_log_dropped_total");
+            (done >= requests).then_some(page)
+        },
+        || format!("{requests} requests never all accounted for"),
+    )
+    .await
+}
+
+/// A day file that stops growing part-way through a batch (the process's file size limit,
+/// `ulimit -f` or systemd's `LimitFSIZE=`, set here to 64 KiB in the child before it starts):
+/// the write crossing the limit is cut short, later ones fail with EFBIG. The proxy must not
+/// die of SIGXFSZ, and the counters must agree with the file exactly: the whole records in the
+/// file are the records counted written, the partial one is cut off, and written + dropped is
+/// every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_cut_short_leaves_whole_records_and_counters_that_agree_with_the_file() {
+    use std::os::unix::process::CommandExt;
+    const LIMIT: u64 = 64 * 1024;
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = set(
+        &base_config(dir.path(), &up.url()),
+        "rate_limit",
+        "enabled",
+        "false",
+    );
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let mut proxy = Proxy::spawn_with(dir, |cmd| {
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: LIMIT,
+                    rlim_max: LIMIT,
+                };
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    })
+    .await;
+    let client = proxy.client();
+    let day_file = proxy.path(&format!("logs/access-{}.jsonl", today_string()));
+
+    let mut sent = 0u64;
+    for round in 0..8 {
+        let ok = burst(&client, 60, &format!("round{round}")).await;
+        assert_alive(&mut proxy, &format!("after round {round}"));
+        assert_eq!(ok, 60, "round {round}: every request answered");
+        sent += 60;
+    }
+    let page = accounted(&proxy, sent).await;
+    assert_alive(&mut proxy, "at the end");
+    let records = metric(&page, "webprom_edge_access_log_records_total");
+    let dropped = metric(&page, "webprom_edge_access_log_dropped_total");
+    assert_eq!(records + dropped, sent, "{page}");
+    assert!(dropped > 0, "the limit was reached: {page}");
+    assert!(metric(&page, "webprom_edge_access_log_write_errors_total") > 0);
+
+    let text = std::fs::read_to_string(&day_file).unwrap();
+    assert!(text.len() as u64 <= LIMIT);
+    assert!(text.ends_with('\n'), "no partial record at the end");
+    let lines: Vec<&str> = text.lines().collect();
+    for line in &lines {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "a line that is not a record: {line}"
+        );
+    }
+    assert_eq!(
+        lines.len() as u64,
+        records,
+        "the file holds exactly the records counted"
+    );
+    let out = proxy.output();
+    assert_eq!(out.matches("access log write failed").count(), 1, "{out}");
+    assert!(out.contains(&day_file.display().to_string()), "{out}");
+    assert!(out.contains("File too large"), "{out}");
 }

@@ -2,7 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::privacy::keys::Epoch;
@@ -20,13 +20,38 @@ pub fn parse_day_file(name: &str) -> Option<Epoch> {
         .ok()
 }
 
-/// Opens a day file for appending, creating it (mode 0640) if needed.
+/// Opens a day file for appending (and reading its tail), creating it (mode 0640) if needed.
 pub fn open_append(dir: &Path, day: Epoch) -> io::Result<File> {
     OpenOptions::new()
+        .read(true)
         .append(true)
         .create(true)
         .mode(0o640)
         .open(day_path(dir, day))
+}
+
+/// Cuts a partial last line off a day file: what is left of a record whose write was cut
+/// short (the process killed mid-write, a disk that filled up, a file size limit). The next
+/// record then starts on a line of its own instead of being glued to the fragment. Returns the
+/// bytes removed. Call with the file's lock held.
+pub fn cut_partial_line(file: &File) -> io::Result<u64> {
+    let len = file.metadata()?.len();
+    let mut end = len;
+    let mut chunk = vec![0u8; 1 << 16];
+    while end > 0 {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let part = &mut chunk[..(end - start) as usize];
+        file.read_exact_at(part, start)?;
+        if let Some(i) = memchr::memrchr(b'\n', part) {
+            end = start + i as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    if end < len {
+        file.set_len(end)?;
+    }
+    Ok(len - end)
 }
 
 /// Whether `file` is still the file that `path` names (same device and inode). False when the
