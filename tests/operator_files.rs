@@ -30,6 +30,27 @@ fn from(ip: &str, path: &str) -> Request<ReqBody> {
         .unwrap()
 }
 
+/// The path of [`Traffic`]'s request number `i`: its digits in pairs, `/live/12-34`, so that
+/// the recorded path keeps the number (three digits in a row would be recorded as `:id`).
+fn live_path(i: usize) -> String {
+    let digits = i.to_string();
+    let pairs: Vec<&str> = digits
+        .as_bytes()
+        .chunks(2)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    format!("/live/{}", pairs.join("-"))
+}
+
+/// The request number of a recorded [`live_path`].
+fn live_number(recorded: &str) -> Option<usize> {
+    recorded
+        .strip_prefix("/live/")?
+        .replace('-', "")
+        .parse()
+        .ok()
+}
+
 /// Requests sent by [`Traffic`] and how many were answered 200.
 #[derive(Default)]
 struct Tally {
@@ -61,7 +82,7 @@ impl Traffic {
                 i += 1;
                 t.sent.fetch_add(1, Ordering::SeqCst);
                 let resp = client
-                    .request(proto, from("198.51.100.7", &format!("/live/{i}")))
+                    .request(proto, from("198.51.100.7", &live_path(i)))
                     .await;
                 if resp.status == StatusCode::OK {
                     t.ok.fetch_add(1, Ordering::SeqCst);
@@ -462,4 +483,120 @@ async fn a_write_cut_short_leaves_whole_records_and_counters_that_agree_with_the
     assert_eq!(out.matches("access log write failed").count(), 1, "{out}");
     assert!(out.contains(&day_file.display().to_string()), "{out}");
     assert!(out.contains("File too large"), "{out}");
+}
+
+/// Today's day file of a proxy started from the harness.
+fn day_file(proxy: &Proxy) -> std::path::PathBuf {
+    proxy.path(&format!("logs/access-{}.jsonl", today_string()))
+}
+
+/// The day file and its directory handled every way an operator might while requests flow:
+/// the proxy keeps serving, writes the next records to the file the path names (made again if
+/// removed), never glues a record to a partial line, reports a file it cannot write by path,
+/// and accounts for every request as written or dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_handled_under_live_traffic_never_stops_the_proxy() {
+    let up = Upstream::start().await;
+    let mut proxy = trusting_proxy(&up).await;
+    let file = day_file(&proxy);
+    let logs = proxy.path("logs");
+    let traffic = Traffic::start(proxy.client());
+    until(&mut proxy, "first records", |p| {
+        p.access_log().lines().count() >= 3
+    })
+    .await;
+
+    // (what the operator does, what undoes it if the writer cannot recover alone)
+    type Step<'a> = Box<dyn Fn() + 'a>;
+    let steps: Vec<(&str, Step<'_>, Option<Step<'_>>)> = vec![
+        (
+            "delete the day file",
+            Box::new(|| std::fs::remove_file(&file).unwrap()),
+            None,
+        ),
+        (
+            "truncate it in place",
+            Box::new(|| std::fs::File::create(&file).map(drop).unwrap()),
+            None,
+        ),
+        (
+            "rename it away (rotation)",
+            Box::new(|| std::fs::rename(&file, logs.join("rotated.jsonl")).unwrap()),
+            None,
+        ),
+        (
+            "overwrite it with a line that does not end",
+            Box::new(|| std::fs::write(&file, b"{\"ts\":\"2026-11-").unwrap()),
+            None,
+        ),
+        (
+            "append a partial line to it",
+            Box::new(|| {
+                use std::io::Write;
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&file)
+                    .unwrap();
+                f.write_all(b"garbage without a newline").unwrap();
+            }),
+            None,
+        ),
+        (
+            "remove the whole log directory",
+            Box::new(|| std::fs::remove_dir_all(&logs).unwrap()),
+            None,
+        ),
+        (
+            "put a directory where the day file was",
+            Box::new(|| {
+                std::fs::remove_file(&file).unwrap();
+                std::fs::create_dir(&file).unwrap();
+            }),
+            Some(Box::new(|| std::fs::remove_dir(&file).unwrap())),
+        ),
+    ];
+    for (what, step, undo) in steps {
+        let reports = proxy.output().matches("access log write failed").count();
+        step();
+        if let Some(undo) = undo {
+            until(&mut proxy, what, |p| {
+                let out = p.output();
+                out.matches("access log write failed").count() > reports
+                    && out.contains(&file.display().to_string())
+            })
+            .await;
+            undo();
+        }
+        // Requests sent after the step reach the file the path names, on lines of their own.
+        let after = traffic.tally.sent.load(Ordering::SeqCst) + 1;
+        until(&mut proxy, what, |_| {
+            std::fs::read_to_string(&file).is_ok_and(|t| {
+                t.ends_with('\n')
+                    && t.lines().any(|l| {
+                        serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                            v["path"]
+                                .as_str()
+                                .and_then(live_number)
+                                .is_some_and(|i| i > after)
+                        })
+                    })
+            })
+        })
+        .await;
+        let text = std::fs::read_to_string(&file).unwrap();
+        for line in text.lines() {
+            assert!(
+                serde_json::from_str::<serde_json::Value>(line).is_ok(),
+                "{what}: a line that is not a record: {line}"
+            );
+        }
+    }
+    let (sent, ok) = traffic.stop().await;
+    assert_eq!(ok, sent, "every request answered 200");
+    let page = accounted(&mut proxy, sent as u64).await;
+    let records = metric(&page, "webprom_edge_access_log_records_total");
+    let dropped = metric(&page, "webprom_edge_access_log_dropped_total");
+    assert_eq!(records + dropped, sent as u64, "{page}");
+    assert!(dropped > 0, "the directory in the way lost records: {page}");
+    assert!(proxy.output().contains("access log writing again"));
 }

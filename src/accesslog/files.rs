@@ -20,24 +20,34 @@ pub fn parse_day_file(name: &str) -> Option<Epoch> {
         .ok()
 }
 
-/// Opens a day file for appending (and reading its tail), creating it (mode 0640) if needed.
+/// Opens a day file for appending (and reading its tail), creating it (mode 0640) if needed,
+/// and the directory too if it was removed while the proxy runs.
 pub fn open_append(dir: &Path, day: Epoch) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o640)
-        .open(day_path(dir, day))
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .open(day_path(dir, day))
+    };
+    match open() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)?;
+            open()
+        }
+        other => other,
+    }
 }
 
-/// Cuts a partial last line off a day file: what is left of a record whose write was cut
-/// short (the process killed mid-write, a disk that filled up, a file size limit). The next
-/// record then starts on a line of its own instead of being glued to the fragment. Returns the
-/// bytes removed. Call with the file's lock held.
-pub fn cut_partial_line(file: &File) -> io::Result<u64> {
-    let len = file.metadata()?.len();
+/// Cuts a partial last line off a day file `len` bytes long: what is left of a record whose
+/// write was cut short (the process killed mid-write, a disk that filled up, a file size limit),
+/// or anything else not ending in a newline. The next record then starts on a line of its own
+/// instead of being glued to the fragment. Returns the length after the cut. Reads one byte
+/// when the file ends in a newline. Call with the file's lock held.
+pub fn cut_partial_line(file: &File, len: u64) -> io::Result<u64> {
     let mut end = len;
-    let mut chunk = vec![0u8; 1 << 16];
+    let mut chunk = vec![0u8; 1];
     while end > 0 {
         let start = end.saturating_sub(chunk.len() as u64);
         let part = &mut chunk[..(end - start) as usize];
@@ -47,11 +57,13 @@ pub fn cut_partial_line(file: &File) -> io::Result<u64> {
             break;
         }
         end = start;
+        // Past the last byte: search backwards in larger reads.
+        chunk.resize(1 << 16, 0);
     }
     if end < len {
         file.set_len(end)?;
     }
-    Ok(len - end)
+    Ok(end)
 }
 
 /// Whether `file` is still the file that `path` names (same device and inode). False when the

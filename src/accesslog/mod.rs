@@ -137,8 +137,6 @@ struct OpenDay {
     buf: Vec<u8>,
     /// How many records `buf` holds.
     lines: u64,
-    /// Whether the file held has been checked for a partial last line since it was opened.
-    tail_checked: bool,
 }
 
 /// A write of buffered records that failed: how many whole records reached the file first
@@ -172,7 +170,6 @@ impl OpenDay {
             // Replaced by `erase` (or removed): write to the file the path names now.
             let _ = self.file.unlock();
             self.file = files::open_append(dir, self.day).map_err(nothing)?;
-            self.tail_checked = false;
         }
         let result = self.append_whole_lines(&path);
         let _ = self.file.unlock();
@@ -182,14 +179,11 @@ impl OpenDay {
     /// Appends `buf` (the lock held), leaving only whole lines in the file.
     fn append_whole_lines(&mut self, path: &Path) -> Result<(), PartialWrite> {
         let nothing = |error| PartialWrite { written: 0, error };
-        if !self.tail_checked {
-            let cut = files::cut_partial_line(&self.file).map_err(nothing)?;
-            if cut > 0 {
-                tracing::warn!(path = %path.display(), bytes = cut, "access-log day file ended in a partial record (a write was cut short); removed it");
-            }
-            self.tail_checked = true;
+        let len = self.file.metadata().map_err(nothing)?.len();
+        let start = files::cut_partial_line(&self.file, len).map_err(nothing)?;
+        if start < len {
+            tracing::warn!(path = %path.display(), bytes = len - start, "access-log day file ended in a partial line (a write cut short, or written by someone else); removed it");
         }
-        let start = self.file.metadata().map_err(nothing)?.len();
         let mut done = 0;
         let error = loop {
             match self.file.write(&self.buf[done..]) {
@@ -207,10 +201,7 @@ impl OpenDay {
         let whole = memchr::memrchr(b'\n', &self.buf[..done]).map_or(0, |i| i + 1);
         if whole < done {
             // Cut the partial record off now; if that fails too, the next write does it.
-            match self.file.set_len(start + whole as u64) {
-                Ok(()) => {}
-                Err(_) => self.tail_checked = false,
-            }
+            let _ = self.file.set_len(start + whole as u64);
         }
         Err(PartialWrite {
             written: memchr::memchr_iter(b'\n', &self.buf[..whole]).count() as u64,
@@ -303,7 +294,6 @@ impl Writer {
                         file,
                         buf: std::mem::take(&mut self.line),
                         lines: 0,
-                        tail_checked: false,
                     })
                 }
                 Err(e) => return self.failed(day, e, 1),
