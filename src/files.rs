@@ -30,6 +30,13 @@ pub enum FileError {
     TooLarge(u64),
 }
 
+impl FileError {
+    /// The error for a path that names `meta`'s kind of thing where a regular file was expected.
+    pub fn not_regular(meta: &Metadata) -> FileError {
+        FileError::NotRegular(kind_of(meta))
+    }
+}
+
 /// What kind of thing `meta` describes, for messages: "a directory", "a named pipe", ….
 fn kind_of(meta: &Metadata) -> &'static str {
     let t = meta.file_type();

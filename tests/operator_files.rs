@@ -600,3 +600,313 @@ async fn the_access_log_handled_under_live_traffic_never_stops_the_proxy() {
     assert!(dropped > 0, "the directory in the way lost records: {page}");
     assert!(proxy.output().contains("access log writing again"));
 }
+
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+/// Removes whatever is at `path`: a file, a link, a named pipe or a directory.
+fn clear(path: &Path) {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path).unwrap(),
+        Ok(_) => std::fs::remove_file(path).unwrap(),
+        Err(_) => {}
+    }
+}
+
+/// The certificate and its key deleted, emptied, cut short, filled with garbage, replaced by a
+/// directory or a named pipe, or paired with another key, then SIGHUP: the proxy keeps serving
+/// the certificate it has, names the config key and the file, and takes the good files back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_files_broken_then_sighup_keep_the_served_certificate() {
+    let up = Upstream::start().await;
+    let mut proxy = Proxy::start(&up.url()).await;
+    // Production setting from here on: never generate a certificate in place of a broken one.
+    let config = std::fs::read_to_string(proxy.path("config.toml")).unwrap();
+    std::fs::write(
+        proxy.path("config.toml"),
+        set(&config, "tls", "self_signed", "false"),
+    )
+    .unwrap();
+    let client = proxy.client();
+    let cert = proxy.path("cert.pem");
+    let key = proxy.path("key.pem");
+    let good_cert = std::fs::read(&cert).unwrap();
+    let good_key = std::fs::read(&key).unwrap();
+    let other_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+
+    // (what is done to a file, how)
+    type Step<'a> = Box<dyn Fn(&Path) + 'a>;
+    let breakers: Vec<(&str, Step<'_>)> = vec![
+        ("delete", Box::new(|p| std::fs::remove_file(p).unwrap())),
+        ("empty", Box::new(|p| std::fs::write(p, b"").unwrap())),
+        (
+            "cut in half",
+            Box::new(|p| {
+                let bytes = std::fs::read(p).unwrap();
+                std::fs::write(p, &bytes[..bytes.len() / 2]).unwrap()
+            }),
+        ),
+        (
+            "fill with garbage",
+            Box::new(|p| std::fs::write(p, [0x5au8; 3000]).unwrap()),
+        ),
+        (
+            "replace by a directory",
+            Box::new(|p| {
+                clear(p);
+                std::fs::create_dir(p).unwrap()
+            }),
+        ),
+        (
+            "replace by a named pipe",
+            Box::new(|p| {
+                clear(p);
+                mkfifo(p)
+            }),
+        ),
+    ];
+    // (what is done, the file, its config key, the step)
+    type Row<'a> = (String, &'a Path, &'a str, &'a dyn Fn(&Path));
+    let mut rows: Vec<Row<'_>> = Vec::new();
+    for (what, step) in &breakers {
+        rows.push((
+            format!("certificate: {what}"),
+            &cert,
+            "tls.cert",
+            step.as_ref(),
+        ));
+        rows.push((format!("key: {what}"), &key, "tls.key", step.as_ref()));
+    }
+    let pair_with_other_key = |p: &Path| std::fs::write(p, &other_key).unwrap();
+    rows.push((
+        "key: another certificate's".into(),
+        &key,
+        "tls.key",
+        &pair_with_other_key,
+    ));
+
+    for (what, path, config_key, step) in rows {
+        let failures = proxy.output().matches("certificate reload failed").count();
+        step(path);
+        proxy.signal("HUP");
+        until(&mut proxy, &what, |p| {
+            p.output().matches("certificate reload failed").count() > failures
+        })
+        .await;
+        let out = proxy.output();
+        let report = out
+            .lines()
+            .rfind(|l| l.contains("certificate reload failed"))
+            .unwrap();
+        assert!(report.contains(config_key), "{what}: {report}");
+        assert!(
+            report.contains(&path.display().to_string()),
+            "{what}: {report}"
+        );
+        assert!(report.matches("os error").count() <= 1, "{what}: {report}");
+        // New connections still get the certificate in use.
+        for proto in BOTH {
+            assert_eq!(
+                client.get(proto, "/").await.status,
+                StatusCode::OK,
+                "{what}"
+            );
+        }
+
+        // The good files back: the next SIGHUP takes them.
+        let reloads = proxy.output().matches("reloaded certificates").count();
+        clear(path);
+        std::fs::write(&cert, &good_cert).unwrap();
+        std::fs::write(&key, &good_key).unwrap();
+        proxy.signal("HUP");
+        until(&mut proxy, &what, |p| {
+            p.output().matches("reloaded certificates").count() > reloads
+        })
+        .await;
+        assert_eq!(
+            client.get(Proto::H2, "/").await.status,
+            StatusCode::OK,
+            "{what}"
+        );
+    }
+    assert_alive(&mut proxy, "at the end");
+}
+
+/// Key files deleted, emptied, filled with garbage, cut short or replaced by a directory (and
+/// the key directory itself removed or replaced by a file) before the midnight rollover, driven
+/// through the function the proxy's midnight timer calls: the rollover never panics, an error
+/// names the file or directory, and the capture keeps working with the key it has.
+#[test]
+fn key_files_broken_before_midnight_never_break_the_capture() {
+    use webprom_edge::accesslog::AccessLog;
+    use webprom_edge::client_ip::ClientAddr;
+    use webprom_edge::metrics::Metrics;
+    use webprom_edge::privacy::capture::{Capture, ClientMemo, EpochKey};
+    use webprom_edge::privacy::keys::{Epoch, KeyStore, next_key};
+    use webprom_edge::proxy::body::Sinks;
+    use webprom_edge::server::rollover;
+
+    let today = Epoch::today();
+    let yesterday = today.prev();
+    let y_file = format!("{yesterday}.key");
+    let t_file = format!("{today}.key");
+    // (what the operator did to the key directory `d`, the file named by the error, or None
+    // when the rollover succeeds)
+    type Break = fn(&Path);
+    let cases: Vec<(&str, Break, Option<String>)> = vec![
+        (
+            "yesterday's key deleted",
+            |d| clear(&d.join(format!("{}.key", Epoch::today().prev()))),
+            None,
+        ),
+        (
+            "yesterday's key emptied",
+            |d| std::fs::write(d.join(format!("{}.key", Epoch::today().prev())), b"").unwrap(),
+            Some(y_file.clone()),
+        ),
+        (
+            "yesterday's key is garbage",
+            |d| {
+                std::fs::write(
+                    d.join(format!("{}.key", Epoch::today().prev())),
+                    [0x5a; 200],
+                )
+                .unwrap()
+            },
+            Some(y_file.clone()),
+        ),
+        (
+            "yesterday's key cut to 10 hex digits",
+            |d| {
+                std::fs::write(
+                    d.join(format!("{}.key", Epoch::today().prev())),
+                    b"0123456789",
+                )
+                .unwrap()
+            },
+            Some(y_file.clone()),
+        ),
+        (
+            "yesterday's key cut to 31 raw bytes",
+            |d| std::fs::write(d.join(format!("{}.key", Epoch::today().prev())), [7; 31]).unwrap(),
+            Some(y_file.clone()),
+        ),
+        (
+            "yesterday's key replaced by a directory",
+            |d| {
+                let p = d.join(format!("{}.key", Epoch::today().prev()));
+                clear(&p);
+                std::fs::create_dir(p).unwrap()
+            },
+            Some(y_file.clone()),
+        ),
+        (
+            "yesterday's key replaced by a named pipe",
+            |d| {
+                let p = d.join(format!("{}.key", Epoch::today().prev()));
+                clear(&p);
+                mkfifo(&p)
+            },
+            Some(y_file.clone()),
+        ),
+        (
+            "today's key put in place as garbage (a fleet's copy gone wrong)",
+            |d| std::fs::write(d.join(format!("{}.key", Epoch::today())), b"garbage").unwrap(),
+            Some(t_file.clone()),
+        ),
+        (
+            "the key directory removed",
+            |d| std::fs::remove_dir_all(d).unwrap(),
+            Some("keys".into()),
+        ),
+        (
+            "the key directory replaced by a file",
+            |d| {
+                std::fs::remove_dir_all(d).unwrap();
+                std::fs::write(d, b"not a directory").unwrap()
+            },
+            Some("keys".into()),
+        ),
+    ];
+    let metrics = Arc::new(Metrics::new(&[]));
+    for (what, break_it, names) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = webprom_edge::config::Config::default();
+        config.privacy.key_dir = dir.path().join("keys");
+        config.access_log.dir = dir.path().join("logs");
+        config.geoip.database = "".into();
+        let keys = KeyStore::open(&config.privacy.key_dir, config.privacy.key_retention.0).unwrap();
+        let old = keys.ratchet_to(yesterday).unwrap();
+        let old_key = old.key.clone();
+        let capture = Capture::new(
+            &config,
+            EpochKey {
+                epoch: yesterday,
+                key: old.key,
+            },
+            None,
+        )
+        .unwrap();
+        let log = AccessLog::start(&config.access_log, metrics.log_counters()).unwrap();
+        let sinks = Arc::new(Sinks {
+            log,
+            metrics: metrics.clone(),
+        });
+        let proxy = webprom_edge::proxy::Proxy::new(&config, capture, None, sinks.clone());
+
+        break_it(&config.privacy.key_dir);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rollover(&keys, &proxy, today)
+        }));
+        let outcome = outcome.unwrap_or_else(|_| panic!("{what}: the rollover panicked"));
+        match (outcome, &names) {
+            (Ok(rolled), None) => {
+                assert!(rolled, "{what}");
+                assert_eq!(proxy.capture.epoch(), today, "{what}");
+                // With no key of yesterday left, today's is a new random one: the removed key
+                // is not brought back from memory, so yesterday stays unlinkable.
+                let new = keys.load(today).unwrap().unwrap();
+                assert!(new != next_key(&old_key), "{what}");
+            }
+            (Err(e), Some(name)) => {
+                let msg = e.to_string();
+                assert!(msg.contains(name.as_str()), "{what}: {msg}");
+                assert!(
+                    msg.contains(&*dir.path().to_string_lossy()),
+                    "{what}: {msg}"
+                );
+                assert!(msg.matches("os error").count() <= 1, "{what}: {msg}");
+                // The key in use stays, and nothing was made up in place of the broken file.
+                assert_eq!(proxy.capture.epoch(), yesterday, "{what}");
+            }
+            (got, _) => panic!("{what}: {got:?}"),
+        }
+        // The capture keeps working, under the key it holds.
+        let req = http::Request::get("/").body(()).unwrap();
+        let obs = proxy
+            .capture
+            .begin(
+                ClientAddr::new("198.51.100.7".parse().unwrap()),
+                &req,
+                None,
+                &ClientMemo::default(),
+            )
+            .finish(200, 0, false);
+        let expected = if obs.epoch == today {
+            None
+        } else {
+            Some(webprom_edge::privacy::keys::pseudonym(
+                &old_key,
+                "198.51.100.7".parse().unwrap(),
+                64,
+            ))
+        };
+        if let Some(p) = expected {
+            assert!(obs.client == p, "{what}: still yesterday's pseudonym");
+        }
+        sinks.log.shutdown();
+    }
+}
