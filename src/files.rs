@@ -25,6 +25,15 @@ pub enum FileError {
     /// A directory was expected and the path (or the named ancestor) is something else.
     #[error("{0} is not a directory")]
     NotDirectory(PathBuf),
+    /// Creating a file in the directory (the one named, or the nearest existing ancestor of a
+    /// directory to be made) failed.
+    #[error("{} cannot be written: {error}", .dir.display())]
+    NotWritable {
+        /// The directory tried.
+        dir: PathBuf,
+        /// Why creating a file in it failed.
+        error: io::Error,
+    },
     /// The file is larger than the bound given, in bytes.
     #[error("is larger than {0} bytes")]
     TooLarge(u64),
@@ -157,7 +166,10 @@ pub fn check_writable_dir(dir: &Path) -> Result<(), FileError> {
             std::fs::remove_file(&probe)?;
             check_writable_dir(dir)
         }
-        Err(e) => Err(FileError::Io(e)),
+        Err(error) => Err(FileError::NotWritable {
+            dir: at.to_path_buf(),
+            error,
+        }),
     }
 }
 

@@ -114,6 +114,15 @@ pub enum GeoError {
 }
 
 impl GeoError {
+    /// What is wrong with the file, without its path.
+    pub fn reason(&self) -> String {
+        match self {
+            GeoError::File { source, .. } => source.to_string(),
+            GeoError::Empty { .. } => "the file is empty".to_owned(),
+            GeoError::Corrupt { source, .. } => format!("not a valid MaxMind DB file: {source}"),
+        }
+    }
+
     /// The database file at fault.
     pub fn path(&self) -> &Path {
         match self {

@@ -388,11 +388,35 @@ impl KeyStore {
                 "key directory is accessible to other users; it should be mode 0700"
             );
         }
+        Ok(KeyStore::at(dir, retention))
+    }
+
+    /// The store of `dir`, with nothing checked or created.
+    fn at(dir: &Path, retention: Duration) -> KeyStore {
         let days = retention.as_secs() / SECS_PER_DAY.unsigned_abs();
-        Ok(KeyStore {
+        KeyStore {
             dir: dir.to_path_buf(),
             retention_days: i64::try_from(days).unwrap_or(i64::MAX),
-        })
+        }
+    }
+
+    /// Checks `dir` before start-up writes anything: every key file a ratchet to `today` or a
+    /// later day could read (those of the retention window and after) must be a readable regular
+    /// file holding a key. Creates, changes and logs nothing. A missing directory passes: it
+    /// will be created. Errors name the directory or file, never a key's content.
+    pub fn check(dir: &Path, retention: Duration, today: Epoch) -> Result<(), KeyError> {
+        match fs::metadata(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            _ => {}
+        }
+        let store = KeyStore::at(dir, retention);
+        let files = store.scan()?;
+        for slot in files.range(store.window_start(today)..).map(|(_, f)| f) {
+            if let Some(path) = &slot.key {
+                read_key_file(path)?;
+            }
+        }
+        Ok(())
     }
 
     /// The key directory.

@@ -2,6 +2,7 @@
 //! SIGTERM/SIGINT.
 
 pub mod conn;
+pub mod preflight;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -38,20 +39,6 @@ pub struct Health {
     pub proxy: Arc<Proxy>,
 }
 
-/// Prepares TLS material: generates the development certificate if asked, then loads every
-/// certificate. Errors here are configuration errors.
-pub fn prepare_tls(config: &Config) -> Result<CertResolver, tls::TlsError> {
-    if let Some(fp) = tls::ensure_self_signed(&config.tls, &config.server.hosts)? {
-        tracing::warn!(
-            cert = %config.tls.cert.display(),
-            key = %config.tls.key.display(),
-            sha256 = %fp,
-            "generated a self-signed certificate (development only; set tls.self_signed = false in production)"
-        );
-    }
-    CertResolver::load(&config.tls)
-}
-
 async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, ConfigError> {
     TcpListener::bind(addr)
         .await
@@ -60,7 +47,17 @@ async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, ConfigError> {
 
 /// Serves until SIGTERM or SIGINT, then drains for up to `server.shutdown_grace`.
 pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
-    let resolver = Arc::new(prepare_tls(&config)?);
+    // Nothing is written (no certificate generated, no key or directory created) until every
+    // file and directory the config names has been checked and every listener is bound.
+    let checked = preflight::check(&config)?;
+    let tls_listener = bind("server.listen", config.server.listen).await?;
+    let plain_listener = match config.server.listen_plain {
+        Some(addr) => Some(bind("server.listen_plain", addr).await?),
+        None => None,
+    };
+    let admin_listener = bind("admin.listen", config.admin.listen).await?;
+
+    let resolver = Arc::new(preflight::certificates(&config, checked.certs)?);
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(resolver.clone())));
 
     // The capture's state: today's pseudonym key, the country database, the UA parser.
@@ -70,7 +67,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     )?);
     let today = Epoch::today();
     let key = ratchet(&keys, today)?;
-    let geo = open_geo(&config.geoip.database)?;
+    let geo = checked.geo;
     if geo.is_none() {
         tracing::warn!("no geoip.database configured: every country is recorded as null");
     }
@@ -89,13 +86,6 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         metrics: metrics.clone(),
     });
     let proxy = Arc::new(Proxy::new(&config, capture, limiter, sinks.clone()));
-
-    let tls_listener = bind("server.listen", config.server.listen).await?;
-    let plain_listener = match config.server.listen_plain {
-        Some(addr) => Some(bind("server.listen_plain", addr).await?),
-        None => None,
-    };
-    let admin_listener = bind("admin.listen", config.admin.listen).await?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (tracker, mut drained) = mpsc::channel::<()>(1);
