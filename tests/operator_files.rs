@@ -910,3 +910,60 @@ fn key_files_broken_before_midnight_never_break_the_capture() {
         sinks.log.shutdown();
     }
 }
+
+/// A day file that is not a regular file (a named pipe, a directory) in the log directory:
+/// `investigate` and `erase` fail naming it instead of waiting forever for a writer.
+#[test]
+fn investigate_and_erase_never_hang_on_a_day_file_that_is_not_a_file() {
+    use std::process::Command;
+    // (what is at the day file's path, how to make it)
+    type Make = fn(&Path);
+    let cases: &[(&str, Make)] = &[
+        ("a named pipe", mkfifo),
+        ("a directory", |p| std::fs::create_dir(p).unwrap()),
+    ];
+    for &(what, make) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, base_config(dir.path(), "http://127.0.0.1:8080")).unwrap();
+        std::fs::create_dir_all(dir.path().join("keys")).unwrap();
+        std::fs::write(
+            dir.path().join(format!("keys/{}.key", today_string())),
+            "ab".repeat(32),
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        let day_file = dir
+            .path()
+            .join(format!("logs/access-{}.jsonl", today_string()));
+        make(&day_file);
+        for command in ["investigate", "erase"] {
+            let mut child = Command::new(bin())
+                .args([command, "--ip", "198.51.100.7", "--config"])
+                .arg(&config)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("{what}: {command} hung");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+            assert_eq!(status.code(), Some(1), "{what}: {command}: {stderr}");
+            assert!(
+                stderr.contains(&day_file.display().to_string()),
+                "{what}: {command}: {stderr}"
+            );
+        }
+    }
+}

@@ -278,8 +278,12 @@ fn reload(path: &Path, resolver: &CertResolver, proxy: &Proxy) {
             return;
         }
     };
-    let result = tls::ensure_self_signed(&config.tls, &config.server.hosts)
-        .and_then(|_| resolver.reload(&config.tls));
+    let result = tls::ensure_self_signed(&config.tls, &config.server.hosts).and_then(|made| {
+        if let Some(fp) = made {
+            tracing::warn!(cert = %config.tls.cert.display(), sha256 = %fp, "certificate missing: generated a self-signed one (development only; set tls.self_signed = false in production)");
+        }
+        resolver.reload(&config.tls)
+    });
     match result {
         Ok(()) => tracing::info!("reloaded certificates"),
         Err(e) => {
