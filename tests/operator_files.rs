@@ -554,6 +554,14 @@ async fn the_access_log_handled_under_live_traffic_never_stops_the_proxy() {
             }),
             Some(Box::new(|| std::fs::remove_dir(&file).unwrap())),
         ),
+        (
+            "put a named pipe where the day file was",
+            Box::new(|| {
+                clear(&file);
+                mkfifo(&file);
+            }),
+            Some(Box::new(|| clear(&file))),
+        ),
     ];
     for (what, step, undo) in steps {
         let reports = proxy.output().matches("access log write failed").count();

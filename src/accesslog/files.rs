@@ -2,7 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::privacy::keys::Epoch;
@@ -31,13 +31,19 @@ pub fn open_append(dir: &Path, day: Epoch) -> io::Result<File> {
             .mode(0o640)
             .open(day_path(dir, day))
     };
-    match open() {
+    let file = match open() {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             std::fs::create_dir_all(dir)?;
-            open()
+            open()?
         }
-        other => other,
+        other => other?,
+    };
+    // A named pipe would stall the writer once its buffer is full, and shutdown with it.
+    // (Opened read-write, a named pipe does not block the open itself.)
+    if file.metadata()?.file_type().is_fifo() {
+        return Err(io::Error::other("a named pipe, not a regular file"));
     }
+    Ok(file)
 }
 
 /// Cuts a partial last line off a day file `len` bytes long: what is left of a record whose
