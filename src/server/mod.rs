@@ -112,9 +112,11 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         log_listening("plain", &l);
         tokio::spawn(accept_loop(l, None, shared.clone()));
     }
+    // Ready before the admin listener is announced: whoever reads that line and asks /readyz
+    // at once must not be told "not listening".
+    health.listening.store(true, Ordering::Release);
     log_listening("admin", &admin_listener);
     let admin_task = tokio::spawn(admin::serve(admin_listener, health.clone(), shutdown_rx));
-    health.listening.store(true, Ordering::Release);
 
     loop {
         match signals.next().await {
