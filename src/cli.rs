@@ -16,8 +16,25 @@ pub enum CliError {
     #[error("{0}")]
     Config(String),
     /// Failure at run time: exit status 1.
-    #[error("{0:#}")]
+    #[error("{}", causes(.0))]
     Runtime(anyhow::Error),
+}
+
+/// The error and its causes, `: `-separated, each said once: a cause whose text the message
+/// already holds (an error that prints its source, wrapped) is not repeated.
+fn causes(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 impl CliError {
@@ -75,27 +92,19 @@ pub fn run(config_path: &Path) -> Result<(), CliError> {
         })
 }
 
-/// `check-config --config FILE`: validates, loads the certificates, and returns the effective
-/// configuration as TOML.
+/// `check-config --config FILE`: validates the configuration and every file and directory it
+/// names, exactly as `run` does before it writes anything, and returns the effective
+/// configuration as TOML. Writes nothing.
 pub fn check_config(config_path: &Path) -> Result<String, CliError> {
     let config = Config::load(config_path)?;
-    let missing = !config.tls.cert.exists() || !config.tls.key.exists();
     let mut notes = String::new();
-    if missing && config.tls.self_signed {
+    if server::preflight::will_generate_certificate(&config) {
         notes.push_str(&format!(
             "# tls.cert {} is missing: `run` will generate a self-signed certificate\n",
             config.tls.cert.display()
         ));
-        // Still check the SNI certificates, which are never generated.
-        let mut sni_only = config.tls.clone();
-        if let Some(first) = sni_only.sni.first().cloned() {
-            sni_only.cert = first.cert;
-            sni_only.key = first.key;
-            server::tls::CertResolver::load(&sni_only)?;
-        }
-    } else {
-        server::tls::CertResolver::load(&config.tls)?;
     }
+    server::preflight::check(&config)?;
     let toml = toml::to_string_pretty(&config)
         .map_err(|e| CliError::Runtime(anyhow::Error::new(e).context("printing the config")))?;
     Ok(format!("{notes}{toml}"))

@@ -591,9 +591,12 @@ fn open_day(
         return Ok(None);
     };
     note_pseudonyms(summary, &needles);
-    let file = match File::open(path) {
+    // Only a regular file: a named pipe in the log directory must not hang the search.
+    let file = match crate::files::open_regular(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(crate::files::FileError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(None);
+        }
         Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
     };
     summary.days_searched.push(day);
@@ -716,9 +719,11 @@ fn erase_file(
     let tmp = dir.join(format!(".access-{day}.jsonl.erase.{}", std::process::id()));
     let mut scratch = Vec::new();
     loop {
-        let file = match File::open(path) {
+        let file = match crate::files::open_regular(path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(crate::files::FileError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(0);
+            }
             Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
         };
         let mode = file

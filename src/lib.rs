@@ -6,7 +6,8 @@
 //! response → [`privacy`] captures the allowed facts as an Observation → [`accesslog`] and
 //! [`metrics`] record it. [`admin`] serves health and metrics; [`config`] holds the validated
 //! configuration; [`cli`] runs the commands; [`investigate`] searches and erases the logs of one
-//! client for investigations and data-subject requests.
+//! client for investigations and data-subject requests; [`files`] reads and checks the files and
+//! directories the configuration names.
 
 pub mod accesslog;
 pub mod admin;
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod client_ip;
 pub mod config;
 pub mod fields;
+pub mod files;
 pub mod investigate;
 pub mod metrics;
 pub mod privacy;

@@ -76,6 +76,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    ignore_file_size_signal();
     let args = Args::parse();
     init_tracing();
     let result = match args.command {
@@ -110,6 +111,17 @@ fn main() -> ExitCode {
             eprintln!("webprom-edge: {e}");
             ExitCode::from(e.exit_code() as u8)
         }
+    }
+}
+
+/// A write past the file size limit (`ulimit -f`, systemd's `LimitFSIZE=`) must fail with
+/// EFBIG, which the access log counts and reports like a full disk, instead of killing the
+/// process with SIGXFSZ (whose default action is to terminate).
+fn ignore_file_size_signal() {
+    // SAFETY: called first in main, before any other thread exists; SIG_IGN installs no
+    // handler code.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }
 

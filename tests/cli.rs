@@ -128,6 +128,7 @@ fn bad_configs_exit_2_and_name_the_key() {
 #[test]
 fn missing_certificate_with_self_signed_is_generated_at_run_not_check() {
     let dir = tempfile::tempdir().unwrap();
+    common::write_test_geo(dir.path());
     let (code, stdout, stderr) = check_config(&base_config(dir.path(), "http://127.0.0.1:8080"));
     assert_eq!(code, 0, "{stderr}");
     assert!(

@@ -3,9 +3,8 @@
 #
 #   config/geo/fetch.sh [VERSION]     # default: the latest published version
 #
-# Needs npm and tar. The new file replaces the old one by rename, never in place: a running
-# proxy maps the database into memory, and rewriting a mapped file would corrupt its lookups.
-# Send the proxy SIGHUP afterwards to load the new file.
+# Needs npm and tar. The new file replaces the old one by rename, so a running proxy never sees a
+# half-written file; it notices the new file within a few seconds (or at once on SIGHUP).
 set -euo pipefail
 cd "$(dirname "$0")"
 

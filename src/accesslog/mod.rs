@@ -3,10 +3,14 @@
 //!
 //! The request path only ever calls [`AccessLog::record`], which never blocks: when the queue
 //! is full the record is counted as dropped. The writer flushes at least once a second and at
-//! shutdown. A write error (disk full) is counted, its records counted as dropped, reported
-//! once until writing works again, and never stops the proxy; records are counted as written
-//! only once their write succeeded. The queue carries [`Observation`]s, so nothing but the
-//! allowed fields can reach a file.
+//! shutdown. A write error (disk full, a file size limit) is counted, reported once until
+//! writing works again, and never stops the proxy. The counters agree with the file exactly:
+//! the whole records that reached the file before the error count as written, the partial record
+//! after them is cut off the file, and it and the rest of the batch count as dropped
+//! (`records + dropped` = requests). A partial last line found in a file (after a crash or a
+//! failed cut) is cut off before the next record is written, so every record starts on a line
+//! of its own. The queue carries [`Observation`]s, so nothing but the allowed fields can reach
+//! a file.
 //!
 //! `erase` may replace a day file while the writer appends to it (see [`crate::investigate`]):
 //! the writer writes whole lines only while holding the exclusive lock ([`File::lock`]) of the
@@ -135,23 +139,74 @@ struct OpenDay {
     lines: u64,
 }
 
+/// A write of buffered records that failed: how many whole records reached the file first
+/// (they stay and count as written), and why the rest did not.
+struct PartialWrite {
+    written: u64,
+    error: io::Error,
+}
+
 impl OpenDay {
     /// Writes the buffered lines while holding the lock of the file the day's path names now.
-    fn write_locked(&mut self, dir: &Path) -> io::Result<()> {
+    ///
+    /// Records start on a line boundary: a partial last line left in the file (by a process
+    /// killed mid-write, or a write cut short) is cut off first. A write that fails part-way
+    /// leaves the whole records that reached the file and cuts off the partial one after them,
+    /// so the file holds exactly the records counted as written.
+    fn write_locked(&mut self, dir: &Path) -> Result<(), PartialWrite> {
+        let result = self.write_under_lock(dir);
+        self.buf.clear();
+        result
+    }
+
+    fn write_under_lock(&mut self, dir: &Path) -> Result<(), PartialWrite> {
+        let nothing = |error| PartialWrite { written: 0, error };
         let path = files::day_path(dir, self.day);
         loop {
-            self.file.lock()?;
-            if files::same_file(&self.file, &path)? {
+            self.file.lock().map_err(nothing)?;
+            if files::same_file(&self.file, &path).map_err(nothing)? {
                 break;
             }
             // Replaced by `erase` (or removed): write to the file the path names now.
             let _ = self.file.unlock();
-            self.file = files::open_append(dir, self.day)?;
+            self.file = files::open_append(dir, self.day).map_err(nothing)?;
         }
-        let result = self.file.write_all(&self.buf);
+        let result = self.append_whole_lines(&path);
         let _ = self.file.unlock();
-        self.buf.clear();
         result
+    }
+
+    /// Appends `buf` (the lock held), leaving only whole lines in the file.
+    fn append_whole_lines(&mut self, path: &Path) -> Result<(), PartialWrite> {
+        let nothing = |error| PartialWrite { written: 0, error };
+        let len = self.file.metadata().map_err(nothing)?.len();
+        let start = files::cut_partial_line(&self.file, len).map_err(nothing)?;
+        if start < len {
+            tracing::warn!(path = %path.display(), bytes = len - start, "access-log day file ended in a partial line (a write cut short, or written by someone else); removed it");
+        }
+        let mut done = 0;
+        let error = loop {
+            match self.file.write(&self.buf[done..]) {
+                Ok(0) => break io::Error::from(io::ErrorKind::WriteZero),
+                Ok(n) => {
+                    done += n;
+                    if done == self.buf.len() {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break e,
+            }
+        };
+        let whole = memchr::memrchr(b'\n', &self.buf[..done]).map_or(0, |i| i + 1);
+        if whole < done {
+            // Cut the partial record off now; if that fails too, the next write does it.
+            let _ = self.file.set_len(start + whole as u64);
+        }
+        Err(PartialWrite {
+            written: memchr::memchr_iter(b'\n', &self.buf[..whole]).count() as u64,
+            error,
+        })
     }
 }
 
@@ -270,7 +325,10 @@ impl Writer {
                     tracing::info!("access log writing again");
                 }
             }
-            Err(e) => self.failed(day, e, lines),
+            Err(PartialWrite { written, error }) => {
+                self.counters.records.inc_by(written);
+                self.failed(day, error, lines - written);
+            }
         }
     }
 

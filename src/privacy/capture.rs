@@ -119,7 +119,12 @@ impl Capture {
         self.key.load().epoch
     }
 
-    /// Swaps in another country database (SIGHUP).
+    /// The country database in use, if any.
+    pub fn geo(&self) -> Option<Arc<GeoDb>> {
+        self.geo.load_full()
+    }
+
+    /// Swaps in another country database (SIGHUP, or its file changed).
     pub fn set_geo(&self, geo: Option<GeoDb>) {
         self.geo.store(geo.map(Arc::new));
         self.generation.fetch_add(1, Ordering::Release);

@@ -1,16 +1,18 @@
 //! The client's country, looked up in a MaxMind DB file (`[geoip] database`).
 //!
-//! Owns opening the database (memory-mapped) and turning an address into an ISO 3166-1
-//! alpha-2 code. Must never log, keep or put in an error message the address looked up;
-//! a failed lookup is simply "no country".
+//! Owns reading the database (into memory, never mapped), following its file on disk, and
+//! turning an address into an ISO 3166-1 alpha-2 code. Must never log, keep or put in an error
+//! message the address looked up; a failed lookup is simply "no country".
 
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use maxminddb::{Mmap, Reader};
+use maxminddb::Reader;
 use serde::Deserialize;
+
+use crate::files::{self, FileError, FileStamp};
 
 /// An ISO 3166-1 alpha-2 country code, uppercase (e.g. `AL`, `US`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -80,33 +82,68 @@ pub const ALL: &[&str] = &[
     "VN", "VU", "WF", "WS", "YE", "YT", "ZA", "ZM", "ZW",
 ];
 
-/// Why the GeoIP database could not be opened.
+/// The largest database read, in bytes (the largest commercial city databases are a few
+/// hundred MB; a country database is under 10 MB).
+pub const MAX_DATABASE_BYTES: u64 = 1 << 30;
+
+/// Why the GeoIP database could not be opened. Each names the file, never an address.
 #[derive(Debug, thiserror::Error)]
 pub enum GeoError {
-    /// The file could not be opened or mapped.
-    #[error("cannot open GeoIP database {}: {source}", .path.display())]
-    Open {
+    /// The file could not be read: missing, unreadable, not a regular file, too large.
+    #[error("GeoIP database {}: {source}", .path.display())]
+    File {
+        /// The database file.
         path: PathBuf,
-        source: std::io::Error,
+        /// Why.
+        source: FileError,
+    },
+    /// The file is empty (an operator's copy may be under way).
+    #[error("GeoIP database {}: the file is empty", .path.display())]
+    Empty {
+        /// The database file.
+        path: PathBuf,
     },
     /// The file is not a valid MaxMind DB.
-    #[error(
-        "GeoIP database {} is not a valid MaxMind DB file: {source}; replace it or remove `[geoip] database`",
-        .path.display()
-    )]
+    #[error("GeoIP database {}: not a valid MaxMind DB file: {source}", .path.display())]
     Corrupt {
+        /// The database file.
         path: PathBuf,
+        /// The reader's complaint.
         source: maxminddb::MaxMindDbError,
     },
 }
 
-/// A country database, memory-mapped.
+impl GeoError {
+    /// What is wrong with the file, without its path.
+    pub fn reason(&self) -> String {
+        match self {
+            GeoError::File { source, .. } => source.to_string(),
+            GeoError::Empty { .. } => "the file is empty".to_owned(),
+            GeoError::Corrupt { source, .. } => format!("not a valid MaxMind DB file: {source}"),
+        }
+    }
+
+    /// The database file at fault.
+    pub fn path(&self) -> &Path {
+        match self {
+            GeoError::File { path, .. }
+            | GeoError::Empty { path }
+            | GeoError::Corrupt { path, .. } => path,
+        }
+    }
+}
+
+/// A country database, read whole into memory.
 ///
-/// Replace the file by renaming a new one over it (a new inode), never by rewriting it in
-/// place: the mapping of the old file must stay valid while this value lives.
+/// Never memory-mapped: the file may be rewritten in place (`cp new.mmdb country.mmdb`
+/// truncates it first) while it is in use, and a mapping of a truncated file kills the process
+/// with SIGBUS. A copy in memory is immune to anything done to the file; [`GeoFollower`]
+/// notices the change and loads the new file once it is valid.
 pub struct GeoDb {
-    reader: Reader<Mmap>,
+    reader: Reader<Vec<u8>>,
     path: PathBuf,
+    /// The file as it was when read.
+    stamp: FileStamp,
 }
 
 impl fmt::Debug for GeoDb {
@@ -134,28 +171,26 @@ struct CountryRecord<'a> {
 }
 
 impl GeoDb {
-    /// Opens and checks the database at `path`. A missing, unreadable or corrupt file is an
-    /// error naming the path.
+    /// Reads and checks the database at `path`. A missing or unreadable file, anything but a
+    /// regular file, an empty, oversized or corrupt file is an error naming the path.
     pub fn open(path: &Path) -> Result<GeoDb, GeoError> {
-        // Open it ourselves first so a missing file is an io::Error, not a MaxMindDbError.
-        std::fs::File::open(path).map_err(|source| GeoError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        // SAFETY: the file is mapped read-only; the type's documentation requires that it is
-        // replaced by rename, never modified in place, while the mapping lives.
-        let reader = unsafe { Reader::open_mmap(path) }.map_err(|e| match e {
-            maxminddb::MaxMindDbError::Io(source) | maxminddb::MaxMindDbError::Mmap(source) => {
-                GeoError::Open {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            }
-            source => GeoError::Corrupt {
+        let mut bytes = Vec::new();
+        let meta = files::read_regular(path, MAX_DATABASE_BYTES, &mut bytes).map_err(|source| {
+            GeoError::File {
                 path: path.to_path_buf(),
                 source,
-            },
+            }
         })?;
+        if bytes.is_empty() {
+            return Err(GeoError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
+        let corrupt = |source| GeoError::Corrupt {
+            path: path.to_path_buf(),
+            source,
+        };
+        let reader = Reader::from_source(bytes).map_err(corrupt)?;
         // `Reader::verify` rejects common real databases for metadata trivia (an empty
         // description map), so probe one lookup instead: the tree and data section must
         // decode. Later lookups stay bounds-checked by the reader.
@@ -163,13 +198,11 @@ impl GeoDb {
         reader
             .lookup(probe)
             .and_then(|r| r.decode::<Record<'_>>().map(drop))
-            .map_err(|source| GeoError::Corrupt {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            .map_err(corrupt)?;
         Ok(GeoDb {
             reader,
             path: path.to_path_buf(),
+            stamp: FileStamp::of(&meta),
         })
     }
 
@@ -196,6 +229,62 @@ impl GeoDb {
             .and_then(|c| c.iso_code)
             .or(record.country_code)?;
         Country::new(code)
+    }
+}
+
+/// Follows the database file on disk, so that a file replaced (by rename) or rewritten in place
+/// is picked up without a signal.
+///
+/// Call [`GeoFollower::poll`] every few seconds, off the async runtime: it looks at the file
+/// (one `stat`) and, when it changed, reads it. A change is acted on once the file has looked the
+/// same for two polls in a row, so a copy in progress is not read half-way. A changed file that
+/// is not a valid database (missing, empty, half-written, garbage) leaves the database in use in
+/// place and is reported once per version of the file; the next good version is loaded.
+#[derive(Debug, Default)]
+pub struct GeoFollower {
+    /// What the path showed at the previous poll, if it differed from the database in use
+    /// (`Some(None)`: nothing there).
+    seen: Option<Option<FileStamp>>,
+    /// The version of the file last tried, so that a bad one is tried and reported once.
+    tried: Option<Option<FileStamp>>,
+}
+
+/// What one [`GeoFollower::poll`] found.
+#[derive(Debug)]
+pub enum GeoChange {
+    /// The file is the one in use, or it is changing and has not settled yet.
+    Unchanged,
+    /// The file changed and the new one is a valid database: use it.
+    Reloaded(GeoDb),
+    /// The file changed and cannot be used: keep the database in use. Returned once for each
+    /// version of the file.
+    Unusable(GeoError),
+}
+
+impl GeoFollower {
+    /// Compares the file at `current`'s path with `current`, reading it again when it has
+    /// changed and settled.
+    pub fn poll(&mut self, current: &GeoDb) -> GeoChange {
+        let now = FileStamp::of_path(&current.path);
+        if now == Some(current.stamp) {
+            *self = GeoFollower::default();
+            return GeoChange::Unchanged;
+        }
+        if self.seen != Some(now) {
+            self.seen = Some(now);
+            return GeoChange::Unchanged;
+        }
+        if self.tried == Some(now) {
+            return GeoChange::Unchanged;
+        }
+        self.tried = Some(now);
+        match GeoDb::open(&current.path) {
+            Ok(db) => {
+                *self = GeoFollower::default();
+                GeoChange::Reloaded(db)
+            }
+            Err(e) => GeoChange::Unusable(e),
+        }
     }
 }
 
@@ -246,36 +335,133 @@ mod tests {
     }
 
     #[test]
-    fn missing_and_corrupt_files_name_the_path() {
+    fn every_unusable_file_is_an_error_naming_the_path() {
         let dir = tempfile::tempdir().unwrap();
-        let missing = dir.path().join("missing.mmdb");
-        let err = GeoDb::open(&missing).unwrap_err();
-        assert!(matches!(err, GeoError::Open { .. }), "{err:?}");
-        assert!(
-            err.to_string().contains(&*missing.to_string_lossy()),
-            "{err}"
-        );
-
-        let corrupt = dir.path().join("corrupt.mmdb");
-        std::fs::write(&corrupt, b"not a maxmind database at all").unwrap();
-        let err = GeoDb::open(&corrupt).unwrap_err();
-        assert!(matches!(err, GeoError::Corrupt { .. }), "{err:?}");
-        assert!(
-            err.to_string().contains(&*corrupt.to_string_lossy()),
-            "{err}"
-        );
-
-        // A valid database cut short.
         let good = dir.path().join("good.mmdb");
         write_country_db(&good, ENTRIES, Schema::Flat);
         let bytes = std::fs::read(&good).unwrap();
-        let truncated = dir.path().join("truncated.mmdb");
-        std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-        let err = GeoDb::open(&truncated).unwrap_err();
-        assert!(
-            err.to_string().contains(&*truncated.to_string_lossy()),
-            "{err}"
-        );
+        let fifo = dir.path().join("fifo.mmdb");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let mut random = vec![0u8; 4096];
+        getrandom::fill(&mut random).unwrap();
+
+        // (file, its content or None to leave as made above, a word of the reason)
+        let cases: Vec<(&str, Option<Vec<u8>>, &str)> = vec![
+            ("missing.mmdb", None, "No such file"),
+            ("empty.mmdb", Some(Vec::new()), "empty"),
+            (
+                "text.mmdb",
+                Some(b"not a maxmind database".to_vec()),
+                "not a valid MaxMind DB",
+            ),
+            ("random.mmdb", Some(random), "not a valid MaxMind DB"),
+            (
+                "half.mmdb",
+                Some(bytes[..bytes.len() / 2].to_vec()),
+                "not a valid MaxMind DB",
+            ),
+            (
+                "tail.mmdb",
+                Some(bytes[bytes.len() / 2..].to_vec()),
+                "not a valid MaxMind DB",
+            ),
+            ("fifo.mmdb", None, "named pipe"),
+            ("dir.mmdb", None, "directory"),
+        ];
+        std::fs::create_dir(dir.path().join("dir.mmdb")).unwrap();
+        for (name, content, reason) in cases {
+            let path = dir.path().join(name);
+            if let Some(content) = content {
+                std::fs::write(&path, content).unwrap();
+            }
+            let err = GeoDb::open(&path).expect_err(name);
+            let text = err.to_string();
+            assert_eq!(err.path(), path, "{name}");
+            assert!(text.contains(&*path.to_string_lossy()), "{name}: {text}");
+            assert!(text.contains(reason), "{name}: {text}");
+            assert!(text.matches("os error").count() <= 1, "{name}: {text}");
+        }
+    }
+
+    #[test]
+    fn the_follower_loads_a_good_new_file_and_keeps_the_old_one_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("country.mmdb");
+        write_country_db(&path, ENTRIES, Schema::MaxMind);
+        let good = std::fs::read(&path).unwrap();
+        let other = dir.path().join("other.mmdb");
+        write_country_db(&other, &[("8.8.8.0/24", "NL")], Schema::Flat);
+        let other = std::fs::read(&other).unwrap();
+        let mut db = GeoDb::open(&path).unwrap();
+        let mut follower = GeoFollower::default();
+        let tick = || std::thread::sleep(std::time::Duration::from_millis(10));
+        let us = |db: &GeoDb| db.lookup([8, 8, 8, 8].into()).map(|c| c.to_string());
+
+        // (what the operator does, the country of 8.8.8.8 afterwards, or the reason it stayed)
+        type Step<'a> = Box<dyn Fn(&Path) + 'a>;
+        let steps: Vec<(&str, Step<'_>, Result<&str, &str>)> = vec![
+            (
+                "truncate in place",
+                Box::new(|p| std::fs::File::create(p).map(drop).unwrap()),
+                Err("empty"),
+            ),
+            (
+                "write half of a database",
+                Box::new(|p| std::fs::write(p, &other[..other.len() / 2]).unwrap()),
+                Err("not a valid MaxMind DB"),
+            ),
+            (
+                "finish writing it",
+                Box::new(|p| std::fs::write(p, &other).unwrap()),
+                Ok("NL"),
+            ),
+            (
+                "delete",
+                Box::new(|p| std::fs::remove_file(p).unwrap()),
+                Err("No such file"),
+            ),
+            (
+                "write garbage",
+                Box::new(|p| std::fs::write(p, b"garbage").unwrap()),
+                Err("not a valid MaxMind DB"),
+            ),
+            (
+                "rename a good file over it",
+                Box::new(|p| {
+                    let tmp = p.with_extension("new");
+                    std::fs::write(&tmp, &good).unwrap();
+                    std::fs::rename(&tmp, p).unwrap();
+                }),
+                Ok("US"),
+            ),
+        ];
+        for (what, step, want) in steps {
+            tick();
+            step(&path);
+            // The first poll sees the change, the second acts on it once it has settled.
+            assert!(matches!(follower.poll(&db), GeoChange::Unchanged), "{what}");
+            match (follower.poll(&db), want) {
+                (GeoChange::Reloaded(new), Ok(country)) => {
+                    assert_eq!(us(&new).as_deref(), Some(country), "{what}");
+                    db = new;
+                }
+                (GeoChange::Unusable(e), Err(reason)) => {
+                    assert!(e.to_string().contains(reason), "{what}: {e}");
+                    assert!(
+                        e.to_string().contains(&*path.to_string_lossy()),
+                        "{what}: {e}"
+                    );
+                    // Reported once; the database in use still answers.
+                    assert!(matches!(follower.poll(&db), GeoChange::Unchanged), "{what}");
+                    assert!(us(&db).is_some(), "{what}");
+                }
+                (got, _) => panic!("{what}: {got:?}"),
+            }
+            // Nothing more happens until the file changes again.
+            assert!(matches!(follower.poll(&db), GeoChange::Unchanged), "{what}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -19,6 +19,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use time::Date;
 use zeroize::{Zeroize, Zeroizing};
+
+use crate::files::{self, FileError};
 
 /// The BLAKE3 `derive_key` context of the ratchet `K[d+1] = derive_key(CONTEXT, K[d])`.
 pub const RATCHET_CONTEXT: &str = "webprom-edge pseudonym ratchet v1";
@@ -305,9 +307,9 @@ pub enum KeyError {
     /// The key directory could not be created or read.
     #[error("key directory {}: {source}", .path.display())]
     Dir { path: PathBuf, source: io::Error },
-    /// A key file could not be read.
+    /// A key file could not be read: missing, unreadable, or not a regular file.
     #[error("cannot read key file {}: {source}", .path.display())]
-    Read { path: PathBuf, source: io::Error },
+    Read { path: PathBuf, source: FileError },
     /// A key file holds neither 32 raw bytes nor 64 hex digits.
     #[error(
         "key file {} is corrupt: it must hold 32 raw bytes or 64 hex digits; restore it or remove it",
@@ -386,11 +388,35 @@ impl KeyStore {
                 "key directory is accessible to other users; it should be mode 0700"
             );
         }
+        Ok(KeyStore::at(dir, retention))
+    }
+
+    /// The store of `dir`, with nothing checked or created.
+    fn at(dir: &Path, retention: Duration) -> KeyStore {
         let days = retention.as_secs() / SECS_PER_DAY.unsigned_abs();
-        Ok(KeyStore {
+        KeyStore {
             dir: dir.to_path_buf(),
             retention_days: i64::try_from(days).unwrap_or(i64::MAX),
-        })
+        }
+    }
+
+    /// Checks `dir` before start-up writes anything: every key file a ratchet to `today` or a
+    /// later day could read (those of the retention window and after) must be a readable regular
+    /// file holding a key. Creates, changes and logs nothing. A missing directory passes: it
+    /// will be created. Errors name the directory or file, never a key's content.
+    pub fn check(dir: &Path, retention: Duration, today: Epoch) -> Result<(), KeyError> {
+        match fs::metadata(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            _ => {}
+        }
+        let store = KeyStore::at(dir, retention);
+        let files = store.scan()?;
+        for slot in files.range(store.window_start(today)..).map(|(_, f)| f) {
+            if let Some(path) = &slot.key {
+                read_key_file(path)?;
+            }
+        }
+        Ok(())
     }
 
     /// The key directory.
@@ -520,9 +546,25 @@ impl KeyStore {
             let Ok(epoch) = date.parse::<Epoch>() else {
                 continue;
             };
-            // Follows symbolic links: a fleet may link a shared day's file into place.
-            if !entry.path().is_file() {
-                continue;
+            // Follows symbolic links: a fleet may link a shared day's file into place. A key
+            // file that is not a readable regular file (a directory, a dangling link) is an
+            // error naming it, never taken for a missing key; a leftover temporary file that
+            // is not a file is left alone.
+            match fs::metadata(entry.path()) {
+                Ok(meta) if meta.is_file() => {}
+                _ if is_tmp => continue,
+                Ok(meta) => {
+                    return Err(KeyError::Read {
+                        path: entry.path(),
+                        source: FileError::not_regular(&meta),
+                    });
+                }
+                Err(e) => {
+                    return Err(KeyError::Read {
+                        path: entry.path(),
+                        source: FileError::Io(e),
+                    });
+                }
             }
             let slot = files.entry(epoch).or_default();
             slot.all.push(entry.path());
@@ -614,35 +656,38 @@ struct EpochFiles {
     all: Vec<PathBuf>,
 }
 
-/// Reads a key file: 32 raw bytes, or 64 hex digits with optional trailing whitespace.
+/// Reads a key file: 32 raw bytes, or 64 hex digits with optional trailing whitespace. Only a
+/// regular file is read (a named pipe never blocks the reader).
 fn read_key_file(path: &Path) -> Result<Key, KeyError> {
-    let read_err = |source| KeyError::Read {
+    let corrupt = || KeyError::Corrupt {
         path: path.to_path_buf(),
-        source,
     };
-    // Longest valid content: 64 hex digits and some trailing whitespace; read no more.
+    // Longest valid content: 64 hex digits and some trailing whitespace; read no more. The
+    // buffer never grows, so no copy of the key is left behind in freed memory.
     let mut data = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE_BYTES + 1));
-    File::open(path)
-        .and_then(|f| f.take(MAX_KEY_FILE_BYTES as u64 + 1).read_to_end(&mut data))
-        .map_err(read_err)?;
-    if let Ok(meta) = fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
-    {
+    let meta = match files::read_regular(path, MAX_KEY_FILE_BYTES as u64, &mut data) {
+        Ok(meta) => meta,
+        Err(FileError::TooLarge(_)) => return Err(corrupt()),
+        Err(source) => {
+            return Err(KeyError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    if meta.permissions().mode() & 0o077 != 0 {
         tracing::warn!(
             file = %path.display(),
             "key file is readable by other users; it should be mode 0600"
         );
     }
-    let corrupt = || KeyError::Corrupt {
-        path: path.to_path_buf(),
-    };
     let mut key = Key([0; 32]);
     if data.len() == 32 {
         key.0.copy_from_slice(&data);
         return Ok(key);
     }
     let text = data.trim_ascii_end();
-    if text.len() != 64 || data.len() > MAX_KEY_FILE_BYTES {
+    if text.len() != 64 {
         return Err(corrupt());
     }
     for (out, pair) in key.0.iter_mut().zip(text.chunks_exact(2)) {
@@ -1089,6 +1134,45 @@ mod tests {
             assert!(msg.contains(&*path.to_string_lossy()), "{msg}");
             assert!(!msg.contains("0102030405"), "{msg}");
             assert!(ks.ratchet_to(ep("2026-02-02")).is_err());
+        }
+    }
+
+    #[test]
+    fn a_key_file_that_is_not_a_regular_file_is_an_error_never_a_missing_key() {
+        // (what the day's key path is, a word of the reason)
+        type Make = fn(&Path);
+        let cases: &[(&str, Make, &str)] = &[
+            ("a directory", |p| fs::create_dir(p).unwrap(), "a directory"),
+            (
+                "a dangling symbolic link",
+                |p| std::os::unix::fs::symlink("/nonexistent/shared.key", p).unwrap(),
+                "No such file",
+            ),
+            (
+                "a named pipe",
+                |p| {
+                    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+                    // SAFETY: a valid NUL-terminated path.
+                    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+                },
+                "a named pipe",
+            ),
+        ];
+        for &(what, make, reason) in cases {
+            let tmp = tempfile::tempdir().unwrap();
+            let ks = store(tmp.path(), 30);
+            let path = tmp.path().join("2026-02-01.key");
+            make(&path);
+            for err in [
+                ks.load(ep("2026-02-01")).unwrap_err(),
+                ks.ratchet_to(ep("2026-02-02")).unwrap_err(),
+            ] {
+                let msg = err.to_string();
+                assert!(msg.contains(&*path.to_string_lossy()), "{what}: {msg}");
+                assert!(msg.contains(reason), "{what}: {msg}");
+            }
+            // Nothing was made up in its place.
+            assert!(!tmp.path().join("2026-02-02.key").exists(), "{what}");
         }
     }
 }

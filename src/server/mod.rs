@@ -3,6 +3,7 @@
 
 pub mod conn;
 pub mod h2;
+pub mod preflight;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use crate::client_ip::ClientAddr;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::privacy::capture::{Capture, EpochKey, open_geo};
+use crate::privacy::geo::{GeoChange, GeoFollower};
 use crate::privacy::keys::{Epoch, Key, KeyError, KeyStore};
 use crate::proxy::Proxy;
 use crate::proxy::body::Sinks;
@@ -38,20 +40,6 @@ pub struct Health {
     pub proxy: Arc<Proxy>,
 }
 
-/// Prepares TLS material: generates the development certificate if asked, then loads every
-/// certificate. Errors here are configuration errors.
-pub fn prepare_tls(config: &Config) -> Result<CertResolver, tls::TlsError> {
-    if let Some(fp) = tls::ensure_self_signed(&config.tls, &config.server.hosts)? {
-        tracing::warn!(
-            cert = %config.tls.cert.display(),
-            key = %config.tls.key.display(),
-            sha256 = %fp,
-            "generated a self-signed certificate (development only; set tls.self_signed = false in production)"
-        );
-    }
-    CertResolver::load(&config.tls)
-}
-
 async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, ConfigError> {
     TcpListener::bind(addr)
         .await
@@ -60,7 +48,17 @@ async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, ConfigError> {
 
 /// Serves until SIGTERM or SIGINT, then drains for up to `server.shutdown_grace`.
 pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
-    let resolver = Arc::new(prepare_tls(&config)?);
+    // Nothing is written (no certificate generated, no key or directory created) until every
+    // file and directory the config names has been checked and every listener is bound.
+    let checked = preflight::check(&config)?;
+    let tls_listener = bind("server.listen", config.server.listen).await?;
+    let plain_listener = match config.server.listen_plain {
+        Some(addr) => Some(bind("server.listen_plain", addr).await?),
+        None => None,
+    };
+    let admin_listener = bind("admin.listen", config.admin.listen).await?;
+
+    let resolver = Arc::new(preflight::certificates(&config, checked.certs)?);
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(resolver.clone())));
 
     // The capture's state: today's pseudonym key, the country database, the UA parser.
@@ -70,7 +68,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     )?);
     let today = Epoch::today();
     let key = ratchet(&keys, today)?;
-    let geo = open_geo(&config.geoip.database)?;
+    let geo = checked.geo;
     if geo.is_none() {
         tracing::warn!("no geoip.database configured: every country is recorded as null");
     }
@@ -90,13 +88,6 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     });
     let proxy = Arc::new(Proxy::new(&config, capture, limiter, sinks.clone()));
 
-    let tls_listener = bind("server.listen", config.server.listen).await?;
-    let plain_listener = match config.server.listen_plain {
-        Some(addr) => Some(bind("server.listen_plain", addr).await?),
-        None => None,
-    };
-    let admin_listener = bind("admin.listen", config.admin.listen).await?;
-
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (tracker, mut drained) = mpsc::channel::<()>(1);
     let shared = Arc::new(ConnShared::new(
@@ -115,6 +106,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         tokio::spawn(rotate_keys(keys.clone(), proxy.clone())),
         tokio::spawn(housekeep_limiter(proxy.clone())),
         tokio::spawn(close_idle_upstreams(proxy.clone())),
+        tokio::spawn(follow_geo(proxy.clone())),
     ];
     log_listening("tls", &tls_listener);
     tokio::spawn(accept_loop(tls_listener, Some(acceptor), shared.clone()));
@@ -122,13 +114,21 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         log_listening("plain", &l);
         tokio::spawn(accept_loop(l, None, shared.clone()));
     }
+    // Ready before the admin listener is announced: whoever reads that line and asks /readyz
+    // at once must not be told "not listening".
+    health.listening.store(true, Ordering::Release);
     log_listening("admin", &admin_listener);
     let admin_task = tokio::spawn(admin::serve(admin_listener, health.clone(), shutdown_rx));
-    health.listening.store(true, Ordering::Release);
 
     loop {
         match signals.next().await {
-            Signal::Reload => reload(&config_path, &resolver, &proxy),
+            Signal::Reload => {
+                // Reading files may block: off the runtime, and one reload at a time.
+                let (path, r, p) = (config_path.clone(), resolver.clone(), proxy.clone());
+                if let Err(e) = tokio::task::spawn_blocking(move || reload(&path, &r, &p)).await {
+                    tracing::error!(error = %e, "reload task failed");
+                }
+            }
             Signal::Stop(name) => {
                 tracing::info!(signal = name, grace = ?config.server.shutdown_grace.0, "draining");
                 break;
@@ -211,6 +211,48 @@ async fn rotate_keys(keys: Arc<KeyStore>, proxy: Arc<Proxy>) {
     }
 }
 
+/// How often the country database's file is looked at (one `stat`).
+const GEO_POLL: Duration = Duration::from_secs(2);
+
+/// Reloads the country database when its file changes on disk (replaced by rename, rewritten
+/// in place, removed and put back), as SIGHUP does; a changed file that is not a valid database
+/// keeps the one in use, reported once by path.
+async fn follow_geo(proxy: Arc<Proxy>) {
+    let mut follower = GeoFollower::default();
+    let mut tick = tokio::time::interval(GEO_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(current) = proxy.capture.geo() else {
+            continue;
+        };
+        let polled = tokio::task::spawn_blocking(move || {
+            let change = follower.poll(&current);
+            (follower, change)
+        })
+        .await;
+        let change;
+        (follower, change) = match polled {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(error = %e, "country database check failed");
+                (GeoFollower::default(), GeoChange::Unchanged)
+            }
+        };
+        match change {
+            GeoChange::Unchanged => {}
+            GeoChange::Reloaded(db) => {
+                let path = db.path().display().to_string();
+                proxy.capture.set_geo(Some(db));
+                tracing::info!(%path, "country database file changed: reloaded");
+            }
+            GeoChange::Unusable(e) => {
+                tracing::error!(path = %e.path().display(), error = %e, "country database file changed but cannot be used; keeping the database in use");
+            }
+        }
+    }
+}
+
 /// Keeps the rate limiter's memory bounded.
 async fn housekeep_limiter(proxy: Arc<Proxy>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -244,8 +286,12 @@ fn reload(path: &Path, resolver: &CertResolver, proxy: &Proxy) {
             return;
         }
     };
-    let result = tls::ensure_self_signed(&config.tls, &config.server.hosts)
-        .and_then(|_| resolver.reload(&config.tls));
+    let result = tls::ensure_self_signed(&config.tls, &config.server.hosts).and_then(|made| {
+        if let Some(fp) = made {
+            tracing::warn!(cert = %config.tls.cert.display(), sha256 = %fp, "certificate missing: generated a self-signed one (development only; set tls.self_signed = false in production)");
+        }
+        resolver.reload(&config.tls)
+    });
     match result {
         Ok(()) => tracing::info!("reloaded certificates"),
         Err(e) => {

@@ -20,6 +20,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config;
+use crate::files;
+
+/// The largest certificate chain or key file read, in bytes.
+const MAX_PEM_BYTES: u64 = 1 << 20;
 
 /// A certificate or key that could not be used, naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -105,8 +109,12 @@ fn load_pair(
         path: path.to_owned(),
         reason,
     };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
-        .and_then(|iter| iter.collect::<Result<_, _>>())
+    // Read whole first: only a regular file, never waiting on a named pipe, bounded.
+    let mut pem = Vec::new();
+    files::read_regular(cert_path, MAX_PEM_BYTES, &mut pem)
+        .map_err(|e| file_err("cert", cert_path, e.to_string()))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
         .map_err(|e| file_err("cert", cert_path, pem_reason(e)))?;
     if certs.is_empty() {
         return Err(file_err(
@@ -115,7 +123,10 @@ fn load_pair(
             "no PEM CERTIFICATE found".into(),
         ));
     }
-    let key = PrivateKeyDer::from_pem_file(key_path)
+    let mut pem = zeroize::Zeroizing::new(Vec::new());
+    files::read_regular(key_path, MAX_PEM_BYTES, &mut pem)
+        .map_err(|e| file_err("key", key_path, e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|e| file_err("key", key_path, pem_reason(e)))?;
     CertifiedKey::from_der(certs, key, provider)
         .map_err(|e| {

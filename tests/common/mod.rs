@@ -366,18 +366,24 @@ impl Proxy {
     }
 
     pub async fn spawn(dir: tempfile::TempDir) -> Proxy {
+        Self::spawn_with(dir, |_| {}).await
+    }
+
+    /// As [`Proxy::spawn`], with the command changed by `edit` first (limits, user).
+    pub async fn spawn_with(dir: tempfile::TempDir, edit: impl FnOnce(&mut Command)) -> Proxy {
         if !dir.path().join("country.mmdb").exists() {
             write_test_geo(dir.path());
         }
-        let mut child = Command::new(bin())
+        let mut command = Command::new(bin());
+        command
             .args(["run", "--config"])
             .arg(dir.path().join("config.toml"))
             .current_dir(dir.path())
             .env("WEBPROM_EDGE_LOG", "debug,h2=info,hyper=info,rustls=info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start webprom-edge");
+            .stderr(Stdio::piped());
+        edit(&mut command);
+        let mut child = command.spawn().expect("start webprom-edge");
         let stderr = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel::<(String, SocketAddr)>();
         let pipe = child.stderr.take().unwrap();

@@ -1,0 +1,130 @@
+//! The check of every file and directory the configuration names, run by `check-config` and
+//! as the first step of `run`, before anything is written: the certificates (or, when they are
+//! to be generated, the directories they go to), the GeoIP database, the pseudonym key
+//! directory and its key files, and the access-log directory.
+//!
+//! Must never write, create or generate anything (a directory is tried with a probe file that is
+//! removed at once). Every error is a [`ConfigError`] naming the config key, the path, and one
+//! reason.
+
+use std::path::Path;
+
+use crate::config::{Config, ConfigError};
+use crate::files::{self, FileError};
+use crate::privacy::capture::open_geo;
+use crate::privacy::geo::GeoDb;
+use crate::privacy::keys::{Epoch, KeyStore};
+use crate::server::tls::{self, CertResolver, TlsError};
+
+/// What start-up reads from disk, checked and ready to use.
+pub struct Checked {
+    /// The certificates; `None` when `tls.self_signed` is to generate the default one.
+    pub certs: Option<CertResolver>,
+    /// The country database; `None` when `geoip.database` is empty.
+    pub geo: Option<GeoDb>,
+}
+
+/// Checks every file and directory of `config` without writing anything.
+pub fn check(config: &Config) -> Result<Checked, ConfigError> {
+    let certs = check_tls(config)?;
+    let geo = open_geo(&config.geoip.database)
+        .map_err(|e| file_error("geoip.database", e.path(), e.reason()))?;
+    check_dir("privacy.key_dir", &config.privacy.key_dir)?;
+    KeyStore::check(
+        &config.privacy.key_dir,
+        config.privacy.key_retention.0,
+        Epoch::today(),
+    )
+    .map_err(|e| ConfigError::invalid("privacy.key_dir", e.to_string()))?;
+    check_dir("access_log.dir", &config.access_log.dir)?;
+    Ok(Checked { certs, geo })
+}
+
+/// Whether `run` will generate a self-signed certificate (`tls.self_signed` and the default
+/// certificate or its key missing).
+pub fn will_generate_certificate(config: &Config) -> bool {
+    config.tls.self_signed && !(config.tls.cert.exists() && config.tls.key.exists())
+}
+
+/// Loads the certificates, or, when they are to be generated, checks that they can be written
+/// and loads the SNI certificates (which are never generated).
+fn check_tls(config: &Config) -> Result<Option<CertResolver>, ConfigError> {
+    if !will_generate_certificate(config) {
+        return CertResolver::load(&config.tls).map(Some).map_err(tls_error);
+    }
+    for (key, path) in [("tls.cert", &config.tls.cert), ("tls.key", &config.tls.key)] {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        files::check_writable_dir(dir).map_err(|e| {
+            let why = dir_reason(dir, e);
+            file_error(
+                key,
+                path,
+                format!("cannot be generated: {}: {why}", dir.display()),
+            )
+        })?;
+    }
+    if let Some(first) = config.tls.sni.first() {
+        let mut sni_only = config.tls.clone();
+        sni_only.cert = first.cert.clone();
+        sni_only.key = first.key.clone();
+        CertResolver::load(&sni_only).map_err(tls_error)?;
+    }
+    Ok(None)
+}
+
+/// A directory that must exist and be writable, or be creatable.
+fn check_dir(key: &str, dir: &Path) -> Result<(), ConfigError> {
+    files::check_writable_dir(dir).map_err(|e| file_error(key, dir, dir_reason(dir, e)))
+}
+
+/// Why `dir` cannot be used, naming the ancestor at fault when it is not `dir` itself.
+fn dir_reason(dir: &Path, e: FileError) -> String {
+    match e {
+        FileError::NotDirectory(at) if at == dir => "not a directory".to_owned(),
+        FileError::NotWritable { dir: at, error } if at == dir => {
+            format!("cannot be written: {error}")
+        }
+        FileError::NotDirectory(at) => {
+            format!("cannot be created: {} is not a directory", at.display())
+        }
+        FileError::NotWritable { dir: at, error } => format!(
+            "cannot be created: {} cannot be written: {error}",
+            at.display()
+        ),
+        other => other.to_string(),
+    }
+}
+
+fn file_error(key: &str, path: &Path, reason: impl std::fmt::Display) -> ConfigError {
+    ConfigError::invalid(key, format!("{}: {reason}", path.display()))
+}
+
+fn tls_error(e: TlsError) -> ConfigError {
+    match e {
+        TlsError::File { key, path, reason } => file_error(&key, &path, reason),
+        TlsError::Generate { path, reason } => file_error("tls.cert", &path, reason),
+    }
+}
+
+/// Generates the self-signed certificate when asked to (after [`check`] passed), and returns
+/// the certificates to serve.
+pub fn certificates(
+    config: &Config,
+    checked: Option<CertResolver>,
+) -> anyhow::Result<CertResolver> {
+    if let Some(certs) = checked {
+        return Ok(certs);
+    }
+    if let Some(fp) = tls::ensure_self_signed(&config.tls, &config.server.hosts)? {
+        tracing::warn!(
+            cert = %config.tls.cert.display(),
+            key = %config.tls.key.display(),
+            sha256 = %fp,
+            "generated a self-signed certificate (development only; set tls.self_signed = false in production)"
+        );
+    }
+    Ok(CertResolver::load(&config.tls)?)
+}
