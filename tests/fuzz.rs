@@ -65,14 +65,16 @@ fn soup(
 /// Every byte a field value may hold (RFC 9110 §5.5: VCHAR, SP, HTAB, obs-text), so that
 /// `HeaderValue::from_bytes` accepts the result.
 fn field_bytes(len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<u8>> {
-    vec(
-        prop_oneof![
-            8 => 0x20u8..0x7f,
-            1 => Just(b'\t'),
-            2 => 0x80u8..=0xff,
-        ],
-        len,
-    )
+    // Controls (other than HTAB) and DEL moved into the printable range: cheaper to generate
+    // than a union of ranges, and every byte value stays reachable.
+    vec(any::<u8>(), len).prop_map(|mut v| {
+        for b in &mut v {
+            if (*b < 0x20 && *b != b'\t') || *b == 0x7f {
+                *b ^= 0x40;
+            }
+        }
+        v
+    })
 }
 
 fn header_value(bytes: &[u8]) -> HeaderValue {
@@ -229,7 +231,7 @@ fn check_path(input: &str) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(config(4096))]
+    #![proptest_config(config(2048))]
 
     #[test]
     fn the_recorded_path_holds_only_allowed_segments(input in any_path()) {
@@ -328,7 +330,7 @@ fn check_lang(header: &[u8]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(config(4096))]
+    #![proptest_config(config(2048))]
 
     #[test]
     fn the_language_is_the_preferred_range_and_always_iso_639_1(header in lang_header()) {
@@ -457,7 +459,7 @@ fn check_elements(lines: &[Vec<u8>], delimiter: u8) -> Result<(), TestCaseError>
 }
 
 proptest! {
-    #![proptest_config(config(4096))]
+    #![proptest_config(config(2048))]
 
     #[test]
     fn list_elements_are_trimmed_non_empty_and_lose_nothing(
@@ -672,7 +674,7 @@ fn model_client(peer: IpAddr, hops: Option<&[Hop]>) -> IpAddr {
 }
 
 proptest! {
-    #![proptest_config(config(4096))]
+    #![proptest_config(config(2048))]
 
     #[test]
     fn the_client_is_the_right_most_untrusted_hop(
@@ -810,7 +812,7 @@ fn decide_host(host: &[u8]) -> Result<Option<String>, AuthorityError> {
 }
 
 proptest! {
-    #![proptest_config(config(4096))]
+    #![proptest_config(config(2048))]
 
     #[test]
     fn the_authority_is_normalised_once_and_for_all(
@@ -1049,7 +1051,7 @@ fn by_name(map: &HeaderMap) -> BTreeMap<String, Vec<Vec<u8>>> {
 }
 
 proptest! {
-    #![proptest_config(config(4096))]
+    #![proptest_config(config(2048))]
 
     #[test]
     fn content_length_is_one_number_or_refused(
@@ -1075,8 +1077,8 @@ proptest! {
     fn the_header_list_size_counts_every_field(
         method in select(&["GET", "POST", "OPTIONS", "PROPFIND", "M-SEARCH"][..]),
         target in soup(PATH_PIECES, 0..12),
-        authority in proptest::option::of("[a-z]{1,10}(:[0-9]{1,4})?"),
-        pairs in vec(("[a-z][a-z0-9-]{0,12}", field_bytes(0..40)), 0..12),
+        authority in proptest::option::of(select(&["a", "ads.example", "ads.example:8443"][..])),
+        pairs in vec((select(NAMES), field_bytes(0..40)), 0..12),
     ) {
         let uri = match &authority {
             Some(a) => format!("https://{a}/{}", target.trim_start_matches('/')),
@@ -1093,7 +1095,7 @@ proptest! {
         let mut fields = 0;
         for (name, value) in &pairs {
             req.headers_mut().append(
-                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderName::from_static(name),
                 header_value(value),
             );
             fields += name.len() + value.len() + 32;
@@ -1610,7 +1612,12 @@ fn check_config(text: &str) -> Result<Option<Config>, TestCaseError> {
             Ok(Some(config))
         }
         Err(ConfigError::Schema { key, reason, .. }) => {
-            prop_assert!(!key.is_empty() && key != ".", "no key in {reason:?}");
+            // Empty only when the text names an empty key (`"" = 1`, `[server]\n'' = 1`).
+            let empty_key = key.is_empty() || key.ends_with('.');
+            prop_assert!(
+                key != "." && (!empty_key || text.contains("\"\"") || text.contains("''")),
+                "no key in {reason:?}"
+            );
             prop_assert!(!reason.is_empty());
             Ok(None)
         }
@@ -1627,7 +1634,7 @@ fn check_config(text: &str) -> Result<Option<Config>, TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(config(512))]
+    #![proptest_config(config(2048))]
 
     #[test]
     fn any_config_text_parses_or_is_refused_with_a_reason(
