@@ -506,37 +506,42 @@ struct BrandHint {
 /// skipped, so a Chromium-based browser we do not name is recorded as Chrome, as its
 /// User-Agent would be. A malformed list is ignored as a whole, as RFC 8941 parsers do.
 fn brand_from_sec_ch_ua<'h>(lines: impl IntoIterator<Item = &'h [u8]>) -> Option<BrandHint> {
-    let mut best: Option<BrandHint> = None;
-    let mut line_count = 0;
-    let mut empty_line = false;
-    for line in lines {
-        line_count += 1;
-        if trim_sp(line).is_empty() {
-            empty_line = true;
-            continue;
-        }
-        for item in SfList::new(line) {
-            let (brand, version) = item?;
-            let Some((rank, browser)) = known_brand(brand) else {
-                continue;
-            };
-            if best.is_none_or(|b| rank > b.rank) {
-                let major = if browser == Browser::Other {
-                    None
-                } else {
-                    version.and_then(parse_major)
-                };
-                best = Some(BrandHint {
-                    rank,
-                    browser,
-                    major,
-                });
-            }
-        }
+    let mut lines = lines.into_iter();
+    let first = lines.next()?;
+    let Some(second) = lines.next() else {
+        return best_brand(first);
+    };
+    // Parse the joined value itself (RFC 8941 §4.2), so that a string or a parameter that runs
+    // from one line into the next reads as it would joined. Several lines are rare: one
+    // allocation for them keeps the common case free of any.
+    let mut joined = first.to_vec();
+    for line in std::iter::once(second).chain(lines) {
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(line);
     }
-    // Joined with the others, an empty line is an empty list member: malformed.
-    if empty_line && line_count > 1 {
-        return None;
+    best_brand(&joined)
+}
+
+/// The most specific known brand of one `Sec-CH-UA` list value, `None` if it is malformed.
+fn best_brand(list: &[u8]) -> Option<BrandHint> {
+    let mut best: Option<BrandHint> = None;
+    for item in SfList::new(list) {
+        let (brand, version) = item?;
+        let Some((rank, browser)) = known_brand(brand) else {
+            continue;
+        };
+        if best.is_none_or(|b| rank > b.rank) {
+            let major = if browser == Browser::Other {
+                None
+            } else {
+                version.and_then(parse_major)
+            };
+            best = Some(BrandHint {
+                rank,
+                browser,
+                major,
+            });
+        }
     }
     best
 }
@@ -1042,6 +1047,14 @@ mod tests {
         (Some(CHROME_MAC), &[CH_EDGE, ""], &[], B::Chrome, Some(131), O::MacOs, false),
         (Some(CHROME_MAC), &[CH_EDGE, r#""Opera";v="115","#], &[], B::Chrome, Some(131), O::MacOs, false),
         (Some(CHROME_MAC), &[""], &[], B::Chrome, Some(131), O::MacOs, false),
+        (Some(CHROME_MAC), &["", CH_EDGE], &[], B::Chrome, Some(131), O::MacOs, false),
+        (Some(CHROME_MAC), &["  ", CH_EDGE], &[], B::Chrome, Some(131), O::MacOs, false),
+        // A string or a parameter may run from one line into the next, as it does joined
+        // (found by tests/fuzz.rs).
+        (Some(CHROME_MAC), &[r#""Microsoft Edge"#, r#"x""#], &[], B::Edge, None, O::MacOs, false),
+        (Some(CHROME_MAC), &[r#""Microsoft Edge";v="1"#, r#"32""#], &[], B::Edge, Some(1), O::MacOs, false),
+        (Some(CHROME_MAC), &[r#""Google Chrome";v="1"#, r#"31""#], &[], B::Chrome, Some(1), O::MacOs, false),
+        (Some(CHROME_MAC), &[r#""Opera";v="115""#, r#"""#], &[], B::Chrome, Some(131), O::MacOs, false),
 
         // Bots: a hint never makes one a person; HeadlessChrome in the hint makes one a bot.
         (Some("Mozilla/5.0 (Linux; Android 6.0.1; Nexus 5X Build/MMB29P) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.6778.204 Mobile Safari/537.36 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"), &[CH_CHROME], &[r#""Android""#], B::Other, None, O::Android, true),
