@@ -12,7 +12,7 @@ use http::header::{FORWARDED, HeaderName};
 use ipnet::IpNet;
 
 use crate::config::Cidr;
-use crate::fields::{elements, line_elements, unquote};
+use crate::fields::{elements, line_elements, trim_ows, unquote};
 
 /// `X-Forwarded-For`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -116,7 +116,7 @@ fn parse_xff_entry(entry: &[u8]) -> Option<IpAddr> {
 fn parse_forwarded_element(element: &[u8]) -> Option<IpAddr> {
     let node = line_elements(element, b';').find_map(|pair| {
         let eq = pair.iter().position(|&b| b == b'=')?;
-        let (k, v) = (pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii());
+        let (k, v) = (trim_ows(&pair[..eq]), trim_ows(&pair[eq + 1..]));
         k.eq_ignore_ascii_case(b"for").then_some(v)
     })?;
     parse_node(std::str::from_utf8(unquote(node)).ok()?)

@@ -66,7 +66,7 @@ impl<'a, I: Iterator<Item = &'a HeaderValue>> Iterator for Elements<'a, I> {
                 continue;
             }
             let end = element_end(self.rest, self.delimiter, self.quotes);
-            let element = self.rest[..end].trim_ascii();
+            let element = trim_ows(&self.rest[..end]);
             self.rest = self.rest.get(end + 1..).unwrap_or_default();
             // Past a delimiter outside quotes, the line's pairing starts afresh.
             if self.quotes == Quotes::FromEndOpen {
@@ -141,6 +141,14 @@ fn element_end(s: &[u8], delimiter: u8, quotes: Quotes) -> usize {
         i += 1;
     }
     s.len()
+}
+
+/// `s` without the optional whitespace around it (RFC 9110 §5.6.3 `OWS`: spaces and tabs only).
+pub fn trim_ows(s: &[u8]) -> &[u8] {
+    let is_ows = |b: &u8| matches!(b, b' ' | b'\t');
+    let start = s.iter().position(|b| !is_ows(b)).unwrap_or(s.len());
+    let end = s.iter().rposition(|b| !is_ows(b)).map_or(start, |i| i + 1);
+    &s[start..end]
 }
 
 /// Whether any element of the lines equals `token`, ASCII case-insensitively (e.g. a
@@ -234,6 +242,25 @@ mod tests {
         for (lines, delimiter, want) in cases {
             assert_eq!(split(lines, *delimiter), *want, "{lines:?}");
         }
+    }
+
+    #[test]
+    fn only_spaces_and_tabs_are_optional_whitespace() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b" \ta b\t ", b"a b"),
+            (b"", b""),
+            (b" \t ", b""),
+            (b"a", b"a"),
+            // Not OWS (found by tests/fuzz.rs): a raw value keeps them.
+            (b"\x0caM", b"\x0caM"),
+            (b"\r\nen\n", b"\r\nen\n"),
+            (b" \x0b x", b"\x0b x"),
+        ];
+        for &(s, want) in cases {
+            assert_eq!(trim_ows(s), want, "{s:?}");
+        }
+        let got: Vec<&[u8]> = line_elements(b"\x0cde, \ten\t", b',').collect();
+        assert_eq!(got, [&b"\x0cde"[..], b"en"]);
     }
 
     #[test]
