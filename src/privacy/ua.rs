@@ -512,14 +512,56 @@ fn brand_from_sec_ch_ua<'h>(lines: impl IntoIterator<Item = &'h [u8]>) -> Option
         return best_brand(first);
     };
     // Parse the joined value itself (RFC 8941 §4.2), so that a string or a parameter that runs
-    // from one line into the next reads as it would joined. Several lines are rare: one
-    // allocation for them keeps the common case free of any.
-    let mut joined = first.to_vec();
+    // from one line into the next reads as it would joined.
+    let mut joined = Joined::new();
+    joined.push(first);
     for line in std::iter::once(second).chain(lines) {
-        joined.extend_from_slice(b", ");
-        joined.extend_from_slice(line);
+        joined.push(b", ");
+        joined.push(line);
     }
-    best_brand(&joined)
+    best_brand(joined.as_slice())
+}
+
+/// Field lines joined on the stack; on the heap only past [`Joined::STACK`] bytes, which no
+/// browser's `Sec-CH-UA` comes near.
+struct Joined {
+    stack: [u8; Joined::STACK],
+    len: usize,
+    heap: Option<Vec<u8>>,
+}
+
+impl Joined {
+    const STACK: usize = 1024;
+
+    fn new() -> Joined {
+        Joined {
+            stack: [0; Joined::STACK],
+            len: 0,
+            heap: None,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if let Some(heap) = &mut self.heap {
+            heap.extend_from_slice(bytes);
+            return;
+        }
+        match self.stack.get_mut(self.len..self.len + bytes.len()) {
+            Some(room) => {
+                room.copy_from_slice(bytes);
+                self.len += bytes.len();
+            }
+            None => {
+                let mut heap = self.stack[..self.len].to_vec();
+                heap.extend_from_slice(bytes);
+                self.heap = Some(heap);
+            }
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        self.heap.as_deref().unwrap_or(&self.stack[..self.len])
+    }
 }
 
 /// The most specific known brand of one `Sec-CH-UA` list value, `None` if it is malformed.
@@ -1093,6 +1135,53 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn long_sec_ch_ua_lines_are_joined_too() {
+        let unknown = r#""Brave";v="1", "#.repeat(100);
+        for (lines, browser, major) in [
+            (
+                vec![format!(r#"{unknown}"Opera";v="115""#)],
+                B::Opera,
+                Some(115),
+            ),
+            (
+                vec![unknown.clone(), r#""Opera";v="115""#.to_owned()],
+                B::Chrome,
+                Some(131),
+            ),
+            (
+                vec![
+                    unknown.trim_end_matches(", ").to_owned(),
+                    r#""Opera";v="115""#.to_owned(),
+                ],
+                B::Opera,
+                Some(115),
+            ),
+            (
+                vec![
+                    r#""Chromium";v="131""#.to_owned(),
+                    format!(r#"{unknown}"Microsoft Edge"#),
+                    r#"x";v="1""#.to_owned(),
+                ],
+                B::Edge,
+                Some(1),
+            ),
+        ] {
+            for p in [parser(), uncached()] {
+                let got = p.parse(
+                    Some(CHROME_MAC.as_bytes()),
+                    lines.iter().map(|l| l.as_bytes()),
+                    None,
+                );
+                assert_eq!(
+                    (got.browser, got.browser_major),
+                    (browser, major),
+                    "{lines:?}"
+                );
+            }
+        }
     }
 
     #[test]
