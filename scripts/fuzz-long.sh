@@ -29,6 +29,11 @@ if [[ ${1:-} == --one ]]; then
         result=FAILED
     fi
     end=$(date +%s.%N)
+    if [[ $result == FAILED ]]; then
+        # Inputs that passed before the failing one (proptest's "successes: N").
+        cases=$(sed -n 's/^[[:space:]]*successes: \([0-9]*\)$/\1/p' "$log" | head -n 1)
+        cases=$((${cases:-0} + 1))
+    fi
     awk -v r="$result" -v n="$name" -v c="$cases" -v s="$start" -v e="$end" 'BEGIN {
         t = e - s; printf "%-6s %-80s %10d inputs %9.1f s %10.0f/s\n", r, n, c, t, c / t }'
     [[ $result == ok ]]
