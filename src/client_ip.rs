@@ -12,7 +12,7 @@ use http::header::{FORWARDED, HeaderName};
 use ipnet::IpNet;
 
 use crate::config::Cidr;
-use crate::fields::{elements, line_elements, unquote};
+use crate::fields::{elements, line_elements, trim_ows, unquote};
 
 /// `X-Forwarded-For`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -116,23 +116,47 @@ fn parse_xff_entry(entry: &[u8]) -> Option<IpAddr> {
 fn parse_forwarded_element(element: &[u8]) -> Option<IpAddr> {
     let node = line_elements(element, b';').find_map(|pair| {
         let eq = pair.iter().position(|&b| b == b'=')?;
-        let (k, v) = (pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii());
+        let (k, v) = (trim_ows(&pair[..eq]), trim_ows(&pair[eq + 1..]));
         k.eq_ignore_ascii_case(b"for").then_some(v)
     })?;
     parse_node(std::str::from_utf8(unquote(node)).ok()?)
 }
 
+/// An address, `v4:port` or `[v6]` with an optional `:port` (RFC 7239 §6: `node`; the port may
+/// be an `obfport`). Anything after the address but a port makes it unparseable.
 fn parse_node(s: &str) -> Option<IpAddr> {
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Some(ip);
     }
     if let Some(rest) = s.strip_prefix('[') {
-        let (v6, _) = rest.split_once(']')?;
-        return v6.parse().ok();
+        let (v6, after) = rest.split_once(']')?;
+        if !after.is_empty() && !after.strip_prefix(':').is_some_and(is_node_port) {
+            return None;
+        }
+        return v6.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6);
     }
     let (v4, port) = s.rsplit_once(':')?;
-    port.parse::<u16>().ok()?;
+    if !is_node_port(port) {
+        return None;
+    }
     v4.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+}
+
+/// RFC 7239 §6 `node-port`: a port number (1 to 5 digits), or `_` and an obfuscated identifier.
+fn is_node_port(port: &str) -> bool {
+    match port.as_bytes() {
+        [b'_', rest @ ..] => {
+            !rest.is_empty()
+                && rest
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(b))
+        }
+        digits => {
+            !digits.is_empty()
+                && digits.iter().all(u8::is_ascii_digit)
+                && port.parse::<u16>().is_ok()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -279,6 +303,78 @@ mod tests {
                     "198.51.100.1, junk, 10.2.3.4, 198.51.100.9",
                 )],
                 "198.51.100.9",
+            ),
+            // An unclosed quote hides nothing after it: a trusted proxy appends the address
+            // it saw to whatever the client sent (found by tests/fuzz.rs).
+            (
+                "10.0.0.1",
+                &[("x-forwarded-for", "\", 198.51.100.7")],
+                "198.51.100.7",
+            ),
+            (
+                "10.0.0.1",
+                &[("x-forwarded-for", "\"203.0.113.1, 198.51.100.7")],
+                "198.51.100.7",
+            ),
+            (
+                "10.0.0.1",
+                &[("forwarded", "for=\"x, for=198.51.100.7")],
+                "198.51.100.7",
+            ),
+            (
+                "10.0.0.1",
+                &[(
+                    "forwarded",
+                    "for=\"[2001:db8::1]:80, for=198.51.100.7;proto=https",
+                )],
+                "198.51.100.7",
+            ),
+            // A node is an address and at most a port (RFC 7239 §6): nothing else after it.
+            (
+                "10.0.0.1",
+                &[("x-forwarded-for", "198.51.100.1, [2001:db8::7]x")],
+                "10.0.0.1",
+            ),
+            (
+                "10.0.0.1",
+                &[("x-forwarded-for", "198.51.100.1, [2001:db8::7]:99999")],
+                "10.0.0.1",
+            ),
+            (
+                "10.0.0.1",
+                &[("x-forwarded-for", "198.51.100.1, [2001:db8::7]:")],
+                "10.0.0.1",
+            ),
+            (
+                "10.0.0.1",
+                &[("x-forwarded-for", "198.51.100.1, [198.51.100.2]")],
+                "10.0.0.1",
+            ),
+            (
+                "10.0.0.1",
+                &[("x-forwarded-for", "198.51.100.1, 198.51.100.2:+80")],
+                "10.0.0.1",
+            ),
+            (
+                "10.0.0.1",
+                &[("x-forwarded-for", "198.51.100.1, 198.51.100.2:")],
+                "10.0.0.1",
+            ),
+            // An obfuscated port (RFC 7239 §6.3) is a port.
+            (
+                "10.0.0.1",
+                &[("forwarded", "for=\"198.51.100.2:_proxy1\"")],
+                "198.51.100.2",
+            ),
+            (
+                "10.0.0.1",
+                &[("forwarded", "for=\"[2001:db8::9]:_a.b-c\"")],
+                "2001:db8::9",
+            ),
+            (
+                "10.0.0.1",
+                &[("forwarded", "for=\"198.51.100.2:_\"")],
+                "10.0.0.1",
             ),
             // No header from a trusted peer: the peer.
             ("10.0.0.1", &[], "10.0.0.1"),

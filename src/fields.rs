@@ -5,7 +5,8 @@
 //! `X-Forwarded-For`, `Forwarded`, `Accept-Language`, `Connection`, `Sec-CH-UA`; `;` for the
 //! crumbs of `Cookie`), may carry optional whitespace around them, may be empty (`a, , b`, a
 //! trailing `,`) and must then be ignored (§5.6.1.2), and may contain quoted strings (§5.6.4)
-//! whose delimiters do not separate anything.
+//! whose delimiters do not separate anything. A line whose quoted strings do not close pairs
+//! its quotes from the end, where proxies append, so a stray quote cannot hide what follows it.
 //!
 //! Every parser of such a field reads it through [`elements`], so the several-lines, empty
 //! element, whitespace and quoting rules hold in one place. Pure and allocation-free; it never
@@ -30,6 +31,7 @@ where
     Elements {
         lines: lines.into_iter(),
         rest: &[],
+        quotes: Quotes::Paired,
         delimiter,
     }
 }
@@ -39,6 +41,7 @@ pub fn line_elements(line: &[u8], delimiter: u8) -> Elements<'_, std::iter::Empt
     Elements {
         lines: std::iter::empty(),
         rest: line,
+        quotes: Quotes::of(line),
         delimiter,
     }
 }
@@ -47,6 +50,8 @@ pub fn line_elements(line: &[u8], delimiter: u8) -> Elements<'_, std::iter::Empt
 pub struct Elements<'a, I> {
     lines: I,
     rest: &'a [u8],
+    /// How the quotes of the rest of the current line pair up.
+    quotes: Quotes,
     delimiter: u8,
 }
 
@@ -57,11 +62,16 @@ impl<'a, I: Iterator<Item = &'a HeaderValue>> Iterator for Elements<'a, I> {
         loop {
             if self.rest.is_empty() {
                 self.rest = self.lines.next()?.as_bytes();
+                self.quotes = Quotes::of(self.rest);
                 continue;
             }
-            let end = element_end(self.rest, self.delimiter);
-            let element = self.rest[..end].trim_ascii();
+            let end = element_end(self.rest, self.delimiter, self.quotes);
+            let element = trim_ows(&self.rest[..end]);
             self.rest = self.rest.get(end + 1..).unwrap_or_default();
+            // Past a delimiter outside quotes, the line's pairing starts afresh.
+            if self.quotes == Quotes::FromEndOpen {
+                self.quotes = Quotes::FromEnd;
+            }
             if !element.is_empty() {
                 return Some(element);
             }
@@ -69,13 +79,61 @@ impl<'a, I: Iterator<Item = &'a HeaderValue>> Iterator for Elements<'a, I> {
     }
 }
 
-/// The index of the first `delimiter` outside a quoted string, or the length.
-fn element_end(s: &[u8], delimiter: u8) -> usize {
+/// How the quotes of a field line pair up.
+///
+/// A proxy appends to the line the client sent (`X-Forwarded-For: <client's value>, <address>`,
+/// and the same for `Forwarded`), so a stray `"` from the client must not pull what the proxy
+/// wrote into a quoted string. A line whose quoted strings close (RFC 9110 §5.6.4, with `\`
+/// escapes) is read left to right. Any other line is read from its end, where the proxies
+/// write: its quotes pair up from the right, with no escapes, so everything before the stray
+/// quote is one element and what follows is read as if the client had sent nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Quotes {
+    /// Every quoted string closes: read left to right, with escapes.
+    Paired,
+    /// Paired from the end, without escapes; an even number of quotes, so no stray one.
+    FromEnd,
+    /// Paired from the end, without escapes; an odd number, so the line starts as if inside a
+    /// quoted string that its first quote closes.
+    FromEndOpen,
+}
+
+impl Quotes {
+    fn of(line: &[u8]) -> Quotes {
+        if memchr::memchr(b'"', line).is_none() || quoted_strings_close(line) {
+            return Quotes::Paired;
+        }
+        if memchr::memchr_iter(b'"', line).count() % 2 == 1 {
+            Quotes::FromEndOpen
+        } else {
+            Quotes::FromEnd
+        }
+    }
+}
+
+/// Whether every quoted string of `line` closes before the line ends.
+fn quoted_strings_close(line: &[u8]) -> bool {
     let mut quoted = false;
+    let mut i = 0;
+    while i < line.len() {
+        match line[i] {
+            b'\\' if quoted => i += 1,
+            b'"' => quoted = !quoted,
+            _ => {}
+        }
+        i += 1;
+    }
+    !quoted
+}
+
+/// The index of the first `delimiter` outside a quoted string, or the length.
+fn element_end(s: &[u8], delimiter: u8, quotes: Quotes) -> usize {
+    let escapes = quotes == Quotes::Paired;
+    let mut quoted = quotes == Quotes::FromEndOpen;
     let mut i = 0;
     while i < s.len() {
         match s[i] {
-            b'\\' if quoted => i += 1,
+            b'\\' if quoted && escapes => i += 1,
             b'"' => quoted = !quoted,
             b if b == delimiter && !quoted => return i,
             _ => {}
@@ -83,6 +141,14 @@ fn element_end(s: &[u8], delimiter: u8) -> usize {
         i += 1;
     }
     s.len()
+}
+
+/// `s` without the optional whitespace around it (RFC 9110 §5.6.3 `OWS`: spaces and tabs only).
+pub fn trim_ows(s: &[u8]) -> &[u8] {
+    let is_ows = |b: &u8| matches!(b, b' ' | b'\t');
+    let start = s.iter().position(|b| !is_ows(b)).unwrap_or(s.len());
+    let end = s.iter().rposition(|b| !is_ows(b)).map_or(start, |i| i + 1);
+    &s[start..end]
 }
 
 /// Whether any element of the lines equals `token`, ASCII case-insensitively (e.g. a
@@ -135,8 +201,34 @@ mod tests {
             ),
             (&["\"a,b\",c"], b',', &["\"a,b\"", "c"]),
             (&["\"a\\\",b\",c"], b',', &["\"a\\\",b\"", "c"]),
-            // An unterminated quote runs to the end of its line, never into the next.
-            (&["\"a,b", "c"], b',', &["\"a,b", "c"]),
+            // A stray quote hides neither what a proxy appends after it nor the next line: a
+            // line whose quoted strings do not close pairs its quotes from the end, without
+            // escapes (found by tests/fuzz.rs).
+            (&["\"a,b", "c"], b',', &["\"a", "b", "c"]),
+            (&["\"", "c"], b',', &["\"", "c"]),
+            (&["\", 203.0.113.7"], b',', &["\"", "203.0.113.7"]),
+            (&["\"x, 203.0.113.7"], b',', &["\"x", "203.0.113.7"]),
+            (&["x\", 203.0.113.7"], b',', &["x\"", "203.0.113.7"]),
+            (&["a, \"b, c"], b',', &["a, \"b", "c"]),
+            (
+                &["for=\", for=\"[2001:db8::1]:80\""],
+                b',',
+                &["for=\"", "for=\"[2001:db8::1]:80\""],
+            ),
+            (
+                &["for=\"a\\\", for=\"[::1]\", for=1.2.3.4"],
+                b',',
+                &["for=\"a\\\"", "for=\"[::1]\"", "for=1.2.3.4"],
+            ),
+            (
+                &["\"a\\\", by=\"x,y\";for=\"[::1]\""],
+                b',',
+                &["\"a\\\"", "by=\"x,y\";for=\"[::1]\""],
+            ),
+            (&["\"a\\, b"], b',', &["\"a\\", "b"]),
+            (&["a=\"x; b=1"], b';', &["a=\"x", "b=1"]),
+            // Escapes count in a line whose quoted strings close.
+            (&["\"a\\\",b\", c"], b',', &["\"a\\\",b\"", "c"]),
             // Sec-CH-UA style.
             (
                 &["\"Chromium\";v=\"127\", \"Not)A;Brand\";v=\"99\""],
@@ -150,6 +242,25 @@ mod tests {
         for (lines, delimiter, want) in cases {
             assert_eq!(split(lines, *delimiter), *want, "{lines:?}");
         }
+    }
+
+    #[test]
+    fn only_spaces_and_tabs_are_optional_whitespace() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b" \ta b\t ", b"a b"),
+            (b"", b""),
+            (b" \t ", b""),
+            (b"a", b"a"),
+            // Not OWS (found by tests/fuzz.rs): a raw value keeps them.
+            (b"\x0caM", b"\x0caM"),
+            (b"\r\nen\n", b"\r\nen\n"),
+            (b" \x0b x", b"\x0b x"),
+        ];
+        for &(s, want) in cases {
+            assert_eq!(trim_ows(s), want, "{s:?}");
+        }
+        let got: Vec<&[u8]> = line_elements(b"\x0cde, \ten\t", b',').collect();
+        assert_eq!(got, [&b"\x0cde"[..], b"en"]);
     }
 
     #[test]

@@ -1212,6 +1212,236 @@ mod tests {
         }
     }
 
+    /// Property-based fuzzing of the day-file reader (issue 12 §6; the long run is
+    /// `scripts/fuzz-long.sh`): any bytes, read in any chunks and in reads of any size, never
+    /// panic; every line holding the pseudonym is judged as the module doc says; and the lines
+    /// that are not the client's reach the sink byte for byte, so erase loses nothing else.
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        const A: &str = "AAAAAAAAAAAAAAAA";
+        const B: &str = "BBBBBBBBBBBBBBBB";
+        const DAY: &str = "2026-11-02";
+        const DAY_BEFORE: &str = "2026-11-01";
+
+        fn config() -> ProptestConfig {
+            let cases = std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(512);
+            ProptestConfig {
+                cases,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            }
+        }
+
+        /// Hands out at most the next of `sizes` bytes per read; a size of 0 is an interrupted
+        /// read.
+        struct Trickle<'a> {
+            data: &'a [u8],
+            sizes: Vec<usize>,
+            at: usize,
+        }
+
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let size = self.sizes[self.at % self.sizes.len()];
+                self.at += 1;
+                if size == 0 {
+                    return Err(io::ErrorKind::Interrupted.into());
+                }
+                let n = size.min(buf.len()).min(self.data.len());
+                buf[..n].copy_from_slice(&self.data[..n]);
+                self.data = &self.data[n..];
+                Ok(n)
+            }
+        }
+
+        /// What the sink received, in order: (0 keep, 1 matched, 2 invalid, bytes).
+        #[derive(Default)]
+        struct Tape(Vec<(u8, Vec<u8>)>);
+
+        impl Sink for Tape {
+            fn keep(&mut self, b: &[u8]) -> io::Result<()> {
+                if !b.is_empty() {
+                    self.0.push((0, b.to_vec()));
+                }
+                Ok(())
+            }
+            fn matched(&mut self, l: &[u8], _: &Record) -> io::Result<()> {
+                self.0.push((1, l.to_vec()));
+                Ok(())
+            }
+            fn invalid(&mut self, l: &[u8]) -> io::Result<()> {
+                self.0.push((2, l.to_vec()));
+                Ok(())
+            }
+        }
+
+        fn line() -> impl Strategy<Value = Vec<u8>> {
+            let record = (
+                prop::sample::select(vec![A, B]),
+                prop::sample::select(vec![DAY, DAY_BEFORE, "2026-10-30", "2026-13-01", "x"]),
+                prop::sample::select(vec![
+                    "",
+                    ",\"extra\":1",
+                    ",\"path\":\"/a\"",
+                    ",\"status\":404",
+                ]),
+            )
+                .prop_map(|(c, e, extra)| {
+                    format!(
+                        "{{\"ts\":\"{e}T00:00:01Z\",\"epoch\":\"{e}\",\"client\":\"{c}\"{extra}}}"
+                    )
+                    .into_bytes()
+                });
+            let junk = prop::sample::select(vec![
+                format!("{{\"client\":\"{A}\", junk"),
+                format!("[\"{A}\"]"),
+                format!("{{\"client\":\"{A}\",\"epoch\":5}}"),
+                format!("{{\"epoch\":\"{DAY}\",\"client\":\"{B}\",\"path\":\"{A}\"}}"),
+                format!("{{\"client\":\"{A}\",\"client\":\"{A}\",\"epoch\":\"{DAY}\"}}"),
+                format!("\"{A}\" \"{A}\""),
+                format!("{}\"{A}\"", "x".repeat(300)),
+                String::new(),
+                "\r".to_owned(),
+            ])
+            .prop_map(String::into_bytes);
+            let bytes = prop::collection::vec(any::<u8>(), 0..40).prop_map(|mut v| {
+                v.retain(|&b| b != b'\n');
+                v
+            });
+            prop_oneof![3 => record, 2 => junk, 1 => bytes]
+        }
+
+        fn contains(hay: &[u8], needle: &[u8]) -> bool {
+            hay.windows(needle.len()).any(|w| w == needle)
+        }
+
+        /// What the module doc says of one complete line: 1 matched, 2 invalid, 0 kept.
+        fn model(line: &[u8], epochs: &[Option<&str>]) -> u8 {
+            if !contains(line, format!("\"{A}\"").as_bytes()) {
+                return 0;
+            }
+            let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(line) else {
+                return 2;
+            };
+            let (Some(client), Some(epoch)) = (
+                map.get("client").and_then(|v| v.as_str()),
+                map.get("epoch").and_then(|v| v.as_str()),
+            ) else {
+                return 2;
+            };
+            let epoch_ok = epochs.iter().any(|want| {
+                want.is_none_or(|w| epoch.parse::<Epoch>().ok() == w.parse::<Epoch>().ok())
+            });
+            u8::from(client == A && epoch_ok)
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn the_reader_judges_every_line_and_keeps_every_other_byte(
+                lines in prop::collection::vec(line(), 0..12),
+                torn in proptest::option::of(line()),
+                any_epoch in any::<bool>(),
+                chunk in prop::sample::select(vec![1usize, 2, 3, 7, 16, 64, 4096]),
+                sizes in prop::collection::vec(0usize..80, 1..4).prop_map(|mut v| {
+                    v.push(1);
+                    v
+                }),
+            ) {
+                let mut text = Vec::new();
+                for l in &lines {
+                    text.extend_from_slice(l);
+                    text.push(b'\n');
+                }
+                let tail = torn.unwrap_or_default();
+                text.extend_from_slice(&tail);
+                let epochs: Vec<Option<&str>> = if any_epoch {
+                    vec![None]
+                } else {
+                    vec![Some(DAY), Some(DAY_BEFORE)]
+                };
+                let needles: Vec<Needle> = epochs
+                    .iter()
+                    .map(|e| Needle::new(A.parse().unwrap(), e.map(|e| e.parse().unwrap())))
+                    .collect();
+                let mut lines_reader = Lines::new(Trickle { data: &text, sizes, at: 0 });
+                lines_reader.buf = vec![0; chunk];
+                let mut summary = Summary::default();
+                let mut tape = Tape::default();
+                let mut scratch = Vec::new();
+                pump(&mut lines_reader, &needles, &mut summary, &mut tape, &mut scratch).unwrap();
+                finish_tail(&lines_reader, &needles, &mut summary, &mut tape).unwrap();
+
+                // Byte for byte: nothing lost, nothing added, nothing reordered.
+                let mut replay = Vec::new();
+                for (kind, bytes) in &tape.0 {
+                    replay.extend_from_slice(bytes);
+                    if *kind == 1 {
+                        replay.push(b'\n');
+                    }
+                }
+                prop_assert_eq!(String::from_utf8_lossy(&replay), String::from_utf8_lossy(&text));
+
+                // Each line judged as the module doc says.
+                let mut want: Vec<(u8, Vec<u8>)> = Vec::new();
+                let (mut blank, mut unknown) = (0, 0);
+                for l in &lines {
+                    let kind = model(l, &epochs);
+                    blank += u64::from(l.is_empty());
+                    if kind == 1 {
+                        let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(l) else {
+                            unreachable!()
+                        };
+                        unknown += u64::from(map.keys().any(|k| !crate::privacy::observation::FIELDS.contains(&k.as_str())));
+                    }
+                    let mut with_nl = l.clone();
+                    if kind == 2 {
+                        with_nl.push(b'\n');
+                    }
+                    want.push((kind, if kind == 0 { Vec::new() } else { with_nl }));
+                }
+                let judged: Vec<&(u8, Vec<u8>)> = tape.0.iter().filter(|(k, _)| *k != 0).collect();
+                let expected: Vec<&(u8, Vec<u8>)> = want.iter().filter(|(k, _)| *k != 0).collect();
+                let tail_invalid = !tail.is_empty() && contains(&tail, format!("\"{A}\"").as_bytes());
+                let judged_lines = &judged[..judged.len() - usize::from(tail_invalid)];
+                prop_assert_eq!(judged_lines, &expected[..]);
+                prop_assert_eq!(summary.records, want.iter().filter(|(k, _)| *k == 1).count() as u64);
+                prop_assert_eq!(
+                    summary.skipped,
+                    Skipped {
+                        torn: u64::from(!tail.is_empty()),
+                        blank,
+                        invalid: want.iter().filter(|(k, _)| *k == 2).count() as u64,
+                        unknown_fields: unknown,
+                    }
+                );
+            }
+
+            #[test]
+            fn blank_lines_are_counted_in_any_region(
+                text in prop::collection::vec(prop::sample::select(vec![b'\n', b'\n', b'a']), 0..40),
+                at_line_start in any::<bool>(),
+            ) {
+                // Only whole lines are handed out.
+                let end = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+                let region = &text[..end];
+                let mut want = 0;
+                let mut previous_newline = at_line_start;
+                for &b in region {
+                    want += u64::from(b == b'\n' && previous_newline);
+                    previous_newline = b == b'\n';
+                }
+                prop_assert_eq!(count_blank(region, at_line_start), want);
+            }
+        }
+    }
+
     #[test]
     fn audit_drops_lines_past_retention() {
         let tmp = tempfile::tempdir().unwrap();

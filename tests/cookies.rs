@@ -764,6 +764,98 @@ proptest! {
     }
 }
 
+/// Any clock, including before 1970 and after 9999 (no HTTP-date for either).
+fn clock() -> impl Strategy<Value = SystemTime> {
+    prop_oneof![
+        4 => (946_684_800u64..3_786_825_600, 0u32..1_000_000_000)
+            .prop_map(|(s, n)| UNIX_EPOCH + Duration::new(s, n)),
+        1 => (0u64..1 << 40).prop_map(|s| UNIX_EPOCH - Duration::from_secs(s)),
+        1 => (253_402_300_790u64..253_402_300_810).prop_map(|s| UNIX_EPOCH + Duration::from_secs(s)),
+        1 => Just(UNIX_EPOCH),
+        1 => Just(UNIX_EPOCH - Duration::from_nanos(1)),
+    ]
+}
+
+/// A `Date` value: valid in each HTTP-date format, or not.
+fn date_line() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        3 => (-11_644_473_600i64..300_000_000_000, 0u8..10, prop_oneof![3 => Just(0u8), 1 => 1u8..7])
+            .prop_map(|(at, format, fault)| render_date(at, format, fault).into_bytes()),
+        1 => junk().prop_map(String::into_bytes),
+        1 => arbitrary(),
+    ]
+}
+
+fn the_date(headers: &http::HeaderMap) -> Option<SystemTime> {
+    let mut dates = headers.get_all(http::header::DATE).iter();
+    match (dates.next(), dates.next()) {
+        (Some(d), None) => httpdate::parse_http_date(d.to_str().ok()?).ok(),
+        _ => None,
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn the_response_cap_measures_from_one_valid_date_whatever_the_clock_and_cap(
+        cookies in proptest::collection::vec(
+            prop_oneof![structured().prop_map(|(l, ..)| l.into_bytes()), arbitrary()],
+            0..3,
+        ),
+        dates in proptest::collection::vec(date_line(), 0..3),
+        now in clock(),
+        cap in prop_oneof![
+            Just(Duration::ZERO),
+            (0u64..30 * 86_400).prop_map(Duration::from_secs),
+            Just(Duration::from_secs(u64::MAX)),
+            Just(Duration::MAX),
+        ],
+    ) {
+        use http::header::{DATE, SET_COOKIE};
+        let mut headers = http::HeaderMap::new();
+        for c in cookies.iter().filter_map(|c| HeaderValue::from_bytes(c).ok()) {
+            headers.append(SET_COOKIE, c);
+        }
+        for d in dates.iter().filter_map(|d| HeaderValue::from_bytes(d).ok()) {
+            headers.append(DATE, d);
+        }
+        let before = headers.clone();
+        webprom_edge::proxy::cookie::cap_response(&mut headers, cap, now);
+        if !before.contains_key(SET_COOKIE) {
+            prop_assert_eq!(headers, before);
+            return Ok(());
+        }
+        // One valid Date stays; otherwise the proxy's clock, or none it cannot write.
+        let from = match the_date(&before) {
+            Some(date) => {
+                prop_assert_eq!(headers.get_all(DATE).iter().count(), 1);
+                prop_assert_eq!(headers.get(DATE), before.get(DATE));
+                date.min(now)
+            }
+            None => {
+                let secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs());
+                let want = secs
+                    .ok()
+                    .filter(|&s| s <= 253_402_300_799)
+                    .map(|s| httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(s)));
+                let got: Vec<&str> =
+                    headers.get_all(DATE).iter().map(|d| d.to_str().unwrap()).collect();
+                prop_assert_eq!(got, want.iter().map(String::as_str).collect::<Vec<_>>());
+                now
+            }
+        };
+        // Each Set-Cookie capped on its own, from that instant.
+        let was: Vec<&HeaderValue> = before.get_all(SET_COOKIE).iter().collect();
+        let is: Vec<&HeaderValue> = headers.get_all(SET_COOKIE).iter().collect();
+        prop_assert_eq!(is.len(), was.len());
+        for (is, was) in is.into_iter().zip(was) {
+            let want = cap_set_cookie(was, cap, from).unwrap_or_else(|| was.clone());
+            prop_assert_eq!(is, &want);
+        }
+    }
+}
+
 /// Rows found by the property test or written for it, kept so they run every time.
 #[test]
 fn lifetime_after_the_cap_is_never_longer_for_known_rows() {

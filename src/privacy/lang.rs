@@ -5,7 +5,7 @@
 //! return anything but a code from that fixed list (no region, script or private subtag, which
 //! narrow a person down), and never allocate or panic, whatever the header holds.
 
-use crate::fields::line_elements;
+use crate::fields::{line_elements, trim_ows};
 
 /// A lowercase ISO 639-1 language code, e.g. `sq`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -122,17 +122,6 @@ fn parse_qvalue(q: &[u8]) -> Option<u16> {
     }
 }
 
-fn trim_ows(s: &[u8]) -> &[u8] {
-    let start = s.iter().take_while(|b| matches!(b, b' ' | b'\t')).count();
-    let s = &s[start..];
-    let end = s.len()
-        - s.iter()
-            .rev()
-            .take_while(|b| matches!(b, b' ' | b'\t'))
-            .count();
-    &s[..end]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,6 +185,11 @@ mod tests {
             (b"\xc3\xa9n", None),
             (b"en\x00", None),
             (b"1e", None),
+            // Only spaces and tabs are whitespace around a range (found by tests/fuzz.rs).
+            (b"\x0caM", None),
+            (b"\x0c en", None),
+            (b"en\r", None),
+            (b"\ten\t;\tq=0.5\t,\tfr;q=0.4", Some("en")),
         ];
         for &(header, want) in cases {
             let got = primary_language(header);

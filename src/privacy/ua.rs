@@ -506,37 +506,84 @@ struct BrandHint {
 /// skipped, so a Chromium-based browser we do not name is recorded as Chrome, as its
 /// User-Agent would be. A malformed list is ignored as a whole, as RFC 8941 parsers do.
 fn brand_from_sec_ch_ua<'h>(lines: impl IntoIterator<Item = &'h [u8]>) -> Option<BrandHint> {
-    let mut best: Option<BrandHint> = None;
-    let mut line_count = 0;
-    let mut empty_line = false;
-    for line in lines {
-        line_count += 1;
-        if trim_sp(line).is_empty() {
-            empty_line = true;
-            continue;
+    let mut lines = lines.into_iter();
+    let first = lines.next()?;
+    let Some(second) = lines.next() else {
+        return best_brand(first);
+    };
+    // Parse the joined value itself (RFC 8941 §4.2), so that a string or a parameter that runs
+    // from one line into the next reads as it would joined.
+    let mut joined = Joined::new();
+    joined.push(first);
+    for line in std::iter::once(second).chain(lines) {
+        joined.push(b", ");
+        joined.push(line);
+    }
+    best_brand(joined.as_slice())
+}
+
+/// Field lines joined on the stack; on the heap only past [`Joined::STACK`] bytes, which no
+/// browser's `Sec-CH-UA` comes near.
+struct Joined {
+    stack: [u8; Joined::STACK],
+    len: usize,
+    heap: Option<Vec<u8>>,
+}
+
+impl Joined {
+    const STACK: usize = 1024;
+
+    fn new() -> Joined {
+        Joined {
+            stack: [0; Joined::STACK],
+            len: 0,
+            heap: None,
         }
-        for item in SfList::new(line) {
-            let (brand, version) = item?;
-            let Some((rank, browser)) = known_brand(brand) else {
-                continue;
-            };
-            if best.is_none_or(|b| rank > b.rank) {
-                let major = if browser == Browser::Other {
-                    None
-                } else {
-                    version.and_then(parse_major)
-                };
-                best = Some(BrandHint {
-                    rank,
-                    browser,
-                    major,
-                });
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if let Some(heap) = &mut self.heap {
+            heap.extend_from_slice(bytes);
+            return;
+        }
+        match self.stack.get_mut(self.len..self.len + bytes.len()) {
+            Some(room) => {
+                room.copy_from_slice(bytes);
+                self.len += bytes.len();
+            }
+            None => {
+                let mut heap = self.stack[..self.len].to_vec();
+                heap.extend_from_slice(bytes);
+                self.heap = Some(heap);
             }
         }
     }
-    // Joined with the others, an empty line is an empty list member: malformed.
-    if empty_line && line_count > 1 {
-        return None;
+
+    fn as_slice(&self) -> &[u8] {
+        self.heap.as_deref().unwrap_or(&self.stack[..self.len])
+    }
+}
+
+/// The most specific known brand of one `Sec-CH-UA` list value, `None` if it is malformed.
+fn best_brand(list: &[u8]) -> Option<BrandHint> {
+    let mut best: Option<BrandHint> = None;
+    for item in SfList::new(list) {
+        let (brand, version) = item?;
+        let Some((rank, browser)) = known_brand(brand) else {
+            continue;
+        };
+        if best.is_none_or(|b| rank > b.rank) {
+            let major = if browser == Browser::Other {
+                None
+            } else {
+                version.and_then(parse_major)
+            };
+            best = Some(BrandHint {
+                rank,
+                browser,
+                major,
+            });
+        }
     }
     best
 }
@@ -1042,6 +1089,14 @@ mod tests {
         (Some(CHROME_MAC), &[CH_EDGE, ""], &[], B::Chrome, Some(131), O::MacOs, false),
         (Some(CHROME_MAC), &[CH_EDGE, r#""Opera";v="115","#], &[], B::Chrome, Some(131), O::MacOs, false),
         (Some(CHROME_MAC), &[""], &[], B::Chrome, Some(131), O::MacOs, false),
+        (Some(CHROME_MAC), &["", CH_EDGE], &[], B::Chrome, Some(131), O::MacOs, false),
+        (Some(CHROME_MAC), &["  ", CH_EDGE], &[], B::Chrome, Some(131), O::MacOs, false),
+        // A string or a parameter may run from one line into the next, as it does joined
+        // (found by tests/fuzz.rs).
+        (Some(CHROME_MAC), &[r#""Microsoft Edge"#, r#"x""#], &[], B::Edge, None, O::MacOs, false),
+        (Some(CHROME_MAC), &[r#""Microsoft Edge";v="1"#, r#"32""#], &[], B::Edge, Some(1), O::MacOs, false),
+        (Some(CHROME_MAC), &[r#""Google Chrome";v="1"#, r#"31""#], &[], B::Chrome, Some(1), O::MacOs, false),
+        (Some(CHROME_MAC), &[r#""Opera";v="115""#, r#"""#], &[], B::Chrome, Some(131), O::MacOs, false),
 
         // Bots: a hint never makes one a person; HeadlessChrome in the hint makes one a bot.
         (Some("Mozilla/5.0 (Linux; Android 6.0.1; Nexus 5X Build/MMB29P) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.6778.204 Mobile Safari/537.36 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"), &[CH_CHROME], &[r#""Android""#], B::Other, None, O::Android, true),
@@ -1080,6 +1135,53 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn long_sec_ch_ua_lines_are_joined_too() {
+        let unknown = r#""Brave";v="1", "#.repeat(100);
+        for (lines, browser, major) in [
+            (
+                vec![format!(r#"{unknown}"Opera";v="115""#)],
+                B::Opera,
+                Some(115),
+            ),
+            (
+                vec![unknown.clone(), r#""Opera";v="115""#.to_owned()],
+                B::Chrome,
+                Some(131),
+            ),
+            (
+                vec![
+                    unknown.trim_end_matches(", ").to_owned(),
+                    r#""Opera";v="115""#.to_owned(),
+                ],
+                B::Opera,
+                Some(115),
+            ),
+            (
+                vec![
+                    r#""Chromium";v="131""#.to_owned(),
+                    format!(r#"{unknown}"Microsoft Edge"#),
+                    r#"x";v="1""#.to_owned(),
+                ],
+                B::Edge,
+                Some(1),
+            ),
+        ] {
+            for p in [parser(), uncached()] {
+                let got = p.parse(
+                    Some(CHROME_MAC.as_bytes()),
+                    lines.iter().map(|l| l.as_bytes()),
+                    None,
+                );
+                assert_eq!(
+                    (got.browser, got.browser_major),
+                    (browser, major),
+                    "{lines:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -152,9 +152,10 @@ fn valid_host(host: &[u8]) -> bool {
     if let Some(literal) = host.strip_prefix(b"[").and_then(|h| h.strip_suffix(b"]")) {
         return std::str::from_utf8(literal).is_ok_and(|l| l.parse::<std::net::Ipv6Addr>().is_ok());
     }
-    // Empty DNS labels (`.`, `.a`, `a..b`) name nothing.
+    // Empty DNS labels (`.`, `.a`, `a..b`) name nothing. The root's dot is not counted in the
+    // length, so a name and its fully qualified form are both accepted or both refused.
     if host.is_empty()
-        || host.len() > 255
+        || host.strip_suffix(b".").unwrap_or(host).len() > 255
         || host.starts_with(b".")
         || host.windows(2).any(|w| w == b"..")
     {
@@ -194,6 +195,14 @@ mod tests {
     #[test]
     fn authority_table() {
         use AuthorityError::*;
+        // Four 63-octet labels: 255 octets, the longest name accepted.
+        let name_255 =
+            ["abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijk"; 4].join(".");
+        let (name_255, name_256) = (name_255.as_str(), &format!("{name_255}x")[..]);
+        let name_255_dot = &format!("{name_255}.")[..];
+        let name_255_port = &format!("{name_255}:443")[..];
+        let name_255_dot_port = &format!("{name_255}.:443")[..];
+        let name_256_dot = &format!("{name_256}.")[..];
         let h2 = Version::HTTP_2;
         let h11 = Version::HTTP_11;
         let h10 = Version::HTTP_10;
@@ -315,6 +324,17 @@ mod tests {
                 &["xn--bcher-kva.example"],
                 Ok(Some(("xn--bcher-kva.example", "xn--bcher-kva.example"))),
             ),
+            // The root's dot does not count towards the 255-octet limit (found by
+            // tests/fuzz.rs): a name and its fully qualified form are one name.
+            (h11, "/", &[name_255_dot], Ok(Some((name_255, name_255)))),
+            (
+                h11,
+                "/",
+                &[name_255_dot_port],
+                Ok(Some((name_255_port, name_255))),
+            ),
+            (h11, "/", &[name_256], Err(Invalid)),
+            (h11, "/", &[name_256_dot], Err(Invalid)),
             // Not an authority.
             (h11, "/", &[""], Err(Invalid)),
             (h11, "/", &[":80"], Err(Invalid)),
