@@ -1,24 +1,53 @@
 #!/usr/bin/env bash
-# The load benchmark: webprom-edge side by side with nginx and HAProxy under the same load, on one
-# pinned core, with ../shared/peerbench. Extra arguments go to peerbench's run.sh, e.g.
-#   benches/load.sh --rounds 3
-#   benches/load.sh --tests h2 --duration 20
-# Needs: nginx haproxy wrk nghttp2-client openssl curl procps iproute2 (Debian packages).
+# The load benchmark: webprom-edge on one pinned core (core 0) in front of an nginx upstream
+# serving a 1 KiB body, loaded from core 1 by h2load (HTTP/2 over TLS) and wrk (HTTP/1.1 over
+# TLS). Prints each tool's summary: requests per second and latency. Self-contained: everything
+# it starts listens on 127.0.0.1 and is stopped at the end.
+#   benches/load.sh                 # 20 s per protocol
+#   DURATION=60 benches/load.sh
+# Needs the Debian packages nginx, wrk, nghttp2-client (h2load), util-linux (taskset), curl.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-peerbench="${PEERBENCH:-$repo/../shared/peerbench}"
-[ -x "$peerbench/run.sh" ] || { echo "peerbench not found at $peerbench (set PEERBENCH)" >&2; exit 2; }
+duration="${DURATION:-20}"
+for tool in nginx wrk h2load taskset curl; do
+  command -v "$tool" >/dev/null || { echo "load.sh needs $tool (see the header)" >&2; exit 2; }
+done
 
 cargo build --release --manifest-path "$repo/Cargo.toml"
-template="$(mktemp --suffix=.toml)"
-trap 'rm -f "$template"' EXIT
-sed "s|@REPO@|$repo|g" "$repo/benches/ours.toml" > "$template"
+dir="$(mktemp -d)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$dir"; }
+trap cleanup EXIT
 
-cd "$repo"
-"$peerbench/run.sh" --targets nginx,haproxy,ours \
-  --ours "$repo/target/release/webprom-edge" \
-  --ours-config "$template" \
-  --ours-args 'run --config @CONFIG@' \
-  --ours-log '@DIR@/logs/access-*.jsonl' \
-  --ours-name webprom-edge \
-  "$@"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+up_port="$(free_port)"; listen_port="$(free_port)"
+
+# The upstream: nginx, one worker, a 1 KiB answer to every request.
+body="$(head -c 1024 /dev/zero | tr '\0' 'x')"
+cat > "$dir/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $dir/nginx.pid; error_log $dir/nginx-error.log;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 100000;
+  server { listen 127.0.0.1:$up_port; location / { default_type text/plain; return 200 "$body"; } } }
+CONF
+taskset -c 1 nginx -c "$dir/nginx.conf" -p "$dir" & pids+=($!)
+
+# The proxy: benches/ours.toml with its placeholders filled; a development certificate.
+sed -e "s|@REPO@|$repo|g" -e "s|@DIR@|$dir|g" -e "s|@LISTEN_PORT@|$listen_port|g" \
+    -e "s|@WORKERS@|1|g" -e "s|@UPSTREAM@|127.0.0.1:$up_port|g" \
+    -e "s|@CERT@|$dir/cert.pem|g" -e "s|@KEY@|$dir/key.pem|g" \
+    -e "s|self_signed = false|self_signed = true|" "$repo/benches/ours.toml" > "$dir/config.toml"
+taskset -c 0 "$repo/target/release/webprom-edge" run --config "$dir/config.toml" \
+  2> "$dir/proxy.log" & pids+=($!)
+for _ in $(seq 100); do
+  curl -skf "https://127.0.0.1:$listen_port/" -o /dev/null && break
+  sleep 0.1
+done
+
+url="https://127.0.0.1:$listen_port/"
+echo "== HTTP/2: h2load -c 50 -m 10, ${duration}s"
+taskset -c 1 h2load -c 50 -m 10 -D "$duration" "$url" | grep -E "finished in|requests:|time for request"
+echo "== HTTP/1.1 over TLS: wrk -c 50, ${duration}s"
+taskset -c 1 wrk -t 1 -c 50 -d "${duration}s" --latency "$url" | grep -E "Requests/sec|99%|requests in"
+echo "== status of one request: $(curl -sk -o /dev/null -w "%{http_code}" "$url")"
+echo "== access-log lines written: $(cat "$dir"/logs/access-*.jsonl 2>/dev/null | wc -l)"
