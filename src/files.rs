@@ -69,14 +69,7 @@ fn kind_of(meta: &Metadata) -> &'static str {
 /// for a writer. Errors: the open or read failed; the path is not a regular file; the file
 /// holds more than `max` bytes.
 pub fn read_regular(path: &Path, max: u64, out: &mut Vec<u8>) -> Result<Metadata, FileError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(FileError::NotRegular(kind_of(&meta)));
-    }
+    let (file, meta) = open_checked(path)?;
     if meta.len() > max {
         return Err(FileError::TooLarge(max));
     }
@@ -190,6 +183,11 @@ fn first_non_directory(path: &Path) -> Option<PathBuf> {
 /// Opens `path` for reading without blocking on a named pipe (for callers that stream the
 /// file themselves, such as PEM readers), after checking it is a regular file.
 pub fn open_regular(path: &Path) -> Result<File, FileError> {
+    open_checked(path).map(|(file, _)| file)
+}
+
+/// Opens `path` non-blocking and checks it is a regular file; returns it with its metadata.
+fn open_checked(path: &Path) -> Result<(File, Metadata), FileError> {
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
@@ -198,7 +196,7 @@ pub fn open_regular(path: &Path) -> Result<File, FileError> {
     if !meta.is_file() {
         return Err(FileError::NotRegular(kind_of(&meta)));
     }
-    Ok(file)
+    Ok((file, meta))
 }
 
 #[cfg(test)]

@@ -33,15 +33,6 @@ const FIELDS: [&str; 18] = [
 
 const CHROME_WIN: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
 
-/// A proxy that believes X-Forwarded-For from loopback, so tests can play any client address.
-async fn trusting_proxy(up: &Upstream) -> Proxy {
-    Proxy::start_with(
-        |c| set(&c, "client_ip", "trusted_proxies", "[\"127.0.0.1\"]"),
-        &up.url(),
-    )
-    .await
-}
-
 fn from(ip: &str, path: &str) -> Request<ReqBody> {
     Request::get(format!("https://localhost{path}"))
         .header("x-forwarded-for", ip)

@@ -14,15 +14,6 @@ use bytes::Bytes;
 use common::*;
 use http::{Request, StatusCode};
 
-/// A proxy that believes X-Forwarded-For from loopback, so tests can play any client address.
-async fn trusting_proxy(up: &Upstream) -> Proxy {
-    Proxy::start_with(
-        |c| set(&c, "client_ip", "trusted_proxies", "[\"127.0.0.1\"]"),
-        &up.url(),
-    )
-    .await
-}
-
 fn from(ip: &str, path: &str) -> Request<ReqBody> {
     Request::get(format!("https://localhost{path}"))
         .header("x-forwarded-for", ip)

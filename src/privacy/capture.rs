@@ -140,15 +140,7 @@ impl Capture {
         host: Option<&str>,
         memo: &ClientMemo,
     ) -> Pending {
-        let started = Instant::now();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let ts = now - now.rem_euclid(self.precision_secs);
-        // Read before the key: a key swapped in between only makes the memo look stale.
-        let generation = self.generation.load(Ordering::Acquire);
-        let key = self.key.load();
-        let facts = self.client_facts(client, generation, &key, memo);
+        let (started, ts, epoch, facts) = self.stamp(client, memo);
         let headers = req.headers();
         let get = |name: &HeaderName| headers.get(name).map(|v| v.as_bytes());
         // Client Hints are structured fields that may arrive in several lines: pass them all.
@@ -160,7 +152,7 @@ impl Capture {
         normalize_path(req.uri().path(), &mut path);
         let obs = Observation {
             ts,
-            epoch: key.epoch,
+            epoch,
             client: facts.pseudonym,
             net: facts.net,
             country: facts.country,
@@ -187,16 +179,10 @@ impl Capture {
     /// record says `method` `OTHER`, `path` `""` (unread), unknown browser, OS and language,
     /// no host.
     pub fn begin_unread(&self, peer: ClientAddr, proto: HttpProto, memo: &ClientMemo) -> Pending {
-        let started = Instant::now();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        let generation = self.generation.load(Ordering::Acquire);
-        let key = self.key.load();
-        let facts = self.client_facts(peer, generation, &key, memo);
+        let (started, ts, epoch, facts) = self.stamp(peer, memo);
         let obs = Observation {
-            ts: now - now.rem_euclid(self.precision_secs),
-            epoch: key.epoch,
+            ts,
+            epoch,
             client: facts.pseudonym,
             net: facts.net,
             country: facts.country,
@@ -212,6 +198,21 @@ impl Capture {
             limited: false,
         };
         Pending { started, obs }
+    }
+
+    /// What every record starts with: the start instant, the timestamp truncated to
+    /// `timestamp_precision`, the key's epoch and the client's derived facts.
+    fn stamp(&self, client: ClientAddr, memo: &ClientMemo) -> (Instant, i64, Epoch, ClientFacts) {
+        let started = Instant::now();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let ts = now - now.rem_euclid(self.precision_secs);
+        // Read before the key: a key swapped in between only makes the memo look stale.
+        let generation = self.generation.load(Ordering::Acquire);
+        let key = self.key.load();
+        let facts = self.client_facts(client, generation, &key, memo);
+        (started, ts, key.epoch, facts)
     }
 
     /// The pseudonym, network and country of `client`: from the memo when it holds this

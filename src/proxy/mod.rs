@@ -134,7 +134,8 @@ impl Proxy {
             sinks: &self.sinks,
         };
         let head = req.method() == Method::HEAD;
-        let (mut resp, limited) = match self.request_filter(&req, &authority) {
+        let length = headers::content_length(req.headers());
+        let (mut resp, limited) = match self.request_filter(&req, &authority, length) {
             Some(rejection) => {
                 linger_h1(req);
                 (rejection, false)
@@ -146,7 +147,10 @@ impl Proxy {
                 }
                 None => {
                     let authority = authority.ok().flatten();
-                    (self.forward(req, conn, client, authority).await, false)
+                    (
+                        self.forward(req, conn, client, authority, length).await,
+                        false,
+                    )
                 }
             },
         };
@@ -173,8 +177,9 @@ impl Proxy {
         &self,
         req: &Request<ClientBody>,
         authority: &Result<Option<authority::RequestAuthority>, authority::AuthorityError>,
+        length: Result<Option<u64>, ()>,
     ) -> Option<Response<ResponseBody>> {
-        if authority.is_err() || headers::content_length(req.headers()).is_err() {
+        if authority.is_err() || length.is_err() {
             return Some(local(StatusCode::BAD_REQUEST, "bad request\n"));
         }
         if headers::header_list_size(req) > self.max_header_bytes {
@@ -226,9 +231,9 @@ impl Proxy {
         conn: &ConnInfo,
         client: ClientAddr,
         authority: Option<authority::RequestAuthority>,
+        length: Result<Option<u64>, ()>,
     ) -> Response<ResponseBody> {
-        if matches!(headers::content_length(req.headers()), Ok(Some(len)) if len > self.max_body_bytes)
-        {
+        if matches!(length, Ok(Some(len)) if len > self.max_body_bytes) {
             linger_h1(req);
             return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
         }

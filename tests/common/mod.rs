@@ -338,6 +338,15 @@ pub fn write_test_geo(dir: &Path) {
     );
 }
 
+/// A proxy that believes X-Forwarded-For from loopback, so tests can play any client address.
+pub async fn trusting_proxy(up: &Upstream) -> Proxy {
+    Proxy::start_with(
+        |c| set(&c, "client_ip", "trusted_proxies", "[\"127.0.0.1\"]"),
+        &up.url(),
+    )
+    .await
+}
+
 /// Replaces `key = ...` in `[section]` of a TOML text, or adds it.
 pub fn set(config: &str, section: &str, key: &str, value: &str) -> String {
     let mut doc: toml::Table = config.parse().unwrap();
