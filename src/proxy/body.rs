@@ -219,11 +219,15 @@ impl Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Upstream { body, lease } => {
                 let res = Pin::new(&mut *body).poll_frame(cx);
-                // A chunked body says it has ended only by ending: give the connection back
-                // then, while the lease is still ours.
-                if let Poll::Ready(None) = res
-                    && let Some(lease) = lease.take()
-                {
+                // The connection goes back as soon as the body is known to be over: with its
+                // last frame when the length was known, or when a chunked body ends by ending.
+                // Before the client has the last byte, so its next request finds it pooled.
+                let over = match &res {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+                    _ => false,
+                };
+                if over && let Some(lease) = lease.take() {
                     lease.release();
                 }
                 res
