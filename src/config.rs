@@ -105,11 +105,20 @@ pub struct Server {
     pub idle_timeout: Dur,
     /// Largest request head accepted; larger gets 431.
     pub max_header_bytes: usize,
+    /// Most field lines a request head may have (RFC 9110 §5.2); more gets 431. Pseudo-header
+    /// fields do not count, except that an HTTP/2 `:authority` counts as the `Host` line it
+    /// stands for; HTTP/2 `Cookie` crumbs (RFC 9113 §8.2.3) count as the one line they form.
+    pub max_header_fields: usize,
     /// Largest request body accepted; larger gets 413.
     pub max_body_bytes: u64,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Dur,
 }
+
+/// The smallest `server.max_header_fields`: room for `Host` and the fields every client sends.
+pub const MIN_HEADER_FIELDS: usize = 10;
+/// The largest `server.max_header_fields`.
+pub const MAX_HEADER_FIELDS: usize = 1000;
 
 impl Default for Server {
     fn default() -> Self {
@@ -121,6 +130,7 @@ impl Default for Server {
             header_read_timeout: Dur::secs(10),
             idle_timeout: Dur::secs(60),
             max_header_bytes: 16384,
+            max_header_fields: 100,
             max_body_bytes: 10 * 1024 * 1024,
             shutdown_grace: Dur::secs(10),
         }
@@ -402,6 +412,17 @@ impl Config {
                 format!("{} is out of range (8192 to 1048576)", s.max_header_bytes),
             ));
         }
+        // Above 100, hyper's HTTP/1.1 parser takes its field table from the heap for every
+        // request; 1000 bounds that table at about 56 KB.
+        if !(MIN_HEADER_FIELDS..=MAX_HEADER_FIELDS).contains(&s.max_header_fields) {
+            return Err(ConfigError::invalid(
+                "server.max_header_fields",
+                format!(
+                    "{} is out of range ({MIN_HEADER_FIELDS} to {MAX_HEADER_FIELDS})",
+                    s.max_header_fields
+                ),
+            ));
+        }
         for (i, host) in s.hosts.iter().enumerate() {
             if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
                 return Err(ConfigError::invalid(
@@ -669,6 +690,7 @@ mod tests {
         let c = parse("").unwrap();
         assert_eq!(c.server.listen.to_string(), "0.0.0.0:8443");
         assert_eq!(c.server.max_header_bytes, 16384);
+        assert_eq!(c.server.max_header_fields, 100);
         assert_eq!(c.upstream.request_timeout.0, Duration::from_secs(30));
         assert_eq!(c.upstream.idle_timeout.0, Duration::from_secs(4));
         assert_eq!(c.privacy.key_retention.0, Duration::from_secs(30 * 86400));
@@ -705,6 +727,18 @@ mod tests {
             (
                 "[server]\nmax_header_bytes = 100",
                 "server.max_header_bytes",
+            ),
+            (
+                "[server]\nmax_header_fields = 9",
+                "server.max_header_fields",
+            ),
+            (
+                "[server]\nmax_header_fields = 1001",
+                "server.max_header_fields",
+            ),
+            (
+                "[server]\nmax_header_fields = -1",
+                "server.max_header_fields",
             ),
             (
                 "[upstream]\nforward_client_ip = \"some\"",

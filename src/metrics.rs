@@ -81,8 +81,10 @@ pub struct Metrics {
     upstream_retries: UpstreamRetries,
     tls_handshakes: [[IntCounter; 3]; 2],
     tls_handshake_errors: IntCounter,
-    /// Open client connections.
+    /// Open client connections, upgraded tunnels included.
     pub connections_open: IntGauge,
+    /// Open upgraded tunnels (WebSocket and other `101 Switching Protocols`).
+    pub tunnels_open: IntGauge,
     log: LogCounters,
 }
 
@@ -283,6 +285,13 @@ impl Metrics {
                 .expect("valid metric");
         reg(Box::new(connections_open.clone()));
 
+        let tunnels_open = IntGauge::with_opts(opts(
+            "tunnels_open",
+            "Open upgraded tunnels (WebSocket and other 101 Switching Protocols); each also counts in connections_open.",
+        ))
+        .expect("valid metric");
+        reg(Box::new(tunnels_open.clone()));
+
         let counter = |name: &str, help: &str| {
             let c = IntCounter::with_opts(opts(name, help)).expect("valid metric");
             reg(Box::new(c.clone()));
@@ -329,6 +338,7 @@ impl Metrics {
             tls_handshakes,
             tls_handshake_errors,
             connections_open,
+            tunnels_open,
             log,
         }
     }

@@ -12,7 +12,7 @@ use http::header::{
     CONNECTION, CONTENT_LENGTH, COOKIE, FORWARDED, GetAll, HOST, HeaderName, HeaderValue,
     MAX_FORWARDS, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
-use http::{HeaderMap, Method, Request};
+use http::{HeaderMap, Method, Request, Version};
 
 use crate::client_ip::X_FORWARDED_FOR;
 use crate::fields::{elements, has_token};
@@ -149,6 +149,24 @@ pub fn header_list_size<B>(req: &Request<B>) -> usize {
     req.headers()
         .iter()
         .fold(pseudo, |n, (k, v)| n + k.as_str().len() + v.len() + 32)
+}
+
+/// How many field lines a request head has, counted the same for both protocols (the measure
+/// of `server.max_header_fields`): every field line (RFC 9110 §5.2), no pseudo-header field,
+/// except that over HTTP/2 the `:authority` counts as the `Host` line it stands for when the
+/// request has no `Host` field (RFC 9113 §8.3.1), and the `Cookie` crumbs a client split one
+/// cookie line into count as that one line (RFC 9113 §8.2.3: they are joined again before the
+/// request goes on as HTTP/1.1). An HTTP/1.1 head's `Cookie` lines each count.
+pub fn field_lines<B>(req: &Request<B>) -> usize {
+    let headers = req.headers();
+    let mut lines = headers.len();
+    if req.version() == Version::HTTP_2 {
+        lines -= headers.get_all(COOKIE).iter().count().saturating_sub(1);
+        if req.uri().authority().is_some() && !headers.contains_key(HOST) {
+            lines += 1;
+        }
+    }
+    lines
 }
 
 /// The `Max-Forwards` value (RFC 9110 §7.6.2), if present and a number.

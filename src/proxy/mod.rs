@@ -11,6 +11,7 @@ pub mod body;
 pub mod cookie;
 pub mod expect;
 pub mod headers;
+pub mod tunnel;
 pub mod upstream;
 
 use std::sync::Arc;
@@ -21,7 +22,6 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_TYPE, FORWARDED, HOST, HeaderValue, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode, Version};
-use hyper_util::rt::TokioIo;
 
 use crate::client_ip::{ClientAddr, TrustedProxies, X_FORWARDED_FOR};
 use crate::config::{Config, ForwardClientIp};
@@ -63,8 +63,10 @@ pub struct Proxy {
     ipv6_prefix: u8,
     max_body_bytes: u64,
     max_header_bytes: usize,
+    max_header_fields: usize,
     request_timeout: Duration,
     cookie_max_age: Duration,
+    tunnels: tunnel::Tunnels,
     /// The capture phase's state (keys, country database, UA parser).
     pub capture: Capture,
     /// The rate limiter; `None` when disabled. Swapped on SIGHUP when the quotas change.
@@ -89,8 +91,14 @@ impl Proxy {
             ipv6_prefix: config.privacy.ipv6_prefix,
             max_body_bytes: config.server.max_body_bytes,
             max_header_bytes: config.server.max_header_bytes,
+            max_header_fields: config.server.max_header_fields,
             request_timeout: config.upstream.request_timeout.0,
             cookie_max_age: config.privacy.cookie_max_age.0,
+            tunnels: tunnel::Tunnels::new(
+                config.server.idle_timeout.0,
+                sinks.metrics.connections_open.clone(),
+                sinks.metrics.tunnels_open.clone(),
+            ),
             capture,
             limiter: ArcSwapOption::from(limiter.map(Arc::new)),
             sinks,
@@ -168,7 +176,9 @@ impl Proxy {
     ///   `Content-Length` values that disagree or do not parse (RFC 9110 §8.6; HTTP/1.1 heads
     ///   like that are refused earlier, by the HTTP/1.1 parser).
     /// - 431: a head larger than `server.max_header_bytes`, counted the same over both
-    ///   protocols: the HTTP/2 header list size (RFC 9113 §6.5.2) of the request.
+    ///   protocols: the HTTP/2 header list size (RFC 9113 §6.5.2) of the request; or with more
+    ///   field lines than `server.max_header_fields` ([`headers::field_lines`]; over HTTP/1.1
+    ///   the parser refuses those first, with the same limit).
     /// - 405: `CONNECT` and `TRACE`, which a reverse proxy does not pass on (the first asks it
     ///   to become a tunnel; the second would reflect credentials added on the way).
     /// - 200 with `Allow`: `OPTIONS` with `Max-Forwards: 0`, which this hop must answer itself
@@ -182,7 +192,9 @@ impl Proxy {
         if authority.is_err() || length.is_err() {
             return Some(local(StatusCode::BAD_REQUEST, "bad request\n"));
         }
-        if headers::header_list_size(req) > self.max_header_bytes {
+        if headers::field_lines(req) > self.max_header_fields
+            || headers::header_list_size(req) > self.max_header_bytes
+        {
             return Some(local(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "request header fields too large\n",
@@ -308,7 +320,9 @@ impl Proxy {
             // The connection now belongs to the tunnel: it never goes back to the pool.
             drop(lease);
             match client_upgrade {
-                Some(client_side) => tunnel(client_side, hyper::upgrade::on(&mut resp)),
+                Some(client_side) => self
+                    .tunnels
+                    .spawn(client_side, hyper::upgrade::on(&mut resp)),
                 None => return local(StatusCode::BAD_GATEWAY, "bad gateway\n"),
             }
             return resp.map(|body| ResponseBody::Upstream { body, lease: None });
@@ -433,22 +447,4 @@ impl std::fmt::Display for ErrorChain<'_> {
         }
         Ok(())
     }
-}
-
-/// Splices an upgraded client connection to the upgraded upstream connection.
-fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
-    tokio::spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(error = %e, "protocol upgrade failed");
-                return;
-            }
-        };
-        let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            tracing::debug!(error = %e, "upgraded connection ended with an error");
-        }
-    });
 }

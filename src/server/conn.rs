@@ -60,6 +60,7 @@ impl ConnShared {
             .timer(TokioTimer::new())
             .header_read_timeout(cfg.header_read_timeout.0)
             .max_buf_size(head_cap)
+            .max_headers(cfg.max_header_fields)
             .keep_alive(true);
         let h1_only = auto.http1_only();
         ConnShared {
