@@ -307,7 +307,11 @@ async fn run(rows: Vec<Row>, edit: impl FnOnce(String) -> String) {
         let seen = upstream.seen() - seen_before;
         match row.answer {
             Answer::Status(status) => {
-                assert_eq!(answer.as_ref().map(|s| s.as_u16()).ok(), Some(status), "{what}");
+                assert_eq!(
+                    answer.as_ref().map(|s| s.as_u16()).ok(),
+                    Some(status),
+                    "{what}"
+                );
                 assert_eq!(seen, usize::from(status == 200), "{what}: upstream saw");
                 logged += 1;
                 let all = settle(&proxy, logged).await;
@@ -320,7 +324,11 @@ async fn run(rows: Vec<Row>, edit: impl FnOnce(String) -> String) {
                 assert_eq!(field(record, "proto"), proto, "{what}");
             }
             Answer::StatusUnrecorded(status) => {
-                assert_eq!(answer.as_ref().map(|s| s.as_u16()).ok(), Some(status), "{what}");
+                assert_eq!(
+                    answer.as_ref().map(|s| s.as_u16()).ok(),
+                    Some(status),
+                    "{what}"
+                );
                 assert_eq!(seen, 0, "{what}: upstream saw");
                 settle(&proxy, logged).await;
             }
@@ -346,7 +354,10 @@ async fn run(rows: Vec<Row>, edit: impl FnOnce(String) -> String) {
                 Err(_) => Next::Closed,
             }
         };
-        assert_eq!(next, row.next, "{what}: next request on the same connection");
+        assert_eq!(
+            next, row.next,
+            "{what}: next request on the same connection"
+        );
         if next == Next::Works {
             logged += 1;
             settle(&proxy, logged).await;
@@ -370,9 +381,16 @@ async fn a_configured_max_header_fields_is_the_limit_over_both_protocols() {
             (19, Answer::Status(200), Next::Works),
             (20, Answer::Status(431), Next::Closed),
         ] {
-            let next = if proto == Proto::H2 { Next::Works } else { next };
+            let next = if proto == Proto::H2 {
+                Next::Works
+            } else {
+                next
+            };
             rows.push(Row {
-                name: format!("{proto:?}: {} field lines with max_header_fields = 20", n + 1),
+                name: format!(
+                    "{proto:?}: {} field lines with max_header_fields = 20",
+                    n + 1
+                ),
                 proto,
                 fields: numbered(n),
                 answer,

@@ -243,7 +243,11 @@ async fn a_trickle_of_bytes_either_way_keeps_a_tunnel_open_past_the_idle_timeout
             }
         }
         assert!(!reads || got > 0, "{path}");
-        assert_eq!(gauges(&proxy).await, (1, 1), "{path}: still open and counted");
+        assert_eq!(
+            gauges(&proxy).await,
+            (1, 1),
+            "{path}: still open and counted"
+        );
         // Once the client's bytes stop, the idle timeout applies again (the source never stops).
         if writes {
             assert!(read_to_end(&mut io, idle * 10).await.is_some(), "{path}");

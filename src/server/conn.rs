@@ -76,10 +76,14 @@ impl ConnShared {
 }
 
 /// How large a head the HTTP/1.1 parser and the HTTP/2 decoder accept before refusing it
-/// themselves: four times `server.max_header_bytes`, at least 64 KiB. Heads between the
-/// configured limit and this cap reach the request filter, which answers 431 with a full
-/// record; heads over it are refused by the parser (HTTP/1.1: 431 and a record with what is
-/// known, see [`record_unread_head`]).
+/// themselves (the hard cap): four times `server.max_header_bytes`, at least 64 KiB. Heads
+/// between the configured limit and this cap reach the request filter, which answers 431 with
+/// a full record; heads over it are refused by the protocol layer. HTTP/1.1: 431 and a record
+/// with what is known ([`record_unread_head`]), the connection closed. HTTP/2 (`h2` 0.4, the
+/// cap is SETTINGS_MAX_HEADER_LIST_SIZE): a decoded list from the cap to four times it gets
+/// 431 from `h2` with no record, the connection kept; over four times the cap, or a block in
+/// more CONTINUATION frames than the cap needs plus a quarter (at least 5 non-final), ends the
+/// connection (GOAWAY ENHANCE_YOUR_CALM: a flood defence).
 pub fn protocol_head_cap(max_header_bytes: usize) -> usize {
     max_header_bytes.saturating_mul(4).max(64 * 1024)
 }
@@ -235,8 +239,8 @@ where
 }
 
 /// The logging phase for a request the HTTP/1.1 parser refused before any handler saw it
-/// (a head over [`protocol_head_cap`], conflicting `Content-Length`, a malformed request line
-/// or field): the parser has answered 431 or 400 and closed; this writes the one record and
+/// (a head over [`protocol_head_cap`] or with more field lines than `server.max_header_fields`,
+/// conflicting `Content-Length`, a malformed request line or field): the parser has answered 431 or 400 and closed; this writes the one record and
 /// counts the request, with what is known ([`Capture::begin_unread`]: the connection's peer,
 /// not a forwarded client address, since no field was read).
 ///

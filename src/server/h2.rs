@@ -49,7 +49,9 @@ const MAX_CONCURRENT_STREAMS: u32 = 256;
 pub type Settings = Builder;
 
 /// The `h2` server settings: hyper's defaults, 256 concurrent streams, and a header list of at
-/// most `max_header_list_size` bytes (a larger one is answered 431 by `h2`).
+/// most `max_header_list_size` bytes, the hard cap of [`super::conn::protocol_head_cap`]: a
+/// larger one is answered 431 by `h2` itself, without a record, and one over four times it
+/// ends the connection.
 pub fn settings(max_header_list_size: u32) -> Settings {
     let mut b = Builder::new();
     b.initial_window_size(STREAM_WINDOW)
