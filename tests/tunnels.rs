@@ -204,7 +204,7 @@ async fn idle_tunnels_are_closed_after_the_idle_timeout() {
                 .unwrap_or_else(|| panic!("{path}: idle tunnel still open after 10 × 300 ms"));
             let lived = closed - *opened;
             assert!(lived >= idle, "{path}: closed after {lived:?}");
-            assert!(lived < idle * 4, "{path}: closed only after {lived:?}");
+            assert!(lived < idle * 5, "{path}: closed only after {lived:?}");
         }
         wait_gauges(&proxy, (0, 0), Duration::from_secs(2)).await;
     }
@@ -215,8 +215,9 @@ async fn idle_tunnels_are_closed_after_the_idle_timeout() {
 #[tokio::test]
 async fn a_trickle_of_bytes_either_way_keeps_a_tunnel_open_past_the_idle_timeout() {
     let up = TunnelUpstream::start().await;
-    let proxy = proxy(&up, "300ms", "5s").await;
-    let idle = Duration::from_millis(300);
+    // Bytes every 100 ms, well within the idle timeout even on a loaded machine.
+    let proxy = proxy(&up, "600ms", "5s").await;
+    let idle = Duration::from_millis(600);
     // Rows: (upstream path, the client writes, the client reads).
     let rows = [
         ("/echo", true, true),

@@ -472,4 +472,51 @@ mod tests {
         assert!(!is_upgrade_request(&map(&[("upgrade", "websocket")])));
         assert!(!is_upgrade_request(&map(&[("connection", "upgrade")])));
     }
+
+    #[test]
+    fn field_lines_count_the_same_head_the_same_over_both_protocols() {
+        // (version, target, fields, lines counted)
+        let rows: &[(Version, &str, &[(&str, &str)], usize)] = &[
+            (Version::HTTP_11, "/", &[("host", "a")], 1),
+            (
+                Version::HTTP_11,
+                "/",
+                &[("host", "a"), ("x", "1"), ("x", "2")],
+                3,
+            ),
+            // Over HTTP/1.1 each Cookie line counts.
+            (
+                Version::HTTP_11,
+                "/",
+                &[("host", "a"), ("cookie", "a=1"), ("cookie", "b=2")],
+                3,
+            ),
+            // :authority counts as the Host line it stands for...
+            (Version::HTTP_2, "https://a/", &[("x", "1")], 2),
+            // ...once, when a Host field repeats it.
+            (
+                Version::HTTP_2,
+                "https://a/",
+                &[("host", "a"), ("x", "1")],
+                2,
+            ),
+            (Version::HTTP_2, "/", &[("x", "1")], 1),
+            // Cookie crumbs count as the one line they are joined into.
+            (
+                Version::HTTP_2,
+                "https://a/",
+                &[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")],
+                2,
+            ),
+            (Version::HTTP_2, "https://a/", &[("cookie", "a=1")], 2),
+        ];
+        for (version, target, fields, want) in rows {
+            let mut req = Request::builder().version(*version).uri(*target);
+            for (k, v) in *fields {
+                req = req.header(*k, *v);
+            }
+            let req = req.body(()).unwrap();
+            assert_eq!(field_lines(&req), *want, "{version:?} {target} {fields:?}");
+        }
+    }
 }
