@@ -475,8 +475,9 @@ mod tests {
 
     #[test]
     fn field_lines_count_the_same_head_the_same_over_both_protocols() {
-        // (version, target, fields, lines counted)
-        let rows: &[(Version, &str, &[(&str, &str)], usize)] = &[
+        /// (version, target, fields, lines counted)
+        type Row<'a> = (Version, &'a str, &'a [(&'a str, &'a str)], usize);
+        let rows: &[Row] = &[
             (Version::HTTP_11, "/", &[("host", "a")], 1),
             (
                 Version::HTTP_11,
