@@ -257,9 +257,10 @@ impl ClientReader {
             linger(rest);
         }
         if let Some(w) = &self.watch {
-            let _ = w.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
-                (old < FAILED && old != REPORTED).then_some(FAILED + kind as u8)
-            });
+            let _ =
+                w.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                    (old < FAILED && old != REPORTED).then_some(FAILED + kind as u8)
+                });
         }
         Poll::Ready(Some(Err(kind.into())))
     }

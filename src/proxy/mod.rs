@@ -329,7 +329,9 @@ impl Proxy {
             // The request body failed on the client's side, and the exchange with it: the
             // client's failure, never the upstream's. Asked of the watch the body reported to
             // before failing, not read from hyper's error.
-            Ok(Err(_)) | Err(_) if let Some(kind) = watch.as_deref().and_then(BodyWatch::take_failure) => {
+            Ok(Err(_)) | Err(_)
+                if let Some(kind) = watch.as_deref().and_then(BodyWatch::take_failure) =>
+            {
                 metrics.client_error(kind);
                 return (client_failure(kind, version), None);
             }
@@ -353,7 +355,10 @@ impl Proxy {
             Err(_) => {
                 metrics.upstream_error(UpstreamError::Timeout);
                 tracing::warn!(timeout = ?self.request_timeout, "upstream timed out");
-                return (local(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n"), None);
+                return (
+                    local(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n"),
+                    None,
+                );
             }
         };
 
@@ -373,7 +378,10 @@ impl Proxy {
                 watch,
             );
         }
-        (resp.map(|body| ResponseBody::Upstream { body, lease }), watch)
+        (
+            resp.map(|body| ResponseBody::Upstream { body, lease }),
+            watch,
+        )
     }
 
     /// `X-Forwarded-Host` (the request's own authority), `X-Forwarded-Proto` and the client
