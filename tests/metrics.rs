@@ -47,6 +47,7 @@ async fn every_spec_metric_is_exported_and_promtool_accepts_it() {
         "rate_limited_total",
         "upstream_request_duration_seconds",
         "upstream_errors_total",
+        "client_errors_total",
         "upstream_retries_total",
         "tls_handshakes_total",
         "tls_handshake_errors_total",

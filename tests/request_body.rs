@@ -437,7 +437,8 @@ async fn a_small_body_without_length_reaches_the_upstream_with_its_content_lengt
     let proxy = proxy(&up, 1024).await;
     let client = proxy.client();
     let big: &'static [u8] = Box::leak(pattern(3000).into_boxed_slice());
-    // (row, protocol, frames, whether the upstream gets a Content-Length)
+    // (row, protocol, frames, whether the upstream gets a Content-Length). The rows over the
+    // buffer are controls: they stream, chunked, as before.
     let rows: [(&str, Proto, Vec<&'static [u8]>, bool); 4] = [
         (
             "chunked, 2 chunks",
@@ -558,4 +559,231 @@ async fn fifty_slow_uploaders_hold_no_upstream_connection() {
     let after = counts(&proxy).await;
     assert_eq!(after.client[0], before.client[0] + 50.0);
     assert_eq!(after.upstream, before.upstream);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_max_body_bytes_gets_413_as_a_client_error() {
+    let up = Recorder::start().await;
+    let proxy = Proxy::start_with(
+        |c| {
+            let c = set(&c, "server", "body_buffer_bytes", "1024");
+            let c = set(&c, "server", "max_body_bytes", "2048");
+            set(&c, "rate_limit", "enabled", "false")
+        },
+        &up.url(),
+    )
+    .await;
+    let client = proxy.client();
+    let big: &'static [u8] = Box::leak(pattern(3000).into_boxed_slice());
+    // (row, protocol, declared length)
+    let rows: [(&str, Proto, Option<u64>); 4] = [
+        ("announced", Proto::H1, Some(3000)),
+        ("chunked, found out while streaming", Proto::H1, None),
+        ("announced", Proto::H2, Some(3000)),
+        ("no length, found out while streaming", Proto::H2, None),
+    ];
+    for (n, (row, proto, length)) in rows.into_iter().enumerate() {
+        let row = format!("{row} over {proto:?}");
+        let before = counts(&proxy).await;
+        let requests = up.requests();
+        let mut req = Request::post("https://localhost/upload");
+        let body = match length {
+            Some(len) => {
+                req = req.header("content-length", len);
+                body(Bytes::from_static(big))
+            }
+            None => frames(&[&big[..1500], &big[1500..]]),
+        };
+        let resp = client.request(proto, req.body(body).unwrap()).await;
+        assert_eq!(resp.status, StatusCode::PAYLOAD_TOO_LARGE, "{row}");
+        assert_eq!(record_status(&proxy, n + 1).await, "413", "{row}");
+        assert_counted(&row, before, counts(&proxy).await, "body_too_large");
+        for s in &up.seen.lock().unwrap()[requests..] {
+            assert!(
+                s.body.is_none(),
+                "{row}: the upstream received a whole body"
+            );
+        }
+    }
+}
+
+/// Writes `request` over a TLS connection (ALPN http/1.1), closes the sending side (TLS
+/// close_notify, then FIN) and returns all that comes back.
+async fn raw_h1_then_close(proxy: &Proxy, request: &[u8]) -> String {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(proxy.path("cert.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(proxy.tls_addr)
+        .await
+        .unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(request).await.unwrap();
+    tls.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cut_short_or_abandoned_is_the_clients_failure() {
+    let up = Recorder::start().await;
+    let proxy = proxy(&up, 65536).await;
+    let client = proxy.client();
+
+    // HTTP/1.1: the connection's sending side ends 90 bytes short of Content-Length.
+    let before = counts(&proxy).await;
+    let mut raw =
+        b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n".to_vec();
+    raw.extend(pattern(10));
+    let answer = raw_h1_then_close(&proxy, &raw).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    assert_eq!(record_status(&proxy, 1).await, "400");
+    assert_counted(
+        "HTTP/1.1 cut short",
+        before,
+        counts(&proxy).await,
+        "body_incomplete",
+    );
+
+    // HTTP/2: the client resets its stream (CANCEL) mid-body: recorded 499, never sent.
+    let before = counts(&proxy).await;
+    let mut conn = client.connect(Proto::H2).await;
+    let req = Request::post("https://localhost/upload")
+        .header("content-length", "100")
+        .body(BodyExt::boxed(Stalling {
+            first: Some(Bytes::from(pattern(10))),
+            length: Some(100),
+        }))
+        .unwrap();
+    let sending = tokio::spawn(async move {
+        let _ = conn.try_send(req).await;
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Dropping the response future resets the stream with CANCEL.
+    sending.abort();
+    assert_eq!(record_status(&proxy, 2).await, "499");
+    assert_counted("HTTP/2 reset", before, counts(&proxy).await, "body_reset");
+
+    // HTTP/2: a stream at odds with its own content-length is malformed (RFC 9113 §8.1.1);
+    // `h2` resets it, and the record says 400.
+    let rows: [(&str, &'static [u8], &str); 2] = [
+        ("DATA beyond content-length", b"0123456789", "5"),
+        ("END_STREAM short of content-length", b"0123456789", "20"),
+    ];
+    for (i, (row, data, declared)) in rows.into_iter().enumerate() {
+        let before = counts(&proxy).await;
+        let req = Request::post("https://localhost/upload")
+            .header("content-length", declared)
+            .body(frames(&[data]))
+            .unwrap();
+        let mut conn = client.connect(Proto::H2).await;
+        let answer = conn.try_send(req).await;
+        assert!(
+            answer.is_err() || answer.as_ref().is_ok_and(|s| *s == StatusCode::BAD_REQUEST),
+            "{row}: {answer:?}"
+        );
+        assert_eq!(record_status(&proxy, 3 + i).await, "400", "{row}");
+        assert_counted(row, before, counts(&proxy).await, "body_malformed");
+    }
+    assert_eq!(
+        up.accepted.load(Ordering::SeqCst),
+        0,
+        "upstream connections"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_still_trickling_at_the_request_timeout_is_the_clients_failure() {
+    let up = Recorder::start().await;
+    let proxy = Proxy::start_with(
+        |c| {
+            let c = set(&c, "server", "body_read_timeout", "\"500ms\"");
+            let c = set(&c, "server", "body_buffer_bytes", "1024");
+            let c = set(&c, "upstream", "request_timeout", "\"1s\"");
+            set(&c, "rate_limit", "enabled", "false")
+        },
+        &up.url(),
+    )
+    .await;
+    // 2000 bytes at once (past the buffer: the body streams upstream), then 10 bytes every
+    // 100 ms: never idle for body_read_timeout, unfinished at request_timeout.
+    struct Trickle(u32, Option<Pin<Box<tokio::time::Sleep>>>);
+    impl Body for Trickle {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            if self.0 == 0 {
+                self.0 += 1;
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from(pattern(2000))))));
+            }
+            let sleep = self
+                .1
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(100))));
+            std::task::ready!(sleep.as_mut().poll(cx));
+            self.1 = None;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"0123456789")))))
+        }
+        fn size_hint(&self) -> SizeHint {
+            SizeHint::with_exact(100_000)
+        }
+    }
+    for (n, proto) in BOTH.into_iter().enumerate() {
+        let before = counts(&proxy).await;
+        let mut conn = proxy.client().connect(proto).await;
+        let req = Request::post("/upload")
+            .header("host", "localhost")
+            .body(BodyExt::boxed(Trickle(0, None)))
+            .unwrap();
+        let req = match proto {
+            Proto::H1 => req,
+            Proto::H2 => {
+                let (mut parts, body) = req.into_parts();
+                parts.uri = "https://localhost/upload".parse().unwrap();
+                parts.headers.remove("host");
+                Request::from_parts(parts, body)
+            }
+        };
+        let status = tokio::time::timeout(Duration::from_secs(10), conn.try_send(req))
+            .await
+            .expect("answered in time")
+            .expect("an answer");
+        assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{proto:?}");
+        assert_eq!(record_status(&proxy, n + 1).await, "408", "{proto:?}");
+        let row = format!("{proto:?}");
+        assert_counted(&row, before, counts(&proxy).await, "body_timeout");
+    }
+}
+
+#[test]
+fn the_upstream_alert_never_fires_from_client_failures() {
+    if !external("promtool", "prometheus") {
+        return;
+    }
+    let out = std::process::Command::new("promtool")
+        .args(["test", "rules", "tests/data/alerts_client_vs_upstream.yml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
