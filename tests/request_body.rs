@@ -787,3 +787,55 @@ fn the_upstream_alert_never_fires_from_client_failures() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stalls_after_the_answer_began_is_recorded_408() {
+    // /echo answers at once and streams the body back: the 200 head is out before the body
+    // stalls, so the record, not the answer, says whose failure it was.
+    let up = Upstream::start().await;
+    let proxy = Proxy::start_with(
+        |c| {
+            let c = set(&c, "server", "body_read_timeout", "\"300ms\"");
+            let c = set(&c, "server", "body_buffer_bytes", "1024");
+            set(&c, "rate_limit", "enabled", "false")
+        },
+        &up.url(),
+    )
+    .await;
+    for (n, proto) in BOTH.into_iter().enumerate() {
+        let before = counts(&proxy).await;
+        let mut conn = proxy.client().connect(proto).await;
+        let mut req = Request::post("https://localhost/echo")
+            .header("content-length", "4096")
+            .body(BodyExt::boxed(Stalling {
+                first: Some(Bytes::from(pattern(2000))),
+                length: Some(4096),
+            }))
+            .unwrap();
+        if proto == Proto::H1 {
+            *req.uri_mut() = "/echo".parse().unwrap();
+            req.headers_mut()
+                .insert("host", http::HeaderValue::from_static("localhost"));
+        }
+        // The response is held, unread, so the client's side stays open.
+        let sending = async {
+            match &mut conn {
+                Conn::H1(s) => s.send_request(req).await,
+                Conn::H2(s) => s.send_request(req).await,
+            }
+        };
+        let resp = tokio::time::timeout(Duration::from_secs(10), sending)
+            .await
+            .expect("answered in time")
+            .expect("an answer");
+        assert_eq!(resp.status(), StatusCode::OK, "{proto:?}");
+        assert_eq!(record_status(&proxy, n + 1).await, "408", "{proto:?}");
+        drop(resp);
+        assert_counted(
+            &format!("{proto:?}"),
+            before,
+            counts(&proxy).await,
+            "body_timeout",
+        );
+    }
+}

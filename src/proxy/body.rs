@@ -293,18 +293,17 @@ impl ClientReader {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                let at = Instant::now() + self.timeout;
-                let deadline = match &mut self.deadline {
-                    Some(d) => {
-                        if !self.armed {
-                            d.as_mut().reset(at);
-                        }
-                        d
+                if !self.armed {
+                    self.armed = true;
+                    let at = Instant::now() + self.timeout;
+                    match &mut self.deadline {
+                        Some(d) => d.as_mut().reset(at),
+                        None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
                     }
-                    None => self.deadline.insert(Box::pin(tokio::time::sleep_until(at))),
-                };
-                self.armed = true;
-                if deadline.as_mut().poll(cx).is_ready() {
+                }
+                if let Some(d) = &mut self.deadline
+                    && d.as_mut().poll(cx).is_ready()
+                {
                     return self.fail(ClientError::BodyTimeout);
                 }
                 self.note(WAITING);

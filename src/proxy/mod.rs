@@ -481,6 +481,7 @@ pub fn local(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
 /// recorded only). Over HTTP/1.x, a 408 or 400 closes the connection: the body's framing is
 /// lost, and RFC 9110 §15.5.9 asks it of a 408.
 fn client_failure(kind: ClientError, version: Version) -> Response<ResponseBody> {
+    tracing::debug!(kind = kind.as_str(), "client request body failed");
     let (status, text) = match kind {
         ClientError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request timeout\n"),
         ClientError::BodyMalformed | ClientError::BodyIncomplete => {
