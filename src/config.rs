@@ -110,8 +110,10 @@ pub struct Server {
     /// A request body with no byte arriving for this long gets 408 (a client failure).
     pub body_read_timeout: Dur,
     /// Request bodies up to this many bytes are read whole into memory (never to disk) before
-    /// an upstream connection is taken; 0 = off. At most `max_body_bytes`.
-    pub body_buffer_bytes: u64,
+    /// an upstream connection is taken; 0 = off. At most `max_body_bytes`; unset, 65536 or
+    /// `max_body_bytes` if smaller (see [`Server::body_buffer_bytes`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_buffer_bytes: Option<u64>,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Dur,
 }
@@ -128,11 +130,23 @@ impl Default for Server {
             max_header_bytes: 16384,
             max_body_bytes: 10 * 1024 * 1024,
             body_read_timeout: Dur::secs(10),
-            body_buffer_bytes: 64 * 1024,
+            body_buffer_bytes: None,
             shutdown_grace: Dur::secs(10),
         }
     }
 }
+
+impl Server {
+    /// The request body buffer in bytes: `body_buffer_bytes` as set, else 65536 or
+    /// `max_body_bytes` if that is smaller.
+    pub fn body_buffer_bytes(&self) -> u64 {
+        self.body_buffer_bytes
+            .unwrap_or(DEFAULT_BODY_BUFFER_BYTES.min(self.max_body_bytes))
+    }
+}
+
+/// `server.body_buffer_bytes` when unset (and `max_body_bytes` is not smaller).
+const DEFAULT_BODY_BUFFER_BYTES: u64 = 64 * 1024;
 
 /// `[tls]`: the certificates.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -435,13 +449,15 @@ impl Config {
                 return Err(ConfigError::invalid(key, "must be greater than zero"));
             }
         }
-        if s.body_buffer_bytes > s.max_body_bytes {
+        if let Some(buffer) = s.body_buffer_bytes
+            && buffer > s.max_body_bytes
+        {
             return Err(ConfigError::invalid(
                 "server.body_buffer_bytes",
                 format!(
-                    "{} is more than server.max_body_bytes ({}): a body that large is refused \
-                     anyway",
-                    s.body_buffer_bytes, s.max_body_bytes
+                    "{buffer} is more than server.max_body_bytes ({}): a body that large is \
+                     refused anyway",
+                    s.max_body_bytes
                 ),
             ));
         }
@@ -693,7 +709,9 @@ mod tests {
         assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9100");
         assert_eq!(c.upstream.forward_client_ip, ForwardClientIp::Full);
         assert_eq!(c.server.body_read_timeout.0, Duration::from_secs(10));
-        assert_eq!(c.server.body_buffer_bytes, 65536);
+        assert_eq!(c.server.body_buffer_bytes(), 65536);
+        let small = parse("[server]\nmax_body_bytes = 1000").unwrap();
+        assert_eq!(small.server.body_buffer_bytes(), 1000);
     }
 
     #[test]

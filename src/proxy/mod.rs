@@ -101,7 +101,7 @@ impl Proxy {
             ipv6_prefix: config.privacy.ipv6_prefix,
             max_body_bytes: config.server.max_body_bytes,
             body_read_timeout: config.server.body_read_timeout.0,
-            body_buffer_bytes: config.server.body_buffer_bytes,
+            body_buffer_bytes: config.server.body_buffer_bytes(),
             max_header_bytes: config.server.max_header_bytes,
             request_timeout: config.upstream.request_timeout.0,
             cookie_max_age: config.privacy.cookie_max_age.0,
