@@ -778,6 +778,7 @@ fn the_upstream_alert_never_fires_from_client_failures() {
     }
     let out = std::process::Command::new("promtool")
         .args(["test", "rules", "tests/data/alerts_client_vs_upstream.yml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
     assert!(
