@@ -11,8 +11,12 @@
 //! client's error. The response body is wrapped in [`CapturedBody`], which records the request
 //! when it ends.
 //!
-//! Never here: a body written to disk (privacy P8), a body or error text logged, a body
-//! buffered past `server.body_buffer_bytes`.
+//! Never here: a body written to disk (privacy P8), a body or error text logged, a body held
+//! whole when it is larger than `server.body_buffer_bytes` (what was read of it, at most one
+//! frame more, is sent on first).
+//!
+//! A body read whole is not end-of-stream until sent, so the upstream pool never sends it
+//! again on a retry meant for body-less requests.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -183,6 +187,11 @@ impl BodyWatch {
             });
     }
 
+    /// Records that the client failed: the first failure stays until taken.
+    fn fail(&self, kind: ClientError) {
+        self.set(FAILED + kind as u8);
+    }
+
     /// The client's failure, once: the first caller gets it, later ones `None`.
     pub fn take_failure(&self) -> Option<ClientError> {
         let old = self
@@ -257,10 +266,7 @@ impl ClientReader {
             linger(rest);
         }
         if let Some(w) = &self.watch {
-            let _ =
-                w.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
-                    (old < FAILED && old != REPORTED).then_some(FAILED + kind as u8)
-                });
+            w.fail(kind);
         }
         Poll::Ready(Some(Err(kind.into())))
     }
@@ -650,5 +656,31 @@ impl Body for CapturedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watch_tells_each_failure_once_and_keeps_the_first() {
+        for kind in ClientError::ALL {
+            let w = BodyWatch::default();
+            assert!(!w.waiting_on_client());
+            w.set(WAITING);
+            assert!(w.waiting_on_client(), "{kind:?}");
+            w.fail(kind);
+            w.fail(ClientError::BodyReset);
+            w.set(READING);
+            assert!(!w.waiting_on_client(), "{kind:?}");
+            assert_eq!(w.take_failure(), Some(kind));
+            assert_eq!(w.take_failure(), None, "{kind:?} told twice");
+            w.fail(kind);
+            assert_eq!(w.take_failure(), None, "{kind:?} after it was told");
+        }
+        let ended = BodyWatch::default();
+        ended.set(ENDED);
+        assert_eq!(ended.take_failure(), None);
     }
 }
