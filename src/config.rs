@@ -111,6 +111,13 @@ pub struct Server {
     pub max_header_fields: usize,
     /// Largest request body accepted; larger gets 413.
     pub max_body_bytes: u64,
+    /// A request body with no byte arriving for this long gets 408 (a client failure).
+    pub body_read_timeout: Dur,
+    /// Request bodies up to this many bytes are read whole into memory (never to disk) before
+    /// an upstream connection is taken; 0 = off. At most `max_body_bytes`; unset, 65536 or
+    /// `max_body_bytes` if smaller (see [`Server::body_buffer_bytes`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_buffer_bytes: Option<u64>,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Dur,
 }
@@ -132,10 +139,24 @@ impl Default for Server {
             max_header_bytes: 16384,
             max_header_fields: 100,
             max_body_bytes: 10 * 1024 * 1024,
+            body_read_timeout: Dur::secs(10),
+            body_buffer_bytes: None,
             shutdown_grace: Dur::secs(10),
         }
     }
 }
+
+impl Server {
+    /// The request body buffer in bytes: `body_buffer_bytes` as set, else 65536 or
+    /// `max_body_bytes` if that is smaller.
+    pub fn body_buffer_bytes(&self) -> u64 {
+        self.body_buffer_bytes
+            .unwrap_or(DEFAULT_BODY_BUFFER_BYTES.min(self.max_body_bytes))
+    }
+}
+
+/// `server.body_buffer_bytes` when unset (and `max_body_bytes` is not smaller).
+const DEFAULT_BODY_BUFFER_BYTES: u64 = 64 * 1024;
 
 /// `[tls]`: the certificates.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -434,6 +455,7 @@ impl Config {
         for (key, d) in [
             ("server.header_read_timeout", s.header_read_timeout),
             ("server.idle_timeout", s.idle_timeout),
+            ("server.body_read_timeout", s.body_read_timeout),
             ("upstream.connect_timeout", self.upstream.connect_timeout),
             ("upstream.request_timeout", self.upstream.request_timeout),
             ("upstream.idle_timeout", self.upstream.idle_timeout),
@@ -447,6 +469,18 @@ impl Config {
             if d.0.is_zero() {
                 return Err(ConfigError::invalid(key, "must be greater than zero"));
             }
+        }
+        if let Some(buffer) = s.body_buffer_bytes
+            && buffer > s.max_body_bytes
+        {
+            return Err(ConfigError::invalid(
+                "server.body_buffer_bytes",
+                format!(
+                    "{buffer} is more than server.max_body_bytes ({}): a body that large is \
+                     refused anyway",
+                    s.max_body_bytes
+                ),
+            ));
         }
         // Port 0 (any free port, as tests use) never clashes.
         let clash = |other: SocketAddr| other.port() != 0 && other == s.listen;
@@ -696,6 +730,10 @@ mod tests {
         assert_eq!(c.privacy.key_retention.0, Duration::from_secs(30 * 86400));
         assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9100");
         assert_eq!(c.upstream.forward_client_ip, ForwardClientIp::Full);
+        assert_eq!(c.server.body_read_timeout.0, Duration::from_secs(10));
+        assert_eq!(c.server.body_buffer_bytes(), 65536);
+        let small = parse("[server]\nmax_body_bytes = 1000").unwrap();
+        assert_eq!(small.server.body_buffer_bytes(), 1000);
     }
 
     #[test]
@@ -745,6 +783,22 @@ mod tests {
                 "upstream.forward_client_ip",
             ),
             ("[upstream]\nidle_timeout = \"0s\"", "upstream.idle_timeout"),
+            (
+                "[server]\nbody_read_timeout = \"0s\"",
+                "server.body_read_timeout",
+            ),
+            (
+                "[server]\nbody_read_timeout = \"a while\"",
+                "server.body_read_timeout",
+            ),
+            (
+                "[server]\nbody_buffer_bytes = -1",
+                "server.body_buffer_bytes",
+            ),
+            (
+                "[server]\nmax_body_bytes = 1000\nbody_buffer_bytes = 1001",
+                "server.body_buffer_bytes",
+            ),
             (
                 "[upstream]\nidle_timeout = \"soon\"",
                 "upstream.idle_timeout",

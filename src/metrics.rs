@@ -38,6 +38,57 @@ pub enum UpstreamError {
     Protocol,
 }
 
+/// What a client did wrong, ending its request (the `kind` label of `client_errors_total`).
+/// Counted apart from [`UpstreamError`]: a client can never raise the upstream error rate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientError {
+    /// No byte of the request body for `server.body_read_timeout`: answered 408.
+    BodyTimeout,
+    /// Body framing broken (HTTP/1.1 chunked coding, RFC 9112 §7.1; an HTTP/2 stream at odds
+    /// with its `Content-Length`, RFC 9113 §8.1.1): answered 400.
+    BodyMalformed,
+    /// More than `server.max_body_bytes`: answered 413.
+    BodyTooLarge,
+    /// The HTTP/1.1 connection ended before the body did: answered 400.
+    BodyIncomplete,
+    /// The client reset its HTTP/2 stream, or its connection failed, mid-body: recorded 499,
+    /// never sent.
+    BodyReset,
+}
+
+impl ClientError {
+    /// Every kind, in label order.
+    pub const ALL: [ClientError; 5] = [
+        ClientError::BodyTimeout,
+        ClientError::BodyMalformed,
+        ClientError::BodyTooLarge,
+        ClientError::BodyIncomplete,
+        ClientError::BodyReset,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientError::BodyTimeout => "body_timeout",
+            ClientError::BodyMalformed => "body_malformed",
+            ClientError::BodyTooLarge => "body_too_large",
+            ClientError::BodyIncomplete => "body_incomplete",
+            ClientError::BodyReset => "body_reset",
+        }
+    }
+
+    /// The status answered and recorded: 408 (RFC 9110 §15.5.9), 400, 413, or 499 (recorded
+    /// only: nobody is left to receive it).
+    pub fn status(self) -> u16 {
+        match self {
+            ClientError::BodyTimeout => 408,
+            ClientError::BodyMalformed | ClientError::BodyIncomplete => 400,
+            ClientError::BodyTooLarge => 413,
+            ClientError::BodyReset => crate::proxy::CLIENT_CLOSED_REQUEST,
+        }
+    }
+}
+
 /// Why a request was sent upstream again (the `reason` label of `upstream_retries_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RetryReason {
@@ -78,6 +129,7 @@ pub struct Metrics {
     rate_limited: IntCounterVec,
     upstream_duration: Histogram,
     upstream_errors: [IntCounter; 3],
+    client_errors: [IntCounter; 5],
     upstream_retries: UpstreamRetries,
     tls_handshakes: [[IntCounter; 3]; 2],
     tls_handshake_errors: IntCounter,
@@ -235,7 +287,8 @@ impl Metrics {
         let ue_vec = IntCounterVec::new(
             opts(
                 "upstream_errors_total",
-                "Failed upstream exchanges, by kind.",
+                "Upstream exchanges failed by the upstream's fault, by kind (a client's failures \
+                 are in client_errors_total).",
             ),
             &["kind"],
         )
@@ -243,6 +296,21 @@ impl Metrics {
         let upstream_errors =
             ["connect", "timeout", "protocol"].map(|k| ue_vec.with_label_values(&[k]));
         reg(Box::new(ue_vec));
+
+        let ce_vec = IntCounterVec::new(
+            opts(
+                "client_errors_total",
+                "Requests ended by their client's fault, by kind: no request body byte for \
+                 server.body_read_timeout (body_timeout), malformed body framing \
+                 (body_malformed), body over server.max_body_bytes (body_too_large), connection \
+                 ended mid-body (body_incomplete), stream reset or connection lost mid-body \
+                 (body_reset). Never counted in upstream_errors_total.",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let client_errors = ClientError::ALL.map(|k| ce_vec.with_label_values(&[k.as_str()]));
+        reg(Box::new(ce_vec));
 
         // Two reasons because they call for different remedies: `connect`, a server down;
         // `closed`, an upstream closing keep-alive connections sooner than
@@ -334,6 +402,7 @@ impl Metrics {
             rate_limited,
             upstream_duration,
             upstream_errors,
+            client_errors,
             upstream_retries,
             tls_handshakes,
             tls_handshake_errors,
@@ -411,6 +480,11 @@ impl Metrics {
     /// Counts a failed upstream exchange.
     pub fn upstream_error(&self, kind: UpstreamError) {
         self.upstream_errors[kind as usize].inc();
+    }
+
+    /// Counts a request ended by its client's fault.
+    pub fn client_error(&self, kind: ClientError) {
+        self.client_errors[kind as usize].inc();
     }
 
     /// The `upstream_retries_total` counters, for the upstream pool.

@@ -47,6 +47,7 @@ async fn every_spec_metric_is_exported_and_promtool_accepts_it() {
         "rate_limited_total",
         "upstream_request_duration_seconds",
         "upstream_errors_total",
+        "client_errors_total",
         "upstream_retries_total",
         "tls_handshakes_total",
         "tls_handshake_errors_total",
@@ -122,7 +123,7 @@ fn promtool_accepts_the_alert_rules() {
         String::from_utf8_lossy(&out.stdout)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("SUCCESS: 6 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 7 rules found"), "{text}");
 }
 
 #[test]

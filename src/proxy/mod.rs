@@ -2,9 +2,15 @@
 //!
 //! `request_filter` (client address, authority, head checks: a local 4xx for what no upstream
 //! should receive) → `rate_limit` → `upstream_request` (pick a server, header hygiene,
-//! HTTP/2→HTTP/1.1 translation, forwarding headers) → `send` (timeout, error mapping) →
+//! HTTP/2→HTTP/1.1 translation, forwarding headers) → `read_body` (a small body read whole
+//! before any upstream connection is taken) → `send` (timeout, error mapping) →
 //! `response_filter` (hop-by-hop removal, the cookie lifetime cap, protocol upgrade). Nothing
 //! here logs a request value.
+//!
+//! What a client does wrong is told apart from what an upstream does wrong: a request body
+//! that stalls, is malformed, too large or cut short is answered (408, 400, 413) or recorded
+//! (499) as the client's failure and counted in `client_errors_total`, never in
+//! `upstream_errors_total`, also when it fails after part of it was forwarded.
 
 pub mod authority;
 pub mod body;
@@ -20,16 +26,20 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwapOption;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_TYPE, FORWARDED, HOST, HeaderValue, RETRY_AFTER};
+use http::header::{
+    ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, FORWARDED, HOST, HeaderValue, RETRY_AFTER,
+};
 use http::{Method, Request, Response, StatusCode, Version};
 
 use crate::client_ip::{ClientAddr, TrustedProxies, X_FORWARDED_FOR};
 use crate::config::{Config, ForwardClientIp};
-use crate::metrics::UpstreamError;
+use crate::metrics::{ClientError, UpstreamError};
 use crate::privacy::capture::{Capture, ClientMemo};
 use crate::privacy::net::truncate;
 use crate::ratelimit::{Decision, RateLimiter};
-use body::{BodyTooLarge, CapturedBody, ClientBody, RequestBody, ResponseBody, Sinks};
+use body::{
+    BodyWatch, CapturedBody, ClientBody, ClientReader, Prefetched, RequestBody, ResponseBody, Sinks,
+};
 use headers::{X_FORWARDED_HOST, X_FORWARDED_PROTO, ip_value};
 use upstream::{SendError, Upstreams};
 
@@ -62,6 +72,8 @@ pub struct Proxy {
     ipv4_prefix: u8,
     ipv6_prefix: u8,
     max_body_bytes: u64,
+    body_read_timeout: Duration,
+    body_buffer_bytes: u64,
     max_header_bytes: usize,
     max_header_fields: usize,
     request_timeout: Duration,
@@ -90,6 +102,8 @@ impl Proxy {
             ipv4_prefix: config.privacy.ipv4_prefix,
             ipv6_prefix: config.privacy.ipv6_prefix,
             max_body_bytes: config.server.max_body_bytes,
+            body_read_timeout: config.server.body_read_timeout.0,
+            body_buffer_bytes: config.server.body_buffer_bytes(),
             max_header_bytes: config.server.max_header_bytes,
             max_header_fields: config.server.max_header_fields,
             request_timeout: config.upstream.request_timeout.0,
@@ -143,22 +157,20 @@ impl Proxy {
         };
         let head = req.method() == Method::HEAD;
         let length = headers::content_length(req.headers());
-        let (mut resp, limited) = match self.request_filter(&req, &authority, length) {
+        let (mut resp, limited, watch) = match self.request_filter(&req, &authority, length) {
             Some(rejection) => {
                 linger_h1(req);
-                (rejection, false)
+                (rejection, false, None)
             }
             None => match self.rate_limit(client, req.uri().path()) {
                 Some(rejection) => {
                     linger_h1(req);
-                    (rejection, true)
+                    (rejection, true, None)
                 }
                 None => {
                     let authority = authority.ok().flatten();
-                    (
-                        self.forward(req, conn, client, authority, length).await,
-                        false,
-                    )
+                    let (resp, watch) = self.forward(req, conn, client, authority, length).await;
+                    (resp, false, watch)
                 }
             },
         };
@@ -167,7 +179,9 @@ impl Proxy {
         }
         let status = resp.status().as_u16();
         let pending = unanswered.pending.take();
-        resp.map(|body| CapturedBody::new(body, pending, status, limited, self.sinks.clone()))
+        resp.map(|body| {
+            CapturedBody::new(body, pending, status, limited, self.sinks.clone(), watch)
+        })
     }
 
     /// The request-filter phase: a local answer for a head that no upstream should receive.
@@ -236,7 +250,8 @@ impl Proxy {
         }
     }
 
-    /// Forwards to an upstream and filters the response.
+    /// Forwards to an upstream and filters the response; with it, the watch on a request body
+    /// still streaming from the client (see [`CapturedBody::new`]).
     async fn forward(
         &self,
         mut req: Request<ClientBody>,
@@ -244,15 +259,19 @@ impl Proxy {
         client: ClientAddr,
         authority: Option<authority::RequestAuthority>,
         length: Result<Option<u64>, ()>,
-    ) -> Response<ResponseBody> {
+    ) -> (Response<ResponseBody>, Option<Arc<BodyWatch>>) {
+        let version = req.version();
         if matches!(length, Ok(Some(len)) if len > self.max_body_bytes) {
             linger_h1(req);
-            return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+            self.sinks.metrics.client_error(ClientError::BodyTooLarge);
+            return (client_failure(ClientError::BodyTooLarge, version), None);
         }
-        let version = req.version();
         if expect::take(req.headers_mut(), version).is_err() {
             linger_h1(req);
-            return local(StatusCode::EXPECTATION_FAILED, "expectation failed\n");
+            return (
+                local(StatusCode::EXPECTATION_FAILED, "expectation failed\n"),
+                None,
+            );
         }
         let upgrade =
             req.version() == Version::HTTP_11 && headers::is_upgrade_request(req.headers());
@@ -277,10 +296,37 @@ impl Proxy {
         headers::decrement_max_forwards(&parts.method, &mut parts.headers);
         parts.uri = pick.uri.clone();
         parts.version = Version::HTTP_11;
-        let upstream_req = Request::from_parts(parts, RequestBody::new(body, self.max_body_bytes));
+
+        // read_body
+        let metrics = &self.sinks.metrics;
+        let reader = ClientReader::new(body, self.max_body_bytes, self.body_read_timeout);
+        let (body, watch) = if reader.is_end_stream() {
+            (RequestBody::empty(), None)
+        } else {
+            match body::read_small(reader, length.ok().flatten(), self.body_buffer_bytes).await {
+                Ok(Prefetched::Whole(data, trailers)) => {
+                    // A chunked (or length-less HTTP/2) body read whole goes with its length:
+                    // what RFC 9112 §7.1.3 does when decoding chunked. Trailers need chunked.
+                    if trailers.is_none() {
+                        parts
+                            .headers
+                            .insert(CONTENT_LENGTH, HeaderValue::from(data.len()));
+                    }
+                    (RequestBody::whole(data, trailers), None)
+                }
+                Ok(Prefetched::Partial(start, rest)) => {
+                    let (body, watch) = RequestBody::streamed(start, rest);
+                    (body, Some(watch))
+                }
+                Err(e) => {
+                    metrics.client_error(e.kind);
+                    return (client_failure(e.kind, version), None);
+                }
+            }
+        };
+        let upstream_req = Request::from_parts(parts, body);
 
         // send
-        let metrics = &self.sinks.metrics;
         let sent = Instant::now();
         let result = tokio::time::timeout(
             self.request_timeout,
@@ -292,23 +338,39 @@ impl Proxy {
                 metrics.upstream_duration(sent.elapsed());
                 exchange
             }
-            Ok(Err(e)) if caused_by_body_limit(&e) => {
-                return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+            // The request body failed on the client's side, and the exchange with it: the
+            // client's failure, never the upstream's. Asked of the watch the body reported to
+            // before failing, not read from hyper's error.
+            Ok(Err(_)) | Err(_)
+                if let Some(kind) = watch.as_deref().and_then(BodyWatch::take_failure) =>
+            {
+                metrics.client_error(kind);
+                return (client_failure(kind, version), None);
+            }
+            // The deadline passed while the upstream was waiting for body bytes the client had
+            // not sent: the client is too slow, the upstream is not.
+            Err(_) if watch.as_deref().is_some_and(BodyWatch::waiting_on_client) => {
+                let kind = ClientError::BodyTimeout;
+                metrics.client_error(kind);
+                return (client_failure(kind, version), None);
             }
             Ok(Err(e @ SendError::Connect(_))) => {
                 metrics.upstream_error(UpstreamError::Connect);
                 tracing::warn!(error = %ErrorChain(&e), "upstream connect failed");
-                return local(StatusCode::BAD_GATEWAY, "bad gateway\n");
+                return (local(StatusCode::BAD_GATEWAY, "bad gateway\n"), None);
             }
             Ok(Err(e)) => {
                 metrics.upstream_error(UpstreamError::Protocol);
                 tracing::warn!(error = %ErrorChain(&e), "upstream request failed");
-                return local(StatusCode::BAD_GATEWAY, "bad gateway\n");
+                return (local(StatusCode::BAD_GATEWAY, "bad gateway\n"), None);
             }
             Err(_) => {
                 metrics.upstream_error(UpstreamError::Timeout);
                 tracing::warn!(timeout = ?self.request_timeout, "upstream timed out");
-                return local(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n");
+                return (
+                    local(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n"),
+                    None,
+                );
             }
         };
 
@@ -323,11 +385,17 @@ impl Proxy {
                 Some(client_side) => self
                     .tunnels
                     .spawn(client_side, hyper::upgrade::on(&mut resp)),
-                None => return local(StatusCode::BAD_GATEWAY, "bad gateway\n"),
+                None => return (local(StatusCode::BAD_GATEWAY, "bad gateway\n"), None),
             }
-            return resp.map(|body| ResponseBody::Upstream { body, lease: None });
+            return (
+                resp.map(|body| ResponseBody::Upstream { body, lease: None }),
+                watch,
+            );
         }
-        resp.map(|body| ResponseBody::Upstream { body, lease })
+        (
+            resp.map(|body| ResponseBody::Upstream { body, lease }),
+            watch,
+        )
     }
 
     /// `X-Forwarded-Host` (the request's own authority), `X-Forwarded-Proto` and the client
@@ -423,15 +491,28 @@ pub fn local(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
     resp
 }
 
-fn caused_by_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if err.is::<BodyTooLarge>() {
-            return true;
+/// The answer to a request whose body failed on the client's side (408, 400, 413, or 499,
+/// recorded only). Over HTTP/1.x, a 408 or 400 closes the connection: the body's framing is
+/// lost, and RFC 9110 §15.5.9 asks it of a 408.
+fn client_failure(kind: ClientError, version: Version) -> Response<ResponseBody> {
+    tracing::debug!(kind = kind.as_str(), "client request body failed");
+    let (status, text) = match kind {
+        ClientError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request timeout\n"),
+        ClientError::BodyMalformed | ClientError::BodyIncomplete => {
+            (StatusCode::BAD_REQUEST, "bad request\n")
         }
-        cur = err.source();
+        ClientError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+        ClientError::BodyReset => (
+            StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(StatusCode::BAD_REQUEST),
+            "client closed request\n",
+        ),
+    };
+    let mut resp = local(status, text);
+    if version < Version::HTTP_2 && kind != ClientError::BodyTooLarge {
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
     }
-    false
+    resp
 }
 
 /// Displays an error with its causes, for diagnostics (upstream errors carry no request values).
