@@ -103,6 +103,11 @@ pub struct Server {
     pub header_read_timeout: Dur,
     /// A connection with no bytes moving for this long is closed.
     pub idle_timeout: Dur,
+    /// Writing to a client that takes no byte for this long gives up: the HTTP/2 stream is
+    /// reset (CANCEL), the HTTP/1.1 connection closed. Also the most a graceful close (GOAWAY,
+    /// the end of a keep-alive connection) waits for the client before the connection is
+    /// closed.
+    pub send_timeout: Dur,
     /// Largest request head accepted; larger gets 431.
     pub max_header_bytes: usize,
     /// Largest request body accepted; larger gets 413.
@@ -120,6 +125,7 @@ impl Default for Server {
             hosts: vec!["localhost".into()],
             header_read_timeout: Dur::secs(10),
             idle_timeout: Dur::secs(60),
+            send_timeout: Dur::secs(30),
             max_header_bytes: 16384,
             max_body_bytes: 10 * 1024 * 1024,
             shutdown_grace: Dur::secs(10),
@@ -413,6 +419,7 @@ impl Config {
         for (key, d) in [
             ("server.header_read_timeout", s.header_read_timeout),
             ("server.idle_timeout", s.idle_timeout),
+            ("server.send_timeout", s.send_timeout),
             ("upstream.connect_timeout", self.upstream.connect_timeout),
             ("upstream.request_timeout", self.upstream.request_timeout),
             ("upstream.idle_timeout", self.upstream.idle_timeout),
