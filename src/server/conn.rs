@@ -251,14 +251,21 @@ enum Phase {
     FirstHead,
     /// Serving: no deadline here (the idle check and the I/O's send deadline apply).
     Serving,
-    /// A graceful close has started: closed hard at its deadline.
-    Closing,
+    /// A graceful close has started: closed hard once no byte has moved for `send_timeout`
+    /// (checked every `send_timeout`), or at `first_head_by` if it started before the first
+    /// head.
+    Closing {
+        /// Bytes moving push the deadline back (not before the first head).
+        extends: bool,
+    },
 }
 
 /// Runs a connection to its end, closing it gracefully when the process drains or when no byte
 /// has moved either way for `idle_timeout`, and hard when its first request head is not in by
-/// `first_head_by` or a graceful close has not ended within `send_timeout`. Returns how the
-/// connection ended (a hard close is `Ok`).
+/// `first_head_by` or a graceful close has moved no byte for `send_timeout` (so a client that
+/// never answers a GOAWAY's PING, or never closes its end, is let go after one to two
+/// `send_timeout`s, while a response still making progress during a drain may go on until
+/// `shutdown_grace`). Returns how the connection ended (a hard close is `Ok`).
 async fn drive<C, E>(
     conn: C,
     graceful_shutdown: impl Fn(Pin<&mut C>),
@@ -284,14 +291,20 @@ where
     tokio::pin!(deadline);
     let mut phase = Phase::FirstHead;
     let close_gracefully = |conn: Pin<&mut C>, deadline: Pin<&mut Sleep>, phase: &mut Phase| {
+        let before_first_head = *phase == Phase::FirstHead && !(deadlines.requested)(&conn);
         graceful_shutdown(conn);
+        // Only what moves from now on shows the close making progress.
+        activity.moved.store(false, Ordering::Relaxed);
         let by = Instant::now() + shared.send_timeout;
         // A graceful close before the first head keeps the earlier deadline.
-        if *phase != Phase::FirstHead || by < deadline.deadline() {
+        if !before_first_head || by < deadline.deadline() {
             deadline.reset(by);
         }
-        *phase = Phase::Closing;
+        *phase = Phase::Closing {
+            extends: !before_first_head,
+        };
     };
+    let closing = |phase: Phase| matches!(phase, Phase::Closing { .. });
     if *shutdown.borrow() {
         close_gracefully(conn.as_mut(), deadline.as_mut(), &mut phase);
     }
@@ -306,10 +319,10 @@ where
                 }
                 return res;
             }
-            _ = shutdown.changed(), if phase != Phase::Closing => {
+            _ = shutdown.changed(), if !closing(phase) => {
                 close_gracefully(conn.as_mut(), deadline.as_mut(), &mut phase);
             }
-            _ = tick.tick(), if phase != Phase::Closing => {
+            _ = tick.tick(), if !closing(phase) => {
                 if activity.moved.swap(false, Ordering::Relaxed) {
                     quiet_ticks = 0;
                 } else {
@@ -322,6 +335,12 @@ where
             () = deadline.as_mut(), if phase != Phase::Serving => {
                 if phase == Phase::FirstHead && (deadlines.requested)(&conn) {
                     phase = Phase::Serving;
+                    continue;
+                }
+                if phase == (Phase::Closing { extends: true })
+                    && activity.moved.swap(false, Ordering::Relaxed)
+                {
+                    deadline.as_mut().reset(Instant::now() + shared.send_timeout);
                     continue;
                 }
                 // Dropping the connection closes it, and drops every response body it was
