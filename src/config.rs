@@ -676,6 +676,7 @@ mod tests {
         let c = parse("").unwrap();
         assert_eq!(c.server.listen.to_string(), "0.0.0.0:8443");
         assert_eq!(c.server.max_header_bytes, 16384);
+        assert_eq!(c.server.send_timeout.0, Duration::from_secs(30));
         assert_eq!(c.upstream.request_timeout.0, Duration::from_secs(30));
         assert_eq!(c.upstream.idle_timeout.0, Duration::from_secs(4));
         assert_eq!(c.privacy.key_retention.0, Duration::from_secs(30 * 86400));
@@ -718,6 +719,7 @@ mod tests {
                 "upstream.forward_client_ip",
             ),
             ("[upstream]\nidle_timeout = \"0s\"", "upstream.idle_timeout"),
+            ("[server]\nsend_timeout = \"0s\"", "server.send_timeout"),
             (
                 "[upstream]\nidle_timeout = \"soon\"",
                 "upstream.idle_timeout",
