@@ -777,10 +777,11 @@ async fn play(proxy: &Proxy, row: Resetter) -> (Ending, usize) {
             Err(e) => ended = ending(&e),
         }
     }
-    if ended.is_none() && conn.is_finished() {
-        if let Ok(Err(e)) = conn.await {
-            ended = ending(&e);
-        }
+    if ended.is_none()
+        && conn.is_finished()
+        && let Ok(Err(e)) = conn.await
+    {
+        ended = ending(&e);
     }
     (ended, opened)
 }
@@ -792,7 +793,9 @@ async fn a_client_resetting_streams_faster_than_its_budget_gets_goaway_and_a_can
     // For the attacks: ENHANCE_YOUR_CALM, from the proxy's budget. At 20 ms `h2`'s own limit on
     // streams reset before the proxy accepted them (20 at once) may come first on a loaded
     // machine; at 100 ms every stream has been accepted, and only the budget can end it.
-    let rows: [(Resetter, Option<(Reason, &[bool])>); 3] = [
+    // The reason wanted, and whether it may come from `h2`'s own limit.
+    type Want = Option<(Reason, &'static [bool])>;
+    let rows: [(Resetter, Want); 3] = [
         (
             Resetter::Attack { reset_after_ms: 20 },
             Some((Reason::ENHANCE_YOUR_CALM, &[false, true])),

@@ -6,8 +6,9 @@
 //!   preface and SETTINGS are all inside it. Missed: the connection is closed, nothing sent.
 //! - `server.idle_timeout`: no byte moving either way that long starts a graceful close.
 //! - `server.send_timeout`: a write to the client that makes no progress that long fails the
-//!   connection ([`WatchedIo`]), and a graceful close (idle, drain, GOAWAY) that has not ended
-//!   that long after it started is turned into a hard close.
+//!   connection ([`WatchedIo`]; HTTP/2 streams waiting for window have their own, in
+//!   [`super::h2`]), and a graceful close (idle, drain, GOAWAY) during which no byte moves that
+//!   long is turned into a hard close ([`drive`]).
 //!
 //! What it must never do: wait on a client without a deadline, or log anything the client sent.
 
@@ -444,14 +445,13 @@ fn watch_write<R>(
 ) -> Poll<io::Result<R>> {
     match res {
         Poll::Pending => {
-            let by = Instant::now() + send_timeout;
             let stall = match stall {
                 Some(stall) if *stalled => stall,
                 Some(stall) => {
-                    stall.as_mut().reset(by);
+                    stall.as_mut().reset(Instant::now() + send_timeout);
                     stall
                 }
-                None => stall.insert(Box::pin(tokio::time::sleep_until(by))),
+                None => stall.insert(Box::pin(tokio::time::sleep(send_timeout))),
             };
             *stalled = true;
             match stall.as_mut().poll(cx) {

@@ -194,12 +194,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Future for Connection<T
                             let (body, continue_wanted) = RecvBody::new(recv, &parts.headers);
                             let req = Request::from_parts(parts, ClientBody::H2(body));
                             let svc = this.service.clone();
-                            let stream = NewStream::new(svc.clone(), continue_wanted, reply);
                             // Boxed once: the stream's task holds a pointer, not the request
                             // state.
                             let handling =
                                 Box::pin(async move { svc.proxy.handle(req, &svc.info).await });
-                            tokio::spawn(stream.answering(handling));
+                            let svc = this.service.clone();
+                            tokio::spawn(Stream::new(svc, handling, continue_wanted, reply));
                         }
                         Some(Err(e)) => return Poll::Ready(Err(e)),
                         None => return Poll::Ready(Ok(())),
@@ -254,34 +254,20 @@ enum StreamState<F, B> {
     Done,
 }
 
-/// A stream before its answer is known.
-struct NewStream {
-    svc: Arc<Service>,
-    continue_wanted: Option<oneshot::Receiver<()>>,
-    reply: SendResponse<Bytes>,
-}
-
-impl NewStream {
+impl<F, B> Stream<F, B> {
     fn new(
         svc: Arc<Service>,
+        handling: Pin<Box<F>>,
         continue_wanted: Option<oneshot::Receiver<()>>,
         reply: SendResponse<Bytes>,
-    ) -> NewStream {
-        NewStream {
-            svc,
-            continue_wanted,
-            reply,
-        }
-    }
-
-    fn answering<F, B>(self, handling: Pin<Box<F>>) -> Stream<F, B> {
+    ) -> Self {
         Stream {
-            reply: self.reply,
+            reply,
             state: StreamState::Answering {
                 handling,
-                continue_wanted: self.continue_wanted,
+                continue_wanted,
             },
-            svc: self.svc,
+            svc,
             stall: None,
             stalled: false,
         }
@@ -415,15 +401,16 @@ impl Window<'_> {
     /// The stream waits for window: starts the deadline if it was not running; `true` once it
     /// has passed.
     fn waiting(&mut self, cx: &mut Context<'_>) -> bool {
-        let by = Instant::now() + self.send_timeout;
         let stall = match self.stall {
             Some(stall) if *self.stalled => stall,
             Some(stall) => {
-                stall.as_mut().reset(by);
+                stall.as_mut().reset(Instant::now() + self.send_timeout);
                 stall
             }
             // Made once per stream, and only for a stream that waits for its client.
-            None => self.stall.insert(Box::pin(tokio::time::sleep_until(by))),
+            None => self
+                .stall
+                .insert(Box::pin(tokio::time::sleep(self.send_timeout))),
         };
         *self.stalled = true;
         stall.as_mut().poll(cx).is_ready()
