@@ -54,13 +54,14 @@ const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 const MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// Streams a client may reset before their response has ended, at once, before it is sent
-/// GOAWAY with ENHANCE_YOUR_CALM (RFC 9113 §5.4.1) and the connection closes. A reset stream
-/// has cost an upstream exchange the client walked away from; resetting many in a row is rapid
-/// reset (CVE-2023-44487), with or without a delay. The budget refills at
+/// GOAWAY with ENHANCE_YOUR_CALM (RFC 9113 §5.4.1) and the connection closes: as many as it
+/// may have open at once ([`MAX_CONCURRENT_STREAMS`]). A reset stream has cost an upstream
+/// exchange the client walked away from; resetting many in a row is rapid reset
+/// (CVE-2023-44487), with or without a delay. The budget refills at
 /// [`RESET_REFILL_PER_SECOND`] (a token bucket, GCRA): a browser that cancels a few streams
 /// now and then, or every request of a page it navigates away from, never runs out; a client
 /// resetting streams as fast as it opens them runs out after about this many.
-pub const RESET_BURST: u32 = 200;
+pub const RESET_BURST: u32 = MAX_CONCURRENT_STREAMS;
 /// How fast the reset budget ([`RESET_BURST`]) refills, in streams per second.
 pub const RESET_REFILL_PER_SECOND: u32 = 10;
 
@@ -428,7 +429,9 @@ impl Window<'_> {
 ///
 /// As hyper does: the next frame is taken from the body only once the one before has been
 /// handed to `h2`, and a frame waits for at least one byte of window first. `h2` never sends
-/// past the window; what it holds for one stream is at most that one frame.
+/// past the window. Unlike hyper, a body frame is handed over in pieces of at most one HTTP/2
+/// frame (16 KiB), each after window for the one before: what `h2` holds for one stream is at
+/// most one piece, and window coming for the stream means the client took the piece before.
 fn poll_pipe<B>(
     body: &mut B,
     send: &mut SendStream<Bytes>,
@@ -465,7 +468,17 @@ where
                 }
             }
             window.progressed();
-            if let Some((data, _)) = waiting.take() {
+            if let Some((mut data, _)) = waiting.take() {
+                if data.len() > MAX_FRAME_SIZE as usize {
+                    // One frame at a time: the next piece gets window only once this one has
+                    // been sent, so window given to the stream is the client taking bytes,
+                    // which is what the send deadline waits for.
+                    let piece = data.split_to(MAX_FRAME_SIZE as usize);
+                    send.send_data(piece, false)?;
+                    send.reserve_capacity(1);
+                    *waiting = Some((data, last));
+                    continue;
+                }
                 send.send_data(data, last)?;
             }
             if last {
