@@ -306,11 +306,13 @@ async fn a_connection_that_sends_no_request_head_is_closed_at_the_header_read_ti
 // ---------------------------------------------------------------------------------------------
 // An upstream that streams large bodies and counts its open connections.
 
-/// Serves `/big?bytes=N` (N bytes in 64 KiB frames, Content-Length set) and anything else as a
-/// greeting; `open` counts the TCP connections not yet closed.
+/// Serves `/big?bytes=N` (N bytes in 64 KiB frames, Content-Length set), `/slow?ms=N` (20 bytes
+/// after N ms) and anything else as 20 bytes; `open` counts the TCP connections not yet closed.
 struct BigUpstream {
     addr: std::net::SocketAddr,
     open: Arc<AtomicUsize>,
+    /// Responses of `/big` being sent (their body not yet ended or dropped).
+    streaming: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -320,10 +322,28 @@ impl Drop for BigUpstream {
     }
 }
 
-/// `left` bytes of one repeated chunk.
+/// `left` bytes of one repeated chunk; counted in `streaming` until dropped.
 struct Repeat {
     chunk: Bytes,
     left: u64,
+    streaming: Arc<AtomicUsize>,
+}
+
+impl Repeat {
+    fn new(chunk: Bytes, left: u64, streaming: Arc<AtomicUsize>) -> Repeat {
+        streaming.fetch_add(1, Ordering::SeqCst);
+        Repeat {
+            chunk,
+            left,
+            streaming,
+        }
+    }
+}
+
+impl Drop for Repeat {
+    fn drop(&mut self) {
+        self.streaming.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Body for Repeat {
@@ -357,6 +377,8 @@ impl BigUpstream {
         let addr = listener.local_addr().unwrap();
         let open = Arc::new(AtomicUsize::new(0));
         let counted = open.clone();
+        let streaming = Arc::new(AtomicUsize::new(0));
+        let sending = streaming.clone();
         let chunk = Bytes::from(pattern(64 * 1024));
         let task = tokio::spawn(async move {
             loop {
@@ -364,18 +386,21 @@ impl BigUpstream {
                     continue;
                 };
                 counted.fetch_add(1, Ordering::SeqCst);
-                let (open, chunk) = (counted.clone(), chunk.clone());
+                let (open, chunk, sending) = (counted.clone(), chunk.clone(), sending.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
-                        let chunk = chunk.clone();
+                        let (chunk, sending) = (chunk.clone(), sending.clone());
                         async move {
-                            let left = req
-                                .uri()
-                                .query()
-                                .and_then(|q| q.strip_prefix("bytes="))
-                                .and_then(|n| n.parse().ok())
-                                .unwrap_or(20);
-                            Ok::<_, Infallible>(Response::new(Repeat { chunk, left }))
+                            let query = |name: &str| -> Option<u64> {
+                                req.uri().query()?.strip_prefix(name)?.parse().ok()
+                            };
+                            if let Some(ms) = query("ms=") {
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                            }
+                            let left = query("bytes=").unwrap_or(20);
+                            let big = left > 1 << 20;
+                            let counter = if big { sending } else { Arc::default() };
+                            Ok::<_, Infallible>(Response::new(Repeat::new(chunk, left, counter)))
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -385,7 +410,12 @@ impl BigUpstream {
                 });
             }
         });
-        BigUpstream { addr, open, task }
+        BigUpstream {
+            addr,
+            open,
+            streaming,
+            task,
+        }
     }
 
     fn url(&self) -> String {
@@ -728,6 +758,19 @@ async fn a_draining_proxy_with_clients_that_never_finish_exits_by_the_send_timeo
         .write_all(format!("GET /big?bytes={BIG} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
         .await
         .unwrap();
+    // ...and one request per protocol whose answer the upstream takes 2.5 s to start: no byte
+    // moves meanwhile, but a drain waits for it.
+    let client = proxy.client();
+    let waiting: Vec<_> = BOTH
+        .into_iter()
+        .map(|proto| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let resp = client.get(proto, "/slow?ms=2500").await;
+                (proto, resp.status, resp.body.len())
+            })
+        })
+        .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let since = Instant::now();
     proxy.signal("TERM");
@@ -746,9 +789,9 @@ async fn a_draining_proxy_with_clients_that_never_finish_exits_by_the_send_timeo
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     eprintln!("slow reader read {slow_read} bytes during the drain");
-    // Still served: its upstream connection is open (the other client's is long gone).
+    // Still served: its upstream response is still streaming (the other client's is long gone).
     assert_eq!(
-        upstream.open.load(Ordering::SeqCst),
+        upstream.streaming.load(Ordering::SeqCst),
         1,
         "the slow reader was cut"
     );
@@ -759,6 +802,14 @@ async fn a_draining_proxy_with_clients_that_never_finish_exits_by_the_send_timeo
     });
     let (status, _proxy) = exited.await.unwrap();
     let took = since.elapsed();
+    for task in waiting {
+        let (proto, status, len) = task.await.unwrap();
+        assert_eq!(
+            (status.as_u16(), len),
+            (200, 20),
+            "{proto:?}: the drain cut it"
+        );
+    }
     eprintln!("drained in {took:?}");
     assert!(status.success(), "{status:?}");
     assert!(

@@ -8,7 +8,7 @@
 //! - `server.send_timeout`: a write to the client that makes no progress that long fails the
 //!   connection ([`WatchedIo`]; HTTP/2 streams waiting for window have their own, in
 //!   [`super::h2`]), and a graceful close (idle, drain, GOAWAY) during which no byte moves that
-//!   long is turned into a hard close ([`drive`]).
+//!   long, with no request waiting for its upstream, is turned into a hard close ([`drive`]).
 //!
 //! What it must never do: wait on a client without a deadline, or log anything the client sent.
 
@@ -18,7 +18,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -171,6 +171,7 @@ async fn serve_h2<T>(
     let deadlines = Deadlines {
         first_head_by,
         requested: &|conn: &h2::Connection<_>| conn.has_accepted_stream(),
+        busy: &|conn: &h2::Connection<_>| conn.has_open_streams(),
     };
     // HTTP/2 refuses malformed requests per stream (RFC 9113 §8.1.1); a connection error has
     // no request to record.
@@ -202,18 +203,21 @@ async fn serve_http<T>(
     let service = service_fn(move |req| {
         // A head has been read: the first-request deadline is met.
         seen.requested.store(true, Ordering::Relaxed);
+        let answering = Answering::new(seen.clone());
         let proxy = proxy.clone();
         let info = info.clone();
         // Boxed once here: hyper moves the service future about, and a pointer moves cheaper
         // than the whole request state.
-        Box::pin(
-            async move { Ok::<_, Infallible>(proxy.handle(req.map(ClientBody::H1), &info).await) },
-        )
+        Box::pin(async move {
+            let _answering = answering;
+            Ok::<_, Infallible>(proxy.handle(req.map(ClientBody::H1), &info).await)
+        })
     });
     let conn = shared.h1_only.serve_connection_with_upgrades(io, service);
     let deadlines = Deadlines {
         first_head_by,
         requested: &|_: &_| activity.requested.load(Ordering::Relaxed),
+        busy: &|_: &_| activity.answering.load(Ordering::Relaxed) > 0,
     };
     let ended = drive(
         conn,
@@ -235,6 +239,26 @@ struct Activity {
     moved: AtomicBool,
     /// A request head has been read (HTTP/1.1; HTTP/2 asks its connection).
     requested: AtomicBool,
+    /// Requests waiting for their answer (HTTP/1.1).
+    answering: AtomicUsize,
+}
+
+/// Counts an HTTP/1.1 request in [`Activity::answering`] until its answer (the response head)
+/// is ready: while the upstream takes its time, a graceful close waits for it (up to
+/// `shutdown_grace` in a drain) though no byte moves. The response body is then the I/O's.
+struct Answering(Arc<Activity>);
+
+impl Answering {
+    fn new(activity: Arc<Activity>) -> Answering {
+        activity.answering.fetch_add(1, Ordering::Relaxed);
+        Answering(activity)
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.answering.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The deadline of a connection's first request head.
@@ -243,6 +267,9 @@ struct Deadlines<'a, C> {
     first_head_by: Instant,
     /// Whether a request head has been read.
     requested: &'a (dyn Fn(&C) -> bool + Sync),
+    /// Whether a request is waiting for the proxy (its upstream): a graceful close does not
+    /// cut it for moving no byte.
+    busy: &'a (dyn Fn(&C) -> bool + Sync),
 }
 
 /// Where a connection is in its life, for its one deadline timer.
@@ -263,10 +290,11 @@ enum Phase {
 
 /// Runs a connection to its end, closing it gracefully when the process drains or when no byte
 /// has moved either way for `idle_timeout`, and hard when its first request head is not in by
-/// `first_head_by` or a graceful close has moved no byte for `send_timeout` (so a client that
-/// never answers a GOAWAY's PING, or never closes its end, is let go after one to two
-/// `send_timeout`s, while a response still making progress during a drain may go on until
-/// `shutdown_grace`). Returns how the connection ended (a hard close is `Ok`).
+/// `first_head_by` or a graceful close has moved no byte for `send_timeout` with no request
+/// waiting for its upstream (so a client that never answers a GOAWAY's PING, or never closes its
+/// end, is let go after one to two `send_timeout`s, while a response still making progress, or
+/// still being prepared upstream, during a drain may go on until `shutdown_grace`). Returns how
+/// the connection ended (a hard close is `Ok`).
 async fn drive<C, E>(
     conn: C,
     graceful_shutdown: impl Fn(Pin<&mut C>),
@@ -339,7 +367,7 @@ where
                     continue;
                 }
                 if phase == (Phase::Closing { extends: true })
-                    && activity.moved.swap(false, Ordering::Relaxed)
+                    && (activity.moved.swap(false, Ordering::Relaxed) || (deadlines.busy)(&conn))
                 {
                     deadline.as_mut().reset(Instant::now() + shared.send_timeout);
                     continue;

@@ -21,7 +21,7 @@ use std::future::Future;
 use std::io;
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -92,6 +92,8 @@ struct Service {
     resets: OnceLock<governor::DefaultDirectRateLimiter>,
     /// The reset budget ran out: the connection sends GOAWAY (ENHANCE_YOUR_CALM).
     calm_down: AtomicBool,
+    /// Streams whose task is still running (answering or sending).
+    open_streams: AtomicUsize,
 }
 
 impl Service {
@@ -144,6 +146,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 send_timeout,
                 resets: OnceLock::new(),
                 calm_down: AtomicBool::new(false),
+                open_streams: AtomicUsize::new(0),
             }),
             close_pending: false,
             accepted: false,
@@ -154,6 +157,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     /// Whether a request (a stream's header block) has been accepted on this connection.
     pub fn has_accepted_stream(&self) -> bool {
         self.accepted
+    }
+
+    /// Whether a stream is still being answered or sent.
+    pub fn has_open_streams(&self) -> bool {
+        self.service.open_streams.load(Ordering::Relaxed) > 0
     }
 
     /// Sends GOAWAY: streams already open finish, no new one is accepted, and the connection
@@ -262,6 +270,7 @@ impl<F, B> Stream<F, B> {
         continue_wanted: Option<oneshot::Receiver<()>>,
         reply: SendResponse<Bytes>,
     ) -> Self {
+        svc.open_streams.fetch_add(1, Ordering::Relaxed);
         Stream {
             reply,
             state: StreamState::Answering {
@@ -272,6 +281,12 @@ impl<F, B> Stream<F, B> {
             stall: None,
             stalled: false,
         }
+    }
+}
+
+impl<F, B> Drop for Stream<F, B> {
+    fn drop(&mut self) {
+        self.svc.open_streams.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
