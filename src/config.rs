@@ -103,6 +103,11 @@ pub struct Server {
     pub header_read_timeout: Dur,
     /// A connection with no bytes moving for this long is closed.
     pub idle_timeout: Dur,
+    /// Writing to a client that takes no byte for this long gives up: the HTTP/2 stream is
+    /// reset (CANCEL), the HTTP/1.1 connection closed. Also the most a graceful close (GOAWAY,
+    /// the end of a keep-alive connection) waits for the client before the connection is
+    /// closed.
+    pub send_timeout: Dur,
     /// Largest request head accepted; larger gets 431.
     pub max_header_bytes: usize,
     /// Most field lines a request head may have (RFC 9110 §5.2); more gets 431. Pseudo-header
@@ -136,6 +141,7 @@ impl Default for Server {
             hosts: vec!["localhost".into()],
             header_read_timeout: Dur::secs(10),
             idle_timeout: Dur::secs(60),
+            send_timeout: Dur::secs(30),
             max_header_bytes: 16384,
             max_header_fields: 100,
             max_body_bytes: 10 * 1024 * 1024,
@@ -456,6 +462,7 @@ impl Config {
             ("server.header_read_timeout", s.header_read_timeout),
             ("server.idle_timeout", s.idle_timeout),
             ("server.body_read_timeout", s.body_read_timeout),
+            ("server.send_timeout", s.send_timeout),
             ("upstream.connect_timeout", self.upstream.connect_timeout),
             ("upstream.request_timeout", self.upstream.request_timeout),
             ("upstream.idle_timeout", self.upstream.idle_timeout),
@@ -725,6 +732,7 @@ mod tests {
         assert_eq!(c.server.listen.to_string(), "0.0.0.0:8443");
         assert_eq!(c.server.max_header_bytes, 16384);
         assert_eq!(c.server.max_header_fields, 100);
+        assert_eq!(c.server.send_timeout.0, Duration::from_secs(30));
         assert_eq!(c.upstream.request_timeout.0, Duration::from_secs(30));
         assert_eq!(c.upstream.idle_timeout.0, Duration::from_secs(4));
         assert_eq!(c.privacy.key_retention.0, Duration::from_secs(30 * 86400));
@@ -783,6 +791,7 @@ mod tests {
                 "upstream.forward_client_ip",
             ),
             ("[upstream]\nidle_timeout = \"0s\"", "upstream.idle_timeout"),
+            ("[server]\nsend_timeout = \"0s\"", "server.send_timeout"),
             (
                 "[server]\nbody_read_timeout = \"0s\"",
                 "server.body_read_timeout",

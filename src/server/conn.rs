@@ -1,5 +1,16 @@
 //! Serving one accepted connection: TLS handshake, HTTP/1.1 (hyper) or HTTP/2 ([`super::h2`]),
-//! idle timeout, drain.
+//! and the connection's deadlines:
+//!
+//! - `server.header_read_timeout`, from the moment the connection is accepted to its first
+//!   request head: the TLS handshake, the protocol choice (ALPN, the h2c preface), the HTTP/2
+//!   preface and SETTINGS are all inside it. Missed: the connection is closed, nothing sent.
+//! - `server.idle_timeout`: no byte moving either way that long starts a graceful close.
+//! - `server.send_timeout`: a write to the client that makes no progress that long fails the
+//!   connection ([`WatchedIo`]; HTTP/2 streams waiting for window have their own, in
+//!   [`super::h2`]), and a graceful close (idle, drain, GOAWAY) during which no byte moves that
+//!   long, with no request waiting for its upstream, is turned into a hard close ([`drive`]).
+//!
+//! What it must never do: wait on a client without a deadline, or log anything the client sent.
 
 use std::convert::Infallible;
 use std::fmt::Display;
@@ -7,7 +18,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,6 +28,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
 use super::h2;
@@ -35,8 +47,9 @@ pub struct ConnShared {
     h1_only: auto::Builder<TokioExecutor>,
     /// HTTP/2, after ALPN h2 or the h2c preface.
     h2: h2::Settings,
-    handshake_timeout: Duration,
+    header_read_timeout: Duration,
     idle_timeout: Duration,
+    send_timeout: Duration,
     /// Flips to `true` when the process starts draining.
     pub shutdown: watch::Receiver<bool>,
     /// Never sent on: the drain waits until every holder of this `ConnShared` (each
@@ -67,8 +80,9 @@ impl ConnShared {
             proxy,
             h1_only,
             h2: h2::settings(u32::try_from(head_cap).unwrap_or(u32::MAX)),
-            handshake_timeout: cfg.header_read_timeout.0,
+            header_read_timeout: cfg.header_read_timeout.0,
             idle_timeout: cfg.idle_timeout.0,
+            send_timeout: cfg.send_timeout.0,
             shutdown,
             _tracker: tracker,
         }
@@ -88,16 +102,18 @@ pub fn protocol_head_cap(max_header_bytes: usize) -> usize {
     max_header_bytes.saturating_mul(4).max(64 * 1024)
 }
 
-/// Completes the TLS handshake (bounded by `header_read_timeout`) and serves the connection.
+/// Completes the TLS handshake and serves the connection; the handshake and the first request
+/// head must both be done within `header_read_timeout` of now.
 pub async fn serve_tls(
     tcp: TcpStream,
     peer: ClientAddr,
     acceptor: TlsAcceptor,
     shared: Arc<ConnShared>,
 ) {
+    let first_head_by = Instant::now() + shared.header_read_timeout;
     let metrics = &shared.proxy.sinks.metrics;
     let _open = OpenConnection::new(metrics);
-    let stream = match tokio::time::timeout(shared.handshake_timeout, acceptor.accept(tcp)).await {
+    let stream = match tokio::time::timeout_at(first_head_by, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             metrics.tls_handshake_error();
@@ -117,79 +133,178 @@ pub async fn serve_tls(
     // Over TLS, HTTP/2 is spoken only after ALPN h2 (RFC 9113 §3.2): anything else is
     // HTTP/1.1, with no need to sniff for a preface.
     if alpn == Some(b"h2") {
-        serve_h2(stream, peer, true, &shared).await;
+        serve_h2(stream, peer, true, first_head_by, &shared).await;
     } else {
-        serve_http(stream, peer, true, &shared.h1_only, &shared).await;
+        serve_http(stream, peer, true, first_head_by, &shared).await;
     }
 }
 
 /// Serves a cleartext connection: h2c when it opens with the HTTP/2 preface (prior knowledge,
-/// RFC 9113 §3.3), HTTP/1.1 otherwise.
+/// RFC 9113 §3.3), HTTP/1.1 otherwise. The first request head is due within
+/// `header_read_timeout` of now, the preface included.
 pub async fn serve_plain(tcp: TcpStream, peer: ClientAddr, shared: Arc<ConnShared>) {
+    let first_head_by = Instant::now() + shared.header_read_timeout;
     let _open = OpenConnection::new(&shared.proxy.sinks.metrics);
-    let sniffed = tokio::time::timeout(shared.handshake_timeout, h2::sniff_preface(tcp)).await;
+    let sniffed = tokio::time::timeout_at(first_head_by, h2::sniff_preface(tcp)).await;
     match sniffed {
-        Ok(Ok((true, io))) => serve_h2(io, peer, false, &shared).await,
-        Ok(Ok((false, io))) => serve_http(io, peer, false, &shared.h1_only, &shared).await,
+        Ok(Ok((true, io))) => serve_h2(io, peer, false, first_head_by, &shared).await,
+        Ok(Ok((false, io))) => serve_http(io, peer, false, first_head_by, &shared).await,
         Ok(Err(e)) => tracing::debug!(error = %e, "reading the connection preface failed"),
         Err(_) => tracing::debug!("connection preface timed out"),
     }
 }
 
-async fn serve_h2<T>(io: T, peer: ClientAddr, tls: bool, shared: &Arc<ConnShared>)
-where
+async fn serve_h2<T>(
+    io: T,
+    peer: ClientAddr,
+    tls: bool,
+    first_head_by: Instant,
+    shared: &Arc<ConnShared>,
+) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(AtomicBool::new(false));
-    let io = IdleIo {
-        inner: io,
-        activity: activity.clone(),
-    };
+    let activity = Arc::new(Activity::default());
+    let io = WatchedIo::new(io, activity.clone(), shared.send_timeout);
     let info = ConnInfo::new(peer, tls);
-    let conn = h2::Connection::new(io, &shared.h2, shared.proxy.clone(), info);
+    let conn = h2::Connection::new(
+        io,
+        &shared.h2,
+        shared.proxy.clone(),
+        info,
+        shared.send_timeout,
+    );
+    let deadlines = Deadlines {
+        first_head_by,
+        requested: &|conn: &h2::Connection<_>| conn.has_accepted_stream(),
+        busy: &|conn: &h2::Connection<_>| conn.has_open_streams(),
+    };
     // HTTP/2 refuses malformed requests per stream (RFC 9113 §8.1.1); a connection error has
     // no request to record.
-    let _ = drive(conn, h2::Connection::graceful_shutdown, &activity, shared).await;
+    let _ = drive(
+        conn,
+        h2::Connection::graceful_shutdown,
+        deadlines,
+        &activity,
+        shared,
+    )
+    .await;
 }
 
 async fn serve_http<T>(
     io: T,
     peer: ClientAddr,
     tls: bool,
-    builder: &auto::Builder<TokioExecutor>,
+    first_head_by: Instant,
     shared: &Arc<ConnShared>,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(AtomicBool::new(false));
-    let io = TokioIo::new(IdleIo {
-        inner: io,
-        activity: activity.clone(),
-    });
+    let activity = Arc::new(Activity::default());
+    let io = TokioIo::new(WatchedIo::new(io, activity.clone(), shared.send_timeout));
     let info = Arc::new(ConnInfo::new(peer, tls));
     let conn_info = info.clone();
     let proxy = shared.proxy.clone();
+    let seen = activity.clone();
     let service = service_fn(move |req| {
+        // A head has been read: the first-request deadline is met.
+        seen.requested.store(true, Ordering::Relaxed);
+        let answering = Answering::new(seen.clone());
         let proxy = proxy.clone();
         let info = info.clone();
         // Boxed once here: hyper moves the service future about, and a pointer moves cheaper
         // than the whole request state.
-        Box::pin(
-            async move { Ok::<_, Infallible>(proxy.handle(req.map(ClientBody::H1), &info).await) },
-        )
+        Box::pin(async move {
+            let _answering = answering;
+            Ok::<_, Infallible>(proxy.handle(req.map(ClientBody::H1), &info).await)
+        })
     });
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    if let Err(e) = drive(conn, |conn| conn.graceful_shutdown(), &activity, shared).await {
+    let conn = shared.h1_only.serve_connection_with_upgrades(io, service);
+    let deadlines = Deadlines {
+        first_head_by,
+        requested: &|_: &_| activity.requested.load(Ordering::Relaxed),
+        busy: &|_: &_| activity.answering.load(Ordering::Relaxed) > 0,
+    };
+    let ended = drive(
+        conn,
+        |conn| conn.graceful_shutdown(),
+        deadlines,
+        &activity,
+        shared,
+    )
+    .await;
+    if let Err(e) = ended {
         record_unread_head(&*e, &shared.proxy, &conn_info);
     }
 }
 
+/// What a connection's I/O and its protocol tell [`drive`].
+#[derive(Default)]
+struct Activity {
+    /// A byte moved either way since the idle check last looked.
+    moved: AtomicBool,
+    /// A request head has been read (HTTP/1.1; HTTP/2 asks its connection).
+    requested: AtomicBool,
+    /// Requests waiting for their answer (HTTP/1.1).
+    answering: AtomicUsize,
+}
+
+/// Counts an HTTP/1.1 request in [`Activity::answering`] until its answer (the response head)
+/// is ready: while the upstream takes its time, a graceful close waits for it (up to
+/// `shutdown_grace` in a drain) though no byte moves. The response body is then the I/O's.
+struct Answering(Arc<Activity>);
+
+impl Answering {
+    fn new(activity: Arc<Activity>) -> Answering {
+        activity.answering.fetch_add(1, Ordering::Relaxed);
+        Answering(activity)
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.answering.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The deadline of a connection's first request head.
+struct Deadlines<'a, C> {
+    /// When the first request head must have been read (accept + `header_read_timeout`).
+    first_head_by: Instant,
+    /// Whether a request head has been read.
+    requested: &'a (dyn Fn(&C) -> bool + Sync),
+    /// Whether a request is waiting for the proxy (its upstream): a graceful close does not
+    /// cut it for moving no byte.
+    busy: &'a (dyn Fn(&C) -> bool + Sync),
+}
+
+/// Where a connection is in its life, for its one deadline timer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// No request head yet: closed at `first_head_by`.
+    FirstHead,
+    /// Serving: no deadline here (the idle check and the I/O's send deadline apply).
+    Serving,
+    /// A graceful close has started: closed hard once no byte has moved for `send_timeout`
+    /// (checked every `send_timeout`), or at `first_head_by` if it started before the first
+    /// head.
+    Closing {
+        /// Bytes moving push the deadline back (not before the first head).
+        extends: bool,
+    },
+}
+
 /// Runs a connection to its end, closing it gracefully when the process drains or when no byte
-/// has moved either way for `idle_timeout`. Returns how the connection ended.
+/// has moved either way for `idle_timeout`, and hard when its first request head is not in by
+/// `first_head_by` or a graceful close has moved no byte for `send_timeout` with no request
+/// waiting for its upstream (so a client that never answers a GOAWAY's PING, or never closes its
+/// end, is let go after one to two `send_timeout`s, while a response still making progress, or
+/// still being prepared upstream, during a drain may go on until `shutdown_grace`). Returns how
+/// the connection ended (a hard close is `Ok`).
 async fn drive<C, E>(
     conn: C,
     graceful_shutdown: impl Fn(Pin<&mut C>),
-    activity: &AtomicBool,
+    deadlines: Deadlines<'_, C>,
+    activity: &Activity,
     shared: &ConnShared,
 ) -> Result<(), E>
 where
@@ -204,9 +319,28 @@ where
     let mut tick = tokio::time::interval(shared.idle_timeout / 4);
     tick.tick().await;
     let mut quiet_ticks = 0u32;
-    let mut draining = *shutdown.borrow();
-    if draining {
-        graceful_shutdown(conn.as_mut());
+    // One timer for the connection's deadlines, one at a time: the first request head's, then
+    // (after a pause while serving) the graceful close's.
+    let deadline = tokio::time::sleep_until(deadlines.first_head_by);
+    tokio::pin!(deadline);
+    let mut phase = Phase::FirstHead;
+    let close_gracefully = |conn: Pin<&mut C>, deadline: Pin<&mut Sleep>, phase: &mut Phase| {
+        let before_first_head = *phase == Phase::FirstHead && !(deadlines.requested)(&conn);
+        graceful_shutdown(conn);
+        // Only what moves from now on shows the close making progress.
+        activity.moved.store(false, Ordering::Relaxed);
+        let by = Instant::now() + shared.send_timeout;
+        // A graceful close before the first head keeps the earlier deadline.
+        if !before_first_head || by < deadline.deadline() {
+            deadline.reset(by);
+        }
+        *phase = Phase::Closing {
+            extends: !before_first_head,
+        };
+    };
+    let closing = |phase: Phase| matches!(phase, Phase::Closing { .. });
+    if *shutdown.borrow() {
+        close_gracefully(conn.as_mut(), deadline.as_mut(), &mut phase);
     }
     loop {
         tokio::select! {
@@ -219,20 +353,37 @@ where
                 }
                 return res;
             }
-            _ = shutdown.changed(), if !draining => {
-                draining = true;
-                graceful_shutdown(conn.as_mut());
+            _ = shutdown.changed(), if !closing(phase) => {
+                close_gracefully(conn.as_mut(), deadline.as_mut(), &mut phase);
             }
-            _ = tick.tick(), if !draining => {
-                if activity.swap(false, Ordering::Relaxed) {
+            _ = tick.tick(), if !closing(phase) => {
+                if activity.moved.swap(false, Ordering::Relaxed) {
                     quiet_ticks = 0;
                 } else {
                     quiet_ticks += 1;
                     if quiet_ticks >= 4 {
-                        draining = true;
-                        graceful_shutdown(conn.as_mut());
+                        close_gracefully(conn.as_mut(), deadline.as_mut(), &mut phase);
                     }
                 }
+            }
+            () = deadline.as_mut(), if phase != Phase::Serving => {
+                if phase == Phase::FirstHead && (deadlines.requested)(&conn) {
+                    phase = Phase::Serving;
+                    continue;
+                }
+                if phase == (Phase::Closing { extends: true })
+                    && (activity.moved.swap(false, Ordering::Relaxed) || (deadlines.busy)(&conn))
+                {
+                    deadline.as_mut().reset(Instant::now() + shared.send_timeout);
+                    continue;
+                }
+                // Dropping the connection closes it, and drops every response body it was
+                // sending with the upstream connection behind it.
+                tracing::debug!(
+                    first_head = phase == Phase::FirstHead,
+                    "connection deadline passed: closing"
+                );
+                return Ok(());
             }
         }
     }
@@ -285,15 +436,76 @@ impl Drop for OpenConnection {
 }
 
 pin_project_lite::pin_project! {
-    /// A stream that notes whether any byte moved, for the idle timeout.
-    struct IdleIo<T> {
+    /// The client connection's I/O: notes whether any byte moved (the idle check) and fails a
+    /// write that makes no progress for `send_timeout` with [`io::ErrorKind::TimedOut`], which
+    /// ends the connection (HTTP/1.1: the response is cut short; HTTP/2: every stream with it).
+    ///
+    /// One timer per connection, made the first time a write waits (a client that keeps up
+    /// never has one) and reset when a write starts waiting after progress, never per byte or
+    /// per frame.
+    struct WatchedIo<T> {
         #[pin]
         inner: T,
-        activity: Arc<AtomicBool>,
+        activity: Arc<Activity>,
+        stall: Option<Pin<Box<Sleep>>>,
+        // `stall` runs: the last write, flush or shutdown did not complete.
+        stalled: bool,
+        send_timeout: Duration,
     }
 }
 
-impl<T: AsyncRead> AsyncRead for IdleIo<T> {
+impl<T> WatchedIo<T> {
+    fn new(inner: T, activity: Arc<Activity>, send_timeout: Duration) -> Self {
+        WatchedIo {
+            inner,
+            activity,
+            stall: None,
+            stalled: false,
+            send_timeout,
+        }
+    }
+}
+
+/// What a write (or flush, or shutdown) result means for the send deadline: progress disarms
+/// it, waiting arms it (once per stall), and waiting past it is an error.
+fn watch_write<R>(
+    res: Poll<io::Result<R>>,
+    progressed: impl Fn(&R) -> bool,
+    stall: &mut Option<Pin<Box<Sleep>>>,
+    stalled: &mut bool,
+    send_timeout: Duration,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<R>> {
+    match res {
+        Poll::Pending => {
+            let stall = match stall {
+                Some(stall) if *stalled => stall,
+                Some(stall) => {
+                    stall.as_mut().reset(Instant::now() + send_timeout);
+                    stall
+                }
+                None => stall.insert(Box::pin(tokio::time::sleep(send_timeout))),
+            };
+            *stalled = true;
+            match stall.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no progress writing to the client for server.send_timeout",
+                ))),
+                Poll::Pending => Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(r)) => {
+            if progressed(&r) {
+                *stalled = false;
+            }
+            Poll::Ready(Ok(r))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for WatchedIo<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -303,13 +515,13 @@ impl<T: AsyncRead> AsyncRead for IdleIo<T> {
         let before = buf.filled().len();
         let res = this.inner.poll_read(cx, buf);
         if buf.filled().len() != before {
-            this.activity.store(true, Ordering::Relaxed);
+            this.activity.moved.store(true, Ordering::Relaxed);
         }
         res
     }
 }
 
-impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
+impl<T: AsyncWrite> AsyncWrite for WatchedIo<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -318,9 +530,16 @@ impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
         let this = self.project();
         let res = this.inner.poll_write(cx, buf);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.store(true, Ordering::Relaxed);
+            this.activity.moved.store(true, Ordering::Relaxed);
         }
-        res
+        watch_write(
+            res,
+            |&n| n > 0,
+            this.stall,
+            this.stalled,
+            *this.send_timeout,
+            cx,
+        )
     }
 
     fn poll_write_vectored(
@@ -331,9 +550,16 @@ impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
         let this = self.project();
         let res = this.inner.poll_write_vectored(cx, bufs);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.store(true, Ordering::Relaxed);
+            this.activity.moved.store(true, Ordering::Relaxed);
         }
-        res
+        watch_write(
+            res,
+            |&n| n > 0,
+            this.stall,
+            this.stalled,
+            *this.send_timeout,
+            cx,
+        )
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -341,10 +567,28 @@ impl<T: AsyncWrite> AsyncWrite for IdleIo<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
+        let this = self.project();
+        let res = this.inner.poll_flush(cx);
+        watch_write(
+            res,
+            |_| true,
+            this.stall,
+            this.stalled,
+            *this.send_timeout,
+            cx,
+        )
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
+        let this = self.project();
+        let res = this.inner.poll_shutdown(cx);
+        watch_write(
+            res,
+            |_| true,
+            this.stall,
+            this.stalled,
+            *this.send_timeout,
+            cx,
+        )
     }
 }

@@ -9,15 +9,22 @@
 //! body is read — as hyper's HTTP/1.1 server does — never when the answer needs no body (413,
 //! 417, 429). HTTP/1.1 stays with hyper ([`super::conn`]).
 //!
+//! Two defences live here. A stream whose response makes no progress for `server.send_timeout`
+//! because the client's flow-control window stays shut is reset with CANCEL ([`Stream`]), and a
+//! client that resets more streams than its budget ([`RESET_BURST`], [`RESET_REFILL_PER_SECOND`])
+//! is sent GOAWAY with ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487, with a delay or not).
+//!
 //! What it must never do: log a request value (headers, body), buffer a body, or keep working
 //! for a stream its client has reset.
 
 use std::future::Future;
 use std::io;
+use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use h2::server::{Builder, Handshake, SendResponse};
@@ -27,6 +34,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
 
 use crate::proxy::body::ClientBody;
 use crate::proxy::{ConnInfo, Proxy, expect};
@@ -44,6 +52,18 @@ const MAX_SEND_BUFFER: usize = 400 * 1024;
 const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// Streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
 const MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// Streams a client may reset before their response has ended, at once, before it is sent
+/// GOAWAY with ENHANCE_YOUR_CALM (RFC 9113 §5.4.1) and the connection closes: as many as it
+/// may have open at once ([`MAX_CONCURRENT_STREAMS`]). A reset stream has cost an upstream
+/// exchange the client walked away from; resetting many in a row is rapid reset
+/// (CVE-2023-44487), with or without a delay. The budget refills at
+/// [`RESET_REFILL_PER_SECOND`] (a token bucket, GCRA): a browser that cancels a few streams
+/// now and then, or every request of a page it navigates away from, never runs out; a client
+/// resetting streams as fast as it opens them runs out after about this many.
+pub const RESET_BURST: u32 = MAX_CONCURRENT_STREAMS;
+/// How fast the reset budget ([`RESET_BURST`]) refills, in streams per second.
+pub const RESET_REFILL_PER_SECOND: u32 = 10;
 
 /// The settings every HTTP/2 connection is served with (an `h2` server builder).
 pub type Settings = Builder;
@@ -68,6 +88,28 @@ pub fn settings(max_header_list_size: u32) -> Settings {
 struct Service {
     proxy: Arc<Proxy>,
     info: ConnInfo,
+    /// `server.send_timeout`.
+    send_timeout: Duration,
+    /// The client's reset budget, made on its first reset: most connections never need it.
+    resets: OnceLock<governor::DefaultDirectRateLimiter>,
+    /// The reset budget ran out: the connection sends GOAWAY (ENHANCE_YOUR_CALM).
+    calm_down: AtomicBool,
+    /// Streams whose task is still running (answering or sending).
+    open_streams: AtomicUsize,
+}
+
+impl Service {
+    /// Counts a stream the client reset before its response ended against the budget.
+    fn client_reset(&self) {
+        let budget = self.resets.get_or_init(|| {
+            let burst = NonZeroU32::new(RESET_BURST).unwrap_or(NonZeroU32::MIN);
+            let rate = NonZeroU32::new(RESET_REFILL_PER_SECOND).unwrap_or(NonZeroU32::MIN);
+            governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst))
+        });
+        if budget.check().is_err() && !self.calm_down.swap(true, Ordering::Relaxed) {
+            tracing::debug!("client reset more streams than its budget: GOAWAY");
+        }
+    }
 }
 
 enum State<T> {
@@ -82,16 +124,46 @@ pub struct Connection<T> {
     service: Arc<Service>,
     /// A graceful shutdown asked for before the handshake finished.
     close_pending: bool,
+    /// A request has been accepted.
+    accepted: bool,
+    /// GOAWAY (ENHANCE_YOUR_CALM) has been sent.
+    calmed: bool,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
     /// Starts the server side of the handshake on `io` (the client preface and SETTINGS).
-    pub fn new(io: T, settings: &Settings, proxy: Arc<Proxy>, info: ConnInfo) -> Connection<T> {
+    /// `send_timeout` is how long a stream's response may wait for the client's window.
+    pub fn new(
+        io: T,
+        settings: &Settings,
+        proxy: Arc<Proxy>,
+        info: ConnInfo,
+        send_timeout: Duration,
+    ) -> Connection<T> {
         Connection {
             state: State::Handshaking(settings.handshake(io)),
-            service: Arc::new(Service { proxy, info }),
+            service: Arc::new(Service {
+                proxy,
+                info,
+                send_timeout,
+                resets: OnceLock::new(),
+                calm_down: AtomicBool::new(false),
+                open_streams: AtomicUsize::new(0),
+            }),
             close_pending: false,
+            accepted: false,
+            calmed: false,
         }
+    }
+
+    /// Whether a request (a stream's header block) has been accepted on this connection.
+    pub fn has_accepted_stream(&self) -> bool {
+        self.accepted
+    }
+
+    /// Whether a stream is still being answered or sent.
+    pub fn has_open_streams(&self) -> bool {
+        self.service.open_streams.load(Ordering::Relaxed) > 0
     }
 
     /// Sends GOAWAY: streams already open finish, no new one is accepted, and the connection
@@ -119,20 +191,31 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Future for Connection<T
                     }
                     this.state = State::Serving(conn);
                 }
-                State::Serving(conn) => match ready!(conn.poll_accept(cx)) {
-                    Some(Ok((req, reply))) => {
-                        let (parts, recv) = req.into_parts();
-                        let (body, continue_wanted) = RecvBody::new(recv, &parts.headers);
-                        let req = Request::from_parts(parts, ClientBody::H2(body));
-                        let svc = this.service.clone();
-                        // Boxed once: the stream's task holds a pointer, not the request state.
-                        let handling =
-                            Box::pin(async move { svc.proxy.handle(req, &svc.info).await });
-                        tokio::spawn(Stream::new(handling, continue_wanted, reply));
+                State::Serving(conn) => {
+                    // Set by a stream task when the client's reset budget ran out; checked on
+                    // the frame after, which a client still resetting streams always sends.
+                    if !this.calmed && this.service.calm_down.load(Ordering::Relaxed) {
+                        this.calmed = true;
+                        conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                     }
-                    Some(Err(e)) => return Poll::Ready(Err(e)),
-                    None => return Poll::Ready(Ok(())),
-                },
+                    match ready!(conn.poll_accept(cx)) {
+                        Some(Ok((req, reply))) => {
+                            this.accepted = true;
+                            let (parts, recv) = req.into_parts();
+                            let (body, continue_wanted) = RecvBody::new(recv, &parts.headers);
+                            let req = Request::from_parts(parts, ClientBody::H2(body));
+                            let svc = this.service.clone();
+                            // Boxed once: the stream's task holds a pointer, not the request
+                            // state.
+                            let handling =
+                                Box::pin(async move { svc.proxy.handle(req, &svc.info).await });
+                            let svc = this.service.clone();
+                            tokio::spawn(Stream::new(svc, handling, continue_wanted, reply));
+                        }
+                        Some(Err(e)) => return Poll::Ready(Err(e)),
+                        None => return Poll::Ready(Ok(())),
+                    }
+                }
             }
         }
     }
@@ -143,12 +226,26 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Future for Connection<T
 /// response body is dropped (see [`crate::proxy::body::CapturedBody`]): once it has ended, or
 /// when the stream is reset or fails.
 ///
+/// A response waiting for the client's flow-control window (stream or connection) for
+/// `server.send_timeout` is given up: the stream is reset with CANCEL (RFC 9113 §7: the
+/// stream is no longer needed; no error of the server's, so not INTERNAL_ERROR), which drops
+/// the body and the upstream connection behind it. The timer is made the first time the stream
+/// waits for window and reset each time it waits again after progress, never per frame.
+///
+/// A stream the client resets before its response ended counts against the connection's reset
+/// budget ([`RESET_BURST`]).
+///
 /// Written out as a state machine, as hyper's `H2Stream` is, rather than as an `async fn`: the
 /// task then holds the boxed answer or the body being sent, never both, and spawning it or
 /// finishing it copies a few hundred bytes instead of kilobytes.
 struct Stream<F, B> {
     reply: SendResponse<Bytes>,
     state: StreamState<F, B>,
+    svc: Arc<Service>,
+    /// The send deadline, made when the stream first waits for window.
+    stall: Option<Pin<Box<Sleep>>>,
+    /// `stall` runs: the stream waits for window since it last sent.
+    stalled: bool,
 }
 
 enum StreamState<F, B> {
@@ -170,17 +267,28 @@ enum StreamState<F, B> {
 
 impl<F, B> Stream<F, B> {
     fn new(
+        svc: Arc<Service>,
         handling: Pin<Box<F>>,
         continue_wanted: Option<oneshot::Receiver<()>>,
         reply: SendResponse<Bytes>,
     ) -> Self {
+        svc.open_streams.fetch_add(1, Ordering::Relaxed);
         Stream {
             reply,
             state: StreamState::Answering {
                 handling,
                 continue_wanted,
             },
+            svc,
+            stall: None,
+            stalled: false,
         }
+    }
+}
+
+impl<F, B> Drop for Stream<F, B> {
+    fn drop(&mut self) {
+        self.svc.open_streams.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -219,7 +327,10 @@ where
                         // A client that resets the stream cancels the request: dropping
                         // `handling` drops the upstream exchange with it.
                         return match this.reply.poll_reset(cx) {
-                            Poll::Ready(_) => {
+                            Poll::Ready(reset) => {
+                                if reset.is_ok() {
+                                    this.svc.client_reset();
+                                }
                                 this.state = StreamState::Done;
                                 Poll::Ready(())
                             }
@@ -240,9 +351,15 @@ where
                     send,
                     waiting,
                 } => {
-                    let res = ready!(poll_pipe(body, send, waiting, cx));
-                    if let Err(e) = res {
-                        tracing::debug!(error = %e, "sending the response body failed");
+                    let mut window = Window {
+                        stall: &mut this.stall,
+                        stalled: &mut this.stalled,
+                        send_timeout: this.svc.send_timeout,
+                    };
+                    match ready!(poll_pipe(body, send, waiting, &mut window, cx)) {
+                        Ok(Sent::Ended) => {}
+                        Ok(Sent::ClientReset) => this.svc.client_reset(),
+                        Err(e) => tracing::debug!(error = %e, "sending the response body failed"),
                     }
                     // The body is dropped here: the request is recorded.
                     this.state = StreamState::Done;
@@ -283,42 +400,106 @@ fn respond<B: Body>(
     }
 }
 
+/// How a response body's sending ended.
+enum Sent {
+    /// The body ended, failed, or waited for window past `send_timeout` (the stream is reset).
+    Ended,
+    /// The client reset the stream first.
+    ClientReset,
+}
+
+/// A stream's send deadline: how long it may wait for the client's flow-control window.
+struct Window<'a> {
+    stall: &'a mut Option<Pin<Box<Sleep>>>,
+    stalled: &'a mut bool,
+    send_timeout: Duration,
+}
+
+impl Window<'_> {
+    /// The stream waits for window: starts the deadline if it was not running; `true` once it
+    /// has passed.
+    fn waiting(&mut self, cx: &mut Context<'_>) -> bool {
+        let stall = match self.stall {
+            Some(stall) if *self.stalled => stall,
+            Some(stall) => {
+                stall.as_mut().reset(Instant::now() + self.send_timeout);
+                stall
+            }
+            // Made once per stream, and only for a stream that waits for its client.
+            None => self
+                .stall
+                .insert(Box::pin(tokio::time::sleep(self.send_timeout))),
+        };
+        *self.stalled = true;
+        stall.as_mut().poll(cx).is_ready()
+    }
+
+    /// Window came: the deadline stops.
+    fn progressed(&mut self) {
+        *self.stalled = false;
+    }
+}
+
 /// Writes `body` to the stream as the client's flow-control window opens, until the body ends,
-/// fails (the stream is reset with INTERNAL_ERROR) or the client resets the stream.
+/// fails (the stream is reset with INTERNAL_ERROR), waits for window past `send_timeout` (the
+/// stream is reset with CANCEL) or the client resets the stream.
 ///
 /// As hyper does: the next frame is taken from the body only once the one before has been
 /// handed to `h2`, and a frame waits for at least one byte of window first. `h2` never sends
-/// past the window; what it holds for one stream is at most that one frame.
+/// past the window. Unlike hyper, a body frame is handed over in pieces of at most one HTTP/2
+/// frame (16 KiB), each after window for the one before: what `h2` holds for one stream is at
+/// most one piece, and window coming for the stream means the client took the piece before.
 fn poll_pipe<B>(
     body: &mut B,
     send: &mut SendStream<Bytes>,
     waiting: &mut Option<(Bytes, bool)>,
+    window: &mut Window<'_>,
     cx: &mut Context<'_>,
-) -> Poll<Result<(), h2::Error>>
+) -> Poll<Result<Sent, h2::Error>>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
     loop {
         if let Poll::Ready(reason) = send.poll_reset(cx) {
-            return Poll::Ready(
-                reason.map(|r| tracing::debug!(reason = ?r, "client reset the stream")),
-            );
+            return Poll::Ready(reason.map(|r| {
+                tracing::debug!(reason = ?r, "client reset the stream");
+                Sent::ClientReset
+            }));
         }
         if let Some((_, last)) = waiting {
             let last = *last;
             while send.capacity() == 0 {
-                match ready!(send.poll_capacity(cx)) {
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Poll::Ready(Err(e)),
-                    None => return Poll::Ready(Ok(())),
+                match send.poll_capacity(cx) {
+                    Poll::Ready(Some(Ok(_))) => {}
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                    Poll::Ready(None) => return Poll::Ready(Ok(Sent::Ended)),
+                    Poll::Pending => {
+                        if window.waiting(cx) {
+                            tracing::debug!("no window from the client for send_timeout");
+                            send.send_reset(Reason::CANCEL);
+                            return Poll::Ready(Ok(Sent::Ended));
+                        }
+                        return Poll::Pending;
+                    }
                 }
             }
-            if let Some((data, _)) = waiting.take() {
+            window.progressed();
+            if let Some((mut data, _)) = waiting.take() {
+                if data.len() > MAX_FRAME_SIZE as usize {
+                    // One frame at a time: the next piece gets window only once this one has
+                    // been sent, so window given to the stream is the client taking bytes,
+                    // which is what the send deadline waits for.
+                    let piece = data.split_to(MAX_FRAME_SIZE as usize);
+                    send.send_data(piece, false)?;
+                    send.reserve_capacity(1);
+                    *waiting = Some((data, last));
+                    continue;
+                }
                 send.send_data(data, last)?;
             }
             if last {
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(Ok(Sent::Ended));
             }
             continue;
         }
@@ -329,7 +510,7 @@ where
                     if data.is_empty() {
                         send.send_data(data, last)?;
                         if last {
-                            return Poll::Ready(Ok(()));
+                            return Poll::Ready(Ok(Sent::Ended));
                         }
                     } else {
                         // One byte claimed, not the frame's length: a claim on the connection
@@ -343,18 +524,18 @@ where
                     if let Ok(trailers) = frame.into_trailers() {
                         send.reserve_capacity(0);
                         send.send_trailers(trailers)?;
-                        return Poll::Ready(Ok(()));
+                        return Poll::Ready(Ok(Sent::Ended));
                     }
                 }
             },
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "response body failed");
                 send.send_reset(Reason::INTERNAL_ERROR);
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(Ok(Sent::Ended));
             }
             None => {
                 send.send_data(Bytes::new(), true)?;
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(Ok(Sent::Ended));
             }
         }
     }
