@@ -63,7 +63,6 @@ pub struct Proxy {
     ipv6_prefix: u8,
     max_body_bytes: u64,
     max_header_bytes: usize,
-    request_timeout: Duration,
     cookie_max_age: Duration,
     /// The capture phase's state (keys, country database, UA parser).
     pub capture: Capture,
@@ -82,14 +81,13 @@ impl Proxy {
         sinks: Arc<Sinks>,
     ) -> Proxy {
         Proxy {
-            upstreams: Upstreams::new(&config.upstream, sinks.metrics.upstream_retries()),
+            upstreams: Upstreams::new(&config.upstream, sinks.metrics.upstream_pool()),
             trusted: TrustedProxies::new(&config.client_ip.trusted_proxies),
             forward_client_ip: config.upstream.forward_client_ip,
             ipv4_prefix: config.privacy.ipv4_prefix,
             ipv6_prefix: config.privacy.ipv6_prefix,
             max_body_bytes: config.server.max_body_bytes,
             max_header_bytes: config.server.max_header_bytes,
-            request_timeout: config.upstream.request_timeout.0,
             cookie_max_age: config.privacy.cookie_max_age.0,
             capture,
             limiter: ArcSwapOption::from(limiter.map(Arc::new)),
@@ -270,33 +268,35 @@ impl Proxy {
         // send
         let metrics = &self.sinks.metrics;
         let sent = Instant::now();
-        let result = tokio::time::timeout(
-            self.request_timeout,
-            self.upstreams.send(&pick, upstream_req),
-        )
-        .await;
+        // `upstream.request_timeout` is applied by the pool, from the moment the request has
+        // a connection: time waiting in the queue is bounded by `upstream.queue_timeout`.
+        let result = self.upstreams.send(&pick, upstream_req).await;
         let (mut resp, lease) = match result {
-            Ok(Ok(exchange)) => {
+            Ok(exchange) => {
                 metrics.upstream_duration(sent.elapsed());
                 exchange
             }
-            Ok(Err(e)) if caused_by_body_limit(&e) => {
+            Err(e) if caused_by_body_limit(&e) => {
                 return local(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
             }
-            Ok(Err(e @ SendError::Connect(_))) => {
+            Err(e @ SendError::Connect(_)) => {
                 metrics.upstream_error(UpstreamError::Connect);
                 tracing::warn!(error = %ErrorChain(&e), "upstream connect failed");
                 return local(StatusCode::BAD_GATEWAY, "bad gateway\n");
             }
-            Ok(Err(e)) => {
+            Err(SendError::Timeout(timeout)) => {
+                metrics.upstream_error(UpstreamError::Timeout);
+                tracing::warn!(?timeout, "upstream timed out");
+                return local(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n");
+            }
+            // Load shedding, counted by the pool; not an upstream error.
+            Err(SendError::Queue(_)) => {
+                return local(StatusCode::SERVICE_UNAVAILABLE, "service unavailable\n");
+            }
+            Err(e) => {
                 metrics.upstream_error(UpstreamError::Protocol);
                 tracing::warn!(error = %ErrorChain(&e), "upstream request failed");
                 return local(StatusCode::BAD_GATEWAY, "bad gateway\n");
-            }
-            Err(_) => {
-                metrics.upstream_error(UpstreamError::Timeout);
-                tracing::warn!(timeout = ?self.request_timeout, "upstream timed out");
-                return local(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n");
             }
         };
 
@@ -311,9 +311,9 @@ impl Proxy {
                 Some(client_side) => tunnel(client_side, hyper::upgrade::on(&mut resp)),
                 None => return local(StatusCode::BAD_GATEWAY, "bad gateway\n"),
             }
-            return resp.map(|body| ResponseBody::Upstream { body, lease: None });
+            return resp.map(|body| ResponseBody::upstream(body, None));
         }
-        resp.map(|body| ResponseBody::Upstream { body, lease })
+        resp.map(|body| ResponseBody::upstream(body, lease))
     }
 
     /// `X-Forwarded-Host` (the request's own authority), `X-Forwarded-Proto` and the client
