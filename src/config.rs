@@ -747,12 +747,18 @@ mod tests {
                 "[upstream]\nidle_timeout = \"soon\"",
                 "upstream.idle_timeout",
             ),
-            ("[upstream]\nmax_connections = 0", "upstream.max_connections"),
+            (
+                "[upstream]\nmax_connections = 0",
+                "upstream.max_connections",
+            ),
             (
                 "[upstream]\nmax_connections = 65536",
                 "upstream.max_connections",
             ),
-            ("[upstream]\nmax_connections = -1", "upstream.max_connections"),
+            (
+                "[upstream]\nmax_connections = -1",
+                "upstream.max_connections",
+            ),
             (
                 "[upstream]\nmax_connections = \"many\"",
                 "upstream.max_connections",
@@ -765,7 +771,10 @@ mod tests {
                 "[upstream]\nmax_queued_requests = -1",
                 "upstream.max_queued_requests",
             ),
-            ("[upstream]\nqueue_timeout = \"0s\"", "upstream.queue_timeout"),
+            (
+                "[upstream]\nqueue_timeout = \"0s\"",
+                "upstream.queue_timeout",
+            ),
             (
                 "[upstream]\nqueue_timeout = \"later\"",
                 "upstream.queue_timeout",

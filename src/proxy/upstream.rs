@@ -79,10 +79,7 @@ type Sender = http1::SendRequest<RequestBody>;
 /// An exchange under way: hyper's future for the response head, boxed so that it can be moved
 /// to a task of its own when the client leaves.
 type Sending = Pin<
-    Box<
-        dyn Future<Output = Result<Response<Incoming>, TrySendError<Request<RequestBody>>>>
-            + Send,
-    >,
+    Box<dyn Future<Output = Result<Response<Incoming>, TrySendError<Request<RequestBody>>>> + Send>,
 >;
 
 /// The request side of one upstream connection.
@@ -611,17 +608,16 @@ impl Upstreams {
                 Acquire::Now(grant) => grant,
                 Acquire::Full => return Err(self.reject(QueueRejection::Full)),
                 Acquire::Wait(rx) => {
-                    let until = *queue_deadline.get_or_insert_with(|| {
-                        tokio::time::Instant::now() + self.queue_timeout
-                    });
+                    let until = *queue_deadline
+                        .get_or_insert_with(|| tokio::time::Instant::now() + self.queue_timeout);
                     match Waiting::new(peer, rx).until(until).await {
                         Ok(grant) => grant,
                         Err(reason) => return Err(self.reject(reason)),
                     }
                 }
             };
-            let deadline = *deadline
-                .get_or_insert_with(|| tokio::time::Instant::now() + self.request_timeout);
+            let deadline =
+                *deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.request_timeout);
             let attempt = self.send_to(peer, grant, req, deadline);
             match tokio::time::timeout_at(deadline, attempt).await {
                 Err(_) => return Err(SendError::Timeout(self.request_timeout)),
