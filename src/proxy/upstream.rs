@@ -940,13 +940,104 @@ mod tests {
     use http::Method;
 
     fn upstreams(n: usize) -> Upstreams {
+        limited(n, 1024, 1024)
+    }
+
+    /// `n` servers with `max_connections` and `max_queued_requests`.
+    fn limited(n: usize, max_connections: usize, max_queued_requests: usize) -> Upstreams {
         let cfg = config::Upstream {
             servers: (0..n)
                 .map(|i| format!("http://127.0.0.1:{}", 8080 + i).parse().unwrap())
                 .collect(),
+            max_connections,
+            max_queued_requests,
             ..Default::default()
         };
         Upstreams::new(&cfg, Metrics::new(&[]).upstream_pool())
+    }
+
+    fn slot(acquired: Acquire) -> Slot {
+        match acquired {
+            Acquire::Now(Grant::Slot(slot)) => slot,
+            Acquire::Now(Grant::Conn(_)) => panic!("a connection, not a place"),
+            Acquire::Wait(_) => panic!("waits"),
+            Acquire::Full => panic!("full"),
+        }
+    }
+
+    fn waiter(acquired: Acquire) -> oneshot::Receiver<Grant> {
+        match acquired {
+            Acquire::Wait(rx) => rx,
+            Acquire::Now(_) => panic!("granted at once"),
+            Acquire::Full => panic!("full"),
+        }
+    }
+
+    fn granted_slot(rx: &mut oneshot::Receiver<Grant>) -> Option<Slot> {
+        match rx.try_recv() {
+            Ok(Grant::Slot(slot)) => Some(slot),
+            Ok(Grant::Conn(_)) => panic!("a connection, not a place"),
+            Err(_) => None,
+        }
+    }
+
+    #[test]
+    fn places_are_given_up_to_the_cap_then_in_turn_to_the_waiters_and_the_rest_refused() {
+        let up = limited(1, 2, 2);
+        let peer = &up.peers[0];
+        let idle = Duration::from_secs(4);
+        let first = slot(peer.acquire(idle));
+        let second = slot(peer.acquire(idle));
+        assert_eq!(peer.room.load(Ordering::Relaxed), 0);
+        let mut w1 = waiter(peer.acquire(idle));
+        let mut w2 = waiter(peer.acquire(idle));
+        assert!(matches!(peer.acquire(idle), Acquire::Full));
+        assert_eq!(up.metrics.busy.get(), 2);
+        // A place freed goes to the oldest waiter, not to a newcomer.
+        drop(first);
+        let third = granted_slot(&mut w1).expect("the first waiter has the place");
+        assert!(granted_slot(&mut w2).is_none());
+        assert_eq!(peer.room.load(Ordering::Relaxed), 0);
+        // A waiter that leaves is swept when the queue is full, so its place serves another.
+        drop(w2);
+        let mut w3 = waiter(peer.acquire(idle));
+        let mut w4 = waiter(peer.acquire(idle));
+        assert!(matches!(peer.acquire(idle), Acquire::Full));
+        drop(second);
+        let fourth = granted_slot(&mut w3).expect("the oldest live waiter has the place");
+        drop(w4);
+        // With no waiter left, places free.
+        drop(third);
+        drop(fourth);
+        assert_eq!(peer.pool().open, 0);
+        assert_eq!(peer.room.load(Ordering::Relaxed), 2);
+        assert_eq!(up.metrics.busy.get(), 0);
+    }
+
+    #[test]
+    fn no_queue_refuses_at_once_at_the_cap() {
+        let up = limited(1, 1, 0);
+        let peer = &up.peers[0];
+        let held = slot(peer.acquire(Duration::from_secs(4)));
+        assert!(matches!(
+            peer.acquire(Duration::from_secs(4)),
+            Acquire::Full
+        ));
+        drop(held);
+        drop(slot(peer.acquire(Duration::from_secs(4))));
+    }
+
+    #[test]
+    fn round_robin_skips_a_server_at_its_cap_and_takes_turns_when_all_are() {
+        let up = limited(2, 1, 8);
+        let idle = Duration::from_secs(4);
+        let on_first = slot(up.peers[0].acquire(idle));
+        let picked: Vec<usize> = (0..4).map(|_| up.pick(None).index).collect();
+        assert_eq!(picked, [1, 1, 1, 1]);
+        let on_second = slot(up.peers[1].acquire(idle));
+        let picked: Vec<usize> = (0..4).map(|_| up.pick(None).index).collect();
+        assert_eq!(picked, [0, 1, 0, 1]);
+        drop((on_first, on_second));
     }
 
     #[test]
