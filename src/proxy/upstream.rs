@@ -380,10 +380,7 @@ struct InFlight<'a> {
 impl InFlight<'_> {
     /// The response head or the failure (`Some`), or `None` when the connection ended first
     /// (hyper#4122: see [`until_closed`]).
-    fn poll_head(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Response<Incoming>, TrySendError<Request<RequestBody>>>>> {
+    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Option<Head>> {
         let (Some(sending), Some(conn)) = (self.sending.as_mut(), self.conn.as_mut()) else {
             return Poll::Ready(None);
         };
@@ -1001,7 +998,7 @@ mod tests {
         // A waiter that leaves is swept when the queue is full, so its place serves another.
         drop(w2);
         let mut w3 = waiter(peer.acquire(idle));
-        let mut w4 = waiter(peer.acquire(idle));
+        let w4 = waiter(peer.acquire(idle));
         assert!(matches!(peer.acquire(idle), Acquire::Full));
         drop(second);
         let fourth = granted_slot(&mut w3).expect("the oldest live waiter has the place");
