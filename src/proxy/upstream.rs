@@ -76,11 +76,13 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Sender = http1::SendRequest<RequestBody>;
 
+/// What hyper's exchange ends in: the response head, or the failure (with the request when
+/// it went unsent).
+type Head = Result<Response<Incoming>, TrySendError<Request<RequestBody>>>;
+
 /// An exchange under way: hyper's future for the response head, boxed so that it can be moved
 /// to a task of its own when the client leaves.
-type Sending = Pin<
-    Box<dyn Future<Output = Result<Response<Incoming>, TrySendError<Request<RequestBody>>>> + Send>,
->;
+type Sending = Pin<Box<dyn Future<Output = Head> + Send>>;
 
 /// The request side of one upstream connection.
 struct Conn {
