@@ -334,10 +334,14 @@ impl Lease {
             self.peer.metrics.drained(Drained::Closed);
             return;
         }
-        tokio::spawn(async move {
-            let metrics = self.peer.metrics.clone();
-            metrics.drained(self.drain_now(body).await);
+        let peer = self.peer.clone();
+        let spawned = spawn_from_drop(async move {
+            let peer = self.peer.clone();
+            peer.metrics.drained(self.drain_now(body).await);
         });
+        if !spawned {
+            peer.metrics.drained(Drained::Closed);
+        }
     }
 
     async fn drain_now(self, mut body: Incoming) -> Drained {
@@ -404,8 +408,25 @@ impl Drop for InFlight<'_> {
             && tokio::time::Instant::now() < self.deadline
         {
             let peer = self.peer.clone();
-            tokio::spawn(finish_abandoned(sending, conn, peer, self.deadline));
+            if !spawn_from_drop(finish_abandoned(sending, conn, peer, self.deadline)) {
+                self.peer.metrics.drained(Drained::Closed);
+            }
         }
+    }
+}
+
+/// Spawns `task` on the current runtime; false (the task dropped) when there is none, as while
+/// the runtime itself shuts down.
+fn spawn_from_drop<F>(task: F) -> bool
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            drop(runtime.spawn(task));
+            true
+        }
+        Err(_) => false,
     }
 }
 
@@ -422,17 +443,15 @@ async fn finish_abandoned(
         Ok(Some(Ok(resp))) => {
             drop(sending);
             let body = resp.into_body();
-            let lease = Lease { conn, peer };
             if body.is_end_stream() {
-                let metrics = lease.peer.metrics.clone();
-                let kept = lease.peer.checkin(lease.conn);
-                metrics.drained(if kept {
+                let kept = peer.checkin(conn);
+                peer.metrics.drained(if kept {
                     Drained::Reused
                 } else {
                     Drained::Closed
                 });
             } else {
-                lease.drain(body);
+                Lease { conn, peer }.drain(body);
             }
         }
         _ => peer.metrics.drained(Drained::Closed),
