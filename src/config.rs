@@ -217,6 +217,14 @@ pub struct Upstream {
     pub idle_timeout: Dur,
     /// What `X-Forwarded-For` carries upstream.
     pub forward_client_ip: ForwardClientIp,
+    /// Connections per server, counting busy, idle and being opened (1 to 65535). A request
+    /// for a server at its cap goes to another server with room, or waits in the queue.
+    pub max_connections: usize,
+    /// Requests waiting per server for a connection when every server is at its cap (0 to
+    /// 1048576; 0 = none wait: such a request gets 503 at once).
+    pub max_queued_requests: usize,
+    /// Longest wait in the queue; then the request gets 503.
+    pub queue_timeout: Dur,
 }
 
 impl Default for Upstream {
@@ -227,6 +235,10 @@ impl Default for Upstream {
             request_timeout: Dur::secs(30),
             idle_timeout: Dur::secs(4),
             forward_client_ip: ForwardClientIp::Full,
+            // Envoy's circuit-breaker default.
+            max_connections: 1024,
+            max_queued_requests: 1024,
+            queue_timeout: Dur::secs(5),
         }
     }
 }
@@ -466,6 +478,7 @@ impl Config {
             ("upstream.connect_timeout", self.upstream.connect_timeout),
             ("upstream.request_timeout", self.upstream.request_timeout),
             ("upstream.idle_timeout", self.upstream.idle_timeout),
+            ("upstream.queue_timeout", self.upstream.queue_timeout),
             ("privacy.key_retention", self.privacy.key_retention),
             (
                 "privacy.timestamp_precision",
@@ -501,6 +514,22 @@ impl Config {
             return Err(ConfigError::invalid(
                 "upstream.servers",
                 "at least one upstream server is needed, e.g. [\"http://127.0.0.1:8080\"]",
+            ));
+        }
+        let u = &self.upstream;
+        if !(1..=65535).contains(&u.max_connections) {
+            return Err(ConfigError::invalid(
+                "upstream.max_connections",
+                format!("{} is out of range (1 to 65535)", u.max_connections),
+            ));
+        }
+        if u.max_queued_requests > 1 << 20 {
+            return Err(ConfigError::invalid(
+                "upstream.max_queued_requests",
+                format!(
+                    "{} is out of range (0 to 1048576; 0 = no queue)",
+                    u.max_queued_requests
+                ),
             ));
         }
         for (i, sni) in self.tls.sni.iter().enumerate() {
@@ -742,6 +771,9 @@ mod tests {
         assert_eq!(c.server.body_buffer_bytes(), 65536);
         let small = parse("[server]\nmax_body_bytes = 1000").unwrap();
         assert_eq!(small.server.body_buffer_bytes(), 1000);
+        assert_eq!(c.upstream.max_connections, 1024);
+        assert_eq!(c.upstream.max_queued_requests, 1024);
+        assert_eq!(c.upstream.queue_timeout.0, Duration::from_secs(5));
     }
 
     #[test]
@@ -812,10 +844,65 @@ mod tests {
                 "[upstream]\nidle_timeout = \"soon\"",
                 "upstream.idle_timeout",
             ),
+            (
+                "[upstream]\nmax_connections = 0",
+                "upstream.max_connections",
+            ),
+            (
+                "[upstream]\nmax_connections = 65536",
+                "upstream.max_connections",
+            ),
+            (
+                "[upstream]\nmax_connections = -1",
+                "upstream.max_connections",
+            ),
+            (
+                "[upstream]\nmax_connections = \"many\"",
+                "upstream.max_connections",
+            ),
+            (
+                "[upstream]\nmax_queued_requests = 1048577",
+                "upstream.max_queued_requests",
+            ),
+            (
+                "[upstream]\nmax_queued_requests = -1",
+                "upstream.max_queued_requests",
+            ),
+            (
+                "[upstream]\nqueue_timeout = \"0s\"",
+                "upstream.queue_timeout",
+            ),
+            (
+                "[upstream]\nqueue_timeout = \"later\"",
+                "upstream.queue_timeout",
+            ),
         ];
         for (text, key) in cases {
             let err = parse(text).expect_err(text).to_string();
             assert!(err.contains(&format!("`{key}")), "{text:?} gave {err:?}");
+        }
+    }
+
+    #[test]
+    fn the_upstream_limits_accept_their_whole_range() {
+        // (key = value, max_connections, max_queued_requests, queue_timeout)
+        let rows = [
+            ("max_connections = 1", 1, 1024, 5000),
+            ("max_connections = 65535", 65535, 1024, 5000),
+            ("max_queued_requests = 0", 1024, 0, 5000),
+            ("max_queued_requests = 1048576", 1024, 1 << 20, 5000),
+            ("queue_timeout = \"1ms\"", 1024, 1024, 1),
+            ("queue_timeout = \"2m\"", 1024, 1024, 120_000),
+        ];
+        for (line, conns, queued, timeout_ms) in rows {
+            let c = parse(&format!("[upstream]\n{line}")).expect(line);
+            assert_eq!(c.upstream.max_connections, conns, "{line}");
+            assert_eq!(c.upstream.max_queued_requests, queued, "{line}");
+            assert_eq!(
+                c.upstream.queue_timeout.0,
+                Duration::from_millis(timeout_ms),
+                "{line}"
+            );
         }
     }
 

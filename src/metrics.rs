@@ -110,6 +110,56 @@ impl UpstreamRetries {
     }
 }
 
+/// Why a request waiting for an upstream connection was answered 503 by the proxy itself (the
+/// `reason` label of `upstream_queue_rejections_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueRejection {
+    /// Its server was at `upstream.max_connections` and the queue held
+    /// `upstream.max_queued_requests` already.
+    Full,
+    /// It waited `upstream.queue_timeout` without a connection coming free.
+    Timeout,
+}
+
+/// What became of an upstream exchange whose client left before its response was read to the
+/// end (the `result` label of `upstream_drained_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// The response was read and thrown away; the connection went back to the pool.
+    Reused,
+    /// The response was too big or too slow; the connection was closed.
+    Closed,
+}
+
+/// The upstream pool's metrics, handed to the pool: retries, load shedding, abandoned
+/// exchanges, and the connection and queue gauges. Cloning shares the same series.
+#[derive(Clone)]
+pub struct UpstreamPool {
+    /// `upstream_retries_total`.
+    pub retries: UpstreamRetries,
+    queue_rejections: [IntCounter; 2],
+    drained: [IntCounter; 2],
+    /// `upstream_connections{state="idle"}`: pooled connections waiting for a request.
+    pub idle: IntGauge,
+    /// `upstream_connections{state="busy"}`: connections lent to a request, being opened, or
+    /// draining an abandoned response.
+    pub busy: IntGauge,
+    /// `upstream_queued_requests`: requests waiting for a connection.
+    pub queued: IntGauge,
+}
+
+impl UpstreamPool {
+    /// Counts one request answered 503 for `reason`.
+    pub fn queue_rejected(&self, reason: QueueRejection) {
+        self.queue_rejections[reason as usize].inc();
+    }
+
+    /// Counts one abandoned exchange by what became of its connection.
+    pub fn drained(&self, result: Drained) {
+        self.drained[result as usize].inc();
+    }
+}
+
 /// The process's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -130,7 +180,7 @@ pub struct Metrics {
     upstream_duration: Histogram,
     upstream_errors: [IntCounter; 3],
     client_errors: [IntCounter; 5],
-    upstream_retries: UpstreamRetries,
+    upstream_pool: UpstreamPool,
     tls_handshakes: [[IntCounter; 3]; 2],
     tls_handshake_errors: IntCounter,
     /// Open client connections, upgraded tunnels included.
@@ -329,6 +379,61 @@ impl Metrics {
             UpstreamRetries(["connect", "closed"].map(|r| retries_vec.with_label_values(&[r])));
         reg(Box::new(retries_vec));
 
+        // Load shedding by the proxy, kept apart from `upstream_errors_total`: a full queue says
+        // the upstream is slow or the cap low, not that an exchange failed.
+        let rejections_vec = IntCounterVec::new(
+            opts(
+                "upstream_queue_rejections_total",
+                "Requests answered 503 by the proxy because their upstream server was at \
+                 upstream.max_connections: the queue was full (full), or no connection came \
+                 free within upstream.queue_timeout (timeout).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let queue_rejections = ["full", "timeout"].map(|r| rejections_vec.with_label_values(&[r]));
+        reg(Box::new(rejections_vec));
+
+        let drained_vec = IntCounterVec::new(
+            opts(
+                "upstream_drained_total",
+                "Upstream exchanges whose client left before the response was read to its end: \
+                 the rest was read and thrown away and the connection reused (reused), or it \
+                 was too big or too slow and the connection was closed (closed).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let drained = ["reused", "closed"].map(|r| drained_vec.with_label_values(&[r]));
+        reg(Box::new(drained_vec));
+
+        let connections_vec = IntGaugeVec::new(
+            opts(
+                "upstream_connections",
+                "Upstream connections, all servers: idle in the pool (idle), or lent to a \
+                 request, being opened, or draining an abandoned response (busy).",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        let [idle, busy] = ["idle", "busy"].map(|s| connections_vec.with_label_values(&[s]));
+        reg(Box::new(connections_vec));
+
+        let queued = IntGauge::with_opts(opts(
+            "upstream_queued_requests",
+            "Requests waiting for an upstream connection (all servers).",
+        ))
+        .expect("valid metric");
+        reg(Box::new(queued.clone()));
+        let upstream_pool = UpstreamPool {
+            retries: upstream_retries,
+            queue_rejections,
+            drained,
+            idle,
+            busy,
+            queued,
+        };
+
         let hs_vec = IntCounterVec::new(
             opts(
                 "tls_handshakes_total",
@@ -403,7 +508,7 @@ impl Metrics {
             upstream_duration,
             upstream_errors,
             client_errors,
-            upstream_retries,
+            upstream_pool,
             tls_handshakes,
             tls_handshake_errors,
             connections_open,
@@ -487,9 +592,9 @@ impl Metrics {
         self.client_errors[kind as usize].inc();
     }
 
-    /// The `upstream_retries_total` counters, for the upstream pool.
-    pub fn upstream_retries(&self) -> UpstreamRetries {
-        self.upstream_retries.clone()
+    /// The upstream pool's metrics, for the pool.
+    pub fn upstream_pool(&self) -> UpstreamPool {
+        self.upstream_pool.clone()
     }
 
     /// Counts a completed handshake.

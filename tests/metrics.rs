@@ -49,6 +49,10 @@ async fn every_spec_metric_is_exported_and_promtool_accepts_it() {
         "upstream_errors_total",
         "client_errors_total",
         "upstream_retries_total",
+        "upstream_queue_rejections_total",
+        "upstream_drained_total",
+        "upstream_connections",
+        "upstream_queued_requests",
         "tls_handshakes_total",
         "tls_handshake_errors_total",
         "connections_open",
@@ -123,7 +127,7 @@ fn promtool_accepts_the_alert_rules() {
         String::from_utf8_lossy(&out.stdout)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("SUCCESS: 7 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 8 rules found"), "{text}");
 }
 
 #[test]

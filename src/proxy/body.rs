@@ -467,9 +467,10 @@ impl Body for RequestBody {
 pub enum ResponseBody {
     /// Streamed from the upstream.
     Upstream {
-        /// The upstream's body.
-        body: Incoming,
-        /// Its connection, back to the pool once the body has been read to the end.
+        /// The upstream's body; `None` once handed to [`Lease::drain`].
+        body: Option<Incoming>,
+        /// Its connection, back to the pool once the body has been read to the end (or, if
+        /// the client leaves first, drained: [`Lease::drain`]).
         lease: Option<Lease>,
     },
     /// Written by the proxy (errors, admin pages).
@@ -480,6 +481,14 @@ pub enum ResponseBody {
 }
 
 impl ResponseBody {
+    /// The upstream's body, with the lease on its connection.
+    pub fn upstream(body: Incoming, lease: Option<Lease>) -> ResponseBody {
+        ResponseBody::Upstream {
+            body: Some(body),
+            lease,
+        }
+    }
+
     /// A body the proxy wrote itself.
     pub fn local(bytes: impl Into<Bytes>) -> ResponseBody {
         ResponseBody::Local {
@@ -501,9 +510,14 @@ impl Drop for ResponseBody {
     fn drop(&mut self) {
         if let ResponseBody::Upstream { body, lease } = self
             && let Some(lease) = lease.take()
-            && body.is_end_stream()
+            && let Some(body) = body.take()
         {
-            lease.release();
+            if body.is_end_stream() {
+                lease.release();
+            } else {
+                // The client left before the end: the rest may be cheap to read.
+                lease.drain(body);
+            }
         }
     }
 }
@@ -518,16 +532,24 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ResponseBody::Upstream { body, lease } => {
+                let Some(body) = body else {
+                    return Poll::Ready(None);
+                };
                 let res = Pin::new(&mut *body).poll_frame(cx);
                 // The connection goes back as soon as the body is known to be over: with its
                 // last frame when the length was known, or when a chunked body ends by ending.
                 // Before the client has the last byte, so its next request finds it pooled.
-                let over = match &res {
-                    Poll::Ready(None) => true,
-                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
-                    _ => false,
-                };
-                if over && let Some(lease) = lease.take() {
+                match &res {
+                    Poll::Ready(None) => {}
+                    Poll::Ready(Some(Ok(_))) if body.is_end_stream() => {}
+                    Poll::Ready(Some(Err(_))) => {
+                        // A broken connection is closed, not drained.
+                        *lease = None;
+                        return res;
+                    }
+                    _ => return res,
+                }
+                if let Some(lease) = lease.take() {
                     lease.release();
                 }
                 res
@@ -542,14 +564,16 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::Upstream { body, .. } => body.is_end_stream(),
+            ResponseBody::Upstream { body, .. } => body.as_ref().is_none_or(|b| b.is_end_stream()),
             ResponseBody::Local { body } => body.as_ref().is_none_or(|b| b.is_empty()),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Upstream { body, .. } => body.size_hint(),
+            ResponseBody::Upstream { body, .. } => body
+                .as_ref()
+                .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint()),
             ResponseBody::Local { body } => {
                 SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
             }

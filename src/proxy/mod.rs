@@ -76,7 +76,6 @@ pub struct Proxy {
     body_buffer_bytes: u64,
     max_header_bytes: usize,
     max_header_fields: usize,
-    request_timeout: Duration,
     cookie_max_age: Duration,
     tunnels: tunnel::Tunnels,
     /// The capture phase's state (keys, country database, UA parser).
@@ -96,7 +95,7 @@ impl Proxy {
         sinks: Arc<Sinks>,
     ) -> Proxy {
         Proxy {
-            upstreams: Upstreams::new(&config.upstream, sinks.metrics.upstream_retries()),
+            upstreams: Upstreams::new(&config.upstream, sinks.metrics.upstream_pool()),
             trusted: TrustedProxies::new(&config.client_ip.trusted_proxies),
             forward_client_ip: config.upstream.forward_client_ip,
             ipv4_prefix: config.privacy.ipv4_prefix,
@@ -106,7 +105,6 @@ impl Proxy {
             body_buffer_bytes: config.server.body_buffer_bytes(),
             max_header_bytes: config.server.max_header_bytes,
             max_header_fields: config.server.max_header_fields,
-            request_timeout: config.upstream.request_timeout.0,
             cookie_max_age: config.privacy.cookie_max_age.0,
             tunnels: tunnel::Tunnels::new(
                 config.server.idle_timeout.0,
@@ -328,49 +326,54 @@ impl Proxy {
 
         // send
         let sent = Instant::now();
-        let result = tokio::time::timeout(
-            self.request_timeout,
-            self.upstreams.send(&pick, upstream_req),
-        )
-        .await;
+        // `upstream.request_timeout` is applied by the pool, from the moment the request has
+        // a connection: time waiting in the queue is bounded by `upstream.queue_timeout`.
+        let result = self.upstreams.send(&pick, upstream_req).await;
         let (mut resp, lease) = match result {
-            Ok(Ok(exchange)) => {
+            Ok(exchange) => {
                 metrics.upstream_duration(sent.elapsed());
                 exchange
             }
             // The request body failed on the client's side, and the exchange with it: the
             // client's failure, never the upstream's. Asked of the watch the body reported to
             // before failing, not read from hyper's error.
-            Ok(Err(_)) | Err(_)
-                if let Some(kind) = watch.as_deref().and_then(BodyWatch::take_failure) =>
-            {
+            Err(_) if let Some(kind) = watch.as_deref().and_then(BodyWatch::take_failure) => {
                 metrics.client_error(kind);
                 return (client_failure(kind, version), None);
             }
             // The deadline passed while the upstream was waiting for body bytes the client had
             // not sent: the client is too slow, the upstream is not.
-            Err(_) if watch.as_deref().is_some_and(BodyWatch::waiting_on_client) => {
+            Err(SendError::Timeout(_))
+                if watch.as_deref().is_some_and(BodyWatch::waiting_on_client) =>
+            {
                 let kind = ClientError::BodyTimeout;
                 metrics.client_error(kind);
                 return (client_failure(kind, version), None);
             }
-            Ok(Err(e @ SendError::Connect(_))) => {
+            Err(e @ SendError::Connect(_)) => {
                 metrics.upstream_error(UpstreamError::Connect);
                 tracing::warn!(error = %ErrorChain(&e), "upstream connect failed");
                 return (local(StatusCode::BAD_GATEWAY, "bad gateway\n"), None);
             }
-            Ok(Err(e)) => {
-                metrics.upstream_error(UpstreamError::Protocol);
-                tracing::warn!(error = %ErrorChain(&e), "upstream request failed");
-                return (local(StatusCode::BAD_GATEWAY, "bad gateway\n"), None);
-            }
-            Err(_) => {
+            Err(SendError::Timeout(timeout)) => {
                 metrics.upstream_error(UpstreamError::Timeout);
-                tracing::warn!(timeout = ?self.request_timeout, "upstream timed out");
+                tracing::warn!(?timeout, "upstream timed out");
                 return (
                     local(StatusCode::GATEWAY_TIMEOUT, "gateway timeout\n"),
                     None,
                 );
+            }
+            // Load shedding, counted by the pool; not an upstream error.
+            Err(SendError::Queue(_)) => {
+                return (
+                    local(StatusCode::SERVICE_UNAVAILABLE, "service unavailable\n"),
+                    None,
+                );
+            }
+            Err(e) => {
+                metrics.upstream_error(UpstreamError::Protocol);
+                tracing::warn!(error = %ErrorChain(&e), "upstream request failed");
+                return (local(StatusCode::BAD_GATEWAY, "bad gateway\n"), None);
             }
         };
 
@@ -387,15 +390,9 @@ impl Proxy {
                     .spawn(client_side, hyper::upgrade::on(&mut resp)),
                 None => return (local(StatusCode::BAD_GATEWAY, "bad gateway\n"), None),
             }
-            return (
-                resp.map(|body| ResponseBody::Upstream { body, lease: None }),
-                watch,
-            );
+            return (resp.map(|body| ResponseBody::upstream(body, None)), watch);
         }
-        (
-            resp.map(|body| ResponseBody::Upstream { body, lease }),
-            watch,
-        )
+        (resp.map(|body| ResponseBody::upstream(body, lease)), watch)
     }
 
     /// `X-Forwarded-Host` (the request's own authority), `X-Forwarded-Proto` and the client

@@ -1,12 +1,32 @@
 //! The upstream pool: round robin over `upstream.servers`, keep-alive HTTP/1.1 connections kept
-//! per server, a short back-off for a server that refuses connections, and the few retries that
-//! keep a dead server or a closed keep-alive connection from reaching the client as a 502.
+//! per server under a cap, a bounded queue for the requests over it, a short back-off for a
+//! server that refuses connections, the few retries that keep a dead server or a closed
+//! keep-alive connection from reaching the client as a 502, and the draining that keeps the
+//! connection of an exchange its client abandoned.
 //!
 //! A connection is lent to one request at a time ([`Lease`]) and comes back to its server's idle
-//! list when the response body has been read to the end; a response cut short closes it. The
-//! pool is a plain LIFO stack behind a mutex held for a push, a pop or a sweep, never across an
-//! await. A connection idle for `upstream.idle_timeout` is never reused, and is closed by
-//! [`Upstreams::close_idle`].
+//! list when the response body has been read to the end; a response cut short by an error closes
+//! it. Each server's state (idle connections, the count of connections, the queue) sits behind
+//! a mutex held for a push, a pop or a sweep, never across an await. A connection idle for
+//! `upstream.idle_timeout` is never reused, and is closed by [`Upstreams::close_idle`].
+//!
+//! Cap and queue: a server has at most `upstream.max_connections` connections, busy, idle and
+//! being opened. Round robin skips a server at its cap with no idle connection for one with
+//! room; when every server is full, the request waits in the queue of the server its turn gave
+//! it (first in, first out; at most `upstream.max_queued_requests`), and takes the first
+//! connection that server checks in or the first place that frees. A full queue, or no
+//! connection within `upstream.queue_timeout`, ends in [`SendError::Queue`] (a 503 by the proxy,
+//! counted in `upstream_queue_rejections_total`, never as an upstream error). A waiter whose
+//! client leaves is skipped when its turn comes and swept when the queue is full.
+//! `upstream.request_timeout` runs from the moment the request leaves the queue.
+//!
+//! Abandoned exchanges: when the client leaves (HTTP/2 stream reset, HTTP/1.1 connection
+//! closed) while its exchange is upstream, the exchange goes on in a task of its own until the
+//! response head arrives (within what is left of `upstream.request_timeout`); when the client
+//! leaves with the response body unread, that body is read on. Either way the connection goes
+//! back to the pool if at most [`DRAIN_BYTES`] of body remain (known by `Content-Length`, or a
+//! chunked body ending within it) and they arrive within [`DRAIN_TIMEOUT`]; otherwise it is
+//! closed. Counted in `upstream_drained_total`, never as an upstream error.
 //!
 //! A request is sent again (nginx's `proxy_next_upstream error`, narrowed) only when the
 //! upstream cannot see it twice, or may by RFC 9110 §9.2.2:
@@ -23,9 +43,9 @@
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::io;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -33,28 +53,88 @@ use http::header::HOST;
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body::Body;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
+use hyper::client::conn::{TrySendError, http1};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 
 use super::body::RequestBody;
 use crate::config;
-use crate::metrics::{RetryReason, UpstreamRetries};
+use crate::metrics::{Drained, QueueRejection, RetryReason, UpstreamPool};
 
 /// How long a server that refused a connection is skipped.
 const BACKOFF: Duration = Duration::from_secs(3);
 /// Idle connections kept per server.
 const MAX_IDLE: usize = 1024;
+/// The most of an abandoned response body read, and thrown away, to keep its connection.
+pub const DRAIN_BYTES: u64 = 64 * 1024;
+/// How long, at most, the rest of an abandoned response body is read to keep its connection.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Sender = http1::SendRequest<RequestBody>;
+
+/// What hyper's exchange ends in: the response head, or the failure (with the request when
+/// it went unsent).
+type Head = Result<Response<Incoming>, TrySendError<Request<RequestBody>>>;
+
+/// An exchange under way: hyper's future for the response head, boxed so that it can be moved
+/// to a task of its own when the client leaves.
+type Sending = Pin<Box<dyn Future<Output = Head> + Send>>;
 
 /// The request side of one upstream connection.
 struct Conn {
     sender: Sender,
     /// Bytes the connection's task has read from the upstream so far.
     received: Arc<AtomicU64>,
+    /// Its place under the server's `max_connections`.
+    slot: Slot,
+}
+
+/// One place under a server's `upstream.max_connections`, held by a connection from the moment
+/// it is being opened until it is closed. Dropped, it passes to the first request still waiting
+/// for that server, or frees.
+struct Slot {
+    /// `None` once defused (handed back unused by a waiter that left).
+    peer: Option<Arc<Peer>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(peer) = self.peer.take() {
+            peer.release(&peer);
+        }
+    }
+}
+
+/// What a waiting request is given: a connection checked in, or a place to open one.
+enum Grant {
+    Conn(Conn),
+    Slot(Slot),
+}
+
+/// The outcome of asking a server for a connection at once.
+enum Acquire {
+    /// A connection to use, or a place to open one.
+    Now(Grant),
+    /// At the cap: wait for a grant (the sender is in the server's queue).
+    Wait(oneshot::Receiver<Grant>),
+    /// At the cap with the queue full.
+    Full,
+}
+
+/// A server's connections and the requests waiting for one.
+#[derive(Default)]
+struct Pool {
+    /// Idle connections, oldest first, each with the time it became idle.
+    idle: VecDeque<(Conn, Instant)>,
+    /// Connections counted against `max_connections`: busy, idle and being opened.
+    open: usize,
+    /// Requests waiting, oldest first. One whose client left stays until its turn comes (it is
+    /// then skipped) or the queue is full (it is then swept).
+    waiters: VecDeque<oneshot::Sender<Grant>>,
 }
 
 struct Peer {
@@ -63,34 +143,171 @@ struct Peer {
     host: Option<HeaderValue>,
     /// Milliseconds since `Upstreams::epoch` until which the peer is skipped; 0 = healthy.
     down_until_ms: AtomicU64,
-    /// Idle connections, oldest first, each with the time it became idle.
-    idle: Mutex<VecDeque<(Conn, Instant)>>,
+    pool: Mutex<Pool>,
+    /// Idle connections plus free places, as of the last change: 0 when a request would wait.
+    /// Read by [`Upstreams::pick`] without the lock.
+    room: AtomicUsize,
+    max_connections: usize,
+    max_queued: usize,
+    metrics: UpstreamPool,
 }
 
 impl Peer {
-    /// The most recently used idle connection that is still open and younger than
-    /// `idle_timeout`, if any.
-    fn checkout(&self, idle_timeout: Duration) -> Option<Conn> {
-        let mut idle = self.idle.lock().ok()?;
-        let mut now = None;
-        while let Some((conn, since)) = idle.pop_back() {
-            let fresh = now.get_or_insert_with(Instant::now).duration_since(since) < idle_timeout;
-            if fresh && !conn.sender.is_closed() {
-                return Some(conn);
-            }
-        }
-        None
+    fn pool(&self) -> MutexGuard<'_, Pool> {
+        // Nothing panics while the lock is held; a poisoned pool is still consistent.
+        self.pool.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn checkin(&self, conn: Conn) {
-        if conn.sender.is_closed() {
-            return;
+    fn set_room(&self, pool: &Pool) {
+        let room = pool.idle.len() + self.max_connections.saturating_sub(pool.open);
+        self.room.store(room, Ordering::Relaxed);
+    }
+
+    /// The most recently used idle connection that is still open and younger than
+    /// `idle_timeout`, else a place to open one, else a place in the queue.
+    fn acquire(self: &Arc<Self>, idle_timeout: Duration) -> Acquire {
+        let mut now = None;
+        loop {
+            let mut pool = self.pool();
+            if let Some((conn, since)) = pool.idle.pop_back() {
+                self.set_room(&pool);
+                drop(pool);
+                self.metrics.idle.dec();
+                self.metrics.busy.inc();
+                let fresh =
+                    now.get_or_insert_with(Instant::now).duration_since(since) < idle_timeout;
+                if fresh && !conn.sender.is_closed() {
+                    return Acquire::Now(Grant::Conn(conn));
+                }
+                // Dropped without the lock: its place frees (or passes to a waiter).
+                drop(conn);
+                continue;
+            }
+            if pool.open < self.max_connections {
+                pool.open += 1;
+                self.set_room(&pool);
+                drop(pool);
+                self.metrics.busy.inc();
+                return Acquire::Now(Grant::Slot(Slot {
+                    peer: Some(self.clone()),
+                }));
+            }
+            if pool.waiters.len() >= self.max_queued {
+                pool.waiters.retain(|w| !w.is_closed());
+                if pool.waiters.len() >= self.max_queued {
+                    return Acquire::Full;
+                }
+            }
+            let (tx, rx) = oneshot::channel();
+            pool.waiters.push_back(tx);
+            return Acquire::Wait(rx);
         }
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < MAX_IDLE
-        {
-            // Taken under the lock, so the list stays in idle order for `close_idle`.
-            idle.push_back((conn, Instant::now()));
+    }
+
+    /// Takes back a connection whose exchange is over: to the first waiter, else to the idle
+    /// list. Whether it was kept (not closed).
+    fn checkin(&self, conn: Conn) -> bool {
+        if conn.sender.is_closed() {
+            return false;
+        }
+        let mut pool = self.pool();
+        let conn = match hand_over(&mut pool.waiters, Grant::Conn(conn)) {
+            None => return true,
+            Some(Grant::Conn(conn)) => conn,
+            Some(slot) => {
+                drop(pool);
+                drop(slot);
+                return false;
+            }
+        };
+        if pool.idle.len() >= MAX_IDLE {
+            drop(pool);
+            drop(conn);
+            return false;
+        }
+        // Taken under the lock, so the list stays in idle order for `close_idle`.
+        pool.idle.push_back((conn, Instant::now()));
+        self.set_room(&pool);
+        drop(pool);
+        self.metrics.busy.dec();
+        self.metrics.idle.inc();
+        true
+    }
+
+    /// A connection closed (or never opened): its place passes to the first waiter, or frees.
+    fn release(&self, this: &Arc<Peer>) {
+        let mut pool = self.pool();
+        if !pool.waiters.is_empty() {
+            let slot = Grant::Slot(Slot {
+                peer: Some(this.clone()),
+            });
+            match hand_over(&mut pool.waiters, slot) {
+                None => return,
+                Some(mut unused) => {
+                    // Nobody took it: defused, so dropping it does not come back here.
+                    if let Grant::Slot(s) = &mut unused {
+                        s.peer = None;
+                    }
+                    pool.open = pool.open.saturating_sub(1);
+                    self.set_room(&pool);
+                    drop(pool);
+                    drop(unused);
+                }
+            }
+        } else {
+            pool.open = pool.open.saturating_sub(1);
+            self.set_room(&pool);
+            drop(pool);
+        }
+        self.metrics.busy.dec();
+    }
+}
+
+/// Gives `grant` to the oldest waiter still waiting; hands it back when there is none.
+fn hand_over(waiters: &mut VecDeque<oneshot::Sender<Grant>>, mut grant: Grant) -> Option<Grant> {
+    while let Some(waiter) = waiters.pop_front() {
+        match waiter.send(grant) {
+            Ok(()) => return None,
+            Err(back) => grant = back,
+        }
+    }
+    Some(grant)
+}
+
+/// A request's place in a server's queue. Dropped (its client left, or its time is up), it
+/// keeps nothing: a grant that reached it meanwhile goes back to the server.
+struct Waiting<'a> {
+    rx: oneshot::Receiver<Grant>,
+    peer: &'a Peer,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(peer: &'a Peer, rx: oneshot::Receiver<Grant>) -> Waiting<'a> {
+        peer.metrics.queued.inc();
+        Waiting { rx, peer }
+    }
+
+    /// The grant, or why none came by `deadline`.
+    async fn until(mut self, deadline: tokio::time::Instant) -> Result<Grant, QueueRejection> {
+        match tokio::time::timeout_at(deadline, &mut self.rx).await {
+            Ok(Ok(grant)) => Ok(grant),
+            // The pool is going away.
+            Ok(Err(_)) => Err(QueueRejection::Timeout),
+            Err(_) => {
+                // One may have come in the last instant.
+                self.rx.close();
+                self.rx.try_recv().map_err(|_| QueueRejection::Timeout)
+            }
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.peer.metrics.queued.dec();
+        self.rx.close();
+        if let Ok(Grant::Conn(conn)) = self.rx.try_recv() {
+            self.peer.checkin(conn);
         }
     }
 }
@@ -107,6 +324,138 @@ impl Lease {
     pub fn release(self) {
         self.peer.checkin(self.conn);
     }
+
+    /// For a response whose client left before its body was read to the end: reads and throws
+    /// away the rest of `body` in a task of its own and gives the connection back, if at most
+    /// [`DRAIN_BYTES`] remain and they arrive within [`DRAIN_TIMEOUT`]; otherwise closes the
+    /// connection. Counted in `upstream_drained_total`.
+    pub fn drain(self, body: Incoming) {
+        if body.size_hint().lower() > DRAIN_BYTES {
+            self.peer.metrics.drained(Drained::Closed);
+            return;
+        }
+        let peer = self.peer.clone();
+        let spawned = spawn_from_drop(async move {
+            let peer = self.peer.clone();
+            peer.metrics.drained(self.drain_now(body).await);
+        });
+        if !spawned {
+            peer.metrics.drained(Drained::Closed);
+        }
+    }
+
+    async fn drain_now(self, mut body: Incoming) -> Drained {
+        let read_to_end = async {
+            let mut read = 0u64;
+            loop {
+                match body.frame().await {
+                    None => return true,
+                    Some(Ok(frame)) => {
+                        read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                        if read > DRAIN_BYTES {
+                            return false;
+                        }
+                    }
+                    Some(Err(_)) => return false,
+                }
+            }
+        };
+        let ended = matches!(
+            tokio::time::timeout(DRAIN_TIMEOUT, read_to_end).await,
+            Ok(true)
+        );
+        if ended && self.peer.checkin(self.conn) {
+            Drained::Reused
+        } else {
+            Drained::Closed
+        }
+    }
+}
+
+/// An exchange on its way: the response head awaited, the connection held. Dropped before the
+/// head is in (the client left), it moves to a task of its own that waits for the head until
+/// the request's deadline and drains the response ([`Lease::drain`]), so the connection can be
+/// reused; past the deadline (the request timed out), it closes the connection.
+struct InFlight<'a> {
+    sending: Option<Sending>,
+    conn: Option<Conn>,
+    peer: &'a Arc<Peer>,
+    deadline: tokio::time::Instant,
+}
+
+impl InFlight<'_> {
+    /// The response head or the failure (`Some`), or `None` when the connection ended first
+    /// (hyper#4122: see [`until_closed`]).
+    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Option<Head>> {
+        let (Some(sending), Some(conn)) = (self.sending.as_mut(), self.conn.as_mut()) else {
+            return Poll::Ready(None);
+        };
+        if let Poll::Ready(result) = sending.as_mut().poll(cx) {
+            self.sending = None;
+            return Poll::Ready(Some(result));
+        }
+        match conn.sender.poll_ready(cx) {
+            Poll::Ready(Err(_)) => Poll::Ready(None),
+            // Ready(Ok) comes only once the response head is in, which `sending` then has.
+            _ => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let (Some(sending), Some(conn)) = (self.sending.take(), self.conn.take())
+            && tokio::time::Instant::now() < self.deadline
+        {
+            let peer = self.peer.clone();
+            if !spawn_from_drop(finish_abandoned(sending, conn, peer, self.deadline)) {
+                self.peer.metrics.drained(Drained::Closed);
+            }
+        }
+    }
+}
+
+/// Spawns `task` on the current runtime; false (the task dropped) when there is none, as while
+/// the runtime itself shuts down.
+fn spawn_from_drop<F>(task: F) -> bool
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            drop(runtime.spawn(task));
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// The rest of an exchange whose client left before the response head: see [`InFlight`].
+async fn finish_abandoned(
+    mut sending: Sending,
+    mut conn: Conn,
+    peer: Arc<Peer>,
+    deadline: tokio::time::Instant,
+) {
+    let head =
+        tokio::time::timeout_at(deadline, until_closed(sending.as_mut(), &mut conn.sender)).await;
+    match head {
+        Ok(Some(Ok(resp))) => {
+            drop(sending);
+            let body = resp.into_body();
+            if body.is_end_stream() {
+                let kept = peer.checkin(conn);
+                peer.metrics.drained(if kept {
+                    Drained::Reused
+                } else {
+                    Drained::Closed
+                });
+            } else {
+                Lease { conn, peer }.drain(body);
+            }
+        }
+        _ => peer.metrics.drained(Drained::Closed),
+    }
 }
 
 /// Why an exchange with an upstream failed.
@@ -119,6 +468,14 @@ pub enum SendError {
     /// The exchange broke (or the request body failed, e.g. over its size limit).
     #[error("upstream exchange failed: {0}")]
     Exchange(#[source] hyper::Error),
+    /// No response head within `upstream.request_timeout` (counted from leaving the queue).
+    #[error("no upstream response within {0:?}")]
+    Timeout(Duration),
+    /// The server was at `upstream.max_connections` and the request could not wait (queue
+    /// full) or waited `upstream.queue_timeout` in vain; nothing was sent. Already counted in
+    /// `upstream_queue_rejections_total`.
+    #[error("no upstream connection free: {0:?}")]
+    Queue(QueueRejection),
 }
 
 /// How one attempt on one server failed.
@@ -135,8 +492,10 @@ pub struct Upstreams {
     next: AtomicUsize,
     epoch: Instant,
     connect_timeout: Duration,
+    request_timeout: Duration,
     idle_timeout: Duration,
-    retries: UpstreamRetries,
+    queue_timeout: Duration,
+    metrics: UpstreamPool,
 }
 
 /// The server chosen for one request.
@@ -147,8 +506,8 @@ pub struct Pick {
 }
 
 impl Upstreams {
-    /// A pool for the configured servers, counting its retries in `retries`.
-    pub fn new(cfg: &config::Upstream, retries: UpstreamRetries) -> Upstreams {
+    /// A pool for the configured servers, counting in `metrics`.
+    pub fn new(cfg: &config::Upstream, metrics: UpstreamPool) -> Upstreams {
         Upstreams {
             peers: cfg
                 .servers
@@ -158,15 +517,21 @@ impl Upstreams {
                         authority: s.authority.clone(),
                         host: HeaderValue::from_str(s.authority.as_str()).ok(),
                         down_until_ms: AtomicU64::new(0),
-                        idle: Mutex::new(VecDeque::new()),
+                        pool: Mutex::new(Pool::default()),
+                        room: AtomicUsize::new(cfg.max_connections),
+                        max_connections: cfg.max_connections,
+                        max_queued: cfg.max_queued_requests,
+                        metrics: metrics.clone(),
                     })
                 })
                 .collect(),
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
             connect_timeout: cfg.connect_timeout.0,
+            request_timeout: cfg.request_timeout.0,
             idle_timeout: cfg.idle_timeout.0,
-            retries,
+            queue_timeout: cfg.queue_timeout.0,
+            metrics,
         }
     }
 
@@ -179,14 +544,25 @@ impl Upstreams {
         until != 0 && until > *now.get_or_insert_with(|| self.now_ms())
     }
 
-    /// The next healthy server in turn (or, if every one is backing off, the next anyway).
+    /// The next healthy server in turn that has an idle connection or room for a new one; else
+    /// the next healthy one (the request will wait in its queue); else, if every one is backing
+    /// off, the next anyway.
     pub fn pick(&self, path_and_query: Option<&PathAndQuery>) -> Pick {
         let n = self.peers.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut now = None;
+        let mut first_up = None;
         let index = (0..n)
             .map(|i| (start + i) % n)
-            .find(|&i| !self.is_down(&self.peers[i], &mut now))
+            .find(|&i| {
+                let peer = &self.peers[i];
+                if self.is_down(peer, &mut now) {
+                    return false;
+                }
+                first_up.get_or_insert(i);
+                peer.room.load(Ordering::Relaxed) > 0
+            })
+            .or(first_up)
             .unwrap_or(start % n);
         let uri = match path_and_query {
             Some(pq) => Uri::from(pq.clone()),
@@ -219,10 +595,18 @@ impl Upstreams {
         self.peers.iter().any(|p| !self.is_down(p, &mut now))
     }
 
+    /// Counts and returns a queue rejection.
+    fn reject(&self, reason: QueueRejection) -> SendError {
+        self.metrics.queue_rejected(reason);
+        SendError::Queue(reason)
+    }
+
     /// Sends `req` to the picked server over a pooled connection (or a new one), returning the
     /// response head and the lease on its connection (`None` if the connection already ended).
-    /// A request without `Host` gets the server's `host:port`. Retries as the module doc says;
-    /// a server that cannot be connected to is marked down for the back-off.
+    /// A request without `Host` gets the server's `host:port`. Waits in the server's queue when
+    /// it is at its cap; `upstream.request_timeout` then runs from the moment a connection (or
+    /// a place for one) is had. Retries as the module doc says; a server that cannot be
+    /// connected to is marked down for the back-off.
     pub async fn send(
         &self,
         pick: &Pick,
@@ -231,15 +615,33 @@ impl Upstreams {
         let default_host = !req.headers().contains_key(HOST);
         let mut index = pick.index;
         let mut tried = 0;
+        let mut queue_deadline = None;
+        let mut deadline = None;
         loop {
             let peer = &self.peers[index];
             if default_host && let Some(host) = &peer.host {
                 req.headers_mut().insert(HOST, host.clone());
             }
-            match self.send_to(peer, req).await {
-                Ok(exchange) => return Ok(exchange),
-                Err(Failure::Exchange(e)) => return Err(e),
-                Err(Failure::Connect(e, unsent)) => {
+            let grant = match peer.acquire(self.idle_timeout) {
+                Acquire::Now(grant) => grant,
+                Acquire::Full => return Err(self.reject(QueueRejection::Full)),
+                Acquire::Wait(rx) => {
+                    let until = *queue_deadline
+                        .get_or_insert_with(|| tokio::time::Instant::now() + self.queue_timeout);
+                    match Waiting::new(peer, rx).until(until).await {
+                        Ok(grant) => grant,
+                        Err(reason) => return Err(self.reject(reason)),
+                    }
+                }
+            };
+            let deadline =
+                *deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.request_timeout);
+            let attempt = self.send_to(peer, grant, req, deadline);
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Err(_) => return Err(SendError::Timeout(self.request_timeout)),
+                Ok(Ok(exchange)) => return Ok(exchange),
+                Ok(Err(Failure::Exchange(e))) => return Err(e),
+                Ok(Err(Failure::Connect(e, unsent))) => {
                     self.mark_down(index);
                     tried += 1;
                     let Some(next) = self.next_up(index).filter(|_| tried < self.peers.len())
@@ -251,7 +653,7 @@ impl Upstreams {
                         error = %e,
                         "upstream connect failed; trying the next server"
                     );
-                    self.retries.count(RetryReason::Connect);
+                    self.metrics.retries.count(RetryReason::Connect);
                     index = next;
                     req = *unsent;
                 }
@@ -259,26 +661,22 @@ impl Upstreams {
         }
     }
 
-    /// One server's part of [`Upstreams::send`]: a pooled connection, and at most one retry on
-    /// a new one. The lease is `None` in the rare case where the connection ended as the
-    /// response arrived.
+    /// One server's part of [`Upstreams::send`], on the connection (or place) granted: at most
+    /// one retry, on a new connection in the same place. The lease is `None` in the rare case
+    /// where the connection ended as the response arrived.
     async fn send_to(
         &self,
         peer: &Arc<Peer>,
+        mut grant: Grant,
         mut req: Request<RequestBody>,
+        deadline: tokio::time::Instant,
     ) -> Result<(Response<Incoming>, Option<Lease>), Failure> {
-        let mut pooled = true;
         loop {
-            let checked_out = if pooled {
-                peer.checkout(self.idle_timeout)
-            } else {
-                None
-            };
-            let (conn, reused) = match checked_out {
-                Some(conn) => (conn, true),
+            let (conn, reused) = match grant {
+                Grant::Conn(conn) => (conn, true),
                 // Boxed: connecting is rare, and its large state would otherwise sit in (and be
                 // copied with) every request's future.
-                None => match Box::pin(self.connect(peer)).await {
+                Grant::Slot(slot) => match Box::pin(self.connect(peer, slot)).await {
                     Ok(conn) => (conn, false),
                     Err(e) => return Err(Failure::Connect(e, Box::new(req))),
                 },
@@ -286,10 +684,12 @@ impl Upstreams {
             let Conn {
                 mut sender,
                 received,
+                slot,
             } = conn;
             if sender.ready().await.is_err() {
                 if reused {
-                    // Closed while idle; nothing was sent on it.
+                    // Closed while idle; nothing was sent on it. A new one takes its place.
+                    grant = Grant::Slot(slot);
                     continue;
                 }
                 let e = SendError::Connect("connection closed at once".into());
@@ -299,10 +699,32 @@ impl Upstreams {
             // once hyper has written it.
             let copy = (reused && may_send_twice(&req)).then(|| copy_head(&req));
             let received_before = received.load(Ordering::Relaxed);
-            let mut sending = pin!(sender.try_send_request(req));
-            let (result, sender) = match until_closed(sending.as_mut(), &mut sender).await {
-                Some(result) => (result, Some(sender)),
-                None => {
+            let sending: Sending = Box::pin(sender.try_send_request(req));
+            let mut flight = InFlight {
+                sending: Some(sending),
+                conn: Some(Conn {
+                    sender,
+                    received,
+                    slot,
+                }),
+                peer,
+                deadline,
+            };
+            let head = poll_fn(|cx| flight.poll_head(cx)).await;
+            let sending = flight.sending.take();
+            let Some(Conn {
+                sender,
+                received,
+                slot,
+            }) = flight.conn.take()
+            else {
+                // Never: only `InFlight`'s drop takes the connection.
+                return Err(lost());
+            };
+            drop(flight);
+            let (result, sender) = match (head, sending) {
+                (Some(result), _) => (result, Some(sender)),
+                (None, Some(sending)) => {
                     // The connection ended with the request still in hyper's queue, where it
                     // stays for as long as the queue has a sender (hyper#4122: a send racing
                     // the connection's shutdown). Dropping the sender frees the queue, which
@@ -310,11 +732,17 @@ impl Upstreams {
                     drop(sender);
                     (sending.await, None)
                 }
+                // Never: `poll_head` keeps the future until it has an answer.
+                (None, None) => return Err(lost()),
             };
             match result {
                 Ok(resp) => {
                     let lease = sender.map(|sender| Lease {
-                        conn: Conn { sender, received },
+                        conn: Conn {
+                            sender,
+                            received,
+                            slot,
+                        },
                         peer: peer.clone(),
                     });
                     return Ok((resp, lease));
@@ -337,14 +765,18 @@ impl Upstreams {
                         error = %e.error(),
                         "reused upstream connection was closed; sending again on a new one"
                     );
-                    self.retries.count(RetryReason::Closed);
-                    pooled = false;
+                    self.metrics.retries.count(RetryReason::Closed);
+                    // The failed connection's place goes to the new one.
+                    drop(sender);
+                    grant = Grant::Slot(slot);
+                    // Only a reused connection is retried, and only once.
+                    continue;
                 }
             }
         }
     }
 
-    async fn connect(&self, peer: &Peer) -> Result<Conn, SendError> {
+    async fn connect(&self, peer: &Peer, slot: Slot) -> Result<Conn, SendError> {
         let host = peer
             .authority
             .host()
@@ -378,7 +810,11 @@ impl Upstreams {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
         });
-        Ok(Conn { sender, received })
+        Ok(Conn {
+            sender,
+            received,
+            slot,
+        })
     }
 
     /// Closes the pooled connections idle for `upstream.idle_timeout` or longer, so that the
@@ -386,17 +822,20 @@ impl Upstreams {
     pub fn close_idle(&self) {
         let now = Instant::now();
         for peer in self.peers.iter() {
-            let Ok(mut idle) = peer.idle.lock() else {
-                continue;
-            };
-            let expired = idle
+            let mut pool = peer.pool();
+            let expired = pool
+                .idle
                 .iter()
                 .take_while(|(_, since)| now.duration_since(*since) >= self.idle_timeout)
                 .count();
             if expired > 0 {
-                let closed: Vec<_> = idle.drain(..expired).collect();
-                drop(idle);
-                // Dropping a sender ends its idle connection's task, which closes the socket.
+                let closed: Vec<_> = pool.idle.drain(..expired).collect();
+                peer.set_room(&pool);
+                drop(pool);
+                peer.metrics.idle.sub(expired as i64);
+                peer.metrics.busy.add(expired as i64);
+                // Dropping a sender ends its idle connection's task, which closes the socket;
+                // dropping its slot frees its place. Both without the lock.
                 drop(closed);
             }
         }
@@ -407,6 +846,21 @@ impl Upstreams {
     pub fn close_idle_period(&self) -> Duration {
         (self.idle_timeout / 2).max(Duration::from_millis(10))
     }
+}
+
+impl Drop for Upstreams {
+    fn drop(&mut self) {
+        // Idle connections hold their server through their slot: let them go.
+        for peer in self.peers.iter() {
+            let idle = std::mem::take(&mut peer.pool().idle);
+            drop(idle);
+        }
+    }
+}
+
+/// A failure for a state the exchange cannot reach.
+fn lost() -> Failure {
+    Failure::Exchange(SendError::Connect("upstream connection lost".into()))
 }
 
 /// Awaits `sending` unless the connection of `sender` ends first (`None`).
@@ -504,13 +958,104 @@ mod tests {
     use http::Method;
 
     fn upstreams(n: usize) -> Upstreams {
+        limited(n, 1024, 1024)
+    }
+
+    /// `n` servers with `max_connections` and `max_queued_requests`.
+    fn limited(n: usize, max_connections: usize, max_queued_requests: usize) -> Upstreams {
         let cfg = config::Upstream {
             servers: (0..n)
                 .map(|i| format!("http://127.0.0.1:{}", 8080 + i).parse().unwrap())
                 .collect(),
+            max_connections,
+            max_queued_requests,
             ..Default::default()
         };
-        Upstreams::new(&cfg, Metrics::new(&[]).upstream_retries())
+        Upstreams::new(&cfg, Metrics::new(&[]).upstream_pool())
+    }
+
+    fn slot(acquired: Acquire) -> Slot {
+        match acquired {
+            Acquire::Now(Grant::Slot(slot)) => slot,
+            Acquire::Now(Grant::Conn(_)) => panic!("a connection, not a place"),
+            Acquire::Wait(_) => panic!("waits"),
+            Acquire::Full => panic!("full"),
+        }
+    }
+
+    fn waiter(acquired: Acquire) -> oneshot::Receiver<Grant> {
+        match acquired {
+            Acquire::Wait(rx) => rx,
+            Acquire::Now(_) => panic!("granted at once"),
+            Acquire::Full => panic!("full"),
+        }
+    }
+
+    fn granted_slot(rx: &mut oneshot::Receiver<Grant>) -> Option<Slot> {
+        match rx.try_recv() {
+            Ok(Grant::Slot(slot)) => Some(slot),
+            Ok(Grant::Conn(_)) => panic!("a connection, not a place"),
+            Err(_) => None,
+        }
+    }
+
+    #[test]
+    fn places_are_given_up_to_the_cap_then_in_turn_to_the_waiters_and_the_rest_refused() {
+        let up = limited(1, 2, 2);
+        let peer = &up.peers[0];
+        let idle = Duration::from_secs(4);
+        let first = slot(peer.acquire(idle));
+        let second = slot(peer.acquire(idle));
+        assert_eq!(peer.room.load(Ordering::Relaxed), 0);
+        let mut w1 = waiter(peer.acquire(idle));
+        let mut w2 = waiter(peer.acquire(idle));
+        assert!(matches!(peer.acquire(idle), Acquire::Full));
+        assert_eq!(up.metrics.busy.get(), 2);
+        // A place freed goes to the oldest waiter, not to a newcomer.
+        drop(first);
+        let third = granted_slot(&mut w1).expect("the first waiter has the place");
+        assert!(granted_slot(&mut w2).is_none());
+        assert_eq!(peer.room.load(Ordering::Relaxed), 0);
+        // A waiter that leaves is swept when the queue is full, so its place serves another.
+        drop(w2);
+        let mut w3 = waiter(peer.acquire(idle));
+        let w4 = waiter(peer.acquire(idle));
+        assert!(matches!(peer.acquire(idle), Acquire::Full));
+        drop(second);
+        let fourth = granted_slot(&mut w3).expect("the oldest live waiter has the place");
+        drop(w4);
+        // With no waiter left, places free.
+        drop(third);
+        drop(fourth);
+        assert_eq!(peer.pool().open, 0);
+        assert_eq!(peer.room.load(Ordering::Relaxed), 2);
+        assert_eq!(up.metrics.busy.get(), 0);
+    }
+
+    #[test]
+    fn no_queue_refuses_at_once_at_the_cap() {
+        let up = limited(1, 1, 0);
+        let peer = &up.peers[0];
+        let held = slot(peer.acquire(Duration::from_secs(4)));
+        assert!(matches!(
+            peer.acquire(Duration::from_secs(4)),
+            Acquire::Full
+        ));
+        drop(held);
+        drop(slot(peer.acquire(Duration::from_secs(4))));
+    }
+
+    #[test]
+    fn round_robin_skips_a_server_at_its_cap_and_takes_turns_when_all_are() {
+        let up = limited(2, 1, 8);
+        let idle = Duration::from_secs(4);
+        let on_first = slot(up.peers[0].acquire(idle));
+        let picked: Vec<usize> = (0..4).map(|_| up.pick(None).index).collect();
+        assert_eq!(picked, [1, 1, 1, 1]);
+        let on_second = slot(up.peers[1].acquire(idle));
+        let picked: Vec<usize> = (0..4).map(|_| up.pick(None).index).collect();
+        assert_eq!(picked, [0, 1, 0, 1]);
+        drop((on_first, on_second));
     }
 
     #[test]

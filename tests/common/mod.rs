@@ -30,7 +30,9 @@ pub fn pattern(len: usize) -> Vec<u8> {
 
 /// A real upstream on 127.0.0.1:0 that records the request heads it sees.
 ///
-/// Routes: `/echo` (echoes the body, streaming), `/sink` (reads the whole body first), `/headers`, `/big?bytes=N`, `/slow?ms=N`,
+/// Routes: `/echo` (echoes the body, streaming), `/sink` (reads the whole body first), `/headers`, `/big?bytes=N`
+/// (streamed, no length), `/sized?bytes=N` (with `Content-Length`), `/slow?ms=N`,
+/// `/trickle?ms=N&bytes=N` (one byte, then the other N - 1 after N ms, with `Content-Length`),
 /// `/hop` (answers with hop-by-hop headers), `/ws` (101 + byte echo), `/set-cookie` (a
 /// `Set-Cookie` per `x-test-set-cookie` request header, and `Date: <x-test-date>` if given),
 /// anything else: a greeting.
@@ -39,6 +41,10 @@ pub struct Upstream {
     pub seen: Arc<Mutex<Vec<HeaderMap>>>,
     /// TCP connections accepted so far.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// TCP connections open now.
+    pub open: Arc<std::sync::atomic::AtomicUsize>,
+    /// The most TCP connections ever open at once.
+    pub max_open: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -90,6 +96,27 @@ async fn upstream_route(
                 .map(|i| Ok(Frame::data(data.slice(i..(i + 65536).min(n)))))
                 .collect();
             Response::new(BodyExt::boxed(StreamBody::new(futures_stream(chunks))))
+        }
+        "/sized" => {
+            let n = query_num(&req, "bytes").unwrap_or(1 << 20) as usize;
+            Response::new(full(pattern(n)))
+        }
+        "/trickle" => {
+            let ms = query_num(&req, "ms").unwrap_or(300);
+            let n = query_num(&req, "bytes").unwrap_or(1000).max(1) as usize;
+            let (tx, rx) = tokio::sync::mpsc::channel(2);
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"a")))).await;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from(vec![b'b'; n - 1]))))
+                    .await;
+            });
+            let body = StreamBody::new(Channel(rx));
+            Response::builder()
+                .header("content-length", n)
+                .body(BodyExt::boxed(body))
+                .unwrap()
         }
         "/slow" => {
             let ms = query_num(&req, "ms").unwrap_or(1000);
@@ -143,6 +170,19 @@ async fn upstream_route(
     }
 }
 
+/// The frames of a channel, as a stream.
+struct Channel(tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, hyper::Error>>);
+
+impl futures_core::Stream for Channel {
+    type Item = Result<Frame<Bytes>, hyper::Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
 fn futures_stream(
     items: Vec<Result<Frame<Bytes>, hyper::Error>>,
 ) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, hyper::Error>> + Send + Sync + 'static {
@@ -167,12 +207,18 @@ impl Upstream {
         let seen2 = seen.clone();
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let accepted = connections.clone();
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let max_open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (open2, max_open2) = (open.clone(), max_open.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
                 accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let now_open = open2.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                max_open2.fetch_max(now_open, std::sync::atomic::Ordering::SeqCst);
+                let open = open2.clone();
                 let seen = seen2.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
@@ -183,6 +229,7 @@ impl Upstream {
                         .serve_connection(TokioIo::new(tcp), service)
                         .with_upgrades()
                         .await;
+                    open.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 });
             }
         });
@@ -190,6 +237,8 @@ impl Upstream {
             addr,
             seen,
             connections,
+            open,
+            max_open,
             task,
         }
     }
