@@ -389,13 +389,17 @@ async fn clients_abandoning_requests_to_a_slow_path_cost_only_a_handful_of_upstr
         );
         assert_eq!(upstream_errors(&metrics), 0.0, "{proto:?}");
         assert_eq!(sample(&metrics, BUSY), 0.0, "{proto:?}: all back");
-        // Every request is still recorded once, as 499.
+        // Every request is still recorded once, as 499; on a loaded machine the client's
+        // 20 ms timer may fire after the answer was already whole, which is then a 200.
         let records = proxy.wait_records(requests).await;
-        let left = records
-            .iter()
-            .filter(|r| field(r, "status") == "499")
-            .count();
-        assert_eq!(left, requests, "{proto:?}");
+        assert_eq!(records.len(), requests, "{proto:?}: one record each");
+        let statuses: Vec<String> = records.iter().map(|r| field(r, "status")).collect();
+        let left = statuses.iter().filter(|s| *s == "499").count();
+        assert!(
+            statuses.iter().all(|s| s == "499" || s == "200"),
+            "{proto:?}: {statuses:?}"
+        );
+        assert!(left >= requests * 9 / 10, "{proto:?}: {left} recorded 499");
     }
 }
 

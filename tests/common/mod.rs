@@ -531,12 +531,16 @@ impl Proxy {
         self.stderr.lock().unwrap().clone()
     }
 
-    /// Everything in the access log directory, all day files concatenated.
+    /// The whole records in the access log directory, all day files concatenated (a line the
+    /// writer is still writing is left out).
     pub fn access_log(&self) -> String {
         let mut all = String::new();
         if let Ok(entries) = std::fs::read_dir(self.path("logs")) {
             for e in entries.flatten() {
-                all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                // Whole records only: the writer may be halfway through the last line.
+                let whole = text.rfind('\n').map_or(0, |end| end + 1);
+                all.push_str(&text[..whole]);
             }
         }
         all
