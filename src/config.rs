@@ -217,14 +217,26 @@ pub struct Upstream {
     pub idle_timeout: Dur,
     /// What `X-Forwarded-For` carries upstream.
     pub forward_client_ip: ForwardClientIp,
-    /// Connections per server, counting busy, idle and being opened (1 to 65535). A request
-    /// for a server at its cap goes to another server with room, or waits in the queue.
+    /// Connections per server, counting busy, idle and being opened (0 to 65535; 0 = no cap).
+    /// A request for a server at its cap goes to another server with room, or waits in the
+    /// queue. See [`Upstream::connection_cap`].
     pub max_connections: usize,
     /// Requests waiting per server for a connection when every server is at its cap (0 to
     /// 1048576; 0 = none wait: such a request gets 503 at once).
     pub max_queued_requests: usize,
     /// Longest wait in the queue; then the request gets 503.
     pub queue_timeout: Dur,
+}
+
+impl Upstream {
+    /// The number of connections a server may have: `max_connections`, or for 0 (no cap) a
+    /// number no server reaches (2^20).
+    pub fn connection_cap(&self) -> usize {
+        match self.max_connections {
+            0 => 1 << 20,
+            n => n,
+        }
+    }
 }
 
 impl Default for Upstream {
@@ -517,10 +529,10 @@ impl Config {
             ));
         }
         let u = &self.upstream;
-        if !(1..=65535).contains(&u.max_connections) {
+        if u.max_connections > 65535 {
             return Err(ConfigError::invalid(
                 "upstream.max_connections",
-                format!("{} is out of range (1 to 65535)", u.max_connections),
+                format!("{} is out of range (0 to 65535; 0 = no cap)", u.max_connections),
             ));
         }
         if u.max_queued_requests > 1 << 20 {
@@ -845,10 +857,6 @@ mod tests {
                 "upstream.idle_timeout",
             ),
             (
-                "[upstream]\nmax_connections = 0",
-                "upstream.max_connections",
-            ),
-            (
                 "[upstream]\nmax_connections = 65536",
                 "upstream.max_connections",
             ),
@@ -887,6 +895,7 @@ mod tests {
     fn the_upstream_limits_accept_their_whole_range() {
         // (key = value, max_connections, max_queued_requests, queue_timeout)
         let rows = [
+            ("max_connections = 0", 0, 1024, 5000),
             ("max_connections = 1", 1, 1024, 5000),
             ("max_connections = 65535", 65535, 1024, 5000),
             ("max_queued_requests = 0", 1024, 0, 5000),

@@ -518,8 +518,8 @@ impl Upstreams {
                         host: HeaderValue::from_str(s.authority.as_str()).ok(),
                         down_until_ms: AtomicU64::new(0),
                         pool: Mutex::new(Pool::default()),
-                        room: AtomicUsize::new(cfg.max_connections),
-                        max_connections: cfg.max_connections,
+                        room: AtomicUsize::new(cfg.connection_cap()),
+                        max_connections: cfg.connection_cap(),
                         max_queued: cfg.max_queued_requests,
                         metrics: metrics.clone(),
                     })
