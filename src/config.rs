@@ -532,7 +532,10 @@ impl Config {
         if u.max_connections > 65535 {
             return Err(ConfigError::invalid(
                 "upstream.max_connections",
-                format!("{} is out of range (0 to 65535; 0 = no cap)", u.max_connections),
+                format!(
+                    "{} is out of range (0 to 65535; 0 = no cap)",
+                    u.max_connections
+                ),
             ));
         }
         if u.max_queued_requests > 1 << 20 {

@@ -452,3 +452,54 @@ async fn an_abandoned_response_body_is_drained_when_small_and_quick_and_closed_o
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_upload_turned_away_with_503_gets_the_answer_not_a_reset() {
+    // A body over `server.body_buffer_bytes` streams, so its request reaches the pool with most
+    // of the body still unread; turned away there, the body is read and thrown away (lingering
+    // close) so the client, still writing, gets the 503 rather than a connection reset.
+    // (body bytes). Each is over the 64 KiB read before an upstream connection is taken.
+    let rows = [256 << 10, 2 << 20, 8 << 20];
+    let up = Upstream::start().await;
+    let proxy = start_proxy(
+        &up.url(),
+        &[("max_connections", "1"), ("max_queued_requests", "0")],
+    )
+    .await;
+    let client = proxy.client();
+    for bytes in rows {
+        // The one connection is busy for 2 s.
+        let holder = proxy.client();
+        let held = tokio::spawn(async move {
+            holder
+                .get(Proto::H2, &format!("/slow?ms=2000&row={bytes}"))
+                .await
+                .status
+        });
+        eventually(
+            Duration::from_secs(5),
+            Duration::from_millis(20),
+            async || {
+                let (_, metrics) = proxy.admin_get("/metrics").await;
+                (sample(&metrics, BUSY) == 1.0).then_some(())
+            },
+            || "the slow request never took the upstream connection".to_owned(),
+        )
+        .await;
+        let mut upload = format!(
+            "POST /sink HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {bytes}\r\n\r\n"
+        )
+        .into_bytes();
+        upload.resize(upload.len() + bytes, b'x');
+        let answer = client.raw_h1(&upload).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 503"),
+            "{bytes} bytes: {:?}",
+            answer.lines().next()
+        );
+        assert_eq!(held.await.unwrap(), StatusCode::OK, "{bytes} bytes");
+    }
+    let (_, metrics) = proxy.admin_get("/metrics").await;
+    assert_eq!(sample(&metrics, FULL), rows.len() as f64);
+    assert_eq!(upstream_errors(&metrics), 0.0);
+}

@@ -60,7 +60,8 @@ const LINGER: Duration = Duration::from_secs(5);
 const LINGER_BYTES: u64 = 16 << 20;
 
 /// Reads and throws away what is left of an HTTP/1.x request body the proxy answered without
-/// reading (a 413 or 429), for at most 5 s and 16 MiB, in a task of its own.
+/// reading (a 413 or 429 before the body, or a 502 or 503 with the body part read), for at
+/// most 5 s and 16 MiB, in a task of its own.
 ///
 /// Closing a TCP connection with unread data in it makes the kernel send a reset, and a
 /// client still sending its body then sees the reset instead of the answer waiting for it.
@@ -70,7 +71,11 @@ pub fn linger(mut body: Incoming) {
     if body.is_end_stream() {
         return;
     }
-    tokio::spawn(async move {
+    // No runtime (the process is shutting down): the connection goes with it anyway.
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
         let drain = async {
             let mut read = 0u64;
             while let Some(Ok(frame)) = body.frame().await {
@@ -222,6 +227,17 @@ pub struct ClientReader {
     deadline: Option<Pin<Box<Sleep>>>,
     armed: bool,
     watch: Option<Arc<BodyWatch>>,
+}
+
+/// A reader dropped with an HTTP/1.x body left unread (the request was answered without it:
+/// 502, 503, or an upstream that answered early) lingers on it, so that the client gets the
+/// answer rather than a reset. A body that failed was taken by [`ClientReader::fail`].
+impl Drop for ClientReader {
+    fn drop(&mut self) {
+        if let Some(ClientBody::H1(rest)) = self.inner.take() {
+            linger(rest);
+        }
+    }
 }
 
 impl ClientReader {
