@@ -169,9 +169,12 @@ async fn serve(
             return;
         }
         // `/cut/…`: the body is cut short after its head went out (closed, or reset when the
-        // path says `reset`), announced by length or chunked.
+        // path says `reset`), announced by length or chunked, or its chunked framing breaks
+        // (`badchunk`: a chunk size that is not hex).
         if let Some(rest) = head.target.strip_prefix("/cut/") {
-            let head = if rest.starts_with("chunked") {
+            let head = if rest.starts_with("badchunk") {
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
+            } else if rest.starts_with("chunked") {
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"
             } else {
                 "HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nhello"
@@ -667,6 +670,7 @@ async fn a_response_body_the_upstream_cuts_short_counts_once_as_an_upstream_erro
         "length-reset",
         "chunked-closed",
         "chunked-reset",
+        "badchunk-closed",
     ];
     let up = Scripted::start(Behaviour::KeepAlive).await;
     let proxy = start_proxy(&up.url(), |c| c).await;
