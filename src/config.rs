@@ -132,6 +132,13 @@ pub const MIN_HEADER_FIELDS: usize = 10;
 /// The largest `server.max_header_fields`.
 pub const MAX_HEADER_FIELDS: usize = 1000;
 
+/// The shortest duration a timeout key takes: a deadline is split into check periods (a
+/// quarter of `idle_timeout`), which must not round to nothing.
+pub const MIN_DURATION: Duration = Duration::from_millis(1);
+/// The longest duration any duration key takes (100 years): deadlines are added to the clock,
+/// and a longer one would overflow it.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86400);
+
 impl Default for Server {
     fn default() -> Self {
         Server {
@@ -501,6 +508,21 @@ impl Config {
             if d.0.is_zero() {
                 return Err(ConfigError::invalid(key, "must be greater than zero"));
             }
+            // Deadlines are added to the clock and divided into check periods: a duration
+            // under a millisecond rounds a period to nothing, and one of centuries overflows
+            // the clock (both would panic at the first connection, not here).
+            if d.0 < MIN_DURATION || d.0 > MAX_DURATION {
+                return Err(ConfigError::invalid(
+                    key,
+                    "is out of range (1ms to 100 years)",
+                ));
+            }
+        }
+        if s.shutdown_grace.0 > MAX_DURATION {
+            return Err(ConfigError::invalid(
+                "server.shutdown_grace",
+                "is out of range (0s to 100 years)",
+            ));
         }
         if let Some(buffer) = s.body_buffer_bytes
             && buffer > s.max_body_bytes

@@ -127,11 +127,21 @@ fn ignore_file_size_signal() {
 
 fn init_tracing() {
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEBPROM_EDGE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A dependency's TRACE events print what it parses (`h2` prints a refused `te` field's
+    // value): they never pass, whatever `WEBPROM_EDGE_LOG` asks for. The proxy's own
+    // diagnostics never carry a request value at any level.
+    let no_dependency_trace = tracing_subscriber::filter::filter_fn(|meta| {
+        *meta.level() != tracing::Level::TRACE || meta.target().starts_with("webprom_edge")
+    });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        .finish()
+        .with(no_dependency_trace)
         .init();
 }

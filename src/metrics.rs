@@ -34,7 +34,8 @@ pub enum UpstreamError {
     Connect,
     /// No response head in time.
     Timeout,
-    /// The exchange broke.
+    /// The exchange broke: no valid response head, or a response body cut short or
+    /// malformed after its head went to the client (the record keeps the status sent).
     Protocol,
 }
 

@@ -115,11 +115,47 @@ fn bad_configs_exit_2_and_name_the_key() {
         ),
         ("not TOML", "[server\nlisten=".to_string(), "line 1"),
     ];
+    // A duration the clock cannot hold, or one that rounds a check period to nothing, is a
+    // bad config: found here, never as a panic at the first connection.
+    let durations = [
+        ("server", "header_read_timeout"),
+        ("server", "idle_timeout"),
+        ("server", "send_timeout"),
+        ("server", "body_read_timeout"),
+        ("upstream", "connect_timeout"),
+        ("upstream", "request_timeout"),
+        ("upstream", "idle_timeout"),
+        ("upstream", "queue_timeout"),
+        ("access_log", "retention"),
+    ];
+    let mut cases: Vec<(&str, String, String)> = cases
+        .into_iter()
+        .map(|(what, text, key)| (what, text, key.to_owned()))
+        .collect();
+    for (section, key) in durations {
+        for value in ["\"1ns\"", "\"999us\"", "\"10000000000000000000s\""] {
+            cases.push((
+                "duration out of range",
+                set(&base, section, key, value),
+                format!("{section}.{key}"),
+            ));
+        }
+    }
+    cases.push((
+        "shutdown grace the clock cannot hold",
+        set(
+            &base,
+            "server",
+            "shutdown_grace",
+            "\"10000000000000000000s\"",
+        ),
+        "server.shutdown_grace".to_owned(),
+    ));
     for (what, text, key) in cases {
         let (code, _, stderr) = check_config(&text);
         assert_eq!(code, 2, "{what}: {stderr}");
         assert!(
-            stderr.contains(key),
+            stderr.contains(&key),
             "{what}: {key} not named in {stderr:?}"
         );
     }

@@ -322,10 +322,12 @@ impl Drop for BigUpstream {
     }
 }
 
-/// `left` bytes of one repeated chunk; counted in `streaming` until dropped.
+/// `left` bytes of one repeated chunk; counted in `streaming` until dropped. With `stall`, one
+/// byte more is promised and never comes: the body stalls forever after `left` bytes.
 struct Repeat {
     chunk: Bytes,
     left: u64,
+    stall: bool,
     streaming: Arc<AtomicUsize>,
 }
 
@@ -335,6 +337,7 @@ impl Repeat {
         Repeat {
             chunk,
             left,
+            stall: false,
             streaming,
         }
     }
@@ -355,7 +358,11 @@ impl Body for Repeat {
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         if self.left == 0 {
-            return Poll::Ready(None);
+            return if self.stall {
+                Poll::Pending
+            } else {
+                Poll::Ready(None)
+            };
         }
         let n = self.left.min(self.chunk.len() as u64);
         self.left -= n;
@@ -363,11 +370,11 @@ impl Body for Repeat {
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.left)
+        http_body::SizeHint::with_exact(self.left + u64::from(self.stall))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.left == 0
+        self.left == 0 && !self.stall
     }
 }
 
@@ -400,7 +407,10 @@ impl BigUpstream {
                             let left = query("bytes=").unwrap_or(20);
                             let big = left > 1 << 20;
                             let counter = if big { sending } else { Arc::default() };
-                            Ok::<_, Infallible>(Response::new(Repeat::new(chunk, left, counter)))
+                            let mut body = Repeat::new(chunk, left, counter);
+                            // `/stall`: the body stops mid-way and never ends.
+                            body.stall = req.uri().path() == "/stall";
+                            Ok::<_, Infallible>(Response::new(body))
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -671,14 +681,22 @@ enum Lingerer {
     H2NeverAcks,
     /// HTTP/1.1: stops reading a large response.
     H1StopsReading,
+    /// HTTP/2, as `H2NeverAcks`, on a response whose upstream stalls mid-body: the stream is
+    /// not waiting for its answer (the head came), so it holds the close no longer than the
+    /// send deadline, as over HTTP/1.1.
+    H2UpstreamStallsMidBody,
 }
 
 async fn linger(proxy: &Proxy, row: Lingerer) -> Stream {
     match row {
-        Lingerer::H2NeverAcks => {
+        Lingerer::H2NeverAcks | Lingerer::H2UpstreamStallsMidBody => {
+            let path = match row {
+                Lingerer::H2NeverAcks => "/",
+                _ => "/stall",
+            };
             let mut io = tls(proxy, Some(b"h2")).await;
             io.write_all(&h2_opening(&[], 0)).await.unwrap();
-            io.write_all(&h2_get(1, "/")).await.unwrap();
+            io.write_all(&h2_get(1, path)).await.unwrap();
             io.flush().await.unwrap();
             Box::new(io)
         }
@@ -703,7 +721,11 @@ async fn a_connection_closing_after_its_idle_timeout_is_closed_by_the_send_timeo
         set(&c, "server", "idle_timeout", "\"500ms\"")
     })
     .await;
-    let rows = [Lingerer::H2NeverAcks, Lingerer::H1StopsReading];
+    let rows = [
+        Lingerer::H2NeverAcks,
+        Lingerer::H1StopsReading,
+        Lingerer::H2UpstreamStallsMidBody,
+    ];
     // Idle timeout (up to 1.25 times) plus the close deadline, ten times over.
     let limit = Duration::from_secs(8);
     let mut failures = Vec::new();
@@ -712,10 +734,20 @@ async fn a_connection_closing_after_its_idle_timeout_is_closed_by_the_send_timeo
         let io = linger(&proxy, row).await;
         match row {
             // Reading everything, acting on nothing.
-            Lingerer::H2NeverAcks => match held_for(io, since, limit).await {
-                Some(t) => eprintln!("{row:?}: closed after {t:?}"),
-                None => failures.push(format!("{row:?}: still open after {limit:?}")),
-            },
+            Lingerer::H2NeverAcks | Lingerer::H2UpstreamStallsMidBody => {
+                match held_for(io, since, limit).await {
+                    Some(t) => eprintln!("{row:?}: closed after {t:?}"),
+                    None => failures.push(format!("{row:?}: still open after {limit:?}")),
+                }
+                // The stalled response's upstream connection goes with the client's (an
+                // answered one idles in the pool instead).
+                if matches!(row, Lingerer::H2UpstreamStallsMidBody) {
+                    match upstream.all_closed(since, limit).await {
+                        Some(t) => eprintln!("{row:?}: upstream let go after {t:?}"),
+                        None => failures.push(format!("{row:?}: upstream held after {limit:?}")),
+                    }
+                }
+            }
             Lingerer::H1StopsReading => {
                 eventually(
                     Duration::from_secs(5),

@@ -168,6 +168,25 @@ async fn serve(
         if !read_body(&mut tcp, &mut buf, head.content_length).await {
             return;
         }
+        // `/cut/…`: the body is cut short after its head went out (closed, or reset when the
+        // path says `reset`), announced by length or chunked, or its chunked framing breaks
+        // (`badchunk`: a chunk size that is not hex).
+        if let Some(rest) = head.target.strip_prefix("/cut/") {
+            let head = if rest.starts_with("badchunk") {
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
+            } else if rest.starts_with("chunked") {
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"
+            } else {
+                "HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nhello"
+            };
+            let _ = tcp.write_all(head.as_bytes()).await;
+            let _ = tcp.flush().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if rest.contains("reset") {
+                let _ = tcp.set_zero_linger();
+            }
+            return;
+        }
         let text = format!("ok {} {}\n", head.method, head.target);
         let mut response = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
@@ -614,5 +633,81 @@ async fn a_pooled_connection_idle_past_the_idle_timeout_is_closed_not_reused() {
         );
         let (_, metrics) = proxy.admin_get("/metrics").await;
         assert_eq!(sample(&metrics, RETRIES_CLOSED), 0.0, "{idle_timeout}");
+    }
+}
+
+/// Reads the whole response to `req`, or as much as comes before the body fails.
+async fn read_all(conn: &mut Conn, req: Request<common::ReqBody>) -> (StatusCode, bool) {
+    use http_body_util::BodyExt;
+    let resp = match conn {
+        Conn::H1(s) => {
+            let (mut parts, body) = req.into_parts();
+            parts.uri = parts.uri.path().parse().unwrap();
+            parts
+                .headers
+                .insert(http::header::HOST, "localhost".parse().unwrap());
+            s.ready().await.unwrap();
+            s.send_request(Request::from_parts(parts, body))
+                .await
+                .unwrap()
+        }
+        Conn::H2(s) => {
+            s.ready().await.unwrap();
+            s.send_request(req).await.unwrap()
+        }
+    };
+    let status = resp.status();
+    (status, resp.into_body().collect().await.is_ok())
+}
+
+#[tokio::test]
+async fn a_response_body_the_upstream_cuts_short_counts_once_as_an_upstream_error() {
+    // (how the upstream ends the body after its head and 5 bytes). Each row runs over
+    // HTTP/1.1 and HTTP/2: the client has its 200 and a body that fails; the proxy records
+    // the 200 and counts one upstream protocol error, no client error.
+    let rows = [
+        "length-closed",
+        "length-reset",
+        "chunked-closed",
+        "chunked-reset",
+        "badchunk-closed",
+    ];
+    let up = Scripted::start(Behaviour::KeepAlive).await;
+    let proxy = start_proxy(&up.url(), |c| c).await;
+    for row in rows {
+        for proto in BOTH {
+            let (_, before) = proxy.admin_get("/metrics").await;
+            let mut conn = proxy.client().connect(proto).await;
+            let path = format!("/cut/{row}");
+            let (status, whole) = read_all(&mut conn, request(&Method::GET, &path, b"")).await;
+            assert_eq!(status, StatusCode::OK, "{row} {proto:?}");
+            assert!(!whole, "{row} {proto:?}: the body came whole");
+            let protocol = "webprom_edge_upstream_errors_total{kind=\"protocol\"}";
+            let mut after = String::new();
+            for _ in 0..100 {
+                after = proxy.admin_get("/metrics").await.1;
+                if sample(&after, protocol) > sample(&before, protocol) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert_eq!(
+                sample(&after, protocol) - sample(&before, protocol),
+                1.0,
+                "{row} {proto:?}"
+            );
+            assert_eq!(
+                total_upstream_errors(&after) - total_upstream_errors(&before),
+                1.0,
+                "{row} {proto:?}"
+            );
+            let client = |m: &str| -> f64 {
+                m.lines()
+                    .filter(|l| l.starts_with("webprom_edge_client_errors_total"))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum()
+            };
+            assert_eq!(client(&after), client(&before), "{row} {proto:?}");
+        }
     }
 }

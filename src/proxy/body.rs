@@ -33,7 +33,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::upstream::Lease;
-use crate::metrics::ClientError;
+use crate::metrics::{ClientError, UpstreamError};
 use crate::privacy::capture::Pending;
 use crate::privacy::observation::Observation;
 use crate::server::h2::RecvBody;
@@ -629,6 +629,9 @@ pub struct CapturedBody {
     inner: ResponseBody,
     bytes: u64,
     capturing: Option<Capturing>,
+    /// The upstream's body failed (cut short, bad framing): an upstream error once the
+    /// request is recorded, unless the client's own body failure broke the exchange first.
+    upstream_failed: bool,
 }
 
 impl CapturedBody {
@@ -647,6 +650,7 @@ impl CapturedBody {
         CapturedBody {
             inner,
             bytes: 0,
+            upstream_failed: false,
             capturing: pending.map(|pending| Capturing {
                 pending,
                 status,
@@ -665,6 +669,10 @@ impl Drop for CapturedBody {
             if let Some(kind) = c.watch.as_deref().and_then(BodyWatch::take_failure) {
                 c.sinks.metrics.client_error(kind);
                 status = kind.status();
+            } else if self.upstream_failed {
+                // The status and bytes sent stay as they went out; the exchange broke
+                // upstream.
+                c.sinks.metrics.upstream_error(UpstreamError::Protocol);
             }
             c.sinks
                 .observe(c.pending.finish(status, self.bytes, c.limited));
@@ -682,10 +690,14 @@ impl Body for CapturedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let res = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &res
-            && let Some(data) = frame.data_ref()
-        {
-            this.bytes += data.len() as u64;
+        match &res {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.upstream_failed = true,
+            _ => {}
         }
         res
     }

@@ -176,7 +176,7 @@ async fn serve_h2<T>(
     let deadlines = Deadlines {
         first_head_by,
         requested: &|conn: &h2::Connection<_>| conn.has_accepted_stream(),
-        busy: &|conn: &h2::Connection<_>| conn.has_open_streams(),
+        busy: &|conn: &h2::Connection<_>| conn.has_answering_streams(),
     };
     // HTTP/2 refuses malformed requests per stream (RFC 9113 §8.1.1); a connection error has
     // no request to record.

@@ -94,8 +94,11 @@ struct Service {
     resets: OnceLock<governor::DefaultDirectRateLimiter>,
     /// The reset budget ran out: the connection sends GOAWAY (ENHANCE_YOUR_CALM).
     calm_down: AtomicBool,
-    /// Streams whose task is still running (answering or sending).
-    open_streams: AtomicUsize,
+    /// Streams waiting for their answer (the response head): a graceful close waits for them
+    /// though no byte moves, as it does for HTTP/1.1. A stream sending its body is the I/O's:
+    /// one whose upstream stalls mid-body holds a closing connection no longer than
+    /// `server.send_timeout`.
+    answering: AtomicUsize,
 }
 
 impl Service {
@@ -148,7 +151,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
                 send_timeout,
                 resets: OnceLock::new(),
                 calm_down: AtomicBool::new(false),
-                open_streams: AtomicUsize::new(0),
+                answering: AtomicUsize::new(0),
             }),
             close_pending: false,
             accepted: false,
@@ -161,9 +164,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         self.accepted
     }
 
-    /// Whether a stream is still being answered or sent.
-    pub fn has_open_streams(&self) -> bool {
-        self.service.open_streams.load(Ordering::Relaxed) > 0
+    /// Whether a stream is still waiting for its answer (the response head).
+    pub fn has_answering_streams(&self) -> bool {
+        self.service.answering.load(Ordering::Relaxed) > 0
     }
 
     /// Sends GOAWAY: streams already open finish, no new one is accepted, and the connection
@@ -272,7 +275,7 @@ impl<F, B> Stream<F, B> {
         continue_wanted: Option<oneshot::Receiver<()>>,
         reply: SendResponse<Bytes>,
     ) -> Self {
-        svc.open_streams.fetch_add(1, Ordering::Relaxed);
+        svc.answering.fetch_add(1, Ordering::Relaxed);
         Stream {
             reply,
             state: StreamState::Answering {
@@ -286,9 +289,21 @@ impl<F, B> Stream<F, B> {
     }
 }
 
+impl<F, B> Stream<F, B> {
+    /// Leaves [`StreamState::Answering`] for `next`: the stream no longer counts as answering.
+    fn answered(&mut self, next: StreamState<F, B>) {
+        if matches!(self.state, StreamState::Answering { .. }) {
+            self.svc.answering.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.state = next;
+    }
+}
+
 impl<F, B> Drop for Stream<F, B> {
     fn drop(&mut self) {
-        self.svc.open_streams.fetch_sub(1, Ordering::Relaxed);
+        if matches!(self.state, StreamState::Answering { .. }) {
+            self.svc.answering.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -331,13 +346,13 @@ where
                                 if reset.is_ok() {
                                     this.svc.client_reset();
                                 }
-                                this.state = StreamState::Done;
+                                this.answered(StreamState::Done);
                                 Poll::Ready(())
                             }
                             Poll::Pending => Poll::Pending,
                         };
                     };
-                    this.state = match respond(&mut this.reply, resp) {
+                    let next = match respond(&mut this.reply, resp) {
                         Some((body, send)) => StreamState::Sending {
                             body,
                             send,
@@ -345,6 +360,7 @@ where
                         },
                         None => StreamState::Done,
                     };
+                    this.answered(next);
                 }
                 StreamState::Sending {
                     body,
