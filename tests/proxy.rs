@@ -559,3 +559,77 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     );
     assert_eq!(up.connections.load(Ordering::SeqCst), 2);
 }
+
+/// An upstream on loopback that answers every request on a connection with `status_line`,
+/// two body bytes and a length, then waits for the next request.
+async fn upstream_answering(status_line: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = tcp.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let answer = format!("{status_line}\r\nContent-Length: 2\r\n\r\nok");
+                        if tcp.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_line_is_the_proxys_own_whatever_version_and_reason_the_upstream_sends() {
+    // (upstream status line, the status line an HTTP/1.1 client gets). The version is the
+    // hop's own (RFC 9110 §6.2): an HTTP/1.0 upstream must not make the answer HTTP/1.0, which
+    // would also end the client's keep-alive; the reason is the standard one.
+    let rows = [
+        ("HTTP/1.0 200 OK", "HTTP/1.1 200 OK"),
+        ("HTTP/1.0 404 Not Found", "HTTP/1.1 404 Not Found"),
+        ("HTTP/1.1 200 Fine Thanks", "HTTP/1.1 200 OK"),
+        (
+            "HTTP/1.0 431 Too many headers",
+            "HTTP/1.1 431 Request Header Fields Too Large",
+        ),
+        ("HTTP/1.1 299 Whatever", "HTTP/1.1 299 <none>"),
+    ];
+    for (upstream_line, client_line) in rows {
+        let up = upstream_answering(upstream_line).await;
+        let proxy = Proxy::start(&up).await;
+        // Two requests on one connection: the second needs the first's keep-alive.
+        let two = "GET /a HTTP/1.1\r\nHost: localhost\r\n\r\n\
+                   GET /b HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+        let answer = proxy.client().raw_h1(two.as_bytes()).await;
+        // Each body is "ok" with no line end, so a status line may follow it on its line.
+        let status_lines: Vec<&str> = answer
+            .match_indices("HTTP/1.")
+            .filter_map(|(at, _)| answer[at..].lines().next())
+            .collect();
+        assert_eq!(
+            status_lines,
+            [client_line, client_line],
+            "{upstream_line}: {answer}"
+        );
+        let over_h2 = proxy.client().get(Proto::H2, "/c").await;
+        assert_eq!(
+            over_h2.status.as_u16().to_string(),
+            upstream_line[9..12],
+            "{upstream_line}"
+        );
+    }
+}

@@ -378,6 +378,11 @@ impl Proxy {
         };
 
         // response_filter
+        // The version and the reason phrase are the hop's own (RFC 9110 §6.2, RFC 9112 §4): an
+        // HTTP/1.0 upstream must not turn the client's HTTP/1.1 answer into an HTTP/1.0 one
+        // (which also ends keep-alive), and the upstream's reason text is not passed on.
+        *resp.version_mut() = Version::HTTP_11;
+        resp.extensions_mut().remove::<hyper::ext::ReasonPhrase>();
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         headers::strip_hop_by_hop(resp.headers_mut(), switching && upgrade);
         cookie::cap_response(resp.headers_mut(), self.cookie_max_age, SystemTime::now());
