@@ -503,3 +503,55 @@ async fn an_http1_upload_turned_away_with_503_gets_the_answer_not_a_reset() {
     assert_eq!(sample(&metrics, FULL), rows.len() as f64);
     assert_eq!(upstream_errors(&metrics), 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_left_hold_no_place_under_the_cap_for_long() {
+    // Every place under the cap taken by a request whose client then left, each waiting on a
+    // 5 s answer: a client arriving after them is served once the departed ones have been let
+    // go (at most 1 s after they left), not turned away at its 2 s queue timeout.
+    // (protocol of the clients that leave).
+    for proto in [Proto::H2, Proto::H1] {
+        let up = Upstream::start().await;
+        let proxy = start_proxy(
+            &up.url(),
+            &[
+                ("max_connections", "4"),
+                ("max_queued_requests", "8"),
+                ("queue_timeout", "\"2s\""),
+            ],
+        )
+        .await;
+        let client = proxy.client();
+        let mut h2 = client.connect(Proto::H2).await;
+        for i in 0..4 {
+            let req = request(proto, &format!("/slow?ms=5000&i={i}"));
+            let left = match proto {
+                Proto::H2 => tokio::time::timeout(Duration::from_millis(100), h2.try_send(req))
+                    .await
+                    .is_err(),
+                Proto::H1 => {
+                    let mut conn = client.connect(Proto::H1).await;
+                    tokio::time::timeout(Duration::from_millis(100), conn.try_send(req))
+                        .await
+                        .is_err()
+                }
+            };
+            assert!(left, "{proto:?} request {i} was answered");
+        }
+        let arrived = std::time::Instant::now();
+        let after = client.get(Proto::H2, "/greet?i=after").await;
+        assert_eq!(
+            after.status,
+            StatusCode::OK,
+            "{proto:?}: {:?}",
+            arrived.elapsed()
+        );
+        let (_, metrics) = proxy.admin_get("/metrics").await;
+        assert_eq!(
+            sample(&metrics, FULL) + sample(&metrics, TIMEOUT),
+            0.0,
+            "{proto:?}"
+        );
+        assert_eq!(upstream_errors(&metrics), 0.0, "{proto:?}");
+    }
+}

@@ -22,7 +22,8 @@
 //!
 //! Abandoned exchanges: when the client leaves (HTTP/2 stream reset, HTTP/1.1 connection
 //! closed) while its exchange is upstream, the exchange goes on in a task of its own until the
-//! response head arrives (within what is left of `upstream.request_timeout`); when the client
+//! response head arrives (within [`DRAIN_TIMEOUT`] and what is left of
+//! `upstream.request_timeout`, so that clients gone cannot hold the cap's places); when the client
 //! leaves with the response body unread, that body is read on. Either way the connection goes
 //! back to the pool if at most [`DRAIN_BYTES`] of body remain (known by `Content-Length`, or a
 //! chunked body ending within it) and they arrive within [`DRAIN_TIMEOUT`]; otherwise it is
@@ -71,7 +72,8 @@ const BACKOFF: Duration = Duration::from_secs(3);
 const MAX_IDLE: usize = 1024;
 /// The most of an abandoned response body read, and thrown away, to keep its connection.
 pub const DRAIN_BYTES: u64 = 64 * 1024;
-/// How long, at most, the rest of an abandoned response body is read to keep its connection.
+/// How long, at most, an abandoned exchange waits for its response head, and then for the rest
+/// of its body, to keep its connection.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Sender = http1::SendRequest<RequestBody>;
@@ -404,11 +406,15 @@ impl InFlight<'_> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
+        let now = tokio::time::Instant::now();
         if let (Some(sending), Some(conn)) = (self.sending.take(), self.conn.take())
-            && tokio::time::Instant::now() < self.deadline
+            && now < self.deadline
         {
             let peer = self.peer.clone();
-            if !spawn_from_drop(finish_abandoned(sending, conn, peer, self.deadline)) {
+            // A client that left may not hold a place under the cap for long: its head is
+            // waited for at most DRAIN_TIMEOUT.
+            let deadline = self.deadline.min(now + DRAIN_TIMEOUT);
+            if !spawn_from_drop(finish_abandoned(sending, conn, peer, deadline)) {
                 self.peer.metrics.drained(Drained::Closed);
             }
         }
