@@ -38,7 +38,7 @@ fn example_config_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
     let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(printed.contains("listen = \"0.0.0.0:8443\""), "{printed}");
+    assert!(printed.contains("listen = \"127.0.0.1:8443\""), "{printed}");
 }
 
 #[test]
