@@ -88,7 +88,11 @@ fn the_quickstart_upstream_folder_holds_no_key_certificate_log_or_link() {
         assert!(!kind.is_symlink(), "{} is a link", path.display());
         let name = path.file_name().unwrap().to_string_lossy().to_lowercase();
         for suffix in secret_suffixes {
-            assert!(!name.ends_with(suffix), "{} must not be served", path.display());
+            assert!(
+                !name.ends_with(suffix),
+                "{} must not be served",
+                path.display()
+            );
         }
         // The proxy's own state directories, should one be created in the wrong place.
         for dir in ["keys", "state", "logs", "certs"] {
