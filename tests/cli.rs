@@ -173,3 +173,75 @@ fn a_pseudonym_may_begin_with_a_hyphen() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("0 records found"));
 }
+
+/// Runs `check-config` on a good config with `WEBPROM_EDGE_LOG` set to `value` (or unset):
+/// (exit status, stderr).
+fn check_config_with_log_env(value: Option<&std::ffi::OsStr>) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_test_geo(dir.path());
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, base_config(dir.path(), "http://127.0.0.1:8080")).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(["check-config", "--config"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .env_remove("WEBPROM_EDGE_LOG");
+    if let Some(value) = value {
+        cmd.env("WEBPROM_EDGE_LOG", value);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_invalid_log_filter_is_named_in_a_warning_and_info_is_used() {
+    // One row per kind of bad value: (value, what the warning must quote).
+    let rows = [
+        ("webprom_edge=verbose", "\"webprom_edge=verbose\""),
+        ("info,hyper=loud", "\"info,hyper=loud\""),
+        ("=debug", "\"=debug\""),
+        ("info,[", "\"info,[\""),
+        ("[{", "\"[{\""),
+        ("a=b=c", "\"a=b=c\""),
+        ("debug,webprom_edge=6", "\"debug,webprom_edge=6\""),
+    ];
+    for (value, quoted) in rows {
+        let (code, stderr) = check_config_with_log_env(Some(value.as_ref()));
+        assert_eq!(code, 0, "{value}: {stderr}");
+        let warning = stderr
+            .lines()
+            .find(|l| l.contains("WARN") && l.contains("WEBPROM_EDGE_LOG"))
+            .unwrap_or_else(|| panic!("{value}: no warning in {stderr:?}"));
+        assert!(warning.contains(quoted), "{value}: {warning}");
+        assert!(warning.contains("using \"info\""), "{value}: {warning}");
+    }
+    // A value that is not UTF-8 is named by its variable only.
+    let not_utf8 = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"debug\xff");
+    let (code, stderr) = check_config_with_log_env(Some(not_utf8));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("WEBPROM_EDGE_LOG is not valid UTF-8"),
+        "{stderr:?}"
+    );
+}
+
+#[test]
+fn a_valid_empty_or_absent_log_filter_gives_no_warning() {
+    // One row per kind of good value; None: unset.
+    let rows: [Option<&str>; 6] = [
+        None,
+        Some(""),
+        Some("  "),
+        Some("debug"),
+        Some("webprom_edge=debug,info"),
+        Some("warn,webprom_edge::server=trace"),
+    ];
+    for value in rows {
+        let (code, stderr) = check_config_with_log_env(value.map(AsRef::as_ref));
+        assert_eq!(code, 0, "{value:?}: {stderr}");
+        assert!(!stderr.contains("WEBPROM_EDGE_LOG"), "{value:?}: {stderr}");
+    }
+}
