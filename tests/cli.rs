@@ -245,3 +245,54 @@ fn a_valid_empty_or_absent_log_filter_gives_no_warning() {
         assert!(!stderr.contains("WEBPROM_EDGE_LOG"), "{value:?}: {stderr}");
     }
 }
+
+#[test]
+fn check_config_prints_each_duration_in_the_unit_it_was_written_in() {
+    // (section, key, written, printed): one row each.
+    let rows = [
+        ("access_log", "retention", "90d", "90d"),
+        ("privacy", "key_retention", "720h", "720h"),
+        ("privacy", "cookie_max_age", "2w", "2w"),
+        ("privacy", "timestamp_precision", "60s", "60s"),
+        ("server", "idle_timeout", "1m", "1m"),
+        ("server", "send_timeout", "1m 30s", "90s"),
+        ("server", "shutdown_grace", "1.5m", "90s"),
+        ("server", "header_read_timeout", "10 seconds", "10s"),
+        ("upstream", "request_timeout", "1000ms", "1000ms"),
+        ("upstream", "connect_timeout", "500ms", "500ms"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    common::write_test_geo(dir.path());
+    let mut config = base_config(dir.path(), "http://127.0.0.1:8080");
+    for (section, key, written, _) in rows {
+        config = set(&config, section, key, &format!("\"{written}\""));
+    }
+    let printed = check_config_in(dir.path(), &config);
+    let effective: toml::Table = printed.parse().unwrap();
+    for (section, key, written, shown) in rows {
+        assert_eq!(
+            effective[section][key].as_str(),
+            Some(shown),
+            "{section}.{key} = {written:?}"
+        );
+    }
+    // Defaults are shown in their natural unit, never as months and days.
+    assert_eq!(effective["upstream"]["idle_timeout"].as_str(), Some("4s"));
+    // The effective config is itself a config that prints the same.
+    assert_eq!(check_config_in(dir.path(), &printed), printed);
+}
+
+/// `check-config` on `text` written into `dir`: its stdout (it must succeed).
+fn check_config_in(dir: &std::path::Path, text: &str) -> String {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(bin())
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
