@@ -666,39 +666,135 @@ fn check_quota(key: &str, rate: u32, burst: u32) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// A duration written as `"500ms"`, `"2s"`, `"30d"`.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Dur(pub Duration);
+/// A duration written as `"500ms"`, `"2s"`, `"30d"` (humantime's syntax). It remembers the
+/// unit it was written in, so the effective config (`check-config`) shows `"90d"` as `"90d"`
+/// and `"60s"` as `"60s"`; a value written in several parts (`"1h 30m"`), or not a whole number
+/// of its unit (`"1.5h"`), is shown in the largest unit that holds it exactly (`"90m"`).
+/// Equality and order are the duration's alone.
+#[derive(Clone, Copy)]
+pub struct Dur(pub Duration, DurUnit);
+
+/// The index in [`UNITS`] of the unit a [`Dur`] is shown in; `None`: the largest exact one.
+#[derive(Clone, Copy, Debug)]
+pub struct DurUnit(Option<u8>);
+
+/// The units a duration is shown in: (suffix, length in nanoseconds), each suffix one that
+/// humantime reads back as the same length. Months and years are humantime's (30.44 and
+/// 365.25 days).
+const UNITS: [(&str, u128); 10] = [
+    ("ns", 1),
+    ("us", 1_000),
+    ("ms", 1_000_000),
+    ("s", 1_000_000_000),
+    ("m", 60_000_000_000),
+    ("h", 3_600_000_000_000),
+    ("d", 86_400_000_000_000),
+    ("w", 604_800_000_000_000),
+    ("months", 2_630_016_000_000_000),
+    ("y", 31_557_600_000_000_000),
+];
+
+/// Index in [`UNITS`] of the days: the largest unit chosen when none was written.
+const DAYS: usize = 6;
 
 impl Dur {
     const fn secs(s: u64) -> Dur {
-        Dur(Duration::from_secs(s))
+        Dur(Duration::from_secs(s), DurUnit(Some(3)))
     }
     const fn days(d: u64) -> Dur {
-        Dur(Duration::from_secs(d * 86400))
+        Dur(Duration::from_secs(d * 86400), DurUnit(Some(DAYS as u8)))
+    }
+
+    /// The unit of a duration written as one number and one unit (`"90d"`, `"60 s"`,
+    /// `"2 weeks"`), as humantime reads that unit.
+    fn written_unit(text: &str) -> DurUnit {
+        let digits = text.len() - text.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let suffix = text[digits..].trim();
+        if digits == 0 || suffix.is_empty() || suffix.contains(|c: char| !c.is_alphabetic()) {
+            return DurUnit(None);
+        }
+        let Ok(one) = humantime::parse_duration(&format!("1{suffix}")) else {
+            return DurUnit(None);
+        };
+        let index = UNITS.iter().position(|&(_, nanos)| nanos == one.as_nanos());
+        DurUnit(index.and_then(|i| u8::try_from(i).ok()))
+    }
+}
+
+impl From<Duration> for Dur {
+    fn from(d: Duration) -> Dur {
+        Dur(d, DurUnit(None))
+    }
+}
+
+impl PartialEq for Dur {
+    fn eq(&self, other: &Dur) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Dur {}
+
+impl PartialOrd for Dur {
+    fn partial_cmp(&self, other: &Dur) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Dur {
+    fn cmp(&self, other: &Dur) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
+    }
+}
+
+impl fmt::Display for Dur {
+    /// In the unit it was written in when the value is a whole number of it; else in the
+    /// largest of d, h, m, s, ms, us, ns that divides it exactly (`"0s"` for zero).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nanos = self.0.as_nanos();
+        if nanos == 0 {
+            return f.write_str("0s");
+        }
+        let written = self.1.0.map(usize::from).filter(|&i| {
+            UNITS
+                .get(i)
+                .is_some_and(|&(_, len)| nanos.is_multiple_of(len))
+        });
+        let index = written.unwrap_or_else(|| {
+            (0..=DAYS)
+                .rev()
+                .find(|&i| nanos.is_multiple_of(UNITS[i].1))
+                .unwrap_or(0)
+        });
+        let (suffix, len) = UNITS[index];
+        write!(f, "{}{suffix}", nanos / len)
     }
 }
 
 impl fmt::Debug for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
+        fmt::Display::fmt(self, f)
     }
 }
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration {s:?}: {e} (write e.g. \"500ms\", \"2s\", \"30d\")"
-            ))
-        })
+        let text = s.trim();
+        let unit = Dur::written_unit(text);
+        humantime::parse_duration(text)
+            .map(|d| Dur(d, unit))
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {s:?}: {e} (write e.g. \"500ms\", \"2s\", \"30d\")"
+                ))
+            })
     }
 }
 
 impl Serialize for Dur {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_duration(self.0))
+        s.collect_str(self)
     }
 }
 
@@ -957,5 +1053,67 @@ mod tests {
         );
         assert_eq!("::1".parse::<Cidr>().unwrap().0.to_string(), "::1/128");
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn a_duration_is_shown_in_the_unit_it_was_written_in() {
+        // (written, shown): one row each.
+        let rows = [
+            ("90d", "90d"),
+            ("30d", "30d"),
+            ("60s", "60s"),
+            ("1m", "1m"),
+            ("3600s", "3600s"),
+            ("48h", "48h"),
+            ("1000ms", "1000ms"),
+            ("500ms", "500ms"),
+            ("250us", "250us"),
+            ("250µs", "250us"),
+            ("10ns", "10ns"),
+            ("2w", "2w"),
+            ("3months", "3months"),
+            ("1y", "1y"),
+            ("14 days", "14d"),
+            ("2 hours", "2h"),
+            ("5min", "5m"),
+            ("10sec", "10s"),
+            (" 2s ", "2s"),
+            // Several parts, or not a whole number of its unit: the largest exact unit.
+            ("1h 30m", "90m"),
+            ("1m 30s", "90s"),
+            ("1d 12h", "36h"),
+            ("1s 500ms", "1500ms"),
+            ("1.5h", "90m"),
+            ("0s", "0s"),
+        ];
+        for (written, shown) in rows {
+            let d: Dur = toml::from_str::<toml::Table>(&format!("d = \"{written}\"")).unwrap()["d"]
+                .clone()
+                .try_into()
+                .unwrap_or_else(|e| panic!("{written}: {e}"));
+            assert_eq!(d.to_string(), shown, "{written}");
+            let again = humantime::parse_duration(shown).unwrap();
+            assert_eq!(
+                again, d.0,
+                "{written}: {shown} reads back as another duration"
+            );
+        }
+    }
+
+    #[test]
+    fn a_default_duration_is_shown_in_its_natural_unit() {
+        let c = parse("").unwrap();
+        let rows = [
+            (c.server.idle_timeout, "60s"),
+            (c.server.header_read_timeout, "10s"),
+            (c.privacy.key_retention, "30d"),
+            (c.access_log.retention, "90d"),
+            (c.privacy.cookie_max_age, "14d"),
+            (Dur::from(Duration::from_secs(7200)), "2h"),
+            (Dur::from(Duration::from_millis(1500)), "1500ms"),
+        ];
+        for (d, shown) in rows {
+            assert_eq!(d.to_string(), shown);
+        }
     }
 }

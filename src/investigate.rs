@@ -1025,29 +1025,30 @@ fn append_audit_at(dir: &Path, retention_days: i64, line: &[u8], today: Epoch) -
     }
 }
 
-/// `keys`: every epoch of the retention window and every kept epoch, as
-/// `YYYY-MM-DD kept|derivable|destroyed` lines, and a summary line.
+/// `keys`: every kept epoch, every day of the retention window from the oldest kept key on
+/// (kept or derivable), and every day with an access-log day file whose key cannot be had
+/// (destroyed), oldest first, as `YYYY-MM-DD kept|derivable|destroyed` lines, and a summary
+/// line. Days that never had a key and have no records are not listed.
 pub fn keys_report(settings: &Settings) -> anyhow::Result<(String, String)> {
     let today = Epoch::today();
     let retention_days =
         i64::try_from(settings.key_retention.as_secs() / 86_400).unwrap_or(i64::MAX);
-    let list: Vec<(Epoch, KeyState)> = match settings.keys()? {
+    let mut list: Vec<(Epoch, KeyState)> = match settings.keys()? {
         Some(store) => store
             .list_at(today)
             .with_context(|| "listing privacy.key_dir")?,
-        None => {
-            let mut day = today.add_days(-retention_days);
-            let mut v = Vec::new();
-            while day <= today {
-                v.push((day, KeyState::Destroyed));
-                if day.next() == day {
-                    break;
-                }
-                day = day.next();
-            }
-            v
-        }
+        None => Vec::new(),
     };
+    // Days whose records remain but whose key cannot be had: every access-log day up to today
+    // that the store does not list (so before its oldest kept key, or any with no key at all).
+    // Days that never had a key and have no records are not listed: a new install shows today.
+    let listed: std::collections::BTreeSet<Epoch> = list.iter().map(|&(e, _)| e).collect();
+    for (day, _) in day_files(settings, DayRange::default())? {
+        if day <= today && !listed.contains(&day) {
+            list.push((day, KeyState::Destroyed));
+        }
+    }
+    list.sort_by_key(|&(e, _)| e);
     let mut lines = String::new();
     let (mut kept, mut derivable, mut destroyed) = (0, 0, 0);
     for (epoch, state) in &list {

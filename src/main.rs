@@ -125,12 +125,34 @@ fn ignore_file_size_signal() {
     }
 }
 
+/// The environment variable that sets the diagnostics filter.
+const LOG_VAR: &str = "WEBPROM_EDGE_LOG";
+
+/// Diagnostics on stderr at `info`, or at what `WEBPROM_EDGE_LOG` says (tracing's `EnvFilter`
+/// syntax). Unset or empty: `info`. A value that is not a filter (or not UTF-8) is not ignored
+/// silently: `info` is used and a warning names the variable, the value and what is wrong.
 fn init_tracing() {
     use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WEBPROM_EDGE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (filter, problem) = match std::env::var(LOG_VAR) {
+        Ok(value) if !value.trim().is_empty() => match EnvFilter::builder().parse(&value) {
+            Ok(filter) => (filter, None),
+            Err(e) => (
+                EnvFilter::new("info"),
+                Some(format!(
+                    "{LOG_VAR}={:?} is not a valid filter: {e}",
+                    shortened(&value)
+                )),
+            ),
+        },
+        Err(std::env::VarError::NotUnicode(_)) => (
+            EnvFilter::new("info"),
+            Some(format!("{LOG_VAR} is not valid UTF-8")),
+        ),
+        _ => (EnvFilter::new("info"), None),
+    };
     // A dependency's TRACE events print what it parses (`h2` prints a refused `te` field's
     // value): they never pass, whatever `WEBPROM_EDGE_LOG` asks for. The proxy's own
     // diagnostics never carry a request value at any level.
@@ -144,4 +166,17 @@ fn init_tracing() {
         .finish()
         .with(no_dependency_trace)
         .init();
+    if let Some(problem) = problem {
+        tracing::warn!(
+            "{problem}; using \"info\" (a level such as \"debug\", or directives such as \"webprom_edge=debug,info\")"
+        );
+    }
+}
+
+/// At most the first 100 characters of `value`, for a message.
+fn shortened(value: &str) -> String {
+    match value.char_indices().nth(100) {
+        Some((end, _)) => format!("{}…", &value[..end]),
+        None => value.to_owned(),
+    }
 }

@@ -38,7 +38,7 @@ fn example_config_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
     let printed = String::from_utf8_lossy(&out.stdout);
-    assert!(printed.contains("listen = \"0.0.0.0:8443\""), "{printed}");
+    assert!(printed.contains("listen = \"127.0.0.1:8443\""), "{printed}");
 }
 
 #[test]
@@ -208,4 +208,127 @@ fn a_pseudonym_may_begin_with_a_hyphen() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("0 records found"));
+}
+
+/// Runs `check-config` on a good config with `WEBPROM_EDGE_LOG` set to `value` (or unset):
+/// (exit status, stderr).
+fn check_config_with_log_env(value: Option<&std::ffi::OsStr>) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_test_geo(dir.path());
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, base_config(dir.path(), "http://127.0.0.1:8080")).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(["check-config", "--config"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .env_remove("WEBPROM_EDGE_LOG");
+    if let Some(value) = value {
+        cmd.env("WEBPROM_EDGE_LOG", value);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_invalid_log_filter_is_named_in_a_warning_and_info_is_used() {
+    // One row per kind of bad value: (value, what the warning must quote).
+    let rows = [
+        ("webprom_edge=verbose", "\"webprom_edge=verbose\""),
+        ("info,hyper=loud", "\"info,hyper=loud\""),
+        ("=debug", "\"=debug\""),
+        ("info,[", "\"info,[\""),
+        ("[{", "\"[{\""),
+        ("a=b=c", "\"a=b=c\""),
+        ("debug,webprom_edge=6", "\"debug,webprom_edge=6\""),
+    ];
+    for (value, quoted) in rows {
+        let (code, stderr) = check_config_with_log_env(Some(value.as_ref()));
+        assert_eq!(code, 0, "{value}: {stderr}");
+        let warning = stderr
+            .lines()
+            .find(|l| l.contains("WARN") && l.contains("WEBPROM_EDGE_LOG"))
+            .unwrap_or_else(|| panic!("{value}: no warning in {stderr:?}"));
+        assert!(warning.contains(quoted), "{value}: {warning}");
+        assert!(warning.contains("using \"info\""), "{value}: {warning}");
+    }
+    // A value that is not UTF-8 is named by its variable only.
+    let not_utf8 = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"debug\xff");
+    let (code, stderr) = check_config_with_log_env(Some(not_utf8));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("WEBPROM_EDGE_LOG is not valid UTF-8"),
+        "{stderr:?}"
+    );
+}
+
+#[test]
+fn a_valid_empty_or_absent_log_filter_gives_no_warning() {
+    // One row per kind of good value; None: unset.
+    let rows: [Option<&str>; 6] = [
+        None,
+        Some(""),
+        Some("  "),
+        Some("debug"),
+        Some("webprom_edge=debug,info"),
+        Some("warn,webprom_edge::server=trace"),
+    ];
+    for value in rows {
+        let (code, stderr) = check_config_with_log_env(value.map(AsRef::as_ref));
+        assert_eq!(code, 0, "{value:?}: {stderr}");
+        assert!(!stderr.contains("WEBPROM_EDGE_LOG"), "{value:?}: {stderr}");
+    }
+}
+
+#[test]
+fn check_config_prints_each_duration_in_the_unit_it_was_written_in() {
+    // (section, key, written, printed): one row each.
+    let rows = [
+        ("access_log", "retention", "90d", "90d"),
+        ("privacy", "key_retention", "720h", "720h"),
+        ("privacy", "cookie_max_age", "2w", "2w"),
+        ("privacy", "timestamp_precision", "60s", "60s"),
+        ("server", "idle_timeout", "1m", "1m"),
+        ("server", "send_timeout", "1m 30s", "90s"),
+        ("server", "shutdown_grace", "1.5m", "90s"),
+        ("server", "header_read_timeout", "10 seconds", "10s"),
+        ("upstream", "request_timeout", "1000ms", "1000ms"),
+        ("upstream", "connect_timeout", "500ms", "500ms"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    common::write_test_geo(dir.path());
+    let mut config = base_config(dir.path(), "http://127.0.0.1:8080");
+    for (section, key, written, _) in rows {
+        config = set(&config, section, key, &format!("\"{written}\""));
+    }
+    let printed = check_config_in(dir.path(), &config);
+    let effective: toml::Table = printed.parse().unwrap();
+    for (section, key, written, shown) in rows {
+        assert_eq!(
+            effective[section][key].as_str(),
+            Some(shown),
+            "{section}.{key} = {written:?}"
+        );
+    }
+    // Defaults are shown in their natural unit, never as months and days.
+    assert_eq!(effective["upstream"]["idle_timeout"].as_str(), Some("4s"));
+    // The effective config is itself a config that prints the same.
+    assert_eq!(check_config_in(dir.path(), &printed), printed);
+}
+
+/// `check-config` on `text` written into `dir`: its stdout (it must succeed).
+fn check_config_in(dir: &std::path::Path, text: &str) -> String {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(bin())
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    String::from_utf8(out.stdout).unwrap()
 }

@@ -343,18 +343,83 @@ fn days_across_the_key_schedule_and_unlinkable_days() {
     assert_eq!(last["count"], 4);
     assert_eq!(last["days_unlinkable"][0], old.as_str());
 
-    // `keys`: the kept day, the derivable days after it, destroyed days before it.
+    // `keys`: the day with records but no key (destroyed), the kept day, the derivable days
+    // after it; days before the first key with no records are not listed.
     let (code, out, err) = tool(dir.path(), "keys", &[]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains(&format!("{} kept\n", d(-3))), "{out}");
-    assert!(out.contains(&format!("{} derivable\n", d(-2))), "{out}");
-    assert!(out.contains(&format!("{} derivable\n", d(0))), "{out}");
-    assert!(out.contains(&format!("{} destroyed\n", d(-4))), "{out}");
-    assert!(out.contains(&format!("{} destroyed\n", d(-30))), "{out}");
+    let expected = [
+        format!("{old} destroyed"),
+        format!("{} kept", d(-3)),
+        format!("{} derivable", d(-2)),
+        format!("{} derivable", d(-1)),
+        format!("{} derivable", d(0)),
+    ];
+    assert_eq!(out.lines().collect::<Vec<_>>(), expected, "{out}");
     assert!(
-        err.contains("keys: 1 kept, 3 derivable, 27 destroyed"),
+        err.contains("keys: 1 kept, 3 derivable, 1 destroyed"),
         "{err}"
     );
+}
+
+#[test]
+fn keys_never_lists_days_before_the_first_key_as_destroyed_unless_their_records_remain() {
+    let d = |n: i64| day_offset(n);
+    // (first kept key, days with a day file, expected lines): one row each; days are offsets
+    // from today.
+    type Row = (Option<i64>, &'static [i64], Vec<(i64, &'static str)>);
+    let rows: [Row; 5] = [
+        // A new install: today's key, no records yet.
+        (Some(0), &[], vec![(0, "kept")]),
+        // A new install that has served today.
+        (Some(0), &[0], vec![(0, "kept")]),
+        // A week-old install.
+        (
+            Some(-2),
+            &[-2, -1],
+            vec![(-2, "kept"), (-1, "derivable"), (0, "derivable")],
+        ),
+        // Records older than the first key: their days are unlinkable.
+        (
+            Some(-1),
+            &[-45, -3, -1],
+            vec![
+                (-45, "destroyed"),
+                (-3, "destroyed"),
+                (-1, "kept"),
+                (0, "derivable"),
+            ],
+        ),
+        // No key directory at all: only days with records, each destroyed.
+        (None, &[-5, 0], vec![(-5, "destroyed"), (0, "destroyed")]),
+    ];
+    for (first_key, logged, expected) in rows {
+        let key_day = first_key.map(d);
+        let dir = offline_dir(key_day.as_deref().map(|day| (day, test_key_raw())));
+        for &n in logged {
+            let day = d(n);
+            std::fs::write(
+                dir.path().join(format!("logs/access-{day}.jsonl")),
+                record(&day, "10:00:00", &day, "AAAAAAAAAAAAAAAA", "/", 200),
+            )
+            .unwrap();
+        }
+        let (code, out, err) = tool(dir.path(), "keys", &[]);
+        assert_eq!(code, 0, "{first_key:?} {logged:?}: {err}");
+        let expected: Vec<String> = expected
+            .iter()
+            .map(|(n, state)| format!("{} {state}", d(*n)))
+            .collect();
+        assert_eq!(
+            out.lines().collect::<Vec<_>>(),
+            expected,
+            "{first_key:?} {logged:?}"
+        );
+        let destroyed = expected.iter().filter(|l| l.ends_with("destroyed")).count();
+        assert!(
+            err.contains(&format!(", {destroyed} destroyed;")),
+            "{first_key:?} {logged:?}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -633,3 +633,112 @@ async fn the_status_line_is_the_proxys_own_whatever_version_and_reason_the_upstr
         );
     }
 }
+
+/// Sends `bytes` on a bare TCP connection to `addr` and reads until the proxy closes (at most
+/// 10 s: a proxy that keeps the connection open fails the caller's assertions).
+async fn raw_tcp(addr: std::net::SocketAddr, bytes: &[u8]) -> (Vec<u8>, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the connection was not closed");
+    (out, started.elapsed())
+}
+
+fn metric(text: &str, series_prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(series_prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_sent_to_the_tls_port_gets_a_400_in_plain_http_and_a_record() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(&up.url()).await;
+    // One row per kind of plain HTTP a client may send to the HTTPS port.
+    let rows: [(&str, &[u8]); 5] = [
+        ("GET", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("HEAD", b"HEAD /a?b=c HTTP/1.1\r\nHost: x\r\n\r\n"),
+        (
+            "POST with a body",
+            b"POST /click HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+        ),
+        ("HTTP/1.0 without Host", b"GET / HTTP/1.0\r\n\r\n"),
+        ("h2c prior knowledge", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+    ];
+    for (what, request) in rows {
+        let (answer, _) = raw_tcp(proxy.tls_addr, request).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{what}: {answer:?}");
+        assert!(
+            answer.contains("connection: close\r\n"),
+            "{what}: {answer:?}"
+        );
+        assert!(
+            answer.ends_with("a plain HTTP request was sent to the HTTPS port\n"),
+            "{what}: {answer:?}"
+        );
+    }
+    // Each is one record of an HTTP/1.1 400 with nothing the client sent, and none went
+    // upstream.
+    let records = proxy.wait_records(rows.len()).await;
+    assert_eq!(records.len(), rows.len(), "{records:?}");
+    for r in &records {
+        assert_eq!(field(r, "status"), "400", "{r}");
+        assert_eq!(field(r, "proto"), "HTTP/1.1", "{r}");
+        assert_eq!(field(r, "path"), "", "{r}");
+        assert!(!r.contains("click") && !r.contains("b=c"), "{r}");
+    }
+    assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let (_, metrics) = proxy.admin_get("/metrics").await;
+    let refused = metric(
+        &metrics,
+        "webprom_edge_http_requests_total{method=\"OTHER\",proto=\"HTTP/1.1\",status_class=\"4xx\"}",
+    );
+    assert_eq!(refused, rows.len() as f64, "{metrics}");
+    // A real TLS client on the same port is served as before, over both protocols.
+    for proto in BOTH {
+        let resp = proxy.client().get(proto, "/").await;
+        assert_eq!(resp.status, StatusCode::OK, "{proto:?}");
+        assert_eq!(resp.text(), GREETING, "{proto:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_that_are_neither_tls_nor_http_on_the_tls_port_just_close() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(&up.url()).await;
+    // One row per kind: binary, a lower-case "method", an SSLv2 hello, a TLS record of the
+    // wrong type.
+    let rows: [(&str, &[u8]); 4] = [
+        ("binary", &[0x00, 0x01, 0x02, 0xff, 0xfe, 0x0d, 0x0a]),
+        ("lower case", b"get / http/1.1\r\nhost: x\r\n\r\n"),
+        ("SSLv2 hello", &[0x80, 0x2e, 0x01, 0x00, 0x02, 0x00, 0x15]),
+        (
+            "TLS alert record",
+            &[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28],
+        ),
+    ];
+    for (what, bytes) in rows {
+        let (answer, _) = raw_tcp(proxy.tls_addr, bytes).await;
+        assert!(
+            !answer.starts_with(b"HTTP/"),
+            "{what}: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    let (_, metrics) = proxy.admin_get("/metrics").await;
+    assert_eq!(
+        metric(&metrics, "webprom_edge_tls_handshake_errors_total"),
+        rows.len() as f64,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "webprom_edge_http_requests_total"),
+        0.0,
+        "{metrics}"
+    );
+}

@@ -351,8 +351,9 @@ pub enum KeyState {
     Kept,
     /// No file, but the key can be derived forward from an earlier kept day.
     Derivable,
-    /// No key can be had for this day (destroyed, or never made): its pseudonyms are
-    /// unlinkable.
+    /// No key can be had for this day (destroyed, or never kept here) though records of it
+    /// remain: its pseudonyms are unlinkable. [`KeyStore::list`] never says it (it lists only
+    /// days from the oldest kept key); the `keys` command does, for access-log day files.
     Destroyed,
 }
 
@@ -491,7 +492,9 @@ impl KeyStore {
         self.newest_at_or_before(&files, epoch)
     }
 
-    /// Every kept epoch, and the state of each day of the retention window ending today.
+    /// Every kept epoch, and the state of each day of the retention window ending today from
+    /// the oldest kept key on. Days before the oldest kept key are not listed: this store never
+    /// had their key (a new install lists today only; a store with no key, nothing).
     pub fn list(&self) -> Result<Vec<(Epoch, KeyState)>, KeyError> {
         self.list_at(Epoch::today())
     }
@@ -504,13 +507,19 @@ impl KeyStore {
             .filter(|(_, f)| f.key.is_some())
             .map(|(&e, _)| (e, KeyState::Kept))
             .collect();
-        let oldest_kept = out.keys().next().copied();
-        let mut day = self.window_start(today);
+        let Some(oldest_kept) = out.keys().next().copied() else {
+            return Ok(Vec::new());
+        };
+        if oldest_kept > today {
+            return Ok(out.into_iter().collect());
+        }
+        let mut day = self.window_start(today).max(oldest_kept);
         loop {
-            let state = match (has_key(&files, day), oldest_kept) {
-                (true, _) => KeyState::Kept,
-                (false, Some(oldest)) if oldest < day => KeyState::Derivable,
-                _ => KeyState::Destroyed,
+            // From the oldest kept key on, a day without a file follows from an earlier one.
+            let state = if has_key(&files, day) {
+                KeyState::Kept
+            } else {
+                KeyState::Derivable
             };
             out.insert(day, state);
             if day >= today || day.next() == day {
@@ -1059,21 +1068,81 @@ mod tests {
     }
 
     #[test]
-    fn list_reports_destroyed_days() {
-        let tmp = tempfile::tempdir().unwrap();
-        let ks = store(tmp.path(), 2);
-        write_hex(tmp.path(), "2026-11-10", &test_key());
-        assert_eq!(
-            ks.list_at(ep("2026-11-11")).unwrap(),
-            vec![
-                (ep("2026-11-09"), KeyState::Destroyed),
-                (ep("2026-11-10"), KeyState::Kept),
-                (ep("2026-11-11"), KeyState::Derivable),
-            ]
+    fn list_starts_at_the_oldest_kept_key_never_listing_days_that_had_none() {
+        let k = test_key();
+        // (retention days, kept files, today, expected list): one row each.
+        type Row = (
+            u64,
+            &'static [&'static str],
+            &'static str,
+            Vec<(&'static str, KeyState)>,
         );
-        let empty = tempfile::tempdir().unwrap();
-        let list = store(empty.path(), 0).list_at(ep("2026-11-11")).unwrap();
-        assert_eq!(list, vec![(ep("2026-11-11"), KeyState::Destroyed)]);
+        let rows: [Row; 6] = [
+            // A new install: today's key only, a 30-day window: today alone.
+            (
+                30,
+                &["2026-11-11"],
+                "2026-11-11",
+                vec![("2026-11-11", KeyState::Kept)],
+            ),
+            // The first key yesterday: the day before it is not listed.
+            (
+                2,
+                &["2026-11-10"],
+                "2026-11-11",
+                vec![
+                    ("2026-11-10", KeyState::Kept),
+                    ("2026-11-11", KeyState::Derivable),
+                ],
+            ),
+            // A gap after the first key is derivable.
+            (
+                5,
+                &["2026-11-08", "2026-11-11"],
+                "2026-11-11",
+                vec![
+                    ("2026-11-08", KeyState::Kept),
+                    ("2026-11-09", KeyState::Derivable),
+                    ("2026-11-10", KeyState::Derivable),
+                    ("2026-11-11", KeyState::Kept),
+                ],
+            ),
+            // A kept file older than the window (not ratcheted yet) is listed; the window
+            // after it too.
+            (
+                1,
+                &["2026-11-01"],
+                "2026-11-11",
+                vec![
+                    ("2026-11-01", KeyState::Kept),
+                    ("2026-11-10", KeyState::Derivable),
+                    ("2026-11-11", KeyState::Derivable),
+                ],
+            ),
+            // Only a later day's file: it is listed, no day before it.
+            (
+                30,
+                &["2026-11-12"],
+                "2026-11-11",
+                vec![("2026-11-12", KeyState::Kept)],
+            ),
+            // No key at all: nothing.
+            (30, &[], "2026-11-11", vec![]),
+        ];
+        for (retention, kept, today, expected) in rows {
+            let tmp = tempfile::tempdir().unwrap();
+            let ks = store(tmp.path(), retention);
+            for day in kept {
+                write_hex(tmp.path(), day, &k);
+            }
+            let expected: Vec<(Epoch, KeyState)> =
+                expected.into_iter().map(|(d, s)| (ep(d), s)).collect();
+            assert_eq!(
+                ks.list_at(ep(today)).unwrap(),
+                expected,
+                "{kept:?} at {today}"
+            );
+        }
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //!   [`super::h2`]), and a graceful close (idle, drain, GOAWAY) during which no byte moves that
 //!   long, with no request waiting for its upstream, is turned into a hard close ([`drive`]).
 //!
+//! Plain HTTP sent to the TLS port is answered with a fixed 400 in plain HTTP and closed
+//! ([`refuse_plain_http`]), as nginx does, rather than with a TLS alert a browser or curl
+//! cannot show.
+//!
 //! What it must never do: wait on a client without a deadline, or log anything the client sent.
 
 use std::convert::Infallible;
@@ -113,6 +117,20 @@ pub async fn serve_tls(
     let first_head_by = Instant::now() + shared.header_read_timeout;
     let metrics = &shared.proxy.sinks.metrics;
     let _open = OpenConnection::new(metrics);
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(first_head_by, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) if is_plain_http_start(first[0]) => {
+            refuse_plain_http(tcp, peer, first_head_by, &shared.proxy).await;
+            return;
+        }
+        Err(_) => {
+            metrics.tls_handshake_error();
+            tracing::debug!("TLS handshake timed out");
+            return;
+        }
+        // A TLS record, something else (rustls refuses it), or the client gone.
+        _ => {}
+    }
     let stream = match tokio::time::timeout_at(first_head_by, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
@@ -137,6 +155,77 @@ pub async fn serve_tls(
     } else {
         serve_http(stream, peer, true, first_head_by, &shared).await;
     }
+}
+
+/// Whether the first byte a client sent on the TLS port starts a plain HTTP request: an
+/// upper-case letter, as every registered method begins (RFC 9110 §9; `PRI` of the HTTP/2
+/// preface too). A TLS connection starts with a handshake record, content type 22 (0x16,
+/// RFC 8446 §5.1), never a letter.
+pub fn is_plain_http_start(first: u8) -> bool {
+    first.is_ascii_uppercase()
+}
+
+/// The whole answer to plain HTTP on the TLS port (nginx's words): 400, then the connection
+/// closes. The unit test checks its `content-length`.
+const PLAIN_HTTP_ANSWER: &str = concat!(
+    "HTTP/1.1 400 Bad Request\r\n",
+    "content-type: text/plain; charset=utf-8\r\n",
+    "content-length: 65\r\n",
+    "connection: close\r\n",
+    "\r\n",
+    "400 Bad Request: a plain HTTP request was sent to the HTTPS port\n",
+);
+
+/// At most this much of what a plain HTTP client sent is read and thrown away after the answer,
+/// so that closing does not reset the connection under the answer.
+const PLAIN_HTTP_LINGER_BYTES: usize = 64 * 1024;
+/// And for at most this long.
+const PLAIN_HTTP_LINGER: Duration = Duration::from_secs(1);
+
+/// Answers a client speaking plain HTTP on the TLS port with a fixed 400 in plain HTTP (as
+/// nginx does) and closes; the request is recorded and counted as an HTTP/1.1 400 with what is
+/// known before any field is read ([`Capture::begin_unread`]: the peer, no method or path).
+/// Nothing the client sent is parsed or kept: it is read and thrown away after the answer
+/// (a lingering close, bounded in bytes and time, within `first_head_by`), so the client reads
+/// the answer rather than a reset.
+///
+/// [`Capture::begin_unread`]: crate::privacy::capture::Capture::begin_unread
+async fn refuse_plain_http(
+    mut tcp: TcpStream,
+    peer: ClientAddr,
+    first_head_by: Instant,
+    proxy: &Proxy,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let memo = crate::privacy::capture::ClientMemo::default();
+    let pending = proxy.capture.begin_unread(peer, HttpProto::Http1, &memo);
+    let answer = PLAIN_HTTP_ANSWER.as_bytes();
+    let sent = tokio::time::timeout_at(first_head_by, async {
+        tcp.write_all(answer).await?;
+        tcp.shutdown().await
+    })
+    .await;
+    let bytes_sent = match sent {
+        Ok(Ok(())) => answer.len() as u64,
+        _ => 0,
+    };
+    proxy.sinks.observe(pending.finish(400, bytes_sent, false));
+    tracing::debug!("plain HTTP on the TLS port: answered 400");
+    if bytes_sent == 0 {
+        return;
+    }
+    let until = first_head_by.min(Instant::now() + PLAIN_HTTP_LINGER);
+    let mut scratch = vec![0u8; 4096];
+    let _ = tokio::time::timeout_at(until, async {
+        let mut read = 0;
+        while read < PLAIN_HTTP_LINGER_BYTES {
+            match tcp.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read += n,
+            }
+        }
+    })
+    .await;
 }
 
 /// Serves a cleartext connection: h2c when it opens with the HTTP/2 preface (prior knowledge,
@@ -590,5 +679,41 @@ impl<T: AsyncWrite> AsyncWrite for WatchedIo<T> {
             *this.send_timeout,
             cx,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plain_http_answer_declares_its_body_length() {
+        let (head, body) = PLAIN_HTTP_ANSWER.split_once("\r\n\r\n").unwrap();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap();
+        assert_eq!(length.parse::<usize>().unwrap(), body.len());
+        assert!(head.starts_with("HTTP/1.1 400 "));
+    }
+
+    #[test]
+    fn only_a_letter_opens_a_plain_http_request() {
+        // One row per first byte: TLS records of each content type, SSLv2's hello, letters.
+        let rows: [(u8, bool); 10] = [
+            (0x16, false), // handshake: a ClientHello
+            (0x15, false), // alert
+            (0x17, false), // application data
+            (0x80, false), // SSLv2-compatible ClientHello
+            (0x00, false),
+            (b'G', true),  // GET
+            (b'P', true),  // POST, PUT, PATCH, PRI (the HTTP/2 preface)
+            (b'O', true),  // OPTIONS
+            (b'g', false), // methods are case-sensitive: no client sends "get"
+            (b'\r', false),
+        ];
+        for (byte, plain) in rows {
+            assert_eq!(is_plain_http_start(byte), plain, "{byte:#04x}");
+        }
     }
 }
