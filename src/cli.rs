@@ -1,4 +1,4 @@
-//! The commands of SPEC §2, as library functions the binary calls.
+//! The commands of the README's "Commands" section, as library functions the binary calls.
 //!
 //! Each returns a [`CliError`] whose kind decides the exit status: 2 for bad usage or bad
 //! configuration, 1 for a failure at run time.

@@ -1,6 +1,7 @@
 //! The TOML configuration: schema, defaults, and validation into typed values.
 //!
-//! Owns every key of SPEC §3. Parsing rejects unknown keys; every error names the key at fault
+//! Owns every key of the README's configuration reference. Parsing rejects unknown keys; every
+//! error names the key at fault
 //! (`server.listen`, `upstream.servers[1]`, …) and says what a good value looks like. Relative
 //! paths are relative to the working directory the proxy was started in.
 

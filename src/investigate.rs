@@ -1,5 +1,5 @@
-//! Investigation and data-subject tools (SPEC §2; POLICY P9, P10, P12): `investigate`, `erase`
-//! and `keys`, and the audit trail they leave.
+//! Investigation and data-subject tools (policy P9, P10, P12 in `docs/policy.md`):
+//! `investigate`, `erase` and `keys`, and the audit trail they leave.
 //!
 //! Owns the search of the access-log day files for one client, the erasure of that client's
 //! records, and `<access_log.dir>/audit.jsonl`. Must never print, log or audit an address: a
@@ -17,9 +17,9 @@
 //!
 //! # Robustness
 //! A torn last line, blank lines, and candidate lines that are not a JSON object with string
-//! `client` and `epoch` are skipped and counted; a matching record with fields outside SPEC §4
-//! is still a record of the client (shown, or erased) and is counted. Lines that do not hold the
-//! searched pseudonym are never parsed, so junk there is neither counted nor fatal.
+//! `client` and `epoch` are skipped and counted; a matching record with fields outside the record
+//! schema is still a record of the client (shown, or erased) and is counted. Lines that do not
+//! hold the searched pseudonym are never parsed, so junk there is neither counted nor fatal.
 //!
 //! # Erasing while the proxy runs
 //! The proxy's access-log writer appends to today's file while `erase` rewrites it. They
@@ -132,7 +132,8 @@ pub struct Skipped {
     pub blank: u64,
     /// Lines holding the searched pseudonym that are not a record (not JSON, no `client`).
     pub invalid: u64,
-    /// Matching records with fields outside SPEC §4 (not skipped: shown or erased).
+    /// Matching records with fields outside the record schema (`docs/access-record.schema.json`;
+    /// not skipped: shown or erased).
     pub unknown_fields: u64,
 }
 

@@ -1,4 +1,4 @@
-//! The metrics registry (SPEC §6) and handles resolved once, so recording a request touches only
+//! The metrics registry (README) and handles resolved once, so recording a request touches only
 //! atomics: no label string is built and no map is searched per request.
 //!
 //! Every label value comes from a fixed, bounded set (methods, status classes, protocols, the

@@ -126,7 +126,7 @@ async fn pseudonyms_and_networks() {
     assert_eq!(net_of(5), "2001:db8:1::/48");
     assert_eq!(net_of(6), "203.0.113.0/24");
 
-    // The SPEC §5 formula, computed independently from the key file.
+    // The README's pseudonym formula, computed independently from the key file.
     let key = read_key(&proxy, &today_string());
     let expect_v4 = |a: [u8; 4]| expected_pseudonym(&key, &a);
     assert_eq!(client_of(0), expect_v4([198, 51, 100, 7]));

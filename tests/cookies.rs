@@ -1,4 +1,4 @@
-//! The cookie lifetime cap (POLICY P11): it may only ever shorten a lifetime.
+//! The cookie lifetime cap (policy P11, `docs/policy.md`): it may only ever shorten a lifetime.
 //!
 //! A property test checks `cap_set_cookie` against an independent model of the lifetime a
 //! browser computes from a `Set-Cookie` value (RFC 6265 §5.1.1–5.3, RFC 6265bis, and the

@@ -1,4 +1,5 @@
-//! The capture phase: derives the allowed facts of a request (SPEC §4) from its head and the
+//! The capture phase: derives the allowed facts of a request (policy P1; the record schema,
+//! `docs/access-record.schema.json`) from its head and the
 //! client address, and completes them into an [`Observation`] when the response ends.
 //!
 //! This is the only code that reads the raw address and the request headers for recording; it

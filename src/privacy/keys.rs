@@ -1,4 +1,5 @@
-//! Pseudonym keys and the pseudonyms made with them (SPEC §5).
+//! Pseudonym keys and the pseudonyms made with them (README, "Pseudonyms and keys"; policy
+//! P10–P12).
 //!
 //! Owns the daily key schedule (epochs, the one-way ratchet, the key files in `key_dir`, their
 //! destruction after `key_retention`) and the pseudonym formula. Must never print, log or put
@@ -273,7 +274,7 @@ impl FromStr for Pseudonym {
     }
 }
 
-/// The pseudonym of `ip` under `key` (SPEC §5).
+/// The pseudonym of `ip` under `key` (the README's formula, "Pseudonyms and keys").
 ///
 /// `base64url_nopad(BLAKE3::keyed_hash(key, A)[0..12])`, where A is the 4 bytes of an IPv4
 /// address (an IPv4-mapped IPv6 address counts as IPv4) or the 16 bytes of an IPv6 address
@@ -774,7 +775,7 @@ mod tests {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// The SPEC §5 formula, written out again with other APIs.
+    /// The README's pseudonym formula, written out again with other APIs.
     fn independent_pseudonym(key: &Key, addr: &[u8]) -> String {
         let mut h = blake3::Hasher::new_keyed(key.as_bytes());
         h.update(addr);

@@ -1,5 +1,5 @@
 //! The recorded language: the primary subtag of the preferred `Accept-Language` range, if it is
-//! an ISO 639-1 code (SPEC §4 `lang`, §6 `requests_by_language_total`).
+//! an ISO 639-1 code (the record's `lang`, the metric `requests_by_language_total`).
 //!
 //! It owns the list of ISO 639-1 codes and the parsing of `Accept-Language`. It must never
 //! return anything but a code from that fixed list (no region, script or private subtag, which

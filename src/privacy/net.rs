@@ -1,4 +1,4 @@
-//! The truncated client network recorded in the access log (`net`, SPEC §4).
+//! The truncated client network recorded in the access log (the record's `net`).
 //!
 //! Owns the reduction of a full address to its network at the configured prefix length.
 //! Must never keep, print or return the full address: a [`Network`] holds only the

@@ -1,9 +1,10 @@
 //! The Observation: the only value that leaves request handling for a sink (access log,
 //! metrics).
 //!
-//! It holds exactly the fields of SPEC §4, each in a type that can only hold an allowed value
-//! (a pseudonym, a truncated network, a family from a fixed list, a normalised path), so no sink
-//! can record anything else. It has no field for a raw address, header, query or body.
+//! It holds exactly the fields of the record schema (`docs/access-record.schema.json`), each in
+//! a type that can only hold an allowed value (a pseudonym, a truncated network, a family from a
+//! fixed list, a normalised path), so no sink can record anything else. It has no field for a
+//! raw address, header, query or body.
 
 use std::io::Write as _;
 
@@ -13,8 +14,9 @@ use super::lang::Lang;
 use super::net::Network;
 use super::ua::Device;
 
-/// The fields of an access-log record (SPEC §4), in the order [`Observation::write_json`]
-/// writes them; a record with any other field was not written by this version.
+/// The fields of an access-log record (`docs/access-record.schema.json`), in the order
+/// [`Observation::write_json`] writes them; a record with any other field was not written by
+/// this version.
 pub const FIELDS: [&str; 18] = [
     "ts",
     "epoch",
@@ -174,7 +176,7 @@ impl Observation {
         Epoch::from_unix_secs(self.ts)
     }
 
-    /// Appends the record as one JSON line (SPEC §4 fields, in order), newline included.
+    /// Appends the record as one JSON line (the schema's fields, in order), newline included.
     ///
     /// Hand-written rather than serde: it runs once per request, and every value is either a
     /// number, a fixed name, or already checked to need no escaping (the path is escaped anyway).

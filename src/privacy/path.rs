@@ -1,4 +1,4 @@
-//! The recorded request path (SPEC §4 `path`): the URI path with every segment that looks like
+//! The recorded request path (the record's `path`): the URI path with every segment that looks like
 //! an identifier replaced by `:id`, and at most [`MAX_SEGMENTS`] segments.
 //!
 //! It owns the rule for what looks like an identifier. It must never record a query string or
@@ -6,7 +6,7 @@
 //! not a plain URI path character (so the result needs no JSON escaping).
 
 /// Segments kept; the rest of a longer path is dropped without a marker, so a recorded path has
-/// at most this many segments, as SPEC §4 says.
+/// at most this many segments, as the record schema says.
 pub const MAX_SEGMENTS: usize = 16;
 
 /// Segments longer than this are recorded as `:id` whatever they contain.

@@ -1,6 +1,6 @@
 //! User agent classification: the User-Agent header, refined by the `Sec-CH-UA` and
 //! `Sec-CH-UA-Platform` Client Hints, reduced to a browser family, its major version, an OS
-//! family and a bot flag (SPEC §4).
+//! family and a bot flag (the record's `browser`, `browser_version`, `os`, `bot`).
 //!
 //! The User-Agent is matched against the uap-core rules (`uap-core/regexes.yaml`, release
 //! 0.18.0), after a few rules of the same format in `uap-core/local.yaml` for products and

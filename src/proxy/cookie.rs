@@ -1,4 +1,5 @@
-//! The cookie lifetime cap of POLICY P11, applied to upstream `Set-Cookie` headers.
+//! The cookie lifetime cap of policy P11 (`docs/policy.md`), applied to upstream `Set-Cookie`
+//! headers.
 //!
 //! Owns the rewrite of `Max-Age` and `Expires` values so that no cookie set through the proxy
 //! lives longer than `privacy.cookie_max_age`, in the lifetime a browser computes from them
