@@ -94,7 +94,7 @@ fn metrics(req: &Request<Incoming>, health: &Health) -> Response<ResponseBody> {
         CONTENT_TYPE,
         HeaderValue::from_static(crate::metrics::Metrics::content_type()),
     );
-    headers.insert(VARY, HeaderValue::from_static("accept-encoding"));
+    headers.insert(VARY, HeaderValue::from_static("Accept-Encoding"));
     if gzip_coded {
         headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }

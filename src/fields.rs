@@ -9,8 +9,9 @@
 //! its quotes from the end, where proxies append, so a stray quote cannot hide what follows it.
 //!
 //! Every parser of such a field reads it through [`elements`], so the several-lines, empty
-//! element, whitespace and quoting rules hold in one place. Pure and allocation-free; it never
-//! looks at what the elements mean and never logs them.
+//! element, whitespace and quoting rules hold in one place; [`weighted`] reads the weight (`q`)
+//! of an element of a weighted list (`Accept-Encoding`, `Accept-Language`). Pure and
+//! allocation-free; it never looks at what the elements mean and never logs them.
 
 use http::header::HeaderValue;
 

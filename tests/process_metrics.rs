@@ -119,7 +119,7 @@ async fn metrics_are_gzip_coded_exactly_when_the_scraper_prefers_gzip() {
     let proxy = Proxy::start(&up.url()).await;
     let (status, headers, identity) = admin(&proxy, Method::GET, None).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(headers["vary"], "accept-encoding");
+    assert_eq!(headers["vary"], "Accept-Encoding");
     let identity = String::from_utf8(identity.to_vec()).unwrap();
     let expected = names(&identity);
     assert!(expected.contains("process_open_fds"), "{identity}");
@@ -144,7 +144,7 @@ async fn metrics_are_gzip_coded_exactly_when_the_scraper_prefers_gzip() {
     for &(accept, want_gzip) in rows {
         let (status, headers, body) = admin(&proxy, Method::GET, accept).await;
         assert_eq!(status, StatusCode::OK, "{accept:?}");
-        assert_eq!(headers["vary"], "accept-encoding", "{accept:?}");
+        assert_eq!(headers["vary"], "Accept-Encoding", "{accept:?}");
         assert_eq!(
             headers["content-type"], "text/plain; version=0.0.4",
             "{accept:?}"
@@ -181,7 +181,7 @@ async fn metrics_are_gzip_coded_exactly_when_the_scraper_prefers_gzip() {
     let (status, headers, body) = admin(&proxy, Method::HEAD, Some("gzip")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["content-encoding"], "gzip");
-    assert_eq!(headers["vary"], "accept-encoding");
+    assert_eq!(headers["vary"], "Accept-Encoding");
     assert!(body.is_empty());
 }
 
