@@ -9,8 +9,9 @@
 //! its quotes from the end, where proxies append, so a stray quote cannot hide what follows it.
 //!
 //! Every parser of such a field reads it through [`elements`], so the several-lines, empty
-//! element, whitespace and quoting rules hold in one place. Pure and allocation-free; it never
-//! looks at what the elements mean and never logs them.
+//! element, whitespace and quoting rules hold in one place; [`weighted`] reads the weight (`q`)
+//! of an element of a weighted list (`Accept-Encoding`, `Accept-Language`). Pure and
+//! allocation-free; it never looks at what the elements mean and never logs them.
 
 use http::header::HeaderValue;
 
@@ -151,6 +152,50 @@ pub fn trim_ows(s: &[u8]) -> &[u8] {
     &s[start..end]
 }
 
+/// An element of a weighted list (RFC 9110 §12.4.2: `Accept-Encoding`, `Accept-Language`):
+/// its value without parameters, and its weight in thousandths (1000 when it has no `q`
+/// parameter; `None` when its qvalue is malformed, so the caller can leave it out).
+///
+/// ```
+/// use webprom_edge::fields::weighted;
+/// assert_eq!(weighted(b"gzip ; Q=0.5"), (&b"gzip"[..], Some(500)));
+/// assert_eq!(weighted(b"br"), (&b"br"[..], Some(1000)));
+/// assert_eq!(weighted(b"br;q=2"), (&b"br"[..], None));
+/// ```
+pub fn weighted(element: &[u8]) -> (&[u8], Option<u16>) {
+    let mut parts = element.split(|&b| b == b';');
+    let value = trim_ows(parts.next().unwrap_or_default());
+    let mut weight = Some(1000);
+    for param in parts {
+        if let [q, b'=', qv @ ..] = trim_ows(param)
+            && q.eq_ignore_ascii_case(&b'q')
+        {
+            weight = qvalue(qv);
+        }
+    }
+    (value, weight)
+}
+
+/// An RFC 9110 §12.4.2 qvalue (`0`, `0.5`, `1.000`) in thousandths; `None` when malformed.
+pub fn qvalue(q: &[u8]) -> Option<u16> {
+    let (int, frac) = match q.iter().position(|&b| b == b'.') {
+        Some(dot) => (&q[..dot], &q[dot + 1..]),
+        None => (q, &b""[..]),
+    };
+    if frac.len() > 3 || !frac.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut thousandths = 0u16;
+    for i in 0..3 {
+        thousandths = thousandths * 10 + frac.get(i).map_or(0, |d| u16::from(d - b'0'));
+    }
+    match int {
+        b"0" => Some(thousandths),
+        b"1" if thousandths == 0 => Some(1000),
+        _ => None,
+    }
+}
+
 /// Whether any element of the lines equals `token`, ASCII case-insensitively (e.g. a
 /// `Connection` option, RFC 9110 §7.6.1).
 pub fn has_token<'a>(lines: impl IntoIterator<Item = &'a HeaderValue>, token: &[u8]) -> bool {
@@ -169,6 +214,28 @@ pub fn unquote(s: &[u8]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn qvalues() {
+        let cases: &[(&[u8], Option<u16>)] = &[
+            (b"0", Some(0)),
+            (b"0.", Some(0)),
+            (b"0.5", Some(500)),
+            (b"0.05", Some(50)),
+            (b"0.999", Some(999)),
+            (b"1", Some(1000)),
+            (b"1.000", Some(1000)),
+            (b"1.001", None),
+            (b"0.1234", None),
+            (b"2", None),
+            (b".5", None),
+            (b"-0", None),
+            (b"", None),
+        ];
+        for &(q, want) in cases {
+            assert_eq!(qvalue(q), want, "{:?}", String::from_utf8_lossy(q));
+        }
+    }
 
     fn split(lines: &[&str], delimiter: u8) -> Vec<String> {
         let values: Vec<HeaderValue> = lines.iter().map(|l| l.parse().unwrap()).collect();

@@ -3,7 +3,8 @@
 //!
 //! Every label value comes from a fixed, bounded set (methods, status classes, protocols, the
 //! browser and OS families, ISO 3166 / ISO 639-1 codes, configured policy names). No label ever
-//! holds an address, pseudonym, path, host or user agent.
+//! holds an address, pseudonym, path, host or user agent. The `process_*` metrics describe this
+//! process only (CPU, memory, file descriptors), never a request.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -489,6 +490,14 @@ impl Metrics {
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
         reg(Box::new(build_info));
+
+        // The standard `process_*` metrics (Prometheus client conventions), read from /proc at
+        // each scrape: CPU seconds (whole seconds), resident and virtual memory, open and
+        // maximum file descriptors, start time, threads. Unprefixed, as every exporter names them.
+        #[cfg(target_os = "linux")]
+        reg(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
 
         Metrics {
             registry,

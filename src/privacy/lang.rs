@@ -5,7 +5,7 @@
 //! return anything but a code from that fixed list (no region, script or private subtag, which
 //! narrow a person down), and never allocate or panic, whatever the header holds.
 
-use crate::fields::{line_elements, trim_ows};
+use crate::fields::{line_elements, weighted};
 
 /// A lowercase ISO 639-1 language code, e.g. `sq`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -73,20 +73,9 @@ pub fn primary_language(accept_language: &[u8]) -> Option<Lang> {
 pub fn primary_language_of<'a>(ranges: impl IntoIterator<Item = &'a [u8]>) -> Option<Lang> {
     let mut best: Option<(u16, &[u8])> = None;
     for range in ranges {
-        let mut parts = range.split(|&b| b == b';');
-        let tag = trim_ows(parts.next().unwrap_or_default());
+        let (tag, weight) = weighted(range);
         if tag.is_empty() || tag == b"*" {
             continue;
-        }
-        let mut weight = Some(1000);
-        for param in parts {
-            let param = trim_ows(param);
-            if let Some(q) = param
-                .strip_prefix(b"q=")
-                .or_else(|| param.strip_prefix(b"Q="))
-            {
-                weight = parse_qvalue(q);
-            }
         }
         // A range whose weight cannot be read is malformed and is left out, like `q=0`.
         let Some(weight) = weight.filter(|&w| w > 0) else {
@@ -100,26 +89,6 @@ pub fn primary_language_of<'a>(ranges: impl IntoIterator<Item = &'a [u8]>) -> Op
     // Some clients write `en_US`; the primary subtag ends at either separator.
     let primary = tag.split(|&b| b == b'-' || b == b'_').next()?;
     Lang::new(primary)
-}
-
-/// An RFC 9110 qvalue (`0`, `0.5`, `1.000`) in thousandths.
-fn parse_qvalue(q: &[u8]) -> Option<u16> {
-    let (int, frac) = match q.iter().position(|&b| b == b'.') {
-        Some(dot) => (&q[..dot], &q[dot + 1..]),
-        None => (q, &b""[..]),
-    };
-    if frac.len() > 3 || !frac.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let mut thousandths = 0u16;
-    for i in 0..3 {
-        thousandths = thousandths * 10 + frac.get(i).map_or(0, |d| u16::from(d - b'0'));
-    }
-    match int {
-        b"0" => Some(thousandths),
-        b"1" if thousandths == 0 => Some(1000),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
@@ -219,28 +188,6 @@ mod tests {
             let values = lines(ls);
             let got = primary_language_of(crate::fields::elements(values.iter(), b','));
             assert_eq!(got.as_ref().map(Lang::as_str), want, "{ls:?}");
-        }
-    }
-
-    #[test]
-    fn qvalues() {
-        let cases: &[(&[u8], Option<u16>)] = &[
-            (b"0", Some(0)),
-            (b"0.", Some(0)),
-            (b"0.5", Some(500)),
-            (b"0.05", Some(50)),
-            (b"0.999", Some(999)),
-            (b"1", Some(1000)),
-            (b"1.000", Some(1000)),
-            (b"1.001", None),
-            (b"0.1234", None),
-            (b"2", None),
-            (b".5", None),
-            (b"-0", None),
-            (b"", None),
-        ];
-        for &(q, want) in cases {
-            assert_eq!(parse_qvalue(q), want, "{:?}", String::from_utf8_lossy(q));
         }
     }
 
