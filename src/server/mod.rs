@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use tokio::net::{TcpListener, TcpStream};
@@ -34,10 +34,49 @@ use tls::CertResolver;
 
 /// State the admin listener reads.
 pub struct Health {
-    /// Set once every listener is bound.
+    /// Set once every listener is bound; cleared when draining starts.
     pub listening: AtomicBool,
     /// The forwarding core, for upstream health.
     pub proxy: Arc<Proxy>,
+    /// The last upstream probe and when it finished; one probe at a time, so that a burst of
+    /// `/readyz` requests opens at most one connection per server per [`READY_PROBE_TTL`].
+    probed: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+/// How long an upstream probe's answer is reused by `/readyz`.
+pub const READY_PROBE_TTL: Duration = Duration::from_secs(1);
+
+impl Health {
+    fn new(proxy: Arc<Proxy>) -> Health {
+        Health {
+            listening: AtomicBool::new(false),
+            proxy,
+            probed: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether the proxy should be sent traffic: `Err` says why not (`draining`, or each
+    /// upstream server's connect failure). Probes the upstreams with a TCP connect at most
+    /// once per [`READY_PROBE_TTL`]; concurrent callers wait for the one probe.
+    pub async fn ready(&self) -> Result<(), String> {
+        if !self.listening.load(Ordering::Acquire) {
+            return Err("draining".to_owned());
+        }
+        // The admin listener's lock, never taken on the request path.
+        let mut probed = self.probed.lock().await;
+        if let Some((at, result)) = probed.as_ref()
+            && at.elapsed() < READY_PROBE_TTL
+        {
+            return result.clone();
+        }
+        let result = self
+            .proxy
+            .probe_upstreams()
+            .await
+            .map_err(|why| format!("no upstream server accepts a connection ({why})"));
+        *probed = Some((Instant::now(), result.clone()));
+        result
+    }
 }
 
 async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, ConfigError> {
@@ -96,10 +135,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         shutdown_rx.clone(),
         tracker,
     ));
-    let health = Arc::new(Health {
-        listening: AtomicBool::new(false),
-        proxy: proxy.clone(),
-    });
+    let health = Arc::new(Health::new(proxy.clone()));
 
     let mut signals = Signals::new()?;
     let background = [
@@ -114,11 +150,11 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         log_listening("plain", &l);
         tokio::spawn(accept_loop(l, None, shared.clone()));
     }
-    // Ready before the admin listener is announced: whoever reads that line and asks /readyz
-    // at once must not be told "not listening".
+    // Listening before the admin listener is announced: whoever reads that line and asks
+    // /readyz at once must not be told "draining".
     health.listening.store(true, Ordering::Release);
     log_listening("admin", &admin_listener);
-    let admin_task = tokio::spawn(admin::serve(admin_listener, health.clone(), shutdown_rx));
+    let admin_task = tokio::spawn(admin::serve(admin_listener, health.clone()));
 
     loop {
         match signals.next().await {
@@ -147,6 +183,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             "shutdown grace period over; closing the remaining connections"
         );
     }
+    // The admin listener answered "draining" until now.
     admin_task.abort();
     for task in background {
         task.abort();
