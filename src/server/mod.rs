@@ -137,6 +137,8 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     ));
     let health = Arc::new(Health::new(proxy.clone()));
 
+    // The config as started: what a changed key that needs a restart is compared with.
+    let started = Arc::new(config.clone());
     let mut signals = Signals::new()?;
     let background = [
         tokio::spawn(rotate_keys(keys.clone(), proxy.clone())),
@@ -161,7 +163,10 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             Signal::Reload => {
                 // Reading files may block: off the runtime, and one reload at a time.
                 let (path, r, p) = (config_path.clone(), resolver.clone(), proxy.clone());
-                if let Err(e) = tokio::task::spawn_blocking(move || reload(&path, &r, &p)).await {
+                let started = started.clone();
+                let reloaded =
+                    tokio::task::spawn_blocking(move || reload(&path, &started, &r, &p)).await;
+                if let Err(e) = reloaded {
                     tracing::error!(error = %e, "reload task failed");
                 }
             }
@@ -312,10 +317,50 @@ fn log_listening(listener: &'static str, l: &TcpListener) {
     }
 }
 
-/// SIGHUP: read the config again and reload what can change without a restart: the
-/// certificates, the country database and the rate-limit quotas. Each part that fails keeps its
-/// old state and says why.
-fn reload(path: &Path, resolver: &CertResolver, proxy: &Proxy) {
+/// Whether SIGHUP applies a change of the config key `key` (dotted, as in the file):
+/// `server.hosts` and everything under `tls`, `geoip` and `rate_limit`. Every other key needs a
+/// restart.
+pub fn reloadable(key: &str) -> bool {
+    key == "server.hosts"
+        || ["tls", "geoip", "rate_limit"].iter().any(|t| {
+            key.strip_prefix(t)
+                .is_some_and(|rest| rest.starts_with('.'))
+        })
+}
+
+/// The dotted keys (`server.listen`, `tls.sni`) whose values differ between `a` and `b`, in
+/// order; set in one and not the other counts as differing. Arrays (`upstream.servers`,
+/// `rate_limit.route`) compare as one value.
+pub fn changed_keys(a: &Config, b: &Config) -> Result<Vec<String>, toml::ser::Error> {
+    fn walk(prefix: &str, a: Option<&toml::Value>, b: Option<&toml::Value>, out: &mut Vec<String>) {
+        match (a, b) {
+            (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) => {
+                let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    let dotted = match prefix {
+                        "" => k.clone(),
+                        p => format!("{p}.{k}"),
+                    };
+                    walk(&dotted, a.get(k), b.get(k), out);
+                }
+            }
+            (a, b) if a != b => out.push(prefix.to_owned()),
+            _ => {}
+        }
+    }
+    let (a, b) = (toml::Value::try_from(a)?, toml::Value::try_from(b)?);
+    let mut out = Vec::new();
+    walk("", Some(&a), Some(&b), &mut out);
+    Ok(out)
+}
+
+/// SIGHUP: read the config again and reload what can change without a restart ([`reloadable`]):
+/// the host names recorded, the certificates, the country database and the rate-limit quotas.
+/// Each part that fails keeps its old state and says why; each other key that differs from the
+/// config the process `started` with is named in a warning (its name only, never its value).
+fn reload(path: &Path, started: &Config, resolver: &CertResolver, proxy: &Proxy) {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -323,6 +368,17 @@ fn reload(path: &Path, resolver: &CertResolver, proxy: &Proxy) {
             return;
         }
     };
+    match changed_keys(started, &config) {
+        Ok(keys) => {
+            for key in keys.iter().filter(|k| !reloadable(k)) {
+                tracing::warn!(%key, "config key changed but needs a restart to take effect; still running with the value it started with");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot compare the config with the running one; keys that need a restart may have changed")
+        }
+    }
+    proxy.capture.set_hosts(&config.server.hosts);
     let result = tls::ensure_self_signed(&config.tls, &config.server.hosts).and_then(|made| {
         if let Some(fp) = made {
             tracing::warn!(cert = %config.tls.cert.display(), sha256 = %fp, "certificate missing: generated a self-signed one (development only; set tls.self_signed = false in production)");
