@@ -478,3 +478,68 @@ impl Signals {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Config {
+        Config::parse(text, Path::new("test.toml")).unwrap()
+    }
+
+    #[test]
+    fn changed_keys_name_each_differing_dotted_key_once() {
+        // (config file after the edit, keys named against an empty file).
+        let rows: [(&str, &[&str]); 8] = [
+            ("", &[]),
+            ("[server]\nlisten = \"127.0.0.1:8443\"", &["server.listen"]),
+            ("[server]\nhosts = [\"a.example\"]", &["server.hosts"]),
+            (
+                "[server]\nlisten_plain = \"127.0.0.1:8080\"",
+                &["server.listen_plain"],
+            ),
+            (
+                "[upstream]\nservers = [\"http://127.0.0.1:1\", \"http://127.0.0.1:2\"]\nconnect_timeout = \"9s\"",
+                &["upstream.connect_timeout", "upstream.servers"],
+            ),
+            (
+                "[[rate_limit.route]]\npath_prefix = \"/a\"\nrequests_per_second = 1\nburst = 1",
+                &["rate_limit.route"],
+            ),
+            ("[admin]\nlisten = \"127.0.0.1:9100\"", &[]),
+            (
+                "[access_log]\nretention = \"2d\"",
+                &["access_log.retention"],
+            ),
+        ];
+        let empty = parse("");
+        for (text, want) in rows {
+            let got = changed_keys(&empty, &parse(text)).unwrap();
+            assert_eq!(got, want, "{text}");
+            // Symmetric: undoing the edit names the same keys.
+            assert_eq!(changed_keys(&parse(text), &empty).unwrap(), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn reloadable_keys_are_hosts_tls_geoip_and_rate_limit() {
+        let rows = [
+            ("server.hosts", true),
+            ("tls.cert", true),
+            ("tls.sni", true),
+            ("geoip.database", true),
+            ("rate_limit.route", true),
+            ("rate_limit.enabled", true),
+            ("server.listen", false),
+            ("server.hosts_extra", false),
+            ("tlsx.cert", false),
+            ("upstream.servers", false),
+            ("access_log.dir", false),
+            ("admin.listen", false),
+            ("privacy.key_dir", false),
+        ];
+        for (key, want) in rows {
+            assert_eq!(reloadable(key), want, "{key}");
+        }
+    }
+}
