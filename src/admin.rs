@@ -34,9 +34,10 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>) {
             let service = service_fn(move |req| {
                 let health = health.clone();
                 async move {
-                    let resp = match is_readyz(&req) {
-                        true => readyz(&health).await,
-                        false => route(&req, &health),
+                    let resp = if is_readyz(&req) {
+                        readyz(&health).await
+                    } else {
+                        route(&req, &health)
                     };
                     Ok::<_, Infallible>(resp)
                 }
