@@ -346,6 +346,9 @@ pub fn changed_keys(a: &Config, b: &Config) -> Result<Vec<String>, toml::ser::Er
                     walk(&dotted, a.get(k), b.get(k), out);
                 }
             }
+            // A duration written in another unit ("2s", "2000ms") is the same value.
+            (Some(toml::Value::String(a)), Some(toml::Value::String(b))) if same_duration(a, b) => {
+            }
             (a, b) if a != b => out.push(prefix.to_owned()),
             _ => {}
         }
@@ -354,6 +357,14 @@ pub fn changed_keys(a: &Config, b: &Config) -> Result<Vec<String>, toml::ser::Er
     let mut out = Vec::new();
     walk("", Some(&a), Some(&b), &mut out);
     Ok(out)
+}
+
+/// Whether `a` and `b` both read as durations (`server.shutdown_grace` and the like) and
+/// are equal.
+fn same_duration(a: &str, b: &str) -> bool {
+    use serde::Deserialize as _;
+    let read = |s: &str| crate::config::Dur::deserialize(toml::Value::String(s.to_owned())).ok();
+    matches!((read(a), read(b)), (Some(a), Some(b)) if a == b)
 }
 
 /// SIGHUP: read the config again and reload what can change without a restart ([`reloadable`]):
@@ -490,7 +501,13 @@ mod tests {
     #[test]
     fn changed_keys_name_each_differing_dotted_key_once() {
         // (config file after the edit, keys named against an empty file).
-        let rows: [(&str, &[&str]); 8] = [
+        let rows: [(&str, &[&str]); 10] = [
+            // The default 2 s written in another unit: unchanged.
+            ("[upstream]\nconnect_timeout = \"2000ms\"", &[]),
+            (
+                "[upstream]\nconnect_timeout = \"2001ms\"",
+                &["upstream.connect_timeout"],
+            ),
             ("", &[]),
             ("[server]\nlisten = \"127.0.0.1:8443\"", &["server.listen"]),
             ("[server]\nhosts = [\"a.example\"]", &["server.hosts"]),
