@@ -5,7 +5,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, VARY};
@@ -14,35 +13,35 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::fields::{elements, weighted};
 use crate::proxy::body::ResponseBody;
 use crate::server::Health;
 
-/// Serves admin requests until shutdown.
-pub async fn serve(
-    listener: TcpListener,
-    health: Arc<Health>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Serves admin requests until its task is dropped: also while draining, so that `/readyz`
+/// answers 503 `not ready: draining` then.
+pub async fn serve(listener: TcpListener, health: Arc<Health>) {
     loop {
-        let tcp = tokio::select! {
-            _ = shutdown.changed() => return,
-            res = listener.accept() => match res {
-                Ok((tcp, _)) => tcp,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let health = health.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let resp = route(&req, &health);
-                async move { Ok::<_, Infallible>(resp) }
+                let health = health.clone();
+                async move {
+                    let resp = if is_readyz(&req) {
+                        readyz(&health).await
+                    } else {
+                        route(&req, &health)
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -59,15 +58,6 @@ fn route(req: &Request<Incoming>, health: &Health) -> Response<ResponseBody> {
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" => {
-            if !health.listening.load(Ordering::Acquire) {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not listening\n")
-            } else if !health.proxy.ready() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "no upstream available\n")
-            } else {
-                text(StatusCode::OK, "ready\n")
-            }
-        }
         "/metrics" => metrics(req, health),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
@@ -139,6 +129,31 @@ pub fn prefers_gzip<'a>(lines: impl IntoIterator<Item = &'a HeaderValue>) -> boo
     }
     let gzip = gzip.or(any).unwrap_or(0);
     gzip > 0 && identity.or(any).is_none_or(|identity| gzip >= identity)
+}
+
+/// `GET` or `HEAD /readyz`, answered by [`readyz`] (it may wait for an upstream probe).
+fn is_readyz(req: &Request<Incoming>) -> bool {
+    (req.method() == Method::GET || req.method() == Method::HEAD) && req.uri().path() == "/readyz"
+}
+
+/// 200 `ready` when listening and an upstream server accepts a TCP connection; else 503
+/// `not ready: <reason>` (`draining`, or each server's address and connect failure: config
+/// and the operating system's words, never a request's).
+async fn readyz(health: &Health) -> Response<ResponseBody> {
+    match health.ready().await {
+        Ok(()) => text(StatusCode::OK, "ready\n"),
+        Err(why) => {
+            let mut resp = Response::new(ResponseBody::local(Bytes::from(format!(
+                "not ready: {why}\n"
+            ))));
+            *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            resp
+        }
+    }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {

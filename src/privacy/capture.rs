@@ -45,7 +45,8 @@ pub struct Capture {
     key: ArcSwap<EpochKey>,
     geo: ArcSwapOption<GeoDb>,
     ua: UaParser,
-    hosts: Box<[Arc<str>]>,
+    /// `server.hosts`, lowercase without a trailing dot; swapped on SIGHUP.
+    hosts: ArcSwap<Box<[Arc<str>]>>,
     ipv4_prefix: u8,
     ipv6_prefix: u8,
     pseudonym_ipv6_prefix: u8,
@@ -95,12 +96,7 @@ impl Capture {
             key: ArcSwap::from_pointee(key),
             geo: ArcSwapOption::from(geo.map(Arc::new)),
             ua,
-            hosts: config
-                .server
-                .hosts
-                .iter()
-                .map(|h| Arc::from(h.to_ascii_lowercase().trim_end_matches('.')))
-                .collect(),
+            hosts: ArcSwap::from_pointee(host_names(&config.server.hosts)),
             ipv4_prefix: config.privacy.ipv4_prefix,
             ipv6_prefix: config.privacy.ipv6_prefix,
             pseudonym_ipv6_prefix: config.privacy.pseudonym_ipv6_prefix,
@@ -249,7 +245,13 @@ impl Capture {
 
     /// The configured name equal to `host` (already lowercase, without port or trailing dot).
     fn listed_host(&self, host: &str) -> Option<Arc<str>> {
-        self.hosts.iter().find(|h| ***h == *host).cloned()
+        self.hosts.load().iter().find(|h| ***h == *host).cloned()
+    }
+
+    /// Replaces the host names recorded (`server.hosts`, on SIGHUP); requests already past
+    /// capture keep the name they matched.
+    pub fn set_hosts(&self, hosts: &[String]) {
+        self.hosts.store(Arc::new(host_names(hosts)));
     }
 }
 
@@ -262,6 +264,14 @@ impl Pending {
         self.obs.limited = limited;
         self.obs
     }
+}
+
+/// `server.hosts` as compared with a request's host: lowercase, without a trailing dot.
+fn host_names(hosts: &[String]) -> Box<[Arc<str>]> {
+    hosts
+        .iter()
+        .map(|h| Arc::from(h.to_ascii_lowercase().trim_end_matches('.')))
+        .collect()
 }
 
 #[cfg(test)]

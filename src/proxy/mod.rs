@@ -117,9 +117,10 @@ impl Proxy {
         }
     }
 
-    /// Whether at least one upstream is not in back-off.
-    pub fn ready(&self) -> bool {
-        self.upstreams.any_up()
+    /// Whether an upstream server accepts a TCP connection now ([`upstream::Upstreams::probe`]): `Err`
+    /// gives each server's failure.
+    pub async fn probe_upstreams(&self) -> Result<(), String> {
+        self.upstreams.probe().await
     }
 
     /// Closes pooled upstream connections as they pass `upstream.idle_timeout`, also when no

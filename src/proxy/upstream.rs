@@ -601,6 +601,42 @@ impl Upstreams {
         self.peers.iter().any(|p| !self.is_down(p, &mut now))
     }
 
+    /// Opens, and at once closes, one TCP connection to every server together, each within
+    /// `upstream.connect_timeout`: `Ok` as soon as one accepts, else each server's failure
+    /// (`authority: reason`, joined by `; `). A TCP connect, not an HTTP request, so that a
+    /// readiness probe costs the upstream no request and no log line.
+    pub async fn probe(&self) -> Result<(), String> {
+        let mut tries = tokio::task::JoinSet::new();
+        for peer in self.peers.iter() {
+            let (peer, limit) = (peer.clone(), self.connect_timeout);
+            tries.spawn(async move {
+                let host = peer
+                    .authority
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let port = peer.authority.port_u16().unwrap_or(80);
+                match tokio::time::timeout(limit, TcpStream::connect((host, port))).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(format!("{}: {e}", peer.authority)),
+                    Err(_) => Err(format!(
+                        "{}: no connection within {limit:?}",
+                        peer.authority
+                    )),
+                }
+            });
+        }
+        let mut failures = Vec::new();
+        while let Some(done) = tries.join_next().await {
+            match done {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(why)) => failures.push(why),
+                Err(e) => failures.push(format!("probe task failed: {e}")),
+            }
+        }
+        Err(failures.join("; "))
+    }
+
     /// Counts and returns a queue rejection.
     fn reject(&self, reason: QueueRejection) -> SendError {
         self.metrics.queue_rejected(reason);

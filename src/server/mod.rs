@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use tokio::net::{TcpListener, TcpStream};
@@ -34,10 +34,49 @@ use tls::CertResolver;
 
 /// State the admin listener reads.
 pub struct Health {
-    /// Set once every listener is bound.
+    /// Set once every listener is bound; cleared when draining starts.
     pub listening: AtomicBool,
     /// The forwarding core, for upstream health.
     pub proxy: Arc<Proxy>,
+    /// The last upstream probe and when it finished; one probe at a time, so that a burst of
+    /// `/readyz` requests opens at most one connection per server per [`READY_PROBE_TTL`].
+    probed: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+/// How long an upstream probe's answer is reused by `/readyz`.
+pub const READY_PROBE_TTL: Duration = Duration::from_secs(1);
+
+impl Health {
+    fn new(proxy: Arc<Proxy>) -> Health {
+        Health {
+            listening: AtomicBool::new(false),
+            proxy,
+            probed: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether the proxy should be sent traffic: `Err` says why not (`draining`, or each
+    /// upstream server's connect failure). Probes the upstreams with a TCP connect at most
+    /// once per [`READY_PROBE_TTL`]; concurrent callers wait for the one probe.
+    pub async fn ready(&self) -> Result<(), String> {
+        if !self.listening.load(Ordering::Acquire) {
+            return Err("draining".to_owned());
+        }
+        // The admin listener's lock, never taken on the request path.
+        let mut probed = self.probed.lock().await;
+        if let Some((at, result)) = probed.as_ref()
+            && at.elapsed() < READY_PROBE_TTL
+        {
+            return result.clone();
+        }
+        let result = self
+            .proxy
+            .probe_upstreams()
+            .await
+            .map_err(|why| format!("no upstream server accepts a connection ({why})"));
+        *probed = Some((Instant::now(), result.clone()));
+        result
+    }
 }
 
 async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, ConfigError> {
@@ -96,11 +135,10 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         shutdown_rx.clone(),
         tracker,
     ));
-    let health = Arc::new(Health {
-        listening: AtomicBool::new(false),
-        proxy: proxy.clone(),
-    });
+    let health = Arc::new(Health::new(proxy.clone()));
 
+    // The config as started: what a changed key that needs a restart is compared with.
+    let started = Arc::new(config.clone());
     let mut signals = Signals::new()?;
     let background = [
         tokio::spawn(rotate_keys(keys.clone(), proxy.clone())),
@@ -114,18 +152,21 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         log_listening("plain", &l);
         tokio::spawn(accept_loop(l, None, shared.clone()));
     }
-    // Ready before the admin listener is announced: whoever reads that line and asks /readyz
-    // at once must not be told "not listening".
+    // Listening before the admin listener is announced: whoever reads that line and asks
+    // /readyz at once must not be told "draining".
     health.listening.store(true, Ordering::Release);
     log_listening("admin", &admin_listener);
-    let admin_task = tokio::spawn(admin::serve(admin_listener, health.clone(), shutdown_rx));
+    let admin_task = tokio::spawn(admin::serve(admin_listener, health.clone()));
 
     loop {
         match signals.next().await {
             Signal::Reload => {
                 // Reading files may block: off the runtime, and one reload at a time.
                 let (path, r, p) = (config_path.clone(), resolver.clone(), proxy.clone());
-                if let Err(e) = tokio::task::spawn_blocking(move || reload(&path, &r, &p)).await {
+                let started = started.clone();
+                let reloaded =
+                    tokio::task::spawn_blocking(move || reload(&path, &started, &r, &p)).await;
+                if let Err(e) = reloaded {
                     tracing::error!(error = %e, "reload task failed");
                 }
             }
@@ -147,6 +188,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
             "shutdown grace period over; closing the remaining connections"
         );
     }
+    // The admin listener answered "draining" until now.
     admin_task.abort();
     for task in background {
         task.abort();
@@ -275,10 +317,61 @@ fn log_listening(listener: &'static str, l: &TcpListener) {
     }
 }
 
-/// SIGHUP: read the config again and reload what can change without a restart: the
-/// certificates, the country database and the rate-limit quotas. Each part that fails keeps its
-/// old state and says why.
-fn reload(path: &Path, resolver: &CertResolver, proxy: &Proxy) {
+/// Whether SIGHUP applies a change of the config key `key` (dotted, as in the file):
+/// `server.hosts` and everything under `tls`, `geoip` and `rate_limit`. Every other key needs a
+/// restart.
+pub fn reloadable(key: &str) -> bool {
+    key == "server.hosts"
+        || ["tls", "geoip", "rate_limit"].iter().any(|t| {
+            key.strip_prefix(t)
+                .is_some_and(|rest| rest.starts_with('.'))
+        })
+}
+
+/// The dotted keys (`server.listen`, `tls.sni`) whose values differ between `a` and `b`, in
+/// order; set in one and not the other counts as differing. Arrays (`upstream.servers`,
+/// `rate_limit.route`) compare as one value.
+pub fn changed_keys(a: &Config, b: &Config) -> Result<Vec<String>, toml::ser::Error> {
+    fn walk(prefix: &str, a: Option<&toml::Value>, b: Option<&toml::Value>, out: &mut Vec<String>) {
+        match (a, b) {
+            (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) => {
+                let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    let dotted = match prefix {
+                        "" => k.clone(),
+                        p => format!("{p}.{k}"),
+                    };
+                    walk(&dotted, a.get(k), b.get(k), out);
+                }
+            }
+            // A duration written in another unit ("2s", "2000ms") is the same value.
+            (Some(toml::Value::String(a)), Some(toml::Value::String(b))) if same_duration(a, b) => {
+            }
+            (a, b) if a != b => out.push(prefix.to_owned()),
+            _ => {}
+        }
+    }
+    let (a, b) = (toml::Value::try_from(a)?, toml::Value::try_from(b)?);
+    let mut out = Vec::new();
+    walk("", Some(&a), Some(&b), &mut out);
+    Ok(out)
+}
+
+/// Whether `a` and `b` both read as durations (`server.shutdown_grace` and the like) and
+/// are equal.
+fn same_duration(a: &str, b: &str) -> bool {
+    use serde::Deserialize as _;
+    let read = |s: &str| crate::config::Dur::deserialize(toml::Value::String(s.to_owned())).ok();
+    matches!((read(a), read(b)), (Some(a), Some(b)) if a == b)
+}
+
+/// SIGHUP: read the config again and reload what can change without a restart ([`reloadable`]):
+/// the host names recorded, the certificates, the country database and the rate-limit quotas.
+/// Each part that fails keeps its old state and says why; each other key that differs from the
+/// config the process `started` with is named in a warning (its name only, never its value).
+fn reload(path: &Path, started: &Config, resolver: &CertResolver, proxy: &Proxy) {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -286,6 +379,17 @@ fn reload(path: &Path, resolver: &CertResolver, proxy: &Proxy) {
             return;
         }
     };
+    match changed_keys(started, &config) {
+        Ok(keys) => {
+            for key in keys.iter().filter(|k| !reloadable(k)) {
+                tracing::warn!(%key, "config key changed but needs a restart to take effect; still running with the value it started with");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot compare the config with the running one; keys that need a restart may have changed")
+        }
+    }
+    proxy.capture.set_hosts(&config.server.hosts);
     let result = tls::ensure_self_signed(&config.tls, &config.server.hosts).and_then(|made| {
         if let Some(fp) = made {
             tracing::warn!(cert = %config.tls.cert.display(), sha256 = %fp, "certificate missing: generated a self-signed one (development only; set tls.self_signed = false in production)");
@@ -382,6 +486,77 @@ impl Signals {
             _ = self.term.recv() => Signal::Stop("SIGTERM"),
             _ = self.int.recv() => Signal::Stop("SIGINT"),
             _ = self.hup.recv() => Signal::Reload,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Config {
+        Config::parse(text, Path::new("test.toml")).unwrap()
+    }
+
+    #[test]
+    fn changed_keys_name_each_differing_dotted_key_once() {
+        // (config file after the edit, keys named against an empty file).
+        let rows: [(&str, &[&str]); 10] = [
+            // The default 2 s written in another unit: unchanged.
+            ("[upstream]\nconnect_timeout = \"2000ms\"", &[]),
+            (
+                "[upstream]\nconnect_timeout = \"2001ms\"",
+                &["upstream.connect_timeout"],
+            ),
+            ("", &[]),
+            ("[server]\nlisten = \"127.0.0.1:8443\"", &["server.listen"]),
+            ("[server]\nhosts = [\"a.example\"]", &["server.hosts"]),
+            (
+                "[server]\nlisten_plain = \"127.0.0.1:8080\"",
+                &["server.listen_plain"],
+            ),
+            (
+                "[upstream]\nservers = [\"http://127.0.0.1:1\", \"http://127.0.0.1:2\"]\nconnect_timeout = \"9s\"",
+                &["upstream.connect_timeout", "upstream.servers"],
+            ),
+            (
+                "[[rate_limit.route]]\npath_prefix = \"/a\"\nrequests_per_second = 1\nburst = 1",
+                &["rate_limit.route"],
+            ),
+            ("[admin]\nlisten = \"127.0.0.1:9100\"", &[]),
+            (
+                "[access_log]\nretention = \"2d\"",
+                &["access_log.retention"],
+            ),
+        ];
+        let empty = parse("");
+        for (text, want) in rows {
+            let got = changed_keys(&empty, &parse(text)).unwrap();
+            assert_eq!(got, want, "{text}");
+            // Symmetric: undoing the edit names the same keys.
+            assert_eq!(changed_keys(&parse(text), &empty).unwrap(), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn reloadable_keys_are_hosts_tls_geoip_and_rate_limit() {
+        let rows = [
+            ("server.hosts", true),
+            ("tls.cert", true),
+            ("tls.sni", true),
+            ("geoip.database", true),
+            ("rate_limit.route", true),
+            ("rate_limit.enabled", true),
+            ("server.listen", false),
+            ("server.hosts_extra", false),
+            ("tlsx.cert", false),
+            ("upstream.servers", false),
+            ("access_log.dir", false),
+            ("admin.listen", false),
+            ("privacy.key_dir", false),
+        ];
+        for (key, want) in rows {
+            assert_eq!(reloadable(key), want, "{key}");
         }
     }
 }
