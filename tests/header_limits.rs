@@ -85,6 +85,10 @@ enum Answer {
     StatusUnrecorded(u16),
     /// No answer: the connection ends (HTTP/2 flood defence).
     ConnectionEnds,
+    /// This status and one record with it, but a client still writing a head far over the
+    /// hard cap may see the connection reset first: the parser answers and closes with the
+    /// rest unread (no lingering close for a head yet).
+    StatusOrReset(u16),
 }
 
 struct Row {
@@ -239,7 +243,7 @@ fn rows(max_header_bytes: usize) -> Vec<Row> {
         "HTTP/1.1: a 300 KB head over the hard cap gets 431 from the parser",
         Proto::H1,
         field(300_000),
-        Answer::Status(431),
+        Answer::StatusOrReset(431),
         Next::Closed,
     );
     push(
@@ -306,12 +310,11 @@ async fn run(rows: Vec<Row>, edit: impl FnOnce(String) -> String) {
             .await;
         let seen = upstream.seen() - seen_before;
         match row.answer {
-            Answer::Status(status) => {
-                assert_eq!(
-                    answer.as_ref().map(|s| s.as_u16()).ok(),
-                    Some(status),
-                    "{what}"
-                );
+            Answer::Status(status) | Answer::StatusOrReset(status) => {
+                let answered = answer.as_ref().map(|s| s.as_u16()).ok();
+                if matches!(row.answer, Answer::Status(_)) || answered.is_some() {
+                    assert_eq!(answered, Some(status), "{what}");
+                }
                 assert_eq!(seen, usize::from(status == 200), "{what}: upstream saw");
                 logged += 1;
                 let all = settle(&proxy, logged).await;
