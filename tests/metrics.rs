@@ -147,6 +147,92 @@ fn the_dashboard_is_json_over_our_metrics() {
     }
 }
 
+/// The dashboard's panels whose first query reads `metric`.
+fn panels_reading<'a>(dash: &'a serde_json::Value, metric: &str) -> Vec<&'a serde_json::Value> {
+    dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["targets"][0]["expr"]
+                .as_str()
+                .unwrap_or("")
+                .contains(metric)
+        })
+        .collect()
+}
+
+fn dashboard() -> serde_json::Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/grafana/webprom-edge.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Collapses runs of whitespace, so a paragraph wrapped in Markdown compares with one line.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn the_country_panel_carries_the_cc_by_attribution_of_the_geoip_data() {
+    // config/geo/README.md: "Attribution (CC BY 4.0 requires it wherever the data is
+    // redistributed or shown):" followed by the paragraph to show.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/geo/README.md"))
+            .unwrap();
+    let start = readme
+        .find("Attribution (")
+        .expect("an attribution paragraph");
+    let paragraph = &readme[start..];
+    let paragraph = &paragraph[paragraph.find(":\n").unwrap() + 2..];
+    let attribution = one_line(&paragraph[..paragraph.find("\n\n").unwrap()]);
+    assert!(attribution.contains("CC BY 4.0"), "{attribution}");
+
+    let dash = dashboard();
+    let panels = panels_reading(&dash, "webprom_edge_requests_by_country_total");
+    assert!(!panels.is_empty(), "no country panel");
+    for p in panels {
+        let description = one_line(p["description"].as_str().unwrap_or(""));
+        assert!(
+            description.contains(&attribution),
+            "panel {:?} lacks the attribution {attribution:?}",
+            p["title"]
+        );
+        assert!(
+            p["title"].as_str().unwrap().contains("CC BY 4.0"),
+            "{}",
+            p["title"]
+        );
+    }
+}
+
+#[test]
+fn the_visitors_panel_is_per_instance_and_says_it_is_not_deduplicated() {
+    let dash = dashboard();
+    let panels = panels_reading(&dash, "webprom_edge_unique_clients");
+    assert!(!panels.is_empty(), "no visitors panel");
+    for p in panels {
+        let target = &p["targets"][0];
+        let expr = target["expr"].as_str().unwrap();
+        // One value per instance: a sum across instances would count a visitor once per
+        // instance that saw them.
+        assert!(expr.contains("by (instance)"), "{expr}");
+        assert!(
+            target["legendFormat"]
+                .as_str()
+                .unwrap()
+                .contains("{{instance}}"),
+            "{target}"
+        );
+        let text = format!("{} {}", p["title"], p["description"]);
+        for words in ["per instance", "not deduplicated"] {
+            assert!(text.contains(words), "{words:?} missing from {text}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_the_request_count() {
     if !external("prometheus", "prometheus") {
