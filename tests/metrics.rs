@@ -127,7 +127,108 @@ fn promtool_accepts_the_alert_rules() {
         String::from_utf8_lossy(&out.stdout)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("SUCCESS: 8 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 10 rules found"), "{text}");
+}
+
+/// The promtool unit-test files for config/prometheus/alerts.yml: `tests/data/alerts_*.yml`.
+fn alert_test_files() -> Vec<std::path::PathBuf> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("alerts_") && name.ends_with(".yml")
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+fn yaml(path: &std::path::Path) -> serde_yaml::Value {
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn every_alert_rule_passes_its_promtool_unit_tests() {
+    // Rows (tests/data/alerts_outages.yml): one instance of two down with the job named
+    // `webprom-edge`, `edge` or `node-x`; every instance down; no webprom-edge target at all; no
+    // traffic, then down; an upstream outage; upstream 5xx; load shedding; rate limiting;
+    // access-log loss. Each checks every alert at each time, so a second page fails it.
+    if !external("promtool", "prometheus") {
+        return;
+    }
+    let files = alert_test_files();
+    assert!(files.len() >= 2, "{files:?}");
+    let out = Command::new("promtool")
+        .args(["test", "rules"])
+        .args(&files)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn every_alert_rule_is_described_independent_of_the_job_name_and_tested_both_ways() {
+    let rules = yaml(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/prometheus/alerts.yml"
+    )));
+    let mut alerts = Vec::new();
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            let expr = rule["expr"].as_str().unwrap();
+            // A matcher on `job` ties a rule to how the operator named the scrape job.
+            let unspaced: String = expr.split_whitespace().collect();
+            for matcher in ["job=", "job!=", "job=~", "job!~"] {
+                assert!(!unspaced.contains(matcher), "{matcher} in {expr}");
+            }
+            let Some(name) = rule["alert"].as_str() else {
+                continue;
+            };
+            let description = rule["annotations"]["description"].as_str().unwrap_or("");
+            assert!(description.len() > 40, "{name} has no description");
+            assert!(rule["annotations"]["summary"].as_str().is_some(), "{name}");
+            alerts.push(name.to_owned());
+        }
+    }
+    assert!(alerts.len() >= 9, "{alerts:?}");
+
+    // Each alert is expected firing somewhere and silent somewhere in the promtool tests.
+    let mut firing = std::collections::HashSet::new();
+    let mut silent = std::collections::HashSet::new();
+    for file in alert_test_files() {
+        let tests = yaml(&file);
+        for test in tests["tests"].as_sequence().unwrap() {
+            let Some(checks) = test["alert_rule_test"].as_sequence() else {
+                continue;
+            };
+            for check in checks {
+                let name = check["alertname"].as_str().unwrap().to_owned();
+                match check["exp_alerts"].as_sequence() {
+                    Some(expected) if !expected.is_empty() => firing.insert(name),
+                    _ => silent.insert(name),
+                };
+            }
+        }
+    }
+    for name in &alerts {
+        assert!(
+            firing.contains(name),
+            "no promtool test expects {name} to fire"
+        );
+        assert!(
+            silent.contains(name),
+            "no promtool test expects {name} silent"
+        );
+    }
 }
 
 #[test]
@@ -143,6 +244,92 @@ fn the_dashboard_is_json_over_our_metrics() {
     for p in panels {
         for t in p["targets"].as_array().unwrap() {
             assert!(t["expr"].as_str().unwrap().contains("webprom_edge_"), "{t}");
+        }
+    }
+}
+
+/// The dashboard's panels whose first query reads `metric`.
+fn panels_reading<'a>(dash: &'a serde_json::Value, metric: &str) -> Vec<&'a serde_json::Value> {
+    dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            p["targets"][0]["expr"]
+                .as_str()
+                .unwrap_or("")
+                .contains(metric)
+        })
+        .collect()
+}
+
+fn dashboard() -> serde_json::Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/grafana/webprom-edge.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Collapses runs of whitespace, so a paragraph wrapped in Markdown compares with one line.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn the_country_panel_carries_the_cc_by_attribution_of_the_geoip_data() {
+    // config/geo/README.md: "Attribution (CC BY 4.0 requires it wherever the data is
+    // redistributed or shown):" followed by the paragraph to show.
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/geo/README.md"))
+            .unwrap();
+    let start = readme
+        .find("Attribution (")
+        .expect("an attribution paragraph");
+    let paragraph = &readme[start..];
+    let paragraph = &paragraph[paragraph.find(":\n").unwrap() + 2..];
+    let attribution = one_line(&paragraph[..paragraph.find("\n\n").unwrap()]);
+    assert!(attribution.contains("CC BY 4.0"), "{attribution}");
+
+    let dash = dashboard();
+    let panels = panels_reading(&dash, "webprom_edge_requests_by_country_total");
+    assert!(!panels.is_empty(), "no country panel");
+    for p in panels {
+        let description = one_line(p["description"].as_str().unwrap_or(""));
+        assert!(
+            description.contains(&attribution),
+            "panel {:?} lacks the attribution {attribution:?}",
+            p["title"]
+        );
+        assert!(
+            p["title"].as_str().unwrap().contains("CC BY 4.0"),
+            "{}",
+            p["title"]
+        );
+    }
+}
+
+#[test]
+fn the_visitors_panel_is_per_instance_and_says_it_is_not_deduplicated() {
+    let dash = dashboard();
+    let panels = panels_reading(&dash, "webprom_edge_unique_clients");
+    assert!(!panels.is_empty(), "no visitors panel");
+    for p in panels {
+        let target = &p["targets"][0];
+        let expr = target["expr"].as_str().unwrap();
+        // One value per instance: a sum across instances would count a visitor once per
+        // instance that saw them.
+        assert!(expr.contains("by (instance)"), "{expr}");
+        assert!(
+            target["legendFormat"]
+                .as_str()
+                .unwrap()
+                .contains("{{instance}}"),
+            "{target}"
+        );
+        let text = format!("{} {}", p["title"], p["description"]);
+        for words in ["per instance", "not deduplicated"] {
+            assert!(text.contains(words), "{words:?} missing from {text}");
         }
     }
 }
