@@ -771,23 +771,8 @@ async fn a_body_still_trickling_at_the_request_timeout_is_the_clients_failure() 
     }
 }
 
-#[test]
-fn the_upstream_alert_never_fires_from_client_failures() {
-    if !external("promtool", "prometheus") {
-        return;
-    }
-    let out = std::process::Command::new("promtool")
-        .args(["test", "rules", "tests/data/alerts_client_vs_upstream.yml"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+// That the upstream alert never fires from client failures is a promtool unit test,
+// tests/data/alerts_client_vs_upstream.yml, run with every other rule test by tests/metrics.rs.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_stalls_after_the_answer_began_is_recorded_408() {
