@@ -610,14 +610,16 @@ impl<T: AsyncRead> AsyncRead for WatchedIo<T> {
     }
 }
 
-impl<T: AsyncWrite> AsyncWrite for WatchedIo<T> {
-    fn poll_write(
+impl<T: AsyncWrite> WatchedIo<T> {
+    /// One write by `write` on the inner stream: activity when it moved a byte, and timed by
+    /// the send deadline ([`watch_write`]) when it did not.
+    fn watched_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: &[u8],
+        write: impl FnOnce(Pin<&mut T>, &mut Context<'_>) -> Poll<io::Result<usize>>,
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        let res = this.inner.poll_write(cx, buf);
+        let res = write(this.inner, cx);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
             this.activity.moved.store(true, Ordering::Relaxed);
         }
@@ -630,25 +632,23 @@ impl<T: AsyncWrite> AsyncWrite for WatchedIo<T> {
             cx,
         )
     }
+}
+
+impl<T: AsyncWrite> AsyncWrite for WatchedIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.watched_write(cx, |inner, cx| inner.poll_write(cx, buf))
+    }
 
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let res = this.inner.poll_write_vectored(cx, bufs);
-        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.moved.store(true, Ordering::Relaxed);
-        }
-        watch_write(
-            res,
-            |&n| n > 0,
-            this.stall,
-            this.stalled,
-            *this.send_timeout,
-            cx,
-        )
+        self.watched_write(cx, |inner, cx| inner.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
