@@ -406,8 +406,9 @@ impl InFlight<'_> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        let now = tokio::time::Instant::now();
+        // The clock is read only for an exchange still in flight, not on every drop.
         if let (Some(sending), Some(conn)) = (self.sending.take(), self.conn.take())
+            && let now = tokio::time::Instant::now()
             && now < self.deadline
         {
             let peer = self.peer.clone();
