@@ -330,17 +330,19 @@ impl Proxy {
         // `upstream.request_timeout` is applied by the pool, from the moment the request has
         // a connection: time waiting in the queue is bounded by `upstream.queue_timeout`.
         let result = self.upstreams.send(&pick, upstream_req).await;
+        // The request body failed on the client's side, and the exchange with it: the
+        // client's failure, never the upstream's. Asked of the watch the body reported to
+        // before failing, not read from hyper's error.
+        if result.is_err()
+            && let Some(kind) = watch.as_deref().and_then(BodyWatch::take_failure)
+        {
+            metrics.client_error(kind);
+            return (client_failure(kind, version), None);
+        }
         let (mut resp, lease) = match result {
             Ok(exchange) => {
                 metrics.upstream_duration(sent.elapsed());
                 exchange
-            }
-            // The request body failed on the client's side, and the exchange with it: the
-            // client's failure, never the upstream's. Asked of the watch the body reported to
-            // before failing, not read from hyper's error.
-            Err(_) if let Some(kind) = watch.as_deref().and_then(BodyWatch::take_failure) => {
-                metrics.client_error(kind);
-                return (client_failure(kind, version), None);
             }
             // The deadline passed while the upstream was waiting for body bytes the client had
             // not sent: the client is too slow, the upstream is not.
