@@ -207,7 +207,11 @@ fn the_units_user_is_created_by_the_sysusers_file() {
             (words.next() == Some("u")).then(|| words.next().unwrap_or("").to_owned())
         })
         .collect();
-    assert_eq!(created, [user.clone()], "{SYSUSERS} creates the user");
+    assert_eq!(
+        created,
+        std::slice::from_ref(&user),
+        "{SYSUSERS} creates the user"
+    );
     // `u NAME` creates the group of the same name too.
     assert_eq!(service_value("Group"), user);
 }
