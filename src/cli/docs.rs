@@ -27,8 +27,23 @@ pub fn completions(shell: Shell, out: &mut dyn Write) -> io::Result<()> {
     let mut cmd = Args::command();
     let mut buf = Vec::new();
     clap_complete::generate(shell, &mut cmd, BIN_NAME, &mut buf);
+    match shell {
+        Shell::Bash => buf = bash_hyphen_fix(&String::from_utf8_lossy(&buf)).into_bytes(),
+        Shell::Fish => buf.extend(fish_positional_values(&cmd).as_bytes()),
+        _ => {}
+    }
     out.write_all(&buf)?;
     out.flush()
+}
+
+/// clap_complete's bash script (4.6.12) escapes a hyphen in the binary's name as `__` where it
+/// sets the state (`webprom__edge__subcmd__run`) but as `__subcmd__` in the `case` arms that
+/// read it (`webprom__subcmd__edge__subcmd__run`), so no arm matches and nothing after a
+/// subcommand completes (clap-rs/clap#6421, open). The arms are respelled as the state is.
+fn bash_hyphen_fix(script: &str) -> String {
+    let wrong = format!("{}__subcmd__", BIN_NAME.replace('-', "__subcmd__"));
+    let right = format!("{}__subcmd__", BIN_NAME.replace('-', "__"));
+    script.replace(&wrong, &right)
 }
 
 /// Writes the man page `webprom-edge(1)` in roff (`man -l` reads it): NAME, SYNOPSIS with one
@@ -113,6 +128,31 @@ fn part(
         kept.push('\n');
     }
     Ok(kept.into_bytes())
+}
+
+/// clap_complete's fish script completes options only, never a positional argument
+/// (documented in clap_complete 4.6.12): one `complete` line per positional argument with
+/// possible values (`completions SHELL`) offers them, after the subcommand is typed.
+fn fish_positional_values(cmd: &clap::Command) -> String {
+    let mut lines = String::new();
+    for sub in cmd.get_subcommands() {
+        for arg in sub.get_positionals() {
+            let values: Vec<String> = arg
+                .get_possible_values()
+                .iter()
+                .filter(|v| !v.is_hide_set())
+                .map(|v| v.get_name().to_owned())
+                .collect();
+            if !values.is_empty() {
+                lines.push_str(&format!(
+                    "complete -c {BIN_NAME} -n \"__fish_seen_subcommand_from {}\" -f -a \"{}\"\n",
+                    sub.get_name(),
+                    values.join(" ")
+                ));
+            }
+        }
+    }
+    lines
 }
 
 /// The sections the clap definitions cannot give.
