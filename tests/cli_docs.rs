@@ -301,7 +301,7 @@ fn the_man_page_renders_without_warnings_and_documents_every_command_and_option(
     assert!(description.contains(&squashed(DEFAULT_CONFIG)));
     let files = section(&sections, "FILES");
     assert!(files.contains(DEFAULT_CONFIG), "{files}");
-    for key in ["privacy.key_dir", "access_log.dir"] {
+    for key in ["privacy.key_dir", "access_log.dir", "tls.cert"] {
         assert!(files.contains(key), "{key}: {files}");
     }
     let environment = section(&sections, "ENVIRONMENT");

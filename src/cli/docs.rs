@@ -168,9 +168,11 @@ fn sections() -> Roff {
     )]);
     r.control("PP", []);
     r.text([roman(
-        "The state directory of the daily pseudonym keys (privacy.key_dir) and the log \
-         directory of the access log's day files and the audit trail (access_log.dir) are set \
-         in the configuration file; the proxy writes nowhere else.",
+        "The configuration file sets every other path: the state directory of the daily \
+         pseudonym keys (privacy.key_dir), the log directory of the access log's day files and \
+         the audit trail (access_log.dir), and the TLS certificate and key (tls.cert, tls.key), \
+         where run writes a development certificate if they are missing and tls.self_signed is \
+         true.",
     )]);
 
     r.control("SH", ["ENVIRONMENT"]);
