@@ -1,9 +1,13 @@
 //! The commands of the README's "Commands" section, as library functions the binary calls.
 //!
 //! Each returns a [`CliError`] whose kind decides the exit status: 2 for bad usage or bad
-//! configuration, 1 for a failure at run time.
+//! configuration, 1 for a failure at run time. [`args`] defines the command line the binary
+//! parses; [`docs`] generates the man page and the shell completions from it.
 
-use std::path::{Path, PathBuf};
+pub mod args;
+pub mod docs;
+
+use args::ConfigFile;
 
 use crate::config::{Config, ConfigError};
 use crate::investigate::{self as inv, DayRange, Settings, Summary, Target};
@@ -59,9 +63,20 @@ impl From<server::tls::TlsError> for CliError {
     }
 }
 
-/// `run --config FILE`: serves until SIGTERM/SIGINT.
-pub fn run(config_path: &Path) -> Result<(), CliError> {
-    let config = Config::load(config_path)?;
+/// The configuration in `file`. A file that cannot be read is named by its path; at the default
+/// path, read because `--config` was absent, the message also says to pass `--config FILE`.
+fn load(file: &ConfigFile) -> Result<Config, CliError> {
+    Config::load(&file.path).map_err(|e| match e {
+        ConfigError::Read { .. } if file.is_default => CliError::Config(format!(
+            "{e}; this is the default path, read because --config is absent: pass --config FILE"
+        )),
+        e => e.into(),
+    })
+}
+
+/// `run [--config FILE]`: serves until SIGTERM/SIGINT.
+pub fn run(file: &ConfigFile) -> Result<(), CliError> {
+    let config = load(file)?;
     let workers = config.worker_threads();
     // One worker: the single-threaded scheduler does the same work without the cross-thread
     // bookkeeping (blocking work still goes to tokio's blocking pool).
@@ -78,7 +93,7 @@ pub fn run(config_path: &Path) -> Result<(), CliError> {
         .build()
         .map_err(|e| CliError::Runtime(anyhow::Error::new(e).context("starting the runtime")))?;
     runtime
-        .block_on(server::run(config, PathBuf::from(config_path)))
+        .block_on(server::run(config, file.path.clone()))
         .map_err(|e| {
             // Start-up problems that an operator fixes in the config exit with 2.
             if e.is::<ConfigError>()
@@ -92,11 +107,11 @@ pub fn run(config_path: &Path) -> Result<(), CliError> {
         })
 }
 
-/// `check-config --config FILE`: validates the configuration and every file and directory it
+/// `check-config [--config FILE]`: validates the configuration and every file and directory it
 /// names, exactly as `run` does before it writes anything, and returns the effective
 /// configuration as TOML. Writes nothing.
-pub fn check_config(config_path: &Path) -> Result<String, CliError> {
-    let config = Config::load(config_path)?;
+pub fn check_config(file: &ConfigFile) -> Result<String, CliError> {
+    let config = load(file)?;
     let mut notes = String::new();
     if server::preflight::will_generate_certificate(&config) {
         notes.push_str(&format!(
@@ -118,8 +133,8 @@ pub enum Who<'a> {
     Client(&'a str),
 }
 
-fn load_settings(config_path: &Path) -> Result<Settings, CliError> {
-    let config = Config::load(config_path)?;
+fn load_settings(file: &ConfigFile) -> Result<Settings, CliError> {
+    let config = load(file)?;
     Ok(Settings::from_config(&config))
 }
 
@@ -134,10 +149,10 @@ fn audit(settings: &Settings, command: &str, summary: &Summary, ok: bool) -> Res
     })
 }
 
-/// `investigate --config FILE (--ip ADDR | --client PSEUDONYM) [--since DAY] [--until DAY]`:
+/// `investigate [--config FILE] (--ip ADDR | --client PSEUDONYM) [--since DAY] [--until DAY]`:
 /// the client's records on stdout as stored, a summary on stderr, a line in the audit trail.
 pub fn investigate(
-    config_path: &Path,
+    file: &ConfigFile,
     who: Who<'_>,
     since: Option<&str>,
     until: Option<&str>,
@@ -148,7 +163,7 @@ pub fn investigate(
     }
     .map_err(CliError::Config)?;
     let range = DayRange::parse(since, until).map_err(CliError::Config)?;
-    let settings = load_settings(config_path)?;
+    let settings = load_settings(file)?;
     let mut summary = Summary::default();
     let stdout = std::io::stdout();
     let out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
@@ -158,18 +173,18 @@ pub fn investigate(
     result.map_err(CliError::Runtime)
 }
 
-/// `erase --config FILE --ip ADDR [--since DAY] [--until DAY]`: removes the client's records
+/// `erase [--config FILE] --ip ADDR [--since DAY] [--until DAY]`: removes the client's records
 /// from the day files, safely while the proxy runs; a summary on stderr, a line in the audit
 /// trail.
 pub fn erase(
-    config_path: &Path,
+    file: &ConfigFile,
     ip: &str,
     since: Option<&str>,
     until: Option<&str>,
 ) -> Result<(), CliError> {
     let target = Target::parse_ip(ip).map_err(CliError::Config)?;
     let range = DayRange::parse(since, until).map_err(CliError::Config)?;
-    let settings = load_settings(config_path)?;
+    let settings = load_settings(file)?;
     let mut summary = Summary::default();
     let result = inv::erase(&settings, &target, range, &mut summary);
     eprint!("{}", summary.render("erase"));
@@ -177,10 +192,10 @@ pub fn erase(
     result.map_err(CliError::Runtime)
 }
 
-/// `keys --config FILE`: one `YYYY-MM-DD kept|derivable|destroyed` line per epoch on stdout,
+/// `keys [--config FILE]`: one `YYYY-MM-DD kept|derivable|destroyed` line per epoch on stdout,
 /// a summary on stderr.
-pub fn keys(config_path: &Path) -> Result<(), CliError> {
-    let settings = load_settings(config_path)?;
+pub fn keys(file: &ConfigFile) -> Result<(), CliError> {
+    let settings = load_settings(file)?;
     let (lines, summary) = inv::keys_report(&settings).map_err(CliError::Runtime)?;
     print!("{lines}");
     eprint!("{summary}");

@@ -5,9 +5,9 @@
 //! [`ratelimit`] checks the client's quota → [`proxy`] forwards to an upstream and filters the
 //! response → [`privacy`] captures the allowed facts as an Observation → [`accesslog`] and
 //! [`metrics`] record it. [`admin`] serves health and metrics; [`config`] holds the validated
-//! configuration; [`cli`] runs the commands; [`investigate`] searches and erases the logs of one
-//! client for investigations and data-subject requests; [`files`] reads and checks the files and
-//! directories the configuration names.
+//! configuration; [`cli`] defines the command line and runs the commands; [`investigate`] searches
+//! and erases the logs of one client for investigations and data-subject requests; [`files`]
+//! reads and checks the files and directories the configuration names.
 
 pub mod accesslog;
 pub mod admin;

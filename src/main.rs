@@ -1,83 +1,18 @@
 //! The command line: parse arguments, call the library, map errors to exit codes.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{ArgGroup, Parser, Subcommand};
-use webprom_edge::cli;
+use webprom_edge::cli::args::{Args, Command};
+use webprom_edge::cli::{self, CliError, docs};
 
 /// mimalloc: the request path allocates and frees many small objects; glibc's allocator was
 /// several percent of the proxy's CPU in the load profile (BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// A privacy-aware, TLS-terminating reverse proxy.
-#[derive(Parser)]
-#[command(name = "webprom-edge", version, about)]
-struct Args {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Serve until SIGTERM/SIGINT (graceful drain); SIGHUP reloads certificates.
-    Run {
-        /// The TOML configuration file.
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
-    },
-    /// Validate the configuration and print the effective configuration.
-    CheckConfig {
-        /// The TOML configuration file.
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
-    },
-    /// Print the records of one client (JSON Lines on stdout, a summary on stderr).
-    #[command(group(ArgGroup::new("who").required(true).args(["ip", "client"])))]
-    Investigate {
-        /// The TOML configuration file.
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
-        /// The client's address: its pseudonym is computed for each day with that day's key.
-        #[arg(long, value_name = "ADDR")]
-        ip: Option<String>,
-        /// A pseudonym, as it appears in the `client` field (base64url: it may begin with `-`).
-        #[arg(long, allow_hyphen_values = true, value_name = "PSEUDONYM")]
-        client: Option<String>,
-        /// First UTC day searched (inclusive), YYYY-MM-DD.
-        #[arg(long, value_name = "DAY")]
-        since: Option<String>,
-        /// Last UTC day searched (inclusive), YYYY-MM-DD.
-        #[arg(long, value_name = "DAY")]
-        until: Option<String>,
-    },
-    /// Remove every record of one client from the day files (safe while the proxy runs).
-    Erase {
-        /// The TOML configuration file.
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
-        /// The client's address: its pseudonym is computed for each day with that day's key.
-        #[arg(long, value_name = "ADDR")]
-        ip: String,
-        /// First UTC day searched (inclusive), YYYY-MM-DD.
-        #[arg(long, value_name = "DAY")]
-        since: Option<String>,
-        /// Last UTC day searched (inclusive), YYYY-MM-DD.
-        #[arg(long, value_name = "DAY")]
-        until: Option<String>,
-    },
-    /// List the key epochs kept, derivable and destroyed.
-    Keys {
-        /// The TOML configuration file.
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
-    },
-}
-
 fn main() -> ExitCode {
     ignore_file_size_signal();
-    let args = Args::parse();
+    let args = Args::parse_env();
     init_tracing();
     let result = match args.command {
         Command::Run { config } => cli::run(&config),
@@ -104,6 +39,10 @@ fn main() -> ExitCode {
             until,
         } => cli::erase(&config, &ip, since.as_deref(), until.as_deref()),
         Command::Keys { config } => cli::keys(&config),
+        Command::Completions { shell } => {
+            docs::completions(shell, &mut std::io::stdout().lock()).map_err(printing)
+        }
+        Command::Man => docs::man_page(&mut std::io::stdout().lock()).map_err(printing),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -112,6 +51,11 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code() as u8)
         }
     }
+}
+
+/// A failure to write a generated document to stdout: a run-time failure (exit status 1).
+fn printing(e: std::io::Error) -> CliError {
+    CliError::Runtime(anyhow::Error::new(e).context("writing to stdout"))
 }
 
 /// A write past the file size limit (`ulimit -f`, systemd's `LimitFSIZE=`) must fail with
