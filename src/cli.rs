@@ -197,7 +197,21 @@ pub fn erase(
 pub fn keys(file: &ConfigFile) -> Result<(), CliError> {
     let settings = load_settings(file)?;
     let (lines, summary) = inv::keys_report(&settings).map_err(CliError::Runtime)?;
-    print!("{lines}");
+    print_stdout(lines.as_bytes())?;
     eprint!("{summary}");
     Ok(())
+}
+
+/// Writes a command's output to stdout. A reader that stopped reading (`| head`: EPIPE) ends
+/// the output quietly, as it does for other Unix tools; any other failure is a run-time error
+/// (exit status 1), never a panic.
+pub fn print_stdout(bytes: &[u8]) -> Result<(), CliError> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(CliError::Runtime(
+            anyhow::Error::new(e).context("writing to stdout"),
+        )),
+        _ => Ok(()),
+    }
 }

@@ -16,7 +16,9 @@ fn main() -> ExitCode {
     init_tracing();
     let result = match args.command {
         Command::Run { config } => cli::run(&config),
-        Command::CheckConfig { config } => cli::check_config(&config).map(|text| print!("{text}")),
+        Command::CheckConfig { config } => {
+            cli::check_config(&config).and_then(|text| cli::print_stdout(text.as_bytes()))
+        }
         Command::Investigate {
             config,
             ip,
@@ -40,9 +42,17 @@ fn main() -> ExitCode {
         } => cli::erase(&config, &ip, since.as_deref(), until.as_deref()),
         Command::Keys { config } => cli::keys(&config),
         Command::Completions { shell } => {
-            docs::completions(shell, &mut std::io::stdout().lock()).map_err(printing)
+            let mut out = Vec::new();
+            docs::completions(shell, &mut out)
+                .map_err(generating)
+                .and_then(|()| cli::print_stdout(&out))
         }
-        Command::Man => docs::man_page(&mut std::io::stdout().lock()).map_err(printing),
+        Command::Man => {
+            let mut out = Vec::new();
+            docs::man_page(&mut out)
+                .map_err(generating)
+                .and_then(|()| cli::print_stdout(&out))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -53,9 +63,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// A failure to write a generated document to stdout: a run-time failure (exit status 1).
-fn printing(e: std::io::Error) -> CliError {
-    CliError::Runtime(anyhow::Error::new(e).context("writing to stdout"))
+/// A failure to generate a document: a run-time failure (exit status 1).
+fn generating(e: std::io::Error) -> CliError {
+    CliError::Runtime(anyhow::Error::new(e).context("generating the document"))
 }
 
 /// A write past the file size limit (`ulimit -f`, systemd's `LimitFSIZE=`) must fail with

@@ -538,3 +538,37 @@ fn zsh_reads_its_completion_script() {
         text(&load.stderr)
     );
 }
+
+#[test]
+fn a_reader_that_stops_reading_ends_the_output_quietly() {
+    // Each command that prints on stdout, its reader gone before the first byte (`| head`
+    // after it read enough): EPIPE ends the output with status 0, never a panic (status 101)
+    // or an error message.
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
+    let config = config.to_str().expect("UTF-8 path");
+    let rows: [&[&str]; 5] = [
+        &["check-config", "--config", config],
+        &["man"],
+        &["completions", "bash"],
+        &["completions", "zsh"],
+        &["completions", "fish"],
+    ];
+    for args in rows {
+        let mut child = Command::new(bin())
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn the binary");
+        // The read end closes while the child is still starting.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait for the binary");
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
