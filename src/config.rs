@@ -469,12 +469,13 @@ impl Serialize for FileMode {
 }
 
 /// `access_log.group`: a group name (`"adm"`), or a numeric group id as a string (`"4"`) or an
-/// integer (`4`). Resolved when the proxy starts (see [`crate::accesslog::files::resolve_group`]).
+/// integer (`4`). Resolved when the proxy starts (see [`crate::accesslog::files::resolve_group`]);
+/// shown as written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupSpec {
-    /// A name, looked up in the group database.
+    /// A name, looked up in the group database; digits only: a group id (as `chown` reads it).
     Name(String),
-    /// A numeric group id, used as given.
+    /// A numeric group id, written as a TOML integer.
     Gid(u32),
 }
 
@@ -502,10 +503,10 @@ impl<'de> Deserialize<'de> for GroupSpec {
                          for the process's group)"
                     )));
                 }
-                if s.bytes().all(|b| b.is_ascii_digit()) {
-                    return s.parse().map(GroupSpec::Gid).map_err(|_| {
-                        E::custom(format!("{s:?} is out of range for a group id"))
-                    });
+                if s.bytes().all(|b| b.is_ascii_digit())
+                    && s.parse::<u32>().ok().is_none_or(|g| g == u32::MAX)
+                {
+                    return Err(E::custom(format!("{s:?} is out of range for a group id")));
                 }
                 Ok(GroupSpec::Name(s.to_owned()))
             }
@@ -1181,6 +1182,17 @@ mod tests {
                 "[upstream]\nqueue_timeout = \"later\"",
                 "upstream.queue_timeout",
             ),
+            ("[access_log]\nfile_mode = 640", "access_log.file_mode"),
+            ("[access_log]\nfile_mode = \"0644\"", "access_log.file_mode"),
+            (
+                "[access_log]\nfile_mode = \"0o640\"",
+                "access_log.file_mode",
+            ),
+            ("[access_log]\nfile_mode = true", "access_log.file_mode"),
+            ("[access_log]\ngroup = \"\"", "access_log.group"),
+            ("[access_log]\ngroup = -1", "access_log.group"),
+            ("[access_log]\ngroup = \"4294967295\"", "access_log.group"),
+            ("[access_log]\ngroup = [\"adm\"]", "access_log.group"),
         ];
         for (text, key) in cases {
             let err = parse(text).expect_err(text).to_string();
@@ -1209,6 +1221,47 @@ mod tests {
                 Duration::from_millis(timeout_ms),
                 "{line}"
             );
+        }
+    }
+
+    #[test]
+    fn the_log_file_mode_and_group_are_shown_as_written_and_read_back_alike() {
+        // (lines in [access_log], mode bits, group, shown by check-config)
+        let rows = [
+            ("", 0o640, None, "file_mode = \"0640\"\n"),
+            (
+                "file_mode = \"0600\"",
+                0o600,
+                None,
+                "file_mode = \"0600\"\n",
+            ),
+            ("file_mode = \"660\"", 0o660, None, "file_mode = \"660\"\n"),
+            (
+                "group = \"adm\"",
+                0o640,
+                Some(GroupSpec::Name("adm".into())),
+                "group = \"adm\"\n",
+            ),
+            (
+                "group = \"4\"",
+                0o640,
+                Some(GroupSpec::Name("4".into())),
+                "group = \"4\"\n",
+            ),
+            ("group = 4", 0o640, Some(GroupSpec::Gid(4)), "group = 4\n"),
+        ];
+        for (lines, bits, group, shown) in rows {
+            let c = parse(&format!("[access_log]\n{lines}")).expect(lines);
+            assert_eq!(c.access_log.file_mode.bits, bits, "{lines}");
+            assert_eq!(c.access_log.group, group, "{lines}");
+            let text = toml::to_string_pretty(&c).unwrap();
+            assert!(text.contains(shown), "{lines}: {text}");
+            let again = parse(&text).expect(&text);
+            assert_eq!(
+                again.access_log.file_mode, c.access_log.file_mode,
+                "{lines}"
+            );
+            assert_eq!(again.access_log.group, c.access_log.group, "{lines}");
         }
     }
 

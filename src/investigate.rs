@@ -1040,10 +1040,14 @@ fn append_audit_at(dir: &Path, retention_days: i64, line: &[u8], today: Epoch) -
         kept.extend_from_slice(line);
         let tmp = dir.join(format!(".{AUDIT_FILE}.{}", std::process::id()));
         let result = (|| {
+            // Made anew, so it is 0600 whatever a file left at that name had.
+            match fs::remove_file(&tmp) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
             let mut t = OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(0o600)
                 .open(&tmp)?;
             t.write_all(&kept)?;
@@ -1496,5 +1500,27 @@ mod tests {
             [&recent[..], &new[..], &new[..]].concat()
         );
         assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn an_audit_rewrite_is_owner_only_whatever_was_left_at_its_temporary_name() {
+        // (mode of the file left at the temporary name)
+        for left in [0o644, 0o666, 0o600] {
+            let tmp = tempfile::tempdir().unwrap();
+            let path = tmp.path().join(AUDIT_FILE);
+            let old = b"{\"time\":\"2026-01-01T00:00:00Z\",\"command\":\"erase\"}\n";
+            fs::write(&path, old).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+            let stale = tmp
+                .path()
+                .join(format!(".{AUDIT_FILE}.{}", std::process::id()));
+            fs::write(&stale, b"left over").unwrap();
+            fs::set_permissions(&stale, fs::Permissions::from_mode(left)).unwrap();
+            let new = b"{\"time\":\"2026-03-31T00:00:00Z\",\"command\":\"investigate\"}\n";
+            append_audit_at(tmp.path(), 30, new, ep("2026-03-31")).unwrap();
+            assert_eq!(fs::read(&path).unwrap(), new, "{left:o}");
+            let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o600, "left {left:o}");
+        }
     }
 }

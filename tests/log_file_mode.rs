@@ -146,7 +146,10 @@ fn check_config_takes_only_modes_that_keep_others_out_and_names_the_key() {
         match want {
             Ok(shown) => {
                 assert_eq!(code, 0, "{value}: {err}");
-                assert!(out.contains(&format!("file_mode = {shown}")), "{value}: {out}");
+                assert!(
+                    out.contains(&format!("file_mode = {shown}")),
+                    "{value}: {out}"
+                );
             }
             Err(reason) => {
                 assert_eq!(code, 2, "{value}: {out}{err}");
@@ -160,7 +163,10 @@ fn check_config_takes_only_modes_that_keep_others_out_and_names_the_key() {
 #[test]
 fn check_config_resolves_the_group_and_names_the_key_when_it_cannot_be_used() {
     let own = own_gid();
-    let own_name = groups().into_iter().find(|(_, g)| *g == own).map(|(n, _)| n);
+    let own_name = groups()
+        .into_iter()
+        .find(|(_, g)| *g == own)
+        .map(|(n, _)| n);
     // (value as written in TOML, Ok(()) or Err(part of the reason))
     let mut rows: Vec<(String, Result<(), &str>)> = vec![
         (own.to_string(), Ok(())),
@@ -240,7 +246,10 @@ async fn a_created_day_file_has_exactly_the_mode_whatever_the_umask() {
         ("640", 0o027, 0o640, 0o750),
     ];
     for (file_mode, umask, want_file, want_dir) in rows {
-        let dir = config_dir(with_access_log(&[("file_mode", &format!("\"{file_mode}\""))]));
+        let dir = config_dir(with_access_log(&[(
+            "file_mode",
+            &format!("\"{file_mode}\""),
+        )]));
         let mut proxy = one_record(dir, umask).await;
         let what = format!("file_mode {file_mode}, umask {umask:03o}");
         assert_eq!(mode(&day_file(&proxy)), want_file, "{what}");
@@ -331,7 +340,10 @@ async fn an_operator_directory_the_group_cannot_search_is_left_alone_with_a_warn
         ("0600", 0o700, false),
     ];
     for (file_mode, dir_mode, warned) in rows {
-        let dir = config_dir(with_access_log(&[("file_mode", &format!("\"{file_mode}\""))]));
+        let dir = config_dir(with_access_log(&[(
+            "file_mode",
+            &format!("\"{file_mode}\""),
+        )]));
         let logs = dir.path().join("logs");
         std::fs::create_dir(&logs).unwrap();
         std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(dir_mode)).unwrap();
@@ -356,7 +368,12 @@ async fn an_operator_directory_the_group_cannot_search_is_left_alone_with_a_warn
 #[tokio::test]
 async fn the_pseudonym_keys_stay_owner_only_whatever_file_mode_says() {
     // (file_mode, umask)
-    let rows = [("0660", 0o000), ("0660", 0o022), ("0640", 0o000), ("0600", 0o077)];
+    let rows = [
+        ("0660", 0o000),
+        ("0660", 0o022),
+        ("0640", 0o000),
+        ("0600", 0o077),
+    ];
     for (file_mode, umask) in rows {
         let dir = config_dir(with_access_log(&[
             ("file_mode", &format!("\"{file_mode}\"")),

@@ -42,7 +42,7 @@ impl Ownership {
                     return Err(ConfigError::invalid(
                         "access_log.group",
                         format!(
-                            "{spec:?} (gid {gid}): this process may not give files that group; \
+                            "\"{spec}\" (gid {gid}): this process may not give files that group; \
                              it must be one of the groups of the user running the proxy (or run \
                              as root)"
                         ),
@@ -90,9 +90,15 @@ impl Ownership {
     }
 }
 
-/// The group id `spec` names: a name looked up with `getgrnam_r`, or a numeric id, which must
-/// exist in the group database too (`getgrgid_r`). The error says which and why.
+/// The group id `spec` names: a name looked up with `getgrnam_r`, or a numeric id (an integer,
+/// or a string of digits), which must exist in the group database too (`getgrgid_r`). The error
+/// says which and why.
 pub fn resolve_group(spec: &GroupSpec) -> Result<u32, String> {
+    let numeric = match spec {
+        GroupSpec::Name(name) => name.parse::<u32>().ok().map(GroupSpec::Gid),
+        GroupSpec::Gid(_) => None,
+    };
+    let spec = numeric.as_ref().unwrap_or(spec);
     let mut buf = vec![0 as libc::c_char; 4096];
     loop {
         // SAFETY: `group` is plain data, written by the call; `buf` outlives the call and its
@@ -124,12 +130,12 @@ pub fn resolve_group(spec: &GroupSpec) -> Result<u32, String> {
         }
         if rc != 0 {
             return Err(format!(
-                "looking up group {spec:?}: {}",
+                "looking up group \"{spec}\": {}",
                 io::Error::from_raw_os_error(rc)
             ));
         }
         if found.is_null() {
-            return Err(format!("group {spec:?} does not exist"));
+            return Err(format!("group \"{spec}\" does not exist"));
         }
         return Ok(group.gr_gid);
     }
@@ -239,7 +245,11 @@ pub fn parse_day_file(name: &str) -> Option<Epoch> {
 /// never more open than configured); a file that exists is given them too, and when that fails
 /// (a file of another owner) the file is still returned, with the reason, for the caller to
 /// report.
-pub fn open_append(dir: &Path, day: Epoch, own: Ownership) -> io::Result<(File, Option<io::Error>)> {
+pub fn open_append(
+    dir: &Path,
+    day: Epoch,
+    own: Ownership,
+) -> io::Result<(File, Option<io::Error>)> {
     let path = day_path(dir, day);
     let open = |create: bool| {
         let mut o = OpenOptions::new();

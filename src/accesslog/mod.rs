@@ -73,7 +73,9 @@ impl AccessLog {
     /// Creates the directory, deletes day files past retention, and starts the writer thread.
     pub fn start(cfg: &config::AccessLog, counters: LogCounters) -> io::Result<AccessLog> {
         let own = files::Ownership::of(cfg).map_err(io::Error::other)?;
-        if let Some(warning) = files::ensure_dir(&cfg.dir, own).map_err(|e| with_path(e, &cfg.dir))? {
+        if let Some(warning) =
+            files::ensure_dir(&cfg.dir, own).map_err(|e| with_path(e, &cfg.dir))?
+        {
             tracing::warn!("access_log.dir {warning}");
         }
         // Today's file, when it exists, follows a changed file_mode or group at once.
