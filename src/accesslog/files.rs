@@ -356,3 +356,104 @@ pub fn sweep(dir: &Path, today: Epoch, retention_days: i64) -> io::Result<usize>
     }
     Ok(removed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_created_log_directory_lets_the_group_in_only_when_the_files_do() {
+        // SAFETY: no arguments; cannot fail.
+        let own = unsafe { libc::getegid() };
+        // (file mode, group, mode of every directory made)
+        let rows = [
+            (0o640, None, 0o750),
+            (0o660, Some(own), 0o750),
+            (0o600, None, 0o700),
+            (0o600, Some(own), 0o700),
+        ];
+        for (file_mode, gid, want) in rows {
+            let tmp = tempfile::tempdir().unwrap();
+            let parent_mode = mode(tmp.path());
+            let dir = tmp.path().join("a/b/logs");
+            let own_ship = Ownership {
+                mode: file_mode,
+                gid,
+            };
+            assert_eq!(ensure_dir(&dir, own_ship).unwrap(), None, "{file_mode:o}");
+            for made in [tmp.path().join("a"), tmp.path().join("a/b"), dir.clone()] {
+                assert_eq!(mode(&made), want, "{file_mode:o}: {}", made.display());
+                let meta = std::fs::metadata(&made).unwrap();
+                assert_eq!(meta.gid(), gid.unwrap_or(own), "{}", made.display());
+            }
+            // The parent the test made is left as it was.
+            assert_eq!(mode(tmp.path()), parent_mode);
+        }
+    }
+
+    #[test]
+    fn an_existing_directory_is_left_alone_and_warned_about_when_the_group_cannot_search_it() {
+        // (directory mode, file mode, warned)
+        let rows = [
+            (0o700, 0o640, true),
+            (0o740, 0o640, true),
+            (0o700, 0o660, true),
+            (0o750, 0o640, false),
+            (0o701, 0o640, false),
+            (0o700, 0o600, false),
+            (0o755, 0o600, false),
+        ];
+        for (dir_mode, file_mode, warned) in rows {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("logs");
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(dir_mode)).unwrap();
+            let own = Ownership {
+                mode: file_mode,
+                gid: None,
+            };
+            let warning = ensure_dir(&dir, own).unwrap();
+            let what = format!("directory {dir_mode:o}, files {file_mode:o}");
+            assert_eq!(warning.is_some(), warned, "{what}: {warning:?}");
+            if let Some(w) = warning {
+                assert!(w.contains(&dir.display().to_string()), "{w}");
+                assert!(w.contains("access_log.file_mode"), "{w}");
+            }
+            assert_eq!(mode(&dir), dir_mode, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_day_file_gets_exactly_the_mode_created_or_found() {
+        // (mode the file had, or none, file mode configured)
+        let rows = [
+            (None, 0o640),
+            (None, 0o660),
+            (None, 0o600),
+            (Some(0o600), 0o640),
+            (Some(0o644), 0o640),
+            (Some(0o4640), 0o640),
+            (Some(0o666), 0o600),
+        ];
+        let day: Epoch = "2026-11-25".parse().unwrap();
+        for (before, file_mode) in rows {
+            let tmp = tempfile::tempdir().unwrap();
+            let path = day_path(tmp.path(), day);
+            if let Some(m) = before {
+                std::fs::write(&path, b"").unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m)).unwrap();
+            }
+            let own = Ownership {
+                mode: file_mode,
+                gid: None,
+            };
+            let (_, problem) = open_append(tmp.path(), day, own).unwrap();
+            assert!(problem.is_none(), "{before:?}: {problem:?}");
+            assert_eq!(mode(&path), file_mode, "{before:?} → {file_mode:o}");
+        }
+    }
+}
