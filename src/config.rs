@@ -343,6 +343,12 @@ pub struct AccessLog {
     pub retention: Dur,
     /// Queue length between the request path and the writer.
     pub buffer_records: usize,
+    /// Permission bits of the day files, applied exactly (not through the umask).
+    pub file_mode: FileMode,
+    /// The group the day files (and a log directory the proxy creates) are given; unset: the
+    /// process's group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupSpec>,
 }
 
 impl Default for AccessLog {
@@ -351,6 +357,176 @@ impl Default for AccessLog {
             dir: "logs".into(),
             retention: Dur::days(90),
             buffer_records: 65536,
+            file_mode: FileMode::DEFAULT,
+            group: None,
+        }
+    }
+}
+
+/// `access_log.file_mode`: the permission bits of the day files, written as a string of octal
+/// digits, `"0640"` or `"640"`. The owner must read and write; the group may read, or read and
+/// write, or nothing; others get nothing, and no execute, setuid, setgid or sticky bit is
+/// allowed: the log holds pseudonymous personal data. So exactly `"0600"`, `"0640"` and
+/// `"0660"` (with or without the leading 0). A TOML integer is refused: `640` would be the
+/// decimal number, not the octal mode. Shown as written.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FileMode {
+    /// The permission bits, e.g. `0o640`.
+    pub bits: u32,
+    written: std::borrow::Cow<'static, str>,
+}
+
+impl FileMode {
+    /// `"0640"`: owner read and write, group read.
+    pub const DEFAULT: FileMode = FileMode {
+        bits: 0o640,
+        written: std::borrow::Cow::Borrowed("0640"),
+    };
+
+    /// Whether the group gets any access (and so needs to search the log directory).
+    pub fn group_access(&self) -> bool {
+        self.bits & 0o070 != 0
+    }
+}
+
+impl fmt::Debug for FileMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.bits)
+    }
+}
+
+impl FromStr for FileMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<FileMode, String> {
+        const GOOD: &str = "write \"0640\" (group reads), \"0660\" (group reads and writes) or \"0600\" (owner only)";
+        if !(3..=4).contains(&s.len()) || !s.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+            return Err(format!(
+                "{s:?} is not a mode of 3 or 4 octal digits; {GOOD}"
+            ));
+        }
+        let bits = u32::from_str_radix(s, 8).map_err(|e| format!("{s:?}: {e}"))?;
+        let mut wrong = Vec::new();
+        if bits & 0o7000 != 0 {
+            wrong.push(format!("{:04o} (setuid, setgid or sticky)", bits & 0o7000));
+        }
+        if bits & 0o600 != 0o600 {
+            wrong.push("the owner must read and write (0600)".to_owned());
+        }
+        if bits & 0o100 != 0 {
+            wrong.push("0100 (owner execute)".to_owned());
+        }
+        if bits & 0o010 != 0 {
+            wrong.push("0010 (group execute)".to_owned());
+        }
+        if bits & 0o060 == 0o020 {
+            wrong.push("0020 (group write without group read)".to_owned());
+        }
+        if bits & 0o007 != 0 {
+            wrong.push(format!(
+                "{:04o} (others: the log holds pseudonymous personal data)",
+                bits & 0o007
+            ));
+        }
+        if !wrong.is_empty() {
+            return Err(format!(
+                "{s:?} is not allowed: {}; {GOOD}",
+                wrong.join(", ")
+            ));
+        }
+        Ok(FileMode {
+            bits,
+            written: s.to_owned().into(),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for FileMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = FileMode;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string of octal digits such as \"0640\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<FileMode, E> {
+                s.parse().map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<FileMode, E> {
+                Err(E::custom(format!(
+                    "{n} is a number, which TOML reads as decimal: write the octal mode as a \
+                     string, e.g. \"0640\""
+                )))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl Serialize for FileMode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.written)
+    }
+}
+
+/// `access_log.group`: a group name (`"adm"`), or a numeric group id as a string (`"4"`) or an
+/// integer (`4`). Resolved when the proxy starts (see [`crate::accesslog::files::resolve_group`]);
+/// shown as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupSpec {
+    /// A name, looked up in the group database; digits only: a group id (as `chown` reads it).
+    Name(String),
+    /// A numeric group id, written as a TOML integer.
+    Gid(u32),
+}
+
+impl fmt::Display for GroupSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GroupSpec::Name(n) => f.write_str(n),
+            GroupSpec::Gid(g) => write!(f, "{g}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for GroupSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = GroupSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a group name such as \"adm\" or a numeric group id")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<GroupSpec, E> {
+                if s.is_empty() || s.contains(|c: char| c.is_whitespace() || c == ':') {
+                    return Err(E::custom(format!(
+                        "{s:?} is not a group name (write e.g. \"adm\", or leave the key out \
+                         for the process's group)"
+                    )));
+                }
+                if s.bytes().all(|b| b.is_ascii_digit())
+                    && s.parse::<u32>().ok().is_none_or(|g| g == u32::MAX)
+                {
+                    return Err(E::custom(format!("{s:?} is out of range for a group id")));
+                }
+                Ok(GroupSpec::Name(s.to_owned()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<GroupSpec, E> {
+                u32::try_from(n)
+                    .ok()
+                    .filter(|&g| g != u32::MAX)
+                    .map(GroupSpec::Gid)
+                    .ok_or_else(|| E::custom(format!("{n} is out of range for a group id")))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl Serialize for GroupSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            GroupSpec::Name(n) => s.serialize_str(n),
+            GroupSpec::Gid(g) => s.serialize_u32(*g),
         }
     }
 }
@@ -1006,6 +1182,17 @@ mod tests {
                 "[upstream]\nqueue_timeout = \"later\"",
                 "upstream.queue_timeout",
             ),
+            ("[access_log]\nfile_mode = 640", "access_log.file_mode"),
+            ("[access_log]\nfile_mode = \"0644\"", "access_log.file_mode"),
+            (
+                "[access_log]\nfile_mode = \"0o640\"",
+                "access_log.file_mode",
+            ),
+            ("[access_log]\nfile_mode = true", "access_log.file_mode"),
+            ("[access_log]\ngroup = \"\"", "access_log.group"),
+            ("[access_log]\ngroup = -1", "access_log.group"),
+            ("[access_log]\ngroup = \"4294967295\"", "access_log.group"),
+            ("[access_log]\ngroup = [\"adm\"]", "access_log.group"),
         ];
         for (text, key) in cases {
             let err = parse(text).expect_err(text).to_string();
@@ -1034,6 +1221,47 @@ mod tests {
                 Duration::from_millis(timeout_ms),
                 "{line}"
             );
+        }
+    }
+
+    #[test]
+    fn the_log_file_mode_and_group_are_shown_as_written_and_read_back_alike() {
+        // (lines in [access_log], mode bits, group, shown by check-config)
+        let rows = [
+            ("", 0o640, None, "file_mode = \"0640\"\n"),
+            (
+                "file_mode = \"0600\"",
+                0o600,
+                None,
+                "file_mode = \"0600\"\n",
+            ),
+            ("file_mode = \"660\"", 0o660, None, "file_mode = \"660\"\n"),
+            (
+                "group = \"adm\"",
+                0o640,
+                Some(GroupSpec::Name("adm".into())),
+                "group = \"adm\"\n",
+            ),
+            (
+                "group = \"4\"",
+                0o640,
+                Some(GroupSpec::Name("4".into())),
+                "group = \"4\"\n",
+            ),
+            ("group = 4", 0o640, Some(GroupSpec::Gid(4)), "group = 4\n"),
+        ];
+        for (lines, bits, group, shown) in rows {
+            let c = parse(&format!("[access_log]\n{lines}")).expect(lines);
+            assert_eq!(c.access_log.file_mode.bits, bits, "{lines}");
+            assert_eq!(c.access_log.group, group, "{lines}");
+            let text = toml::to_string_pretty(&c).unwrap();
+            assert!(text.contains(shown), "{lines}: {text}");
+            let again = parse(&text).expect(&text);
+            assert_eq!(
+                again.access_log.file_mode, c.access_log.file_mode,
+                "{lines}"
+            );
+            assert_eq!(again.access_log.group, c.access_log.group, "{lines}");
         }
     }
 

@@ -47,6 +47,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -704,6 +705,26 @@ impl Sink for Filter {
     }
 }
 
+/// Gives `copy` (created 0600) the owner, group and permission bits of `original`, so the
+/// proxy can go on appending to it and a log reader in the group can go on reading it.
+fn keep_owner_and_mode(copy: &File, original: &fs::Metadata) -> io::Result<()> {
+    let now = copy.metadata()?;
+    if now.uid() != original.uid() || now.gid() != original.gid() {
+        let uid = if now.uid() == original.uid() {
+            u32::MAX
+        } else {
+            original.uid()
+        };
+        // SAFETY: a valid open descriptor; -1 leaves the owner as it is.
+        if unsafe { libc::fchown(copy.as_raw_fd(), uid, original.gid()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    copy.set_permissions(fs::Permissions::from_mode(
+        original.permissions().mode() & 0o777,
+    ))
+}
+
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -727,18 +748,29 @@ fn erase_file(
             }
             Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
         };
-        let mode = file
+        let meta = file
             .metadata()
-            .with_context(|| format!("reading {}", path.display()))?
-            .permissions()
-            .mode();
+            .with_context(|| format!("reading {}", path.display()))?;
         let _ = fs::remove_file(&tmp);
+        // Created owner-only, then given the day file's owner, group and exact mode (not
+        // through the umask): never more open than the day file at any instant.
         let out = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(mode & 0o777)
+            .mode(0o600)
             .open(&tmp)
             .with_context(|| format!("creating {}", tmp.display()))?;
+        if let Err(e) = keep_owner_and_mode(&out, &meta) {
+            drop(out);
+            let _ = fs::remove_file(&tmp);
+            return Err(e).with_context(|| {
+                format!(
+                    "{}: cannot give the copy the day file's owner, group and mode (run erase as \
+                     the proxy's user or as root)",
+                    path.display()
+                )
+            });
+        }
         let mut filter = Filter {
             out: BufWriter::with_capacity(1 << 20, out),
             removed: 0,
@@ -1008,10 +1040,14 @@ fn append_audit_at(dir: &Path, retention_days: i64, line: &[u8], today: Epoch) -
         kept.extend_from_slice(line);
         let tmp = dir.join(format!(".{AUDIT_FILE}.{}", std::process::id()));
         let result = (|| {
+            // Made anew, so it is 0600 whatever a file left at that name had.
+            match fs::remove_file(&tmp) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
             let mut t = OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(0o600)
                 .open(&tmp)?;
             t.write_all(&kept)?;
@@ -1464,5 +1500,27 @@ mod tests {
             [&recent[..], &new[..], &new[..]].concat()
         );
         assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn an_audit_rewrite_is_owner_only_whatever_was_left_at_its_temporary_name() {
+        // (mode of the file left at the temporary name)
+        for left in [0o644, 0o666, 0o600] {
+            let tmp = tempfile::tempdir().unwrap();
+            let path = tmp.path().join(AUDIT_FILE);
+            let old = b"{\"time\":\"2026-01-01T00:00:00Z\",\"command\":\"erase\"}\n";
+            fs::write(&path, old).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+            let stale = tmp
+                .path()
+                .join(format!(".{AUDIT_FILE}.{}", std::process::id()));
+            fs::write(&stale, b"left over").unwrap();
+            fs::set_permissions(&stale, fs::Permissions::from_mode(left)).unwrap();
+            let new = b"{\"time\":\"2026-03-31T00:00:00Z\",\"command\":\"investigate\"}\n";
+            append_audit_at(tmp.path(), 30, new, ep("2026-03-31")).unwrap();
+            assert_eq!(fs::read(&path).unwrap(), new, "{left:o}");
+            let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o600, "left {left:o}");
+        }
     }
 }

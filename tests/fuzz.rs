@@ -1533,6 +1533,8 @@ const KEYS: &[(&str, &str, &str)] = &[
     ("privacy", "cookie_max_age", "\"14d\""),
     ("access_log", "retention", "\"30d\""),
     ("access_log", "buffer_records", "1024"),
+    ("access_log", "file_mode", "\"0640\""),
+    ("access_log", "group", "\"adm\""),
     ("rate_limit", "enabled", "true"),
     ("rate_limit", "requests_per_second", "10"),
     ("rate_limit", "burst", "20"),

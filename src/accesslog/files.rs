@@ -1,11 +1,230 @@
-//! Day files: their names, opening for append, listing, and deletion past retention.
+//! Day files: their names, their mode and group, opening for append, listing, and deletion
+//! past retention; the log directory's creation.
+//!
+//! Owns `access_log.file_mode` and `access_log.group` on disk: every day file the proxy opens
+//! gets exactly the configured mode (set with `fchmod`, never left to the umask) and group
+//! (`fchown`), and a log directory it creates lets that group in only when the mode gives the
+//! group access. Must never make a day file readable by others, never change the mode of a
+//! directory the operator made, and never touch the pseudonym key files.
 
-use std::fs::{File, OpenOptions};
+use std::ffi::CString;
+use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{
+    DirBuilderExt, FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt,
+};
 use std::path::{Path, PathBuf};
 
+use crate::config::{self, ConfigError, GroupSpec};
 use crate::privacy::keys::Epoch;
+
+/// How day files are created and kept: exact permission bits, and the group to give them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ownership {
+    /// Permission bits (`access_log.file_mode`), e.g. `0o640`.
+    pub mode: u32,
+    /// The group id (`access_log.group`); `None`: whatever the file gets (the process's group,
+    /// or the directory's when it is set-group-ID).
+    pub gid: Option<u32>,
+}
+
+impl Ownership {
+    /// The mode and resolved group of `cfg`. Errors name `access_log.group`: the group does
+    /// not exist, or this process may not give files that group.
+    pub fn of(cfg: &config::AccessLog) -> Result<Ownership, ConfigError> {
+        let gid = match &cfg.group {
+            None => None,
+            Some(spec) => {
+                let gid = resolve_group(spec)
+                    .map_err(|reason| ConfigError::invalid("access_log.group", reason))?;
+                if !may_give_group(gid) {
+                    return Err(ConfigError::invalid(
+                        "access_log.group",
+                        format!(
+                            "\"{spec}\" (gid {gid}): this process may not give files that group; \
+                             it must be one of the groups of the user running the proxy (or run \
+                             as root)"
+                        ),
+                    ));
+                }
+                Some(gid)
+            }
+        };
+        Ok(Ownership {
+            mode: cfg.file_mode.bits,
+            gid,
+        })
+    }
+
+    /// Mode 0600, the process's group: what tests and tools that do not read the config use.
+    pub const OWNER_ONLY: Ownership = Ownership {
+        mode: 0o600,
+        gid: None,
+    };
+
+    /// The mode of a log directory the proxy creates: 0750 when the group has access to the
+    /// files, else 0700.
+    pub fn dir_mode(&self) -> u32 {
+        if self.mode & 0o070 != 0 { 0o750 } else { 0o700 }
+    }
+
+    /// Gives the open `file` exactly this mode and group, when it has others.
+    pub fn apply(&self, file: &File) -> io::Result<()> {
+        let meta = file.metadata()?;
+        let mut chowned = false;
+        if let Some(gid) = self.gid
+            && meta.gid() != gid
+        {
+            // SAFETY: a valid open descriptor; -1 leaves the owner as it is.
+            if unsafe { libc::fchown(file.as_raw_fd(), u32::MAX, gid) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            chowned = true;
+        }
+        // After the chown (which may clear bits); compared in full so any stray bit goes.
+        if chowned || meta.permissions().mode() & 0o7777 != self.mode {
+            file.set_permissions(std::fs::Permissions::from_mode(self.mode))?;
+        }
+        Ok(())
+    }
+}
+
+/// The group id `spec` names: a name looked up with `getgrnam_r`, or a numeric id (an integer,
+/// or a string of digits), which must exist in the group database too (`getgrgid_r`). The error
+/// says which and why.
+pub fn resolve_group(spec: &GroupSpec) -> Result<u32, String> {
+    let numeric = match spec {
+        GroupSpec::Name(name) => name.parse::<u32>().ok().map(GroupSpec::Gid),
+        GroupSpec::Gid(_) => None,
+    };
+    let spec = numeric.as_ref().unwrap_or(spec);
+    let mut buf = vec![0 as libc::c_char; 4096];
+    loop {
+        // SAFETY: `group` is plain data, written by the call; `buf` outlives the call and its
+        // length is passed; `found` is set to null or to `&group`.
+        let mut group: libc::group = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::group = std::ptr::null_mut();
+        let rc = match spec {
+            GroupSpec::Name(name) => {
+                let Ok(c) = CString::new(name.as_str()) else {
+                    return Err(format!("{name:?} is not a group name"));
+                };
+                unsafe {
+                    libc::getgrnam_r(
+                        c.as_ptr(),
+                        &mut group,
+                        buf.as_mut_ptr(),
+                        buf.len(),
+                        &mut found,
+                    )
+                }
+            }
+            GroupSpec::Gid(gid) => unsafe {
+                libc::getgrgid_r(*gid, &mut group, buf.as_mut_ptr(), buf.len(), &mut found)
+            },
+        };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 {
+            return Err(format!(
+                "looking up group \"{spec}\": {}",
+                io::Error::from_raw_os_error(rc)
+            ));
+        }
+        if found.is_null() {
+            return Err(format!("group \"{spec}\" does not exist"));
+        }
+        return Ok(group.gr_gid);
+    }
+}
+
+/// Whether this process may give its files group `gid`: it runs as root (effective uid 0), or
+/// `gid` is its effective group or one of its supplementary groups.
+pub fn may_give_group(gid: u32) -> bool {
+    // SAFETY: no arguments; cannot fail.
+    if unsafe { libc::geteuid() } == 0 || unsafe { libc::getegid() } == gid {
+        return true;
+    }
+    // SAFETY: with 0 the call returns the count and writes nothing.
+    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
+    if n <= 0 {
+        return false;
+    }
+    let mut groups = vec![0 as libc::gid_t; n as usize];
+    // SAFETY: `groups` holds `n` entries.
+    let n = unsafe { libc::getgroups(n, groups.as_mut_ptr()) };
+    n > 0 && groups[..n as usize].contains(&gid)
+}
+
+/// Creates the log directory `dir` if it is missing, with the components above it that are
+/// missing too: mode [`Ownership::dir_mode`] exactly (not through the umask) and the
+/// configured group. A directory that exists is left as the operator set it; returns a warning
+/// when the mode gives the group access to the files but the directory does not let that group
+/// search it, for the caller to log once.
+pub fn ensure_dir(dir: &Path, own: Ownership) -> io::Result<Option<String>> {
+    let mut missing = Vec::new();
+    let mut at = dir;
+    loop {
+        match std::fs::metadata(at) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                missing.push(at.to_path_buf());
+                match at.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => at = p,
+                    _ => break,
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(group_search_warning(dir, own));
+    }
+    for path in missing.iter().rev() {
+        match DirBuilder::new().mode(0o700).create(path) {
+            Ok(()) => {}
+            // Made by someone else meanwhile: theirs, left as it is.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+        let made = File::open(path)?;
+        if let Some(gid) = own.gid {
+            // SAFETY: a valid open descriptor; -1 leaves the owner as it is.
+            if unsafe { libc::fchown(made.as_raw_fd(), u32::MAX, gid) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        made.set_permissions(std::fs::Permissions::from_mode(own.dir_mode()))?;
+    }
+    Ok(group_search_warning(dir, own))
+}
+
+/// A warning when the files give the group access but `dir` does not let that group search it
+/// (neither group search with the group owning it, nor search for others).
+fn group_search_warning(dir: &Path, own: Ownership) -> Option<String> {
+    if own.mode & 0o070 == 0 {
+        return None;
+    }
+    let meta = std::fs::metadata(dir).ok()?;
+    let mode = meta.permissions().mode();
+    // SAFETY: no arguments; cannot fail.
+    let gid = own.gid.unwrap_or_else(|| unsafe { libc::getegid() });
+    let searchable = mode & 0o001 != 0 || (mode & 0o010 != 0 && meta.gid() == gid);
+    (!searchable).then(|| {
+        format!(
+            "{}: the directory (mode {:04o}, gid {}) does not let group {gid} search it, so \
+             access_log.file_mode {:04o} gives that group nothing; give the directory that \
+             group and mode 0750",
+            dir.display(),
+            mode & 0o7777,
+            meta.gid(),
+            own.mode
+        )
+    })
+}
 
 /// `<dir>/access-YYYY-MM-DD.jsonl`.
 pub fn day_path(dir: &Path, day: Epoch) -> PathBuf {
@@ -20,30 +239,60 @@ pub fn parse_day_file(name: &str) -> Option<Epoch> {
         .ok()
 }
 
-/// Opens a day file for appending (and reading its tail), creating it (mode 0640) if needed,
-/// and the directory too if it was removed while the proxy runs.
-pub fn open_append(dir: &Path, day: Epoch) -> io::Result<File> {
-    let open = || {
-        OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o640)
-            .open(day_path(dir, day))
-    };
-    let file = match open() {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir)?;
-            open()?
+/// Opens a day file for appending (and reading its tail), creating it if needed, and the
+/// directory too if it was removed while the proxy runs (see [`ensure_dir`]). A file created
+/// gets `own`'s mode and group before anything is written to it (it is created 0600, so it is
+/// never more open than configured); a file that exists is given them too, and when that fails
+/// (a file of another owner) the file is still returned, with the reason, for the caller to
+/// report.
+pub fn open_append(
+    dir: &Path,
+    day: Epoch,
+    own: Ownership,
+) -> io::Result<(File, Option<io::Error>)> {
+    let path = day_path(dir, day);
+    let open = |create: bool| {
+        let mut o = OpenOptions::new();
+        o.read(true).append(true);
+        if create {
+            o.create_new(true).mode(0o600);
         }
-        other => other?,
+        o.open(&path)
+    };
+    let (file, created) = loop {
+        match open(false) {
+            Ok(f) => break (f, false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        match open(true) {
+            Ok(f) => break (f, true),
+            // Created by another process meanwhile: open it as it is.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                ensure_dir(dir, own)?;
+                match open(true) {
+                    Ok(f) => break (f, true),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
     };
     // A named pipe would stall the writer once its buffer is full, and shutdown with it.
     // (Opened read-write, a named pipe does not block the open itself.)
     if file.metadata()?.file_type().is_fifo() {
         return Err(io::Error::other("a named pipe, not a regular file"));
     }
-    Ok(file)
+    match own.apply(&file) {
+        Ok(()) => Ok((file, None)),
+        Err(e) if created => {
+            let _ = std::fs::remove_file(&path);
+            Err(e)
+        }
+        Err(e) => Ok((file, Some(e))),
+    }
 }
 
 /// Cuts a partial last line off a day file `len` bytes long: what is left of a record whose
@@ -106,4 +355,105 @@ pub fn sweep(dir: &Path, today: Epoch, retention_days: i64) -> io::Result<usize>
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_created_log_directory_lets_the_group_in_only_when_the_files_do() {
+        // SAFETY: no arguments; cannot fail.
+        let own = unsafe { libc::getegid() };
+        // (file mode, group, mode of every directory made)
+        let rows = [
+            (0o640, None, 0o750),
+            (0o660, Some(own), 0o750),
+            (0o600, None, 0o700),
+            (0o600, Some(own), 0o700),
+        ];
+        for (file_mode, gid, want) in rows {
+            let tmp = tempfile::tempdir().unwrap();
+            let parent_mode = mode(tmp.path());
+            let dir = tmp.path().join("a/b/logs");
+            let own_ship = Ownership {
+                mode: file_mode,
+                gid,
+            };
+            assert_eq!(ensure_dir(&dir, own_ship).unwrap(), None, "{file_mode:o}");
+            for made in [tmp.path().join("a"), tmp.path().join("a/b"), dir.clone()] {
+                assert_eq!(mode(&made), want, "{file_mode:o}: {}", made.display());
+                let meta = std::fs::metadata(&made).unwrap();
+                assert_eq!(meta.gid(), gid.unwrap_or(own), "{}", made.display());
+            }
+            // The parent the test made is left as it was.
+            assert_eq!(mode(tmp.path()), parent_mode);
+        }
+    }
+
+    #[test]
+    fn an_existing_directory_is_left_alone_and_warned_about_when_the_group_cannot_search_it() {
+        // (directory mode, file mode, warned)
+        let rows = [
+            (0o700, 0o640, true),
+            (0o740, 0o640, true),
+            (0o700, 0o660, true),
+            (0o750, 0o640, false),
+            (0o701, 0o640, false),
+            (0o700, 0o600, false),
+            (0o755, 0o600, false),
+        ];
+        for (dir_mode, file_mode, warned) in rows {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("logs");
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(dir_mode)).unwrap();
+            let own = Ownership {
+                mode: file_mode,
+                gid: None,
+            };
+            let warning = ensure_dir(&dir, own).unwrap();
+            let what = format!("directory {dir_mode:o}, files {file_mode:o}");
+            assert_eq!(warning.is_some(), warned, "{what}: {warning:?}");
+            if let Some(w) = warning {
+                assert!(w.contains(&dir.display().to_string()), "{w}");
+                assert!(w.contains("access_log.file_mode"), "{w}");
+            }
+            assert_eq!(mode(&dir), dir_mode, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_day_file_gets_exactly_the_mode_created_or_found() {
+        // (mode the file had, or none, file mode configured)
+        let rows = [
+            (None, 0o640),
+            (None, 0o660),
+            (None, 0o600),
+            (Some(0o600), 0o640),
+            (Some(0o644), 0o640),
+            (Some(0o4640), 0o640),
+            (Some(0o666), 0o600),
+        ];
+        let day: Epoch = "2026-11-25".parse().unwrap();
+        for (before, file_mode) in rows {
+            let tmp = tempfile::tempdir().unwrap();
+            let path = day_path(tmp.path(), day);
+            if let Some(m) = before {
+                std::fs::write(&path, b"").unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m)).unwrap();
+            }
+            let own = Ownership {
+                mode: file_mode,
+                gid: None,
+            };
+            let (_, problem) = open_append(tmp.path(), day, own).unwrap();
+            assert!(problem.is_none(), "{before:?}: {problem:?}");
+            assert_eq!(mode(&path), file_mode, "{before:?} → {file_mode:o}");
+        }
+    }
 }

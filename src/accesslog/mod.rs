@@ -72,7 +72,23 @@ pub struct AccessLog {
 impl AccessLog {
     /// Creates the directory, deletes day files past retention, and starts the writer thread.
     pub fn start(cfg: &config::AccessLog, counters: LogCounters) -> io::Result<AccessLog> {
-        std::fs::create_dir_all(&cfg.dir).map_err(|e| with_path(e, &cfg.dir))?;
+        let own = files::Ownership::of(cfg).map_err(io::Error::other)?;
+        if let Some(warning) =
+            files::ensure_dir(&cfg.dir, own).map_err(|e| with_path(e, &cfg.dir))?
+        {
+            tracing::warn!("access_log.dir {warning}");
+        }
+        // Today's file, when it exists, follows a changed file_mode or group at once.
+        let today = files::day_path(&cfg.dir, Epoch::today());
+        if today.exists() {
+            match files::open_append(&cfg.dir, Epoch::today(), own) {
+                Ok((_, Some(e))) => {
+                    tracing::warn!(path = %today.display(), error = %e, "cannot give the day file access_log.file_mode and access_log.group")
+                }
+                Ok((_, None)) => {}
+                Err(e) => return Err(with_path(e, &today)),
+            }
+        }
         let retention_days = (cfg.retention.0.as_secs() / 86400) as i64;
         let removed = files::sweep(&cfg.dir, Epoch::today(), retention_days)
             .map_err(|e| with_path(e, &cfg.dir))?;
@@ -82,6 +98,7 @@ impl AccessLog {
         let (tx, rx) = sync_channel(cfg.buffer_records);
         let writer = Writer {
             dir: cfg.dir.clone(),
+            own,
             retention_days,
             counters: counters.clone(),
             open: None,
@@ -126,6 +143,17 @@ impl AccessLog {
     }
 }
 
+/// Opens a day file for appending with [`files::open_append`]; an existing file that cannot be
+/// given the configured mode and group is written to anyway, with a warning.
+fn open_day_file(dir: &Path, day: Epoch, own: files::Ownership) -> io::Result<File> {
+    let (file, problem) = files::open_append(dir, day, own)?;
+    if let Some(e) = problem {
+        let path = files::day_path(dir, day);
+        tracing::warn!(path = %path.display(), error = %e, "cannot give the day file access_log.file_mode and access_log.group");
+    }
+    Ok(file)
+}
+
 fn with_path(e: io::Error, path: &Path) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
@@ -153,13 +181,13 @@ impl OpenDay {
     /// killed mid-write, or a write cut short) is cut off first. A write that fails part-way
     /// leaves the whole records that reached the file and cuts off the partial one after them,
     /// so the file holds exactly the records counted as written.
-    fn write_locked(&mut self, dir: &Path) -> Result<(), PartialWrite> {
-        let result = self.write_under_lock(dir);
+    fn write_locked(&mut self, dir: &Path, own: files::Ownership) -> Result<(), PartialWrite> {
+        let result = self.write_under_lock(dir, own);
         self.buf.clear();
         result
     }
 
-    fn write_under_lock(&mut self, dir: &Path) -> Result<(), PartialWrite> {
+    fn write_under_lock(&mut self, dir: &Path, own: files::Ownership) -> Result<(), PartialWrite> {
         let nothing = |error| PartialWrite { written: 0, error };
         let path = files::day_path(dir, self.day);
         loop {
@@ -169,7 +197,7 @@ impl OpenDay {
             }
             // Replaced by `erase` (or removed): write to the file the path names now.
             let _ = self.file.unlock();
-            self.file = files::open_append(dir, self.day).map_err(nothing)?;
+            self.file = open_day_file(dir, self.day, own).map_err(nothing)?;
         }
         let result = self.append_whole_lines(&path);
         let _ = self.file.unlock();
@@ -212,6 +240,8 @@ impl OpenDay {
 
 struct Writer {
     dir: PathBuf,
+    /// The day files' mode and group.
+    own: files::Ownership,
     retention_days: i64,
     counters: LogCounters,
     open: Option<OpenDay>,
@@ -287,7 +317,7 @@ impl Writer {
         let day = obs.day();
         if self.open.as_ref().is_none_or(|o| o.day != day) {
             self.flush();
-            match files::open_append(&self.dir, day) {
+            match open_day_file(&self.dir, day, self.own) {
                 Ok(file) => {
                     self.open = Some(OpenDay {
                         day,
@@ -317,7 +347,7 @@ impl Writer {
             return;
         }
         let (day, lines) = (open.day, std::mem::take(&mut open.lines));
-        match open.write_locked(&self.dir) {
+        match open.write_locked(&self.dir, self.own) {
             Ok(()) => {
                 self.counters.records.inc_by(lines);
                 if self.failing {

@@ -1,7 +1,7 @@
 //! The check of every file and directory the configuration names, run by `check-config` and
 //! as the first step of `run`, before anything is written: the certificates (or, when they are
 //! to be generated, the directories they go to), the GeoIP database, the pseudonym key
-//! directory and its key files, and the access-log directory.
+//! directory and its key files, the access-log directory, and the group its day files get.
 //!
 //! Must never write, create or generate anything (a directory is tried with a probe file that is
 //! removed at once). Every error is a [`ConfigError`] naming the config key, the path, and one
@@ -37,6 +37,7 @@ pub fn check(config: &Config) -> Result<Checked, ConfigError> {
     )
     .map_err(|e| ConfigError::invalid("privacy.key_dir", e.to_string()))?;
     check_dir("access_log.dir", &config.access_log.dir)?;
+    crate::accesslog::files::Ownership::of(&config.access_log)?;
     Ok(Checked { certs, geo })
 }
 

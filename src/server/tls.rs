@@ -226,13 +226,18 @@ pub fn ensure_self_signed(tls: &config::Tls, hosts: &[String]) -> Result<Option<
     Ok(Some(fingerprint(certified.cert.der())))
 }
 
-/// Writes a file through a temporary name, fsynced, then renamed into place.
+/// Writes a file through a temporary name, fsynced, then renamed into place. The temporary
+/// file is always made anew, so `mode` (at most, through the umask) holds: a file left at that
+/// name with a more open mode is removed first, never written into.
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let mut f = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(mode)
         .open(&tmp)?;
     f.write_all(bytes)?;
@@ -251,4 +256,33 @@ pub fn fingerprint(der: &[u8]) -> String {
         out.push_str(&format!("{b:02X}"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_generated_private_key_is_owner_only_whatever_was_left_at_its_temporary_name() {
+        // (mode of a file left at the key's temporary name, or none)
+        for left in [None, Some(0o644), Some(0o666), Some(0o600)] {
+            let dir = tempfile::tempdir().unwrap();
+            let tls = config::Tls {
+                cert: dir.path().join("cert.pem"),
+                key: dir.path().join("key.pem"),
+                ..config::Tls::default()
+            };
+            if let Some(mode) = left {
+                let stale = tls.key.with_extension("tmp");
+                fs::write(&stale, b"left over").unwrap();
+                fs::set_permissions(&stale, fs::Permissions::from_mode(mode)).unwrap();
+            }
+            ensure_self_signed(&tls, &["localhost".to_owned()]).unwrap();
+            let mode = fs::metadata(&tls.key).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o600, "left {left:?}");
+            let pem = fs::read_to_string(&tls.key).unwrap();
+            assert!(pem.contains("PRIVATE KEY"), "left {left:?}");
+        }
+    }
 }
