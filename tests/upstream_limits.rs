@@ -390,9 +390,17 @@ async fn clients_abandoning_requests_to_a_slow_path_cost_only_a_handful_of_upstr
         assert_eq!(upstream_errors(&metrics), 0.0, "{proto:?}");
         assert_eq!(sample(&metrics, BUSY), 0.0, "{proto:?}: all back");
         // Every request is still recorded once, as 499; on a loaded machine the client's
-        // 20 ms timer may fire after the answer was already whole, which is then a 200.
-        let records = proxy.wait_records(requests).await;
-        assert_eq!(records.len(), requests, "{proto:?}: one record each");
+        // 20 ms timer may fire after the answer was already whole, which is then a 200, or
+        // before the request left the client (its connection then closes with no request,
+        // which is no request to record). Each request that reached the upstream was seen.
+        let reached = up.seen.lock().unwrap().len();
+        assert!(reached >= requests * 9 / 10, "{proto:?}: {reached} reached");
+        let records = proxy.wait_records(reached).await;
+        assert!(
+            (reached..=requests).contains(&records.len()),
+            "{proto:?}: {} records for {requests} requests, {reached} forwarded",
+            records.len()
+        );
         let statuses: Vec<String> = records.iter().map(|r| field(r, "status")).collect();
         let left = statuses.iter().filter(|s| *s == "499").count();
         assert!(
