@@ -329,6 +329,87 @@ async fn an_existing_day_file_follows_the_configured_mode_and_group_at_start() {
     }
 }
 
+/// Makes a character device node (as `/dev/null`: 1, 3) at `path`, mode 0666; false when this
+/// process may not (not root).
+fn mknod_null(path: &Path) -> bool {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string; the call only creates a node.
+    let made = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) } == 0;
+    made && std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).is_ok()
+}
+
+#[tokio::test]
+async fn a_day_file_path_that_is_a_link_or_a_device_never_passes_the_mode_or_group_on() {
+    let group = if is_root() {
+        foreign_group().map_or(own_gid(), |(_, g)| g)
+    } else {
+        own_gid()
+    };
+    // (what is planted at today's day file path, the mode of what the proxy must not change)
+    let rows: [(&str, u32); 4] = [
+        (
+            "a link to a file of mode 0600 outside the log directory",
+            0o600,
+        ),
+        (
+            "a link to a file of mode 0666 outside the log directory",
+            0o666,
+        ),
+        ("a link to a device node", 0o666),
+        ("a device node", 0o666),
+    ];
+    for (what, before) in rows {
+        let dir = config_dir(with_access_log(&[
+            ("file_mode", "\"0640\""),
+            ("group", &group.to_string()),
+        ]));
+        let logs = dir.path().join("logs");
+        std::fs::create_dir(&logs).unwrap();
+        let path = logs.join(format!("access-{}.jsonl", today_string()));
+        let victim = dir.path().join("victim");
+        if what.contains("device") {
+            if !mknod_null(&victim) {
+                eprintln!("skipped ({what}): not allowed to make a device node");
+                continue;
+            }
+        } else {
+            std::fs::write(&victim, "not a log\n").unwrap();
+            std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(before)).unwrap();
+        }
+        if what.starts_with("a link") {
+            std::os::unix::fs::symlink(&victim, &path).unwrap();
+        } else {
+            std::fs::rename(&victim, &path).unwrap();
+            std::os::unix::fs::symlink(&path, &victim).unwrap();
+        }
+        let victim_gid = std::fs::metadata(&victim).unwrap().gid();
+        let up = Upstream::start().await;
+        let text = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
+        let text = set(&text, "upstream", "servers", &format!("[\"{}\"]", up.url()));
+        std::fs::write(dir.path().join("config.toml"), text).unwrap();
+        let mut proxy = Proxy::spawn_with(dir, |cmd| with_umask(cmd, 0o077)).await;
+        assert_eq!(proxy.client().get(Proto::H1, "/").await.status, 200);
+        let limit = std::time::Duration::from_secs(10);
+        let every = std::time::Duration::from_millis(50);
+        let out = eventually(
+            limit,
+            every,
+            async || Some(proxy.output()).filter(|o| o.contains("not a regular file")),
+            || format!("{what}: no warning:\n{}", proxy.output()),
+        )
+        .await;
+        assert!(out.contains(&path.display().to_string()), "{what}:\n{out}");
+        assert_eq!(mode(&victim), before, "{what}");
+        assert_eq!(
+            std::fs::metadata(&victim).unwrap().gid(),
+            victim_gid,
+            "{what}"
+        );
+        proxy.signal("TERM");
+        proxy.wait_exit(std::time::Duration::from_secs(10));
+    }
+}
+
 #[tokio::test]
 async fn an_operator_directory_the_group_cannot_search_is_left_alone_with_a_warning() {
     // (file_mode, the directory's mode, warned)

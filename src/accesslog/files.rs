@@ -244,25 +244,39 @@ pub fn parse_day_file(name: &str) -> Option<Epoch> {
 /// gets `own`'s mode and group before anything is written to it (it is created 0600, so it is
 /// never more open than configured); a file that exists is given them too, and when that fails
 /// (a file of another owner) the file is still returned, with the reason, for the caller to
-/// report.
+/// report. Only a regular file the path names itself is given them: a symbolic link is
+/// followed for writing but what it points to (another file, a device such as `/dev/full`)
+/// keeps its mode and group, with the reason returned.
 pub fn open_append(
     dir: &Path,
     day: Epoch,
     own: Ownership,
 ) -> io::Result<(File, Option<io::Error>)> {
     let path = day_path(dir, day);
-    let open = |create: bool| {
+    let open = |create: bool, follow: bool| {
         let mut o = OpenOptions::new();
         o.read(true).append(true);
+        if !follow {
+            o.custom_flags(libc::O_NOFOLLOW);
+        }
         if create {
             o.create_new(true).mode(0o600);
         }
         o.open(&path)
     };
+    let open = |create: bool| open(create, false);
     let (file, created) = loop {
         match open(false) {
             Ok(f) => break (f, false),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // O_NOFOLLOW met a symbolic link: written through, never given a mode or group.
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                let file = OpenOptions::new().read(true).append(true).open(&path)?;
+                if file.metadata()?.file_type().is_fifo() {
+                    return Err(io::Error::other("a named pipe, not a regular file"));
+                }
+                return Ok((file, Some(not_regular())));
+            }
             Err(e) => return Err(e),
         }
         match open(true) {
@@ -282,8 +296,12 @@ pub fn open_append(
     };
     // A named pipe would stall the writer once its buffer is full, and shutdown with it.
     // (Opened read-write, a named pipe does not block the open itself.)
-    if file.metadata()?.file_type().is_fifo() {
+    let kind = file.metadata()?.file_type();
+    if kind.is_fifo() {
         return Err(io::Error::other("a named pipe, not a regular file"));
+    }
+    if !kind.is_file() {
+        return Ok((file, Some(not_regular())));
     }
     match own.apply(&file) {
         Ok(()) => Ok((file, None)),
@@ -293,6 +311,13 @@ pub fn open_append(
         }
         Err(e) => Ok((file, Some(e))),
     }
+}
+
+/// Why a day file path that is a symbolic link or a device keeps the mode and group it has.
+fn not_regular() -> io::Error {
+    io::Error::other(
+        "not a regular file (a symbolic link or a device): its mode and group are left as they are",
+    )
 }
 
 /// Cuts a partial last line off a day file `len` bytes long: what is left of a record whose
