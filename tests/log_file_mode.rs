@@ -410,6 +410,77 @@ async fn a_day_file_path_that_is_a_link_or_a_device_never_passes_the_mode_or_gro
     }
 }
 
+/// Changes `path` and everything under it to owner `uid`, group `gid`.
+fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
+    if std::fs::symlink_metadata(path).unwrap().is_dir() {
+        for e in std::fs::read_dir(path).unwrap() {
+            chown_tree(&e.unwrap().path(), uid, gid);
+        }
+    }
+}
+
+#[tokio::test]
+async fn no_record_goes_to_a_day_file_more_open_than_file_mode_that_cannot_be_changed() {
+    if !is_root() {
+        eprintln!("skipped: needs root to plant a file of another owner and run as nobody");
+        return;
+    }
+    // (what is at today's day file path, its mode; the proxy runs as nobody, so it can write
+    // to a file of root only through others' write bit)
+    let rows = [
+        ("a file of root", 0o666),
+        ("a file of root", 0o646),
+        ("a file of root", 0o606),
+        ("a link to a file of nobody", 0o666),
+        ("a link to a file of nobody", 0o644),
+    ];
+    let nobody = 65534;
+    for (what, before) in rows {
+        let dir = config_dir(with_access_log(&[("file_mode", "\"0640\"")]));
+        let up = Upstream::start().await;
+        let text = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
+        let text = set(&text, "upstream", "servers", &format!("[\"{}\"]", up.url()));
+        std::fs::write(dir.path().join("config.toml"), text).unwrap();
+        chown_tree(dir.path(), nobody, nobody);
+        let root = dir.path().to_path_buf();
+        // Planted while the proxy serves, before the first record opens the day file.
+        let mut proxy = Proxy::spawn_with(dir, |cmd| {
+            with_umask(cmd, 0o077);
+            cmd.uid(nobody).gid(nobody);
+        })
+        .await;
+        let path = root.join(format!("logs/access-{}.jsonl", today_string()));
+        let target = if what.starts_with("a link") {
+            let t = root.join("elsewhere.jsonl");
+            std::os::unix::fs::symlink(&t, &path).unwrap();
+            t
+        } else {
+            path.clone()
+        };
+        std::fs::write(&target, "").unwrap();
+        let owner = if what.contains("of root") { 0 } else { nobody };
+        std::os::unix::fs::chown(&target, Some(owner), Some(owner)).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(before)).unwrap();
+        let what = format!("{what}, mode {before:04o}");
+        assert_eq!(proxy.client().get(Proto::H1, "/").await.status, 200);
+        let limit = std::time::Duration::from_secs(10);
+        let every = std::time::Duration::from_millis(50);
+        let out = eventually(
+            limit,
+            every,
+            async || Some(proxy.output()).filter(|o| o.contains("no record is written")),
+            || format!("{what}: not refused:\n{}", proxy.output()),
+        )
+        .await;
+        assert!(out.contains(&path.display().to_string()), "{what}:\n{out}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"", "{what}");
+        assert_eq!(mode(&target), before, "{what}");
+        proxy.signal("TERM");
+        proxy.wait_exit(std::time::Duration::from_secs(10));
+    }
+}
+
 #[tokio::test]
 async fn an_operator_directory_the_group_cannot_search_is_left_alone_with_a_warning() {
     // (file_mode, the directory's mode, warned)

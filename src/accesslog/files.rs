@@ -246,7 +246,9 @@ pub fn parse_day_file(name: &str) -> Option<Epoch> {
 /// (a file of another owner) the file is still returned, with the reason, for the caller to
 /// report. Only a regular file the path names itself is given them: a symbolic link is
 /// followed for writing but what it points to (another file, a device such as `/dev/full`)
-/// keeps its mode and group, with the reason returned.
+/// keeps its mode and group, with the reason returned. A regular file whose mode gives more
+/// than `own.mode` and that cannot be changed that way is an error: no record goes where more
+/// can read it than configured.
 pub fn open_append(
     dir: &Path,
     day: Epoch,
@@ -272,8 +274,12 @@ pub fn open_append(
             // O_NOFOLLOW met a symbolic link: written through, never given a mode or group.
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
                 let file = OpenOptions::new().read(true).append(true).open(&path)?;
-                if file.metadata()?.file_type().is_fifo() {
+                let meta = file.metadata()?;
+                if meta.file_type().is_fifo() {
                     return Err(io::Error::other("a named pipe, not a regular file"));
+                }
+                if meta.is_file() && wider(&meta, own) {
+                    return Err(too_open(&meta, own));
                 }
                 return Ok((file, Some(not_regular())));
             }
@@ -309,8 +315,35 @@ pub fn open_append(
             let _ = std::fs::remove_file(&path);
             Err(e)
         }
-        Err(e) => Ok((file, Some(e))),
+        // Records are never written where more can read them than access_log.file_mode lets.
+        Err(e) => match file.metadata() {
+            Ok(meta) if wider(&meta, own) => Err(io::Error::new(
+                e.kind(),
+                format!("{}; {e}", too_open(&meta, own)),
+            )),
+            _ => Ok((file, Some(e))),
+        },
     }
+}
+
+/// Whether `meta`'s permission bits give more than `own.mode` does.
+fn wider(meta: &std::fs::Metadata, own: Ownership) -> bool {
+    meta.permissions().mode() & 0o7777 & !own.mode != 0
+}
+
+/// Why a day file whose mode gives more than `access_log.file_mode` is not written to.
+fn too_open(meta: &std::fs::Metadata, own: Ownership) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!(
+            "mode {:04o} gives more than access_log.file_mode {:04o} and the proxy cannot or \
+             may not change it (a file of uid {}, or named through a link): no record is \
+             written to it",
+            meta.permissions().mode() & 0o7777,
+            own.mode,
+            meta.uid()
+        ),
+    )
 }
 
 /// Why a day file path that is a symbolic link or a device keeps the mode and group it has.
