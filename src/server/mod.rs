@@ -349,6 +349,9 @@ pub fn changed_keys(a: &Config, b: &Config) -> Result<Vec<String>, toml::ser::Er
             // A duration written in another unit ("2s", "2000ms") is the same value.
             (Some(toml::Value::String(a)), Some(toml::Value::String(b))) if same_duration(a, b) => {
             }
+            // A file mode with or without its leading 0 ("640", "0640") is the same mode.
+            (Some(toml::Value::String(a)), Some(toml::Value::String(b)))
+                if prefix == "access_log.file_mode" && same_mode(a, b) => {}
             (a, b) if a != b => out.push(prefix.to_owned()),
             _ => {}
         }
@@ -364,6 +367,12 @@ pub fn changed_keys(a: &Config, b: &Config) -> Result<Vec<String>, toml::ser::Er
 fn same_duration(a: &str, b: &str) -> bool {
     use serde::Deserialize as _;
     let read = |s: &str| crate::config::Dur::deserialize(toml::Value::String(s.to_owned())).ok();
+    matches!((read(a), read(b)), (Some(a), Some(b)) if a == b)
+}
+
+/// Whether `a` and `b` both read as `access_log.file_mode` values with the same bits.
+fn same_mode(a: &str, b: &str) -> bool {
+    let read = |s: &str| s.parse::<crate::config::FileMode>().ok().map(|m| m.bits);
     matches!((read(a), read(b)), (Some(a), Some(b)) if a == b)
 }
 
@@ -501,7 +510,7 @@ mod tests {
     #[test]
     fn changed_keys_name_each_differing_dotted_key_once() {
         // (config file after the edit, keys named against an empty file).
-        let rows: [(&str, &[&str]); 10] = [
+        let rows: [(&str, &[&str]); 14] = [
             // The default 2 s written in another unit: unchanged.
             ("[upstream]\nconnect_timeout = \"2000ms\"", &[]),
             (
@@ -528,6 +537,17 @@ mod tests {
                 "[access_log]\nretention = \"2d\"",
                 &["access_log.retention"],
             ),
+            // The default "0640" written without its leading 0: unchanged.
+            ("[access_log]\nfile_mode = \"640\"", &[]),
+            (
+                "[access_log]\nfile_mode = \"0600\"",
+                &["access_log.file_mode"],
+            ),
+            (
+                "[access_log]\nfile_mode = \"600\"",
+                &["access_log.file_mode"],
+            ),
+            ("[access_log]\ngroup = 0", &["access_log.group"]),
         ];
         let empty = parse("");
         for (text, want) in rows {
