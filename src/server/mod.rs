@@ -379,7 +379,8 @@ fn same_mode(a: &str, b: &str) -> bool {
 /// SIGHUP: read the config again and reload what can change without a restart ([`reloadable`]):
 /// the host names recorded, the certificates, the country database and the rate-limit quotas.
 /// Each part that fails keeps its old state and says why; each other key that differs from the
-/// config the process `started` with is named in a warning (its name only, never its value).
+/// config the process `started` with is named in a warning (its name only, never its value);
+/// a changed `access_log.group` that a start would refuse is reported as an error.
 fn reload(path: &Path, started: &Config, resolver: &CertResolver, proxy: &Proxy) {
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -392,6 +393,12 @@ fn reload(path: &Path, started: &Config, resolver: &CertResolver, proxy: &Proxy)
         Ok(keys) => {
             for key in keys.iter().filter(|k| !reloadable(k)) {
                 tracing::warn!(%key, "config key changed but needs a restart to take effect; still running with the value it started with");
+            }
+            // What only start checks against the system: said now, not at the next restart.
+            if keys.iter().any(|k| k == "access_log.group")
+                && let Err(e) = crate::accesslog::files::Ownership::of(&config.access_log)
+            {
+                tracing::error!(error = %e, "a restart with this config would fail");
             }
         }
         Err(e) => {
