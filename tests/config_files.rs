@@ -478,8 +478,10 @@ fn bad_files_and_directories_exit_2_naming_the_key_and_path_and_write_nothing() 
 
 #[test]
 fn a_config_path_that_is_not_a_regular_file_exits_2_naming_it_without_waiting() {
-    // (what is at the config path, made in the directory)
-    let rows: [(&str, fn(&Path)); 3] = [
+    /// Makes what is at the config path.
+    type Make = fn(&Path);
+    // (what is at the config path, how it is made)
+    let rows: [(&str, Make); 3] = [
         ("a named pipe", mkfifo),
         ("a directory", |p| std::fs::create_dir(p).unwrap()),
         ("nothing", |_| {}),
