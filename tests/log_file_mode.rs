@@ -482,6 +482,39 @@ async fn no_record_goes_to_a_day_file_more_open_than_file_mode_that_cannot_be_ch
 }
 
 #[tokio::test]
+async fn a_log_directory_made_under_a_umask_that_takes_the_owners_bits_away_is_still_exact() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run the proxy as nobody (root ignores the bits)");
+        return;
+    }
+    let nobody = 65534;
+    // (umask of the proxy, running as nobody)
+    for umask in [0o477, 0o377, 0o777] {
+        let dir = config_dir(|c| c);
+        // Made beforehand: the key directory and certificate are not what this test is about.
+        let keys = dir.path().join("keys");
+        std::fs::create_dir(&keys).unwrap();
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), certified.cert.pem()).unwrap();
+        std::fs::write(
+            dir.path().join("key.pem"),
+            certified.key_pair.serialize_pem(),
+        )
+        .unwrap();
+        chown_tree(dir.path(), nobody, nobody);
+        let mut proxy = Proxy::spawn_with(dir, |cmd| {
+            with_umask(cmd, umask);
+            cmd.uid(nobody).gid(nobody);
+        })
+        .await;
+        assert_eq!(mode(&proxy.path("logs")), 0o750, "umask {umask:04o}");
+        proxy.signal("TERM");
+        proxy.wait_exit(std::time::Duration::from_secs(10));
+    }
+}
+
+#[tokio::test]
 async fn an_operator_directory_the_group_cannot_search_is_left_alone_with_a_warning() {
     // (file_mode, the directory's mode, warned)
     let rows = [

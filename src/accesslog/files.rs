@@ -190,6 +190,11 @@ pub fn ensure_dir(dir: &Path, own: Ownership) -> io::Result<Option<String>> {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
+        // A umask that takes the owner's read or search away (0477) would leave a directory
+        // the proxy cannot open to set its group and mode, nor use: give the owner 0700 first.
+        if std::fs::symlink_metadata(path)?.permissions().mode() & 0o700 != 0o700 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+        }
         let made = File::open(path)?;
         if let Some(gid) = own.gid {
             // SAFETY: a valid open descriptor; -1 leaves the owner as it is.
