@@ -591,9 +591,26 @@ impl Default for Admin {
 }
 
 impl Config {
-    /// Reads, parses and validates the file at `path`.
+    /// Reads, parses and validates the file at `path`, which must be a regular file (a
+    /// directory or a named pipe is an error, never waited on).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let read = || -> std::io::Result<String> {
+            use std::io::Read as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            // O_NONBLOCK: a named pipe at the path must not stall `run`, `check-config` or a
+            // reload; a regular file reads as usual.
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path)?;
+            if !file.metadata()?.is_file() {
+                return Err(std::io::Error::other("not a regular file"));
+            }
+            let mut text = String::new();
+            file.read_to_string(&mut text)?;
+            Ok(text)
+        };
+        let text = read().map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;

@@ -476,6 +476,33 @@ fn bad_files_and_directories_exit_2_naming_the_key_and_path_and_write_nothing() 
     );
 }
 
+#[test]
+fn a_config_path_that_is_not_a_regular_file_exits_2_naming_it_without_waiting() {
+    /// Makes what is at the config path.
+    type Make = fn(&Path);
+    // (what is at the config path, how it is made)
+    let rows: [(&str, Make); 3] = [
+        ("a named pipe", mkfifo),
+        ("a directory", |p| std::fs::create_dir(p).unwrap()),
+        ("nothing", |_| {}),
+    ];
+    for (what, make) in rows {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("config.toml");
+        make(&config_path);
+        for command in ["check-config", "run"] {
+            // A hang shows as exit -1 (killed after 30 s).
+            let (code, stderr) = webprom_edge(&[command], &config_path, false);
+            let what = format!("{what} ({command})");
+            assert_eq!(code, 2, "{what}: {stderr}");
+            assert!(
+                stderr.contains(&config_path.display().to_string()),
+                "{what}: {stderr}"
+            );
+        }
+    }
+}
+
 /// The same files, good: `check-config` accepts them, and `run` may then create what is
 /// missing (the key directory, the log directory, a development certificate).
 #[test]

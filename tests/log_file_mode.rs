@@ -329,6 +329,196 @@ async fn an_existing_day_file_follows_the_configured_mode_and_group_at_start() {
     }
 }
 
+/// Makes a character device node (as `/dev/null`: 1, 3) at `path`, mode 0666; false when this
+/// process may not (not root).
+fn mknod_null(path: &Path) -> bool {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C string; the call only creates a node.
+    let made = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) } == 0;
+    made && std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).is_ok()
+}
+
+#[tokio::test]
+async fn a_day_file_path_that_is_a_link_or_a_device_never_passes_the_mode_or_group_on() {
+    let group = if is_root() {
+        foreign_group().map_or(own_gid(), |(_, g)| g)
+    } else {
+        own_gid()
+    };
+    // (what is planted at today's day file path, the mode of what the proxy must not change)
+    let rows: [(&str, u32); 4] = [
+        (
+            "a link to a file of mode 0600 outside the log directory",
+            0o600,
+        ),
+        (
+            "a link to a file of mode 0666 outside the log directory",
+            0o666,
+        ),
+        ("a link to a device node", 0o666),
+        ("a device node", 0o666),
+    ];
+    for (what, before) in rows {
+        let dir = config_dir(with_access_log(&[
+            ("file_mode", "\"0640\""),
+            ("group", &group.to_string()),
+        ]));
+        let up = Upstream::start().await;
+        let text = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
+        let text = set(&text, "upstream", "servers", &format!("[\"{}\"]", up.url()));
+        std::fs::write(dir.path().join("config.toml"), text).unwrap();
+        let mut proxy = Proxy::spawn_with(dir, |cmd| with_umask(cmd, 0o077)).await;
+        // Planted while the proxy serves, before the first record opens the day file.
+        let logs = proxy.path("logs");
+        let path = logs.join(format!("access-{}.jsonl", today_string()));
+        let victim = proxy.path("victim");
+        if what.contains("device") {
+            if !mknod_null(&victim) {
+                eprintln!("skipped ({what}): not allowed to make a device node");
+                continue;
+            }
+        } else {
+            std::fs::write(&victim, "not a log\n").unwrap();
+            std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(before)).unwrap();
+        }
+        if what.starts_with("a link") {
+            std::os::unix::fs::symlink(&victim, &path).unwrap();
+        } else {
+            std::fs::rename(&victim, &path).unwrap();
+            std::os::unix::fs::symlink(&path, &victim).unwrap();
+        }
+        let victim_gid = std::fs::metadata(&victim).unwrap().gid();
+        assert_eq!(proxy.client().get(Proto::H1, "/").await.status, 200);
+        let limit = std::time::Duration::from_secs(10);
+        let every = std::time::Duration::from_millis(50);
+        let out = eventually(
+            limit,
+            every,
+            // Warned about (written through), or refused when more open than file_mode.
+            async || {
+                Some(proxy.output()).filter(|o| {
+                    o.contains("not a regular file") || o.contains("no record is written")
+                })
+            },
+            || format!("{what}: no warning:\n{}", proxy.output()),
+        )
+        .await;
+        assert!(out.contains(&path.display().to_string()), "{what}:\n{out}");
+        assert_eq!(mode(&victim), before, "{what}");
+        assert_eq!(
+            std::fs::metadata(&victim).unwrap().gid(),
+            victim_gid,
+            "{what}"
+        );
+        proxy.signal("TERM");
+        proxy.wait_exit(std::time::Duration::from_secs(10));
+    }
+}
+
+/// Changes `path` and everything under it to owner `uid`, group `gid`.
+fn chown_tree(path: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).unwrap();
+    if std::fs::symlink_metadata(path).unwrap().is_dir() {
+        for e in std::fs::read_dir(path).unwrap() {
+            chown_tree(&e.unwrap().path(), uid, gid);
+        }
+    }
+}
+
+#[tokio::test]
+async fn no_record_goes_to_a_day_file_more_open_than_file_mode_that_cannot_be_changed() {
+    if !is_root() {
+        eprintln!("skipped: needs root to plant a file of another owner and run as nobody");
+        return;
+    }
+    // (what is at today's day file path, its mode; the proxy runs as nobody, so it can write
+    // to a file of root only through others' write bit)
+    let rows = [
+        ("a file of root", 0o666),
+        ("a file of root", 0o646),
+        ("a file of root", 0o606),
+        ("a link to a file of nobody", 0o666),
+        ("a link to a file of nobody", 0o644),
+    ];
+    let nobody = 65534;
+    for (what, before) in rows {
+        let dir = config_dir(with_access_log(&[("file_mode", "\"0640\"")]));
+        let up = Upstream::start().await;
+        let text = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
+        let text = set(&text, "upstream", "servers", &format!("[\"{}\"]", up.url()));
+        std::fs::write(dir.path().join("config.toml"), text).unwrap();
+        chown_tree(dir.path(), nobody, nobody);
+        let root = dir.path().to_path_buf();
+        // Planted while the proxy serves, before the first record opens the day file.
+        let mut proxy = Proxy::spawn_with(dir, |cmd| {
+            with_umask(cmd, 0o077);
+            cmd.uid(nobody).gid(nobody);
+        })
+        .await;
+        let path = root.join(format!("logs/access-{}.jsonl", today_string()));
+        let target = if what.starts_with("a link") {
+            let t = root.join("elsewhere.jsonl");
+            std::os::unix::fs::symlink(&t, &path).unwrap();
+            t
+        } else {
+            path.clone()
+        };
+        std::fs::write(&target, "").unwrap();
+        let owner = if what.contains("of root") { 0 } else { nobody };
+        std::os::unix::fs::chown(&target, Some(owner), Some(owner)).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(before)).unwrap();
+        let what = format!("{what}, mode {before:04o}");
+        assert_eq!(proxy.client().get(Proto::H1, "/").await.status, 200);
+        let limit = std::time::Duration::from_secs(10);
+        let every = std::time::Duration::from_millis(50);
+        let out = eventually(
+            limit,
+            every,
+            async || Some(proxy.output()).filter(|o| o.contains("no record is written")),
+            || format!("{what}: not refused:\n{}", proxy.output()),
+        )
+        .await;
+        assert!(out.contains(&path.display().to_string()), "{what}:\n{out}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"", "{what}");
+        assert_eq!(mode(&target), before, "{what}");
+        proxy.signal("TERM");
+        proxy.wait_exit(std::time::Duration::from_secs(10));
+    }
+}
+
+#[tokio::test]
+async fn a_log_directory_made_under_a_umask_that_takes_the_owners_bits_away_is_still_exact() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run the proxy as nobody (root ignores the bits)");
+        return;
+    }
+    let nobody = 65534;
+    // (umask of the proxy, running as nobody)
+    for umask in [0o477, 0o377, 0o777] {
+        let dir = config_dir(|c| c);
+        // Made beforehand: the key directory and certificate are not what this test is about.
+        let keys = dir.path().join("keys");
+        std::fs::create_dir(&keys).unwrap();
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), certified.cert.pem()).unwrap();
+        std::fs::write(
+            dir.path().join("key.pem"),
+            certified.key_pair.serialize_pem(),
+        )
+        .unwrap();
+        chown_tree(dir.path(), nobody, nobody);
+        let mut proxy = Proxy::spawn_with(dir, |cmd| {
+            with_umask(cmd, umask);
+            cmd.uid(nobody).gid(nobody);
+        })
+        .await;
+        assert_eq!(mode(&proxy.path("logs")), 0o750, "umask {umask:04o}");
+        proxy.signal("TERM");
+        proxy.wait_exit(std::time::Duration::from_secs(10));
+    }
+}
+
 #[tokio::test]
 async fn an_operator_directory_the_group_cannot_search_is_left_alone_with_a_warning() {
     // (file_mode, the directory's mode, warned)

@@ -126,3 +126,26 @@ async fn a_changed_server_hosts_takes_effect_on_sighup() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_a_log_group_a_restart_would_refuse_says_so_naming_the_key() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(&up.url()).await;
+    let base = base_config(proxy.dir.path(), &up.url());
+    // (access_log.group as written)
+    let rows = ["\"no-such-group-r13\"", "4294967000", "\"4294967000\""];
+    for group in rows {
+        let out = hup(&proxy, &set(&base, "access_log", "group", group)).await;
+        let refused = out
+            .lines()
+            .find(|l| l.contains("a restart with this config would fail"))
+            .unwrap_or_else(|| panic!("group {group}: not reported:\n{out}"));
+        assert!(refused.contains("access_log.group"), "{group}: {refused}");
+        assert!(refused.contains("does not exist"), "{group}: {refused}");
+    }
+    // Still serving with the group it started with.
+    assert_eq!(
+        proxy.client().get(Proto::H1, "/").await.status,
+        StatusCode::OK
+    );
+}

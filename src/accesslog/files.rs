@@ -190,6 +190,11 @@ pub fn ensure_dir(dir: &Path, own: Ownership) -> io::Result<Option<String>> {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
+        // A umask that takes the owner's read or search away (0477) would leave a directory
+        // the proxy cannot open to set its group and mode, nor use: give the owner 0700 first.
+        if std::fs::symlink_metadata(path)?.permissions().mode() & 0o700 != 0o700 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+        }
         let made = File::open(path)?;
         if let Some(gid) = own.gid {
             // SAFETY: a valid open descriptor; -1 leaves the owner as it is.
@@ -244,25 +249,45 @@ pub fn parse_day_file(name: &str) -> Option<Epoch> {
 /// gets `own`'s mode and group before anything is written to it (it is created 0600, so it is
 /// never more open than configured); a file that exists is given them too, and when that fails
 /// (a file of another owner) the file is still returned, with the reason, for the caller to
-/// report.
+/// report. Only a regular file the path names itself is given them: a symbolic link is
+/// followed for writing but what it points to (another file, a device such as `/dev/full`)
+/// keeps its mode and group, with the reason returned. A regular file whose mode gives more
+/// than `own.mode` and that cannot be changed that way is an error: no record goes where more
+/// can read it than configured.
 pub fn open_append(
     dir: &Path,
     day: Epoch,
     own: Ownership,
 ) -> io::Result<(File, Option<io::Error>)> {
     let path = day_path(dir, day);
-    let open = |create: bool| {
+    let open = |create: bool, follow: bool| {
         let mut o = OpenOptions::new();
         o.read(true).append(true);
+        if !follow {
+            o.custom_flags(libc::O_NOFOLLOW);
+        }
         if create {
             o.create_new(true).mode(0o600);
         }
         o.open(&path)
     };
+    let open = |create: bool| open(create, false);
     let (file, created) = loop {
         match open(false) {
             Ok(f) => break (f, false),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // O_NOFOLLOW met a symbolic link: written through, never given a mode or group.
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                let file = OpenOptions::new().read(true).append(true).open(&path)?;
+                let meta = file.metadata()?;
+                if meta.file_type().is_fifo() {
+                    return Err(io::Error::other("a named pipe, not a regular file"));
+                }
+                if meta.is_file() && wider(&meta, own) {
+                    return Err(too_open(&meta, own));
+                }
+                return Ok((file, Some(not_regular())));
+            }
             Err(e) => return Err(e),
         }
         match open(true) {
@@ -282,8 +307,12 @@ pub fn open_append(
     };
     // A named pipe would stall the writer once its buffer is full, and shutdown with it.
     // (Opened read-write, a named pipe does not block the open itself.)
-    if file.metadata()?.file_type().is_fifo() {
+    let kind = file.metadata()?.file_type();
+    if kind.is_fifo() {
         return Err(io::Error::other("a named pipe, not a regular file"));
+    }
+    if !kind.is_file() {
+        return Ok((file, Some(not_regular())));
     }
     match own.apply(&file) {
         Ok(()) => Ok((file, None)),
@@ -291,8 +320,42 @@ pub fn open_append(
             let _ = std::fs::remove_file(&path);
             Err(e)
         }
-        Err(e) => Ok((file, Some(e))),
+        // Records are never written where more can read them than access_log.file_mode lets.
+        Err(e) => match file.metadata() {
+            Ok(meta) if wider(&meta, own) => Err(io::Error::new(
+                e.kind(),
+                format!("{}; {e}", too_open(&meta, own)),
+            )),
+            _ => Ok((file, Some(e))),
+        },
     }
+}
+
+/// Whether `meta`'s permission bits give more than `own.mode` does.
+fn wider(meta: &std::fs::Metadata, own: Ownership) -> bool {
+    meta.permissions().mode() & 0o7777 & !own.mode != 0
+}
+
+/// Why a day file whose mode gives more than `access_log.file_mode` is not written to.
+fn too_open(meta: &std::fs::Metadata, own: Ownership) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        format!(
+            "mode {:04o} gives more than access_log.file_mode {:04o} and the proxy cannot or \
+             may not change it (a file of uid {}, or named through a link): no record is \
+             written to it",
+            meta.permissions().mode() & 0o7777,
+            own.mode,
+            meta.uid()
+        ),
+    )
+}
+
+/// Why a day file path that is a symbolic link or a device keeps the mode and group it has.
+fn not_regular() -> io::Error {
+    io::Error::other(
+        "not a regular file (a symbolic link or a device): its mode and group are left as they are",
+    )
 }
 
 /// Cuts a partial last line off a day file `len` bytes long: what is left of a record whose

@@ -349,6 +349,9 @@ pub fn changed_keys(a: &Config, b: &Config) -> Result<Vec<String>, toml::ser::Er
             // A duration written in another unit ("2s", "2000ms") is the same value.
             (Some(toml::Value::String(a)), Some(toml::Value::String(b))) if same_duration(a, b) => {
             }
+            // A file mode with or without its leading 0 ("640", "0640") is the same mode.
+            (Some(toml::Value::String(a)), Some(toml::Value::String(b)))
+                if prefix == "access_log.file_mode" && same_mode(a, b) => {}
             (a, b) if a != b => out.push(prefix.to_owned()),
             _ => {}
         }
@@ -367,10 +370,17 @@ fn same_duration(a: &str, b: &str) -> bool {
     matches!((read(a), read(b)), (Some(a), Some(b)) if a == b)
 }
 
+/// Whether `a` and `b` both read as `access_log.file_mode` values with the same bits.
+fn same_mode(a: &str, b: &str) -> bool {
+    let read = |s: &str| s.parse::<crate::config::FileMode>().ok().map(|m| m.bits);
+    matches!((read(a), read(b)), (Some(a), Some(b)) if a == b)
+}
+
 /// SIGHUP: read the config again and reload what can change without a restart ([`reloadable`]):
 /// the host names recorded, the certificates, the country database and the rate-limit quotas.
 /// Each part that fails keeps its old state and says why; each other key that differs from the
-/// config the process `started` with is named in a warning (its name only, never its value).
+/// config the process `started` with is named in a warning (its name only, never its value);
+/// a changed `access_log.group` that a start would refuse is reported as an error.
 fn reload(path: &Path, started: &Config, resolver: &CertResolver, proxy: &Proxy) {
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -383,6 +393,12 @@ fn reload(path: &Path, started: &Config, resolver: &CertResolver, proxy: &Proxy)
         Ok(keys) => {
             for key in keys.iter().filter(|k| !reloadable(k)) {
                 tracing::warn!(%key, "config key changed but needs a restart to take effect; still running with the value it started with");
+            }
+            // What only start checks against the system: said now, not at the next restart.
+            if keys.iter().any(|k| k == "access_log.group")
+                && let Err(e) = crate::accesslog::files::Ownership::of(&config.access_log)
+            {
+                tracing::error!(error = %e, "a restart with this config would fail");
             }
         }
         Err(e) => {
@@ -501,7 +517,7 @@ mod tests {
     #[test]
     fn changed_keys_name_each_differing_dotted_key_once() {
         // (config file after the edit, keys named against an empty file).
-        let rows: [(&str, &[&str]); 10] = [
+        let rows: [(&str, &[&str]); 14] = [
             // The default 2 s written in another unit: unchanged.
             ("[upstream]\nconnect_timeout = \"2000ms\"", &[]),
             (
@@ -528,6 +544,17 @@ mod tests {
                 "[access_log]\nretention = \"2d\"",
                 &["access_log.retention"],
             ),
+            // The default "0640" written without its leading 0: unchanged.
+            ("[access_log]\nfile_mode = \"640\"", &[]),
+            (
+                "[access_log]\nfile_mode = \"0600\"",
+                &["access_log.file_mode"],
+            ),
+            (
+                "[access_log]\nfile_mode = \"600\"",
+                &["access_log.file_mode"],
+            ),
+            ("[access_log]\ngroup = 0", &["access_log.group"]),
         ];
         let empty = parse("");
         for (text, want) in rows {
