@@ -2,25 +2,88 @@
 //!
 //! Meant for loopback or a private network (the default is `127.0.0.1:9100`). It serves only
 //! aggregates and health, never a per-request value.
+//!
+//! Owns its health view ([`Health`]: the server says when it is listening, the upstream pool
+//! is probed) and its own body type ([`Body`], a whole short body); it reads the metrics and
+//! the upstream pool it is handed, and never touches the request path.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, VARY};
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
+use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::fields::{elements, weighted};
-use crate::proxy::body::ResponseBody;
-use crate::server::Health;
+use crate::metrics::Metrics;
+use crate::proxy::upstream::Upstreams;
+
+/// An admin response body: short, written whole.
+pub type Body = Full<Bytes>;
+
+/// How long an upstream probe's answer is reused by `/readyz`.
+pub const READY_PROBE_TTL: Duration = Duration::from_secs(1);
+
+/// What `/readyz` reads: whether the server is listening (set by the server once every
+/// listener is bound, cleared when draining starts) and whether an upstream server accepts a
+/// connection.
+pub struct Health {
+    listening: AtomicBool,
+    upstreams: Arc<Upstreams>,
+    /// The last upstream probe and when it finished; one probe at a time, so that a burst of
+    /// `/readyz` requests opens at most one connection per server per [`READY_PROBE_TTL`].
+    probed: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+impl Health {
+    /// Not listening yet; readiness probes `upstreams`.
+    pub fn new(upstreams: Arc<Upstreams>) -> Health {
+        Health {
+            listening: AtomicBool::new(false),
+            upstreams,
+            probed: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Says whether every listener is bound and serving (`false`: not yet, or draining).
+    pub fn set_listening(&self, listening: bool) {
+        self.listening.store(listening, Ordering::Release);
+    }
+
+    /// Whether the proxy should be sent traffic: `Err` says why not (`draining`, or each
+    /// upstream server's connect failure). Probes the upstreams with a TCP connect
+    /// ([`Upstreams::probe`]) at most once per [`READY_PROBE_TTL`]; concurrent callers wait
+    /// for the one probe.
+    pub async fn ready(&self) -> Result<(), String> {
+        if !self.listening.load(Ordering::Acquire) {
+            return Err("draining".to_owned());
+        }
+        // The admin listener's lock, never taken on the request path.
+        let mut probed = self.probed.lock().await;
+        if let Some((at, result)) = probed.as_ref()
+            && at.elapsed() < READY_PROBE_TTL
+        {
+            return result.clone();
+        }
+        let result = self
+            .upstreams
+            .probe()
+            .await
+            .map_err(|why| format!("no upstream server accepts a connection ({why})"));
+        *probed = Some((Instant::now(), result.clone()));
+        result
+    }
+}
 
 /// Serves admin requests until its task is dropped: also while draining, so that `/readyz`
 /// answers 503 `not ready: draining` then.
-pub async fn serve(listener: TcpListener, health: Arc<Health>) {
+pub async fn serve(listener: TcpListener, health: Arc<Health>, metrics: Arc<Metrics>) {
     loop {
         let tcp = match listener.accept().await {
             Ok((tcp, _)) => tcp,
@@ -30,15 +93,15 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>) {
                 continue;
             }
         };
-        let health = health.clone();
+        let (health, metrics) = (health.clone(), metrics.clone());
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let health = health.clone();
+                let (health, metrics) = (health.clone(), metrics.clone());
                 async move {
                     let resp = if is_readyz(&req) {
                         readyz(&health).await
                     } else {
-                        route(&req, &health)
+                        route(&req, &metrics)
                     };
                     Ok::<_, Infallible>(resp)
                 }
@@ -52,13 +115,15 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>) {
     }
 }
 
-fn route(req: &Request<Incoming>, health: &Health) -> Response<ResponseBody> {
+/// Every route but `/readyz`: `/healthz` (200 `ok`), `/metrics`; 405 for a method other than
+/// GET and HEAD, 404 for any other path.
+fn route<B>(req: &Request<B>, metrics: &Metrics) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD\n");
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/metrics" => metrics(req, health),
+        "/metrics" => render_metrics(req, metrics),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -69,8 +134,8 @@ fn route(req: &Request<Incoming>, health: &Health) -> Response<ResponseBody> {
 /// language series present; gzip's fast level makes them 3.4 KB in 0.15 ms and 14 KB in 0.36 ms
 /// on one core, where the default level takes 2.6 ms for 9% less), so it is compressed inline at
 /// the fast level, once per scrape, like the rendering itself.
-fn metrics(req: &Request<Incoming>, health: &Health) -> Response<ResponseBody> {
-    let text = health.proxy.sinks.metrics.render();
+fn render_metrics<B>(req: &Request<B>, metrics: &Metrics) -> Response<Body> {
+    let text = metrics.render();
     let gzipped = if prefers_gzip(req.headers().get_all(ACCEPT_ENCODING)) {
         gzip(text.as_bytes())
     } else {
@@ -78,7 +143,7 @@ fn metrics(req: &Request<Incoming>, health: &Health) -> Response<ResponseBody> {
     };
     let gzip_coded = gzipped.is_some();
     let body = gzipped.map_or_else(|| Bytes::from(text), Bytes::from);
-    let mut resp = Response::new(ResponseBody::local(body));
+    let mut resp = Response::new(Body::new(body));
     let headers = resp.headers_mut();
     headers.insert(
         CONTENT_TYPE,
@@ -132,32 +197,32 @@ pub fn prefers_gzip<'a>(lines: impl IntoIterator<Item = &'a HeaderValue>) -> boo
 }
 
 /// `GET` or `HEAD /readyz`, answered by [`readyz`] (it may wait for an upstream probe).
-fn is_readyz(req: &Request<Incoming>) -> bool {
+fn is_readyz<B>(req: &Request<B>) -> bool {
     (req.method() == Method::GET || req.method() == Method::HEAD) && req.uri().path() == "/readyz"
 }
 
 /// 200 `ready` when listening and an upstream server accepts a TCP connection; else 503
 /// `not ready: <reason>` (`draining`, or each server's address and connect failure: config
 /// and the operating system's words, never a request's).
-async fn readyz(health: &Health) -> Response<ResponseBody> {
+async fn readyz(health: &Health) -> Response<Body> {
     match health.ready().await {
         Ok(()) => text(StatusCode::OK, "ready\n"),
-        Err(why) => {
-            let mut resp = Response::new(ResponseBody::local(Bytes::from(format!(
-                "not ready: {why}\n"
-            ))));
-            *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            resp.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; charset=utf-8"),
-            );
-            resp
-        }
+        Err(why) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Bytes::from(format!("not ready: {why}\n")),
+        ),
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
-    crate::proxy::local(status, body)
+/// A plain-text answer.
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(Body::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
 }
 
 #[cfg(test)]

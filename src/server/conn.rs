@@ -39,14 +39,20 @@ use super::h2;
 use crate::client_ip::ClientAddr;
 use crate::config;
 use crate::metrics::Metrics;
+use crate::privacy::capture::{Capture, ClientMemo};
 use crate::privacy::observation::HttpProto;
 use crate::proxy::body::ClientBody;
+use crate::proxy::logging::Sinks;
 use crate::proxy::{ConnInfo, Proxy};
 
 /// The per-process state every connection task shares.
 pub struct ConnShared {
-    /// The forwarding core.
+    /// The request driver.
     pub proxy: Arc<Proxy>,
+    /// For the records of requests the driver never sees (refused by the protocol layer).
+    capture: Arc<Capture>,
+    /// Where those records go; the connection and TLS metrics.
+    sinks: Arc<Sinks>,
     /// HTTP/1.1.
     h1_only: auto::Builder<TokioExecutor>,
     /// HTTP/2, after ALPN h2 or the h2c preface.
@@ -62,10 +68,13 @@ pub struct ConnShared {
 }
 
 impl ConnShared {
-    /// Connection settings from `[server]`.
+    /// Connection settings from `[server]`; `capture` and `sinks` record what the protocol
+    /// layer refuses before `proxy` sees it.
     pub fn new(
         cfg: &config::Server,
         proxy: Arc<Proxy>,
+        capture: Arc<Capture>,
+        sinks: Arc<Sinks>,
         shutdown: watch::Receiver<bool>,
         tracker: mpsc::Sender<()>,
     ) -> ConnShared {
@@ -82,6 +91,8 @@ impl ConnShared {
         let h1_only = auto.http1_only();
         ConnShared {
             proxy,
+            capture,
+            sinks,
             h1_only,
             h2: h2::settings(u32::try_from(head_cap).unwrap_or(u32::MAX)),
             header_read_timeout: cfg.header_read_timeout.0,
@@ -115,12 +126,12 @@ pub async fn serve_tls(
     shared: Arc<ConnShared>,
 ) {
     let first_head_by = Instant::now() + shared.header_read_timeout;
-    let metrics = &shared.proxy.sinks.metrics;
+    let metrics = &shared.sinks.metrics;
     let _open = OpenConnection::new(metrics);
     let mut first = [0u8; 1];
     match tokio::time::timeout_at(first_head_by, tcp.peek(&mut first)).await {
         Ok(Ok(1)) if is_plain_http_start(first[0]) => {
-            refuse_plain_http(tcp, peer, first_head_by, &shared.proxy).await;
+            refuse_plain_http(tcp, peer, first_head_by, &shared).await;
             return;
         }
         Err(_) => {
@@ -194,11 +205,11 @@ async fn refuse_plain_http(
     mut tcp: TcpStream,
     peer: ClientAddr,
     first_head_by: Instant,
-    proxy: &Proxy,
+    shared: &ConnShared,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let memo = crate::privacy::capture::ClientMemo::default();
-    let pending = proxy.capture.begin_unread(peer, HttpProto::Http1, &memo);
+    let memo = ClientMemo::default();
+    let pending = shared.capture.begin_unread(peer, HttpProto::Http1, &memo);
     let answer = PLAIN_HTTP_ANSWER.as_bytes();
     let sent = tokio::time::timeout_at(first_head_by, async {
         tcp.write_all(answer).await?;
@@ -209,7 +220,7 @@ async fn refuse_plain_http(
         Ok(Ok(())) => answer.len() as u64,
         _ => 0,
     };
-    proxy.sinks.observe(pending.finish(400, bytes_sent, false));
+    shared.sinks.observe(pending.finish(400, bytes_sent, false));
     tracing::debug!("plain HTTP on the TLS port: answered 400");
     if bytes_sent == 0 {
         return;
@@ -233,7 +244,7 @@ async fn refuse_plain_http(
 /// `header_read_timeout` of now, the preface included.
 pub async fn serve_plain(tcp: TcpStream, peer: ClientAddr, shared: Arc<ConnShared>) {
     let first_head_by = Instant::now() + shared.header_read_timeout;
-    let _open = OpenConnection::new(&shared.proxy.sinks.metrics);
+    let _open = OpenConnection::new(&shared.sinks.metrics);
     let sniffed = tokio::time::timeout_at(first_head_by, h2::sniff_preface(tcp)).await;
     match sniffed {
         Ok(Ok((true, io))) => serve_h2(io, peer, false, first_head_by, &shared).await,
@@ -322,7 +333,7 @@ async fn serve_http<T>(
     )
     .await;
     if let Err(e) = ended {
-        record_unread_head(&*e, &shared.proxy, &conn_info);
+        record_unread_head(&*e, shared, &conn_info);
     }
 }
 
@@ -485,7 +496,7 @@ where
 /// not a forwarded client address, since no field was read).
 ///
 /// [`Capture::begin_unread`]: crate::privacy::capture::Capture::begin_unread
-fn record_unread_head(e: &(dyn std::error::Error + 'static), proxy: &Proxy, info: &ConnInfo) {
+fn record_unread_head(e: &(dyn std::error::Error + 'static), shared: &ConnShared, info: &ConnInfo) {
     let Some(e) = e.downcast_ref::<hyper::Error>() else {
         return;
     };
@@ -502,10 +513,10 @@ fn record_unread_head(e: &(dyn std::error::Error + 'static), proxy: &Proxy, info
     } else {
         return;
     };
-    let pending = proxy
+    let pending = shared
         .capture
         .begin_unread(info.peer, HttpProto::Http1, &info.memo);
-    proxy.sinks.observe(pending.finish(status, 0, false));
+    shared.sinks.observe(pending.finish(status, 0, false));
 }
 
 /// Counts an open connection in `connections_open` for as long as it lives.

@@ -226,7 +226,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Future for Connection<T
 
 /// One stream, as its own task: the proxy's answer, raced against the client resetting the
 /// stream, then the response body written out. The access log record is written when the
-/// response body is dropped (see [`crate::proxy::body::CapturedBody`]): once it has ended, or
+/// response body is dropped (see [`crate::proxy::logging::CapturedBody`]): once it has ended, or
 /// when the stream is reset or fails.
 ///
 /// A response waiting for the client's flow-control window (stream or connection) for
