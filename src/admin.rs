@@ -228,6 +228,160 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
+    use std::str::FromStr;
+
+    async fn body_of(resp: Response<Body>) -> Bytes {
+        match resp.into_body().collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(never) => match never {},
+        }
+    }
+
+    fn request(method: &str, path: &str, accept_encoding: Option<&str>) -> Request<()> {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(coding) = accept_encoding {
+            req = req.header(ACCEPT_ENCODING, coding);
+        }
+        req.body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn admin_routes_answer_health_metrics_and_nothing_else() {
+        let metrics = Metrics::new(&[]);
+        let plain = "text/plain; charset=utf-8";
+        let exposition = Metrics::content_type();
+        // (method, path, Accept-Encoding, status, Content-Type, gzip-coded, body starts with)
+        let rows = [
+            ("GET", "/healthz", None, 200, plain, false, "ok\n"),
+            ("HEAD", "/healthz", None, 200, plain, false, "ok\n"),
+            (
+                "POST",
+                "/healthz",
+                None,
+                405,
+                plain,
+                false,
+                "only GET and HEAD\n",
+            ),
+            (
+                "DELETE",
+                "/metrics",
+                None,
+                405,
+                plain,
+                false,
+                "only GET and HEAD\n",
+            ),
+            ("GET", "/", None, 404, plain, false, "not found\n"),
+            ("GET", "/healthz/", None, 404, plain, false, "not found\n"),
+            ("GET", "/metrics", None, 200, exposition, false, "# HELP "),
+            (
+                "GET",
+                "/metrics",
+                Some("gzip"),
+                200,
+                exposition,
+                true,
+                "# HELP ",
+            ),
+            (
+                "GET",
+                "/metrics",
+                Some("gzip;q=0"),
+                200,
+                exposition,
+                false,
+                "# HELP ",
+            ),
+        ];
+        for (method, path, coding, status, content_type, gzipped, start) in rows {
+            let what = format!("{method} {path} {coding:?}");
+            let resp = route(&request(method, path, coding), &metrics);
+            assert_eq!(resp.status().as_u16(), status, "{what}");
+            assert_eq!(resp.headers()[CONTENT_TYPE], content_type, "{what}");
+            let coded = resp.headers().get(CONTENT_ENCODING).is_some();
+            assert_eq!(coded, gzipped, "{what}");
+            if path == "/metrics" && status == 200 {
+                assert_eq!(resp.headers()[VARY], "Accept-Encoding", "{what}");
+            }
+            let mut body = body_of(resp).await.to_vec();
+            if gzipped {
+                use std::io::Read;
+                let mut text = Vec::new();
+                flate2::read::GzDecoder::new(&body[..])
+                    .read_to_end(&mut text)
+                    .unwrap();
+                body = text;
+            }
+            assert!(body.starts_with(start.as_bytes()), "{what}");
+        }
+    }
+
+    #[test]
+    fn only_get_and_head_of_readyz_wait_for_the_probe() {
+        let rows = [
+            ("GET", "/readyz", true),
+            ("HEAD", "/readyz", true),
+            ("POST", "/readyz", false),
+            ("GET", "/readyz/", false),
+            ("GET", "/healthz", false),
+        ];
+        for (method, path, want) in rows {
+            assert_eq!(
+                is_readyz(&request(method, path, None)),
+                want,
+                "{method} {path}"
+            );
+        }
+    }
+
+    fn health(port: u16) -> Health {
+        let server = format!("http://127.0.0.1:{port}");
+        let cfg = crate::config::Upstream {
+            servers: vec![crate::config::UpstreamUrl::from_str(&server).unwrap()],
+            ..Default::default()
+        };
+        let upstreams = Upstreams::new(&cfg, Metrics::new(&[]).upstream_pool());
+        Health::new(Arc::new(upstreams))
+    }
+
+    #[tokio::test]
+    async fn readyz_says_draining_until_listening_then_asks_the_upstream() {
+        let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = upstream.local_addr().unwrap().port();
+        let up = health(port);
+        let resp = readyz(&up).await;
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body_of(resp).await, "not ready: draining\n");
+
+        up.set_listening(true);
+        let resp = readyz(&up).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(body_of(resp).await, "ready\n");
+        // The probe's answer is reused for READY_PROBE_TTL: the upstream gone, still ready.
+        drop(upstream);
+        assert_eq!(readyz(&up).await.status(), StatusCode::OK);
+
+        // A server that refuses connections: not ready, saying which and why.
+        let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = gone.local_addr().unwrap().port();
+        drop(gone);
+        let down = health(port);
+        down.set_listening(true);
+        let resp = readyz(&down).await;
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let text = String::from_utf8(body_of(resp).await.to_vec()).unwrap();
+        assert!(
+            text.starts_with("not ready: no upstream server accepts a connection ("),
+            "{text}"
+        );
+        assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+
+        // Draining again.
+        up.set_listening(false);
+        assert_eq!(body_of(readyz(&up).await).await, "not ready: draining\n");
+    }
 
     #[test]
     fn accept_encoding_chooses_gzip_only_when_preferred() {

@@ -587,3 +587,521 @@ impl std::fmt::Display for ErrorChain<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accesslog::AccessLog;
+    use crate::config::RoutePolicy;
+    use crate::metrics::Metrics;
+    use crate::privacy::capture::EpochKey;
+    use crate::privacy::keys::{Epoch, Key};
+    use http::HeaderMap;
+
+    /// A driver on real parts (a capture, a limiter, an upstream pool that is never asked, an
+    /// access log in a temporary directory), for the phases that need no connection.
+    struct Driver {
+        proxy: Proxy,
+        metrics: Arc<Metrics>,
+        sinks: Arc<Sinks>,
+        dir: tempfile::TempDir,
+    }
+
+    fn driver(edit: impl FnOnce(&mut Config)) -> Driver {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.access_log.dir = dir.path().join("logs");
+        config.privacy.key_dir = dir.path().join("keys");
+        config.geoip.database = "".into();
+        config.rate_limit.enabled = false;
+        edit(&mut config);
+        let key = EpochKey {
+            epoch: Epoch::today(),
+            key: Key::from_bytes([7; 32]),
+        };
+        let capture = Arc::new(Capture::new(&config, key, None).unwrap());
+        let limiter = RateLimiter::new(&config.rate_limit);
+        let policies = limiter.as_ref().map(|l| l.policy_names());
+        let metrics = Arc::new(Metrics::new(&policies.unwrap_or_default()));
+        let log = AccessLog::start(&config.access_log, metrics.log_counters()).unwrap();
+        let sinks = Arc::new(Sinks {
+            log,
+            metrics: metrics.clone(),
+        });
+        let upstreams = Arc::new(Upstreams::new(&config.upstream, metrics.upstream_pool()));
+        let limiter = Arc::new(LimiterCell::from(limiter.map(Arc::new)));
+        let proxy = Proxy::new(&config, capture, limiter, upstreams, sinks.clone());
+        Driver {
+            proxy,
+            metrics,
+            sinks,
+            dir,
+        }
+    }
+
+    fn request(
+        method: &str,
+        target: &str,
+        version: Version,
+        fields: &[(&str, &str)],
+    ) -> Request<()> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(target)
+            .version(version);
+        for (name, value) in fields {
+            req = req.header(*name, *value);
+        }
+        req.body(()).unwrap()
+    }
+
+    const H1: Version = Version::HTTP_11;
+    const H2: Version = Version::HTTP_2;
+
+    #[test]
+    fn the_request_filter_answers_heads_no_upstream_should_receive() {
+        let d = driver(|c| {
+            c.server.max_header_fields = 8;
+            c.server.max_header_bytes = 1024;
+        });
+        let long = "x".repeat(1024);
+        let many: Vec<(&str, &str)> = (0..8).map(|_| ("x-a", "1")).collect();
+        let many = [&[("host", "a.example")][..], &many].concat();
+        // (what, request, the local answer's status (None: passed on), with `Allow`)
+        let rows: Vec<(&str, Request<()>, Option<u16>, bool)> = vec![
+            (
+                "a GET with a host",
+                request("GET", "/", H1, &[("host", "a.example")]),
+                None,
+                false,
+            ),
+            (
+                "HTTP/1.1 without Host",
+                request("GET", "/", H1, &[]),
+                Some(400),
+                false,
+            ),
+            (
+                "two Host lines",
+                request(
+                    "GET",
+                    "/",
+                    H1,
+                    &[("host", "a.example"), ("host", "b.example")],
+                ),
+                Some(400),
+                false,
+            ),
+            (
+                "an invalid host",
+                request("GET", "/", H1, &[("host", "a b")]),
+                Some(400),
+                false,
+            ),
+            (
+                "HTTP/2 :authority and Host that differ",
+                request("GET", "https://a.example/", H2, &[("host", "b.example")]),
+                Some(400),
+                false,
+            ),
+            (
+                "HTTP/2 with no authority at all",
+                request("GET", "/", H2, &[]),
+                None,
+                false,
+            ),
+            (
+                "Content-Length values that disagree",
+                request(
+                    "POST",
+                    "/",
+                    H1,
+                    &[("host", "a.example"), ("content-length", "1, 2")],
+                ),
+                Some(400),
+                false,
+            ),
+            (
+                "a Content-Length that is not a number",
+                request(
+                    "POST",
+                    "/",
+                    H1,
+                    &[("host", "a.example"), ("content-length", "ten")],
+                ),
+                Some(400),
+                false,
+            ),
+            (
+                "more field lines than server.max_header_fields",
+                request("GET", "/", H1, &many),
+                Some(431),
+                false,
+            ),
+            (
+                "a head over server.max_header_bytes",
+                request("GET", "/", H1, &[("host", "a.example"), ("x-long", &long)]),
+                Some(431),
+                false,
+            ),
+            (
+                "CONNECT",
+                request("CONNECT", "a.example:443", H1, &[("host", "a.example:443")]),
+                Some(405),
+                true,
+            ),
+            (
+                "TRACE",
+                request("TRACE", "/", H1, &[("host", "a.example")]),
+                Some(405),
+                true,
+            ),
+            (
+                "OPTIONS with Max-Forwards: 0 is this hop's to answer",
+                request(
+                    "OPTIONS",
+                    "*",
+                    H1,
+                    &[("host", "a.example"), ("max-forwards", "0")],
+                ),
+                Some(200),
+                true,
+            ),
+            (
+                "OPTIONS with Max-Forwards: 1 goes on",
+                request(
+                    "OPTIONS",
+                    "*",
+                    H1,
+                    &[("host", "a.example"), ("max-forwards", "1")],
+                ),
+                None,
+                false,
+            ),
+        ];
+        for (what, req, status, allow) in rows {
+            let authority = authority::decide(&req);
+            let length = headers::content_length(req.headers());
+            let resp = d.proxy.request_filter(&req, &authority, length);
+            assert_eq!(resp.as_ref().map(|r| r.status().as_u16()), status, "{what}");
+            if let Some(resp) = resp {
+                assert_eq!(resp.headers().contains_key(ALLOW), allow, "{what}");
+                let got = resp.headers().get(ALLOW).map(|v| v.to_str().unwrap());
+                assert!(got.is_none_or(|v| v == ALLOWED), "{what}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_rate_limit_refuses_a_client_over_its_quota_with_retry_after() {
+        let d = driver(|c| {
+            c.rate_limit.enabled = true;
+            c.rate_limit.requests_per_second = 1;
+            c.rate_limit.burst = 2;
+            c.rate_limit.route = vec![RoutePolicy {
+                path_prefix: "/login".into(),
+                requests_per_second: 1,
+                burst: 1,
+            }];
+        });
+        let a = ClientAddr::new("198.51.100.7".parse().unwrap());
+        let b = ClientAddr::new("203.0.113.9".parse().unwrap());
+        // (client, path, refused), in order: each row spends from the client's quota.
+        let rows = [
+            (a, "/login", false),
+            (a, "/login", true),
+            (a, "/", false),
+            (a, "/", false),
+            (a, "/", true),
+            (b, "/login", false),
+            (b, "/", false),
+        ];
+        for (i, (client, path, refused)) in rows.into_iter().enumerate() {
+            let resp = d.proxy.rate_limit(client, path);
+            assert_eq!(resp.is_some(), refused, "row {i}: {path}");
+            if let Some(resp) = resp {
+                assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS, "row {i}");
+                let retry: u64 = resp.headers()[RETRY_AFTER]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(retry >= 1, "row {i}: Retry-After {retry}");
+            }
+        }
+        let text = d.metrics.render();
+        for policy in ["default", "/login"] {
+            let line = format!("webprom_edge_rate_limited_total{{policy=\"{policy}\"}} 1");
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        // Limiting off: nothing is refused.
+        let off = driver(|_| {});
+        assert!((0..100).all(|_| off.proxy.rate_limit(a, "/").is_none()));
+    }
+
+    #[test]
+    fn the_body_filter_refuses_a_declared_body_too_large_and_unmet_expectations() {
+        let d = driver(|c| c.server.max_body_bytes = 100);
+        // (what, version, declared length, Expect, status (None: passed on))
+        type Row = (
+            &'static str,
+            Version,
+            Option<u64>,
+            Option<&'static str>,
+            Option<u16>,
+        );
+        let rows: [Row; 9] = [
+            ("no body", H1, None, None, None),
+            ("a body at the limit", H1, Some(100), None, None),
+            ("a body over the limit", H1, Some(101), None, Some(413)),
+            (
+                "a body over the limit, HTTP/2",
+                H2,
+                Some(101),
+                None,
+                Some(413),
+            ),
+            ("100-continue", H1, Some(10), Some("100-continue"), None),
+            (
+                "100-continue, any case",
+                H1,
+                None,
+                Some("100-Continue"),
+                None,
+            ),
+            (
+                "an unknown expectation",
+                H1,
+                None,
+                Some("x-magic"),
+                Some(417),
+            ),
+            (
+                "an unknown expectation with 100-continue",
+                H2,
+                None,
+                Some("100-continue, x-magic"),
+                Some(417),
+            ),
+            (
+                "HTTP/1.0 expectations are ignored",
+                Version::HTTP_10,
+                None,
+                Some("x-magic"),
+                None,
+            ),
+        ];
+        for (what, version, length, expect, status) in rows {
+            let mut fields = vec![("host", "a.example")];
+            fields.extend(expect.map(|e| ("expect", e)));
+            let mut req = request("POST", "/", version, &fields);
+            let resp = d.proxy.body_filter(&mut req, length);
+            assert_eq!(resp.as_ref().map(|r| r.status().as_u16()), status, "{what}");
+            // `Expect` never goes upstream; a 413 keeps the connection (its body is read
+            // and thrown away).
+            assert!(!req.headers().contains_key(http::header::EXPECT), "{what}");
+            if let Some(resp) = resp {
+                assert!(!resp.headers().contains_key(CONNECTION), "{what}");
+            }
+        }
+        let text = d.metrics.render();
+        let line = "webprom_edge_client_errors_total{kind=\"body_too_large\"} 2";
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+
+    /// The head as a sorted list of lines, for comparing.
+    fn lines(h: &HeaderMap) -> Vec<String> {
+        let mut out: Vec<String> = h
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn the_upstream_request_is_the_clients_head_cleaned_for_the_upstream() {
+        let d = driver(|_| {});
+        let conn = ConnInfo::new(ClientAddr::new("198.51.100.7".parse().unwrap()), true);
+        let forwarded: &[&str] = &[
+            "x-forwarded-for: 198.51.100.7",
+            "x-forwarded-host: a.example",
+            "x-forwarded-proto: https",
+        ];
+        // (what, request, the head sent upstream besides the forwarding fields, upgrade taken)
+        let rows: Vec<(&str, Request<()>, Vec<&str>, bool)> = vec![
+            (
+                "a plain GET",
+                request(
+                    "GET",
+                    "/a?b=c",
+                    H1,
+                    &[("host", "a.example"), ("accept", "*/*")],
+                ),
+                vec!["accept: */*", "host: a.example"],
+                false,
+            ),
+            (
+                "hop-by-hop fields, and those Connection names, removed",
+                request(
+                    "GET",
+                    "/",
+                    H1,
+                    &[
+                        ("host", "a.example"),
+                        ("connection", "keep-alive, x-hop"),
+                        ("keep-alive", "timeout=5"),
+                        ("x-hop", "1"),
+                        ("te", "trailers"),
+                        ("proxy-authorization", "Basic eDp5"),
+                        ("upgrade", "websocket"),
+                        ("x-end", "2"),
+                    ],
+                ),
+                vec!["host: a.example", "x-end: 2"],
+                false,
+            ),
+            (
+                "a WebSocket upgrade keeps Upgrade and Connection: upgrade",
+                request(
+                    "GET",
+                    "/ws",
+                    H1,
+                    &[
+                        ("host", "a.example"),
+                        ("connection", "Upgrade"),
+                        ("upgrade", "websocket"),
+                    ],
+                ),
+                vec![
+                    "connection: upgrade",
+                    "host: a.example",
+                    "upgrade: websocket",
+                ],
+                true,
+            ),
+            (
+                "HTTP/2: cookies joined, :authority becomes Host",
+                request(
+                    "GET",
+                    "https://a.example/",
+                    H2,
+                    &[("cookie", "a=1"), ("cookie", "b=2")],
+                ),
+                vec!["cookie: a=1; b=2", "host: a.example"],
+                false,
+            ),
+            (
+                "a host normalised to lower case, without its trailing dot",
+                request("GET", "/", H1, &[("host", "A.Example.")]),
+                vec!["host: a.example"],
+                false,
+            ),
+            (
+                "agreeing Content-Length lines become one",
+                request(
+                    "POST",
+                    "/",
+                    H1,
+                    &[
+                        ("host", "a.example"),
+                        ("content-length", "3"),
+                        ("content-length", "3"),
+                    ],
+                ),
+                vec!["content-length: 3", "host: a.example"],
+                false,
+            ),
+            (
+                "OPTIONS counts Max-Forwards down",
+                request(
+                    "OPTIONS",
+                    "/",
+                    H1,
+                    &[("host", "a.example"), ("max-forwards", "3")],
+                ),
+                vec!["host: a.example", "max-forwards: 2"],
+                false,
+            ),
+        ];
+        for (what, req, want, upgraded) in rows {
+            let target = Uri::from_static("/target?q");
+            let authority = authority::decide(&req).unwrap();
+            let method = req.method().clone();
+            let (out, client_upgrade) = d
+                .proxy
+                .upstream_request(req, &target, &conn, conn.peer, authority);
+            assert_eq!(out.version(), Version::HTTP_11, "{what}");
+            assert_eq!(out.uri(), &target, "{what}");
+            assert_eq!(out.method(), method, "{what}");
+            assert_eq!(client_upgrade.is_some(), upgraded, "{what}");
+            let mut want: Vec<String> = want.iter().map(|l| l.to_string()).collect();
+            want.extend(forwarded.iter().map(|l| l.to_string()));
+            want.sort();
+            assert_eq!(lines(out.headers()), want, "{what}");
+        }
+        // A request that names no host goes without one (the pool sets the server's).
+        let req = request("GET", "/", Version::HTTP_10, &[("host", "")]);
+        let (out, _) =
+            d.proxy
+                .upstream_request(req, &Uri::from_static("/"), &conn, conn.peer, None);
+        assert!(!out.headers().contains_key(HOST));
+        assert!(!out.headers().contains_key("x-forwarded-host"));
+    }
+
+    /// Every record the access log wrote, once it has stopped.
+    fn records(d: &Driver) -> Vec<serde_json::Value> {
+        d.sinks.log.shutdown();
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(d.dir.path().join("logs")).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            out.extend(text.lines().map(|l| serde_json::from_str(l).unwrap()));
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn every_request_is_recorded_once_answered_or_not() {
+        use http_body_util::BodyExt;
+        let d = driver(|_| {});
+        let conn = ConnInfo::new(ClientAddr::new("198.51.100.7".parse().unwrap()), true);
+        let req = request("GET", "/gone", H1, &[("host", "a.example")]);
+        let client = conn.peer;
+
+        // The client went away before the answer existed.
+        let authority = authority::decide(&req);
+        drop(d.proxy.capture_begin(client, &req, &authority, &conn));
+
+        // Answered: recorded when the body has been sent, with the bytes sent.
+        let record = d.proxy.capture_begin(client, &req, &authority, &conn);
+        let answer = Answer::local(local(StatusCode::OK, "hello\n"));
+        let resp = d.proxy.log(record, answer);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"hello\n");
+
+        // Refused by the limiter: recorded as limited.
+        let record = d.proxy.capture_begin(client, &req, &authority, &conn);
+        let mut answer = Answer::local(local(StatusCode::TOO_MANY_REQUESTS, "too many\n"));
+        answer.limited = true;
+        drop(d.proxy.log(record, answer));
+
+        let got: Vec<(u64, u64, bool)> = records(&d)
+            .iter()
+            .map(|r| {
+                (
+                    r["status"].as_u64().unwrap(),
+                    r["bytes_sent"].as_u64().unwrap(),
+                    r["limited"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (u64::from(CLIENT_CLOSED_REQUEST), 0, false),
+                (200, 6, false),
+                (429, 0, true)
+            ]
+        );
+    }
+}
