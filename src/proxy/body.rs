@@ -230,7 +230,7 @@ pub struct ClientReader {
 
 /// A reader dropped with an HTTP/1.x body left unread (the request was answered without it:
 /// 502, 503, or an upstream that answered early) lingers on it, so that the client gets the
-/// answer rather than a reset. A body that failed was taken by [`ClientReader::fail`].
+/// answer rather than a reset. A body that failed was taken by `ClientReader::fail`.
 impl Drop for ClientReader {
     fn drop(&mut self) {
         if let Some(ClientBody::H1(rest)) = self.inner.take() {

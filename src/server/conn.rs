@@ -6,12 +6,12 @@
 //!   preface and SETTINGS are all inside it. Missed: the connection is closed, nothing sent.
 //! - `server.idle_timeout`: no byte moving either way that long starts a graceful close.
 //! - `server.send_timeout`: a write to the client that makes no progress that long fails the
-//!   connection ([`WatchedIo`]; HTTP/2 streams waiting for window have their own, in
+//!   connection (`WatchedIo`; HTTP/2 streams waiting for window have their own, in
 //!   [`super::h2`]), and a graceful close (idle, drain, GOAWAY) during which no byte moves that
-//!   long, with no request waiting for its upstream, is turned into a hard close ([`drive`]).
+//!   long, with no request waiting for its upstream, is turned into a hard close (`drive`).
 //!
 //! Plain HTTP sent to the TLS port is answered with a fixed 400 in plain HTTP and closed
-//! ([`refuse_plain_http`]), as nginx does, rather than with a TLS alert a browser or curl
+//! (`refuse_plain_http`), as nginx does, rather than with a TLS alert a browser or curl
 //! cannot show.
 //!
 //! What it must never do: wait on a client without a deadline, or log anything the client sent.
@@ -108,7 +108,7 @@ impl ConnShared {
 /// themselves (the hard cap): four times `server.max_header_bytes`, at least 64 KiB. Heads
 /// between the configured limit and this cap reach the request filter, which answers 431 with
 /// a full record; heads over it are refused by the protocol layer. HTTP/1.1: 431 and a record
-/// with what is known ([`record_unread_head`]), the connection closed. HTTP/2 (`h2` 0.4, the
+/// with what is known (`record_unread_head`), the connection closed. HTTP/2 (`h2` 0.4, the
 /// cap is SETTINGS_MAX_HEADER_LIST_SIZE): a decoded list from the cap to four times it gets
 /// 431 from `h2` with no record, the connection kept; over four times the cap, or a block in
 /// more CONTINUATION frames than the cap needs plus a quarter (at least 5 non-final), ends the

@@ -10,7 +10,7 @@
 //! 417, 429). HTTP/1.1 stays with hyper ([`super::conn`]).
 //!
 //! Two defences live here. A stream whose response makes no progress for `server.send_timeout`
-//! because the client's flow-control window stays shut is reset with CANCEL ([`Stream`]), and a
+//! because the client's flow-control window stays shut is reset with CANCEL (`Stream`), and a
 //! client that resets more streams than its budget ([`RESET_BURST`], [`RESET_REFILL_PER_SECOND`])
 //! is sent GOAWAY with ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487, with a delay or not).
 //!
@@ -55,7 +55,7 @@ const MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// Streams a client may reset before their response has ended, at once, before it is sent
 /// GOAWAY with ENHANCE_YOUR_CALM (RFC 9113 §5.4.1) and the connection closes: as many as it
-/// may have open at once ([`MAX_CONCURRENT_STREAMS`]). A reset stream has cost an upstream
+/// may have open at once (`MAX_CONCURRENT_STREAMS`, 256). A reset stream has cost an upstream
 /// exchange the client walked away from; resetting many in a row is rapid reset
 /// (CVE-2023-44487), with or without a delay. The budget refills at
 /// [`RESET_REFILL_PER_SECOND`] (a token bucket, GCRA): a browser that cancels a few streams
