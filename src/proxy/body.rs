@@ -33,9 +33,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use super::recv::RecvBody;
 use super::upstream::Lease;
 use crate::metrics::ClientError;
-use crate::server::h2::RecvBody;
 
 /// Reading a client's request body failed, for the reason `kind`: the client's doing, never
 /// the upstream's. Carries no text from the request (hyper's chunked-trailer errors quote the
@@ -92,7 +92,7 @@ pub fn linger(mut body: Incoming) {
 pub enum ClientBody {
     /// HTTP/1.x, read by hyper's server.
     H1(Incoming),
-    /// HTTP/2, read by [`crate::server::h2`].
+    /// HTTP/2, read from its `h2` stream ([`RecvBody`]).
     H2(RecvBody),
 }
 

@@ -27,9 +27,7 @@ use crate::metrics::{Metrics, UpstreamError};
 use crate::privacy::capture::Pending;
 use crate::privacy::observation::Observation;
 
-/// The status recorded for a request whose client went away before it was answered (nginx's
-/// "client closed request"; never sent, since no one is there to receive it).
-pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+pub use crate::metrics::CLIENT_CLOSED_REQUEST;
 
 /// Where finished observations go: the access log and the metrics.
 pub struct Sinks {

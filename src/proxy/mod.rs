@@ -37,6 +37,7 @@ pub mod expect;
 pub mod forwarding;
 pub mod headers;
 pub mod logging;
+pub mod recv;
 pub mod tunnel;
 pub mod upstream;
 
