@@ -488,7 +488,7 @@ pub enum ResponseBody {
         /// the client leaves first, drained: [`Lease::drain`]).
         lease: Option<Lease>,
     },
-    /// Written by the proxy (errors, admin pages).
+    /// Written by the proxy (its own answers: errors, refusals).
     Local {
         /// The bytes, taken when sent.
         body: Option<Bytes>,

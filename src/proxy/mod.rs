@@ -210,6 +210,7 @@ impl Proxy {
             Ok(self.response_filter(exchange, client_upgrade, watch))
         };
         let mut answer = answer.await.unwrap_or_else(|answer| answer);
+        // An answer to HEAD has no body (RFC 9110 §9.3.2): the proxy's own is emptied.
         if head {
             answer.resp.body_mut().clear_local();
         }
@@ -540,7 +541,7 @@ fn linger_h1(req: Request<ClientBody>) {
 const ALLOWED: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH";
 
 /// A short plain-text response written by the proxy itself.
-pub fn local(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
+fn local(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
     let mut resp = Response::new(ResponseBody::local(Bytes::from_static(text.as_bytes())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
