@@ -86,10 +86,14 @@ impl ClientError {
             ClientError::BodyTimeout => 408,
             ClientError::BodyMalformed | ClientError::BodyIncomplete => 400,
             ClientError::BodyTooLarge => 413,
-            ClientError::BodyReset => crate::proxy::CLIENT_CLOSED_REQUEST,
+            ClientError::BodyReset => CLIENT_CLOSED_REQUEST,
         }
     }
 }
+
+/// The status recorded for a request whose client went away before it was answered (nginx's
+/// "client closed request"; never sent, since no one is there to receive it).
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// Why a request was sent upstream again (the `reason` label of `upstream_retries_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

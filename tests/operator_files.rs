@@ -740,13 +740,11 @@ async fn certificate_files_broken_then_sighup_keep_the_served_certificate() {
 /// names the file or directory, and the capture keeps working with the key it has.
 #[test]
 fn key_files_broken_before_midnight_never_break_the_capture() {
-    use webprom_edge::accesslog::AccessLog;
     use webprom_edge::client_ip::ClientAddr;
     use webprom_edge::metrics::Metrics;
     use webprom_edge::privacy::capture::{Capture, ClientMemo, EpochKey};
     use webprom_edge::privacy::keys::{Epoch, KeyStore, next_key};
-    use webprom_edge::proxy::body::Sinks;
-    use webprom_edge::server::rollover;
+    use webprom_edge::privacy::schedule::rollover;
 
     let today = Epoch::today();
     let yesterday = today.prev();
@@ -830,7 +828,7 @@ fn key_files_broken_before_midnight_never_break_the_capture() {
             Some("keys".into()),
         ),
     ];
-    let metrics = Arc::new(Metrics::new(&[]));
+    let metrics = Metrics::new(&[]);
     for (what, break_it, names) in cases {
         let dir = tempfile::tempdir().unwrap();
         let mut config = webprom_edge::config::Config::default();
@@ -849,22 +847,16 @@ fn key_files_broken_before_midnight_never_break_the_capture() {
             None,
         )
         .unwrap();
-        let log = AccessLog::start(&config.access_log, metrics.log_counters()).unwrap();
-        let sinks = Arc::new(Sinks {
-            log,
-            metrics: metrics.clone(),
-        });
-        let proxy = webprom_edge::proxy::Proxy::new(&config, capture, None, sinks.clone());
 
         break_it(&config.privacy.key_dir);
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            rollover(&keys, &proxy, today)
+            rollover(&keys, &capture, &metrics, today)
         }));
         let outcome = outcome.unwrap_or_else(|_| panic!("{what}: the rollover panicked"));
         match (outcome, &names) {
             (Ok(rolled), None) => {
                 assert!(rolled, "{what}");
-                assert_eq!(proxy.capture.epoch(), today, "{what}");
+                assert_eq!(capture.epoch(), today, "{what}");
                 // With no key of yesterday left, today's is a new random one: the removed key
                 // is not brought back from memory, so yesterday stays unlinkable.
                 let new = keys.load(today).unwrap().unwrap();
@@ -879,14 +871,13 @@ fn key_files_broken_before_midnight_never_break_the_capture() {
                 );
                 assert!(msg.matches("os error").count() <= 1, "{what}: {msg}");
                 // The key in use stays, and nothing was made up in place of the broken file.
-                assert_eq!(proxy.capture.epoch(), yesterday, "{what}");
+                assert_eq!(capture.epoch(), yesterday, "{what}");
             }
             (got, _) => panic!("{what}: {got:?}"),
         }
         // The capture keeps working, under the key it holds.
         let req = http::Request::get("/").body(()).unwrap();
-        let obs = proxy
-            .capture
+        let obs = capture
             .begin(
                 ClientAddr::new("198.51.100.7".parse().unwrap()),
                 &req,
@@ -906,7 +897,6 @@ fn key_files_broken_before_midnight_never_break_the_capture() {
         if let Some(p) = expected {
             assert!(obs.client == p, "{what}: still yesterday's pseudonym");
         }
-        sinks.log.shutdown();
     }
 }
 

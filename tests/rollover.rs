@@ -1,17 +1,12 @@
 //! The UTC-midnight key rollover, driven through the same function the running proxy's midnight
-//! timer calls (`server::rollover`), with the day given explicitly.
+//! timer calls (`privacy::schedule::rollover`), with the day given explicitly.
 
-use std::sync::Arc;
-
-use webprom_edge::accesslog::AccessLog;
 use webprom_edge::client_ip::ClientAddr;
 use webprom_edge::config::Config;
 use webprom_edge::metrics::Metrics;
 use webprom_edge::privacy::capture::{Capture, ClientMemo, EpochKey};
 use webprom_edge::privacy::keys::{Epoch, KeyStore, next_key, pseudonym};
-use webprom_edge::proxy::Proxy;
-use webprom_edge::proxy::body::Sinks;
-use webprom_edge::server::rollover;
+use webprom_edge::privacy::schedule::rollover;
 
 #[test]
 fn rollover_ratchets_the_running_capture_to_the_new_day() {
@@ -35,20 +30,13 @@ fn rollover_ratchets_the_running_capture_to_the_new_day() {
         None,
     )
     .unwrap();
-    let metrics = Arc::new(Metrics::new(&[]));
-    let log = AccessLog::start(&config.access_log, metrics.log_counters()).unwrap();
-    let sinks = Arc::new(Sinks {
-        log,
-        metrics: metrics.clone(),
-    });
-    let proxy = Proxy::new(&config, capture, None, sinks.clone());
+    let metrics = Metrics::new(&[]);
 
     let client: std::net::IpAddr = "198.51.100.7".parse().unwrap();
     let req = http::Request::get("/").body(()).unwrap();
     // One connection across midnight: its memo of the client's facts must not outlive the key.
     let memo = ClientMemo::default();
-    let before = proxy
-        .capture
+    let before = capture
         .begin(ClientAddr::new(client), &req, None, &memo)
         .finish(200, 0, false);
     assert_eq!(before.epoch, yesterday);
@@ -62,9 +50,8 @@ fn rollover_ratchets_the_running_capture_to_the_new_day() {
 
     // Midnight: the epoch, the key file and the pseudonyms move on; the distinct-visitor
     // window starts again.
-    assert!(rollover(&keys, &proxy, today).unwrap());
-    let after = proxy
-        .capture
+    assert!(rollover(&keys, &capture, &metrics, today).unwrap());
+    let after = capture
         .begin(ClientAddr::new(client), &req, None, &memo)
         .finish(200, 0, false);
     assert_eq!(after.epoch, today);
@@ -78,6 +65,5 @@ fn rollover_ratchets_the_running_capture_to_the_new_day() {
     );
 
     // A second call on the same day changes nothing.
-    assert!(!rollover(&keys, &proxy, today).unwrap());
-    sinks.log.shutdown();
+    assert!(!rollover(&keys, &capture, &metrics, today).unwrap());
 }

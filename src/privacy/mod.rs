@@ -8,4 +8,5 @@ pub mod lang;
 pub mod net;
 pub mod observation;
 pub mod path;
+pub mod schedule;
 pub mod ua;

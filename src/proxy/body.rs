@@ -8,8 +8,9 @@
 //! most `server.body_buffer_bytes`) is read whole into memory before an upstream connection is
 //! taken ([`read_small`]); a larger one streams through [`RequestBody`], whose failures are
 //! told to the handler through a [`BodyWatch`] rather than read back from the upstream
-//! client's error. The response body is wrapped in [`CapturedBody`], which records the request
-//! when it ends.
+//! client's error. The response body is the upstream's, streamed with the lease on its
+//! connection, or a short one the proxy wrote itself ([`ResponseBody`]); the logging phase wraps
+//! it ([`super::logging::CapturedBody`]).
 //!
 //! Never here: a body written to disk (privacy P8), a body or error text logged, a body held
 //! whole when it is larger than `server.body_buffer_bytes` (what was read of it, at most one
@@ -32,11 +33,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use super::recv::RecvBody;
 use super::upstream::Lease;
-use crate::metrics::{ClientError, UpstreamError};
-use crate::privacy::capture::Pending;
-use crate::privacy::observation::Observation;
-use crate::server::h2::RecvBody;
+use crate::metrics::ClientError;
 
 /// Reading a client's request body failed, for the reason `kind`: the client's doing, never
 /// the upstream's. Carries no text from the request (hyper's chunked-trailer errors quote the
@@ -93,7 +92,7 @@ pub fn linger(mut body: Incoming) {
 pub enum ClientBody {
     /// HTTP/1.x, read by hyper's server.
     H1(Incoming),
-    /// HTTP/2, read by [`crate::server::h2`].
+    /// HTTP/2, read from its `h2` stream ([`RecvBody`]).
     H2(RecvBody),
 }
 
@@ -171,8 +170,8 @@ fn h2_failure(e: &h2::Error) -> ClientError {
 }
 
 /// What became of a body streamed upstream, shared between the [`RequestBody`] (which the
-/// upstream connection's task polls) and the handler and [`CapturedBody`] (which decide the
-/// answer and the record). One byte, changed with plain atomic stores.
+/// upstream connection's task polls) and the driver and [`super::logging::CapturedBody`]
+/// (which decide the answer and the record). One byte, changed with plain atomic stores.
 #[derive(Debug, Default)]
 pub struct BodyWatch(AtomicU8);
 
@@ -231,7 +230,7 @@ pub struct ClientReader {
 
 /// A reader dropped with an HTTP/1.x body left unread (the request was answered without it:
 /// 502, 503, or an upstream that answered early) lingers on it, so that the client gets the
-/// answer rather than a reset. A body that failed was taken by [`ClientReader::fail`].
+/// answer rather than a reset. A body that failed was taken by `ClientReader::fail`.
 impl Drop for ClientReader {
     fn drop(&mut self) {
         if let Some(ClientBody::H1(rest)) = self.inner.take() {
@@ -489,7 +488,7 @@ pub enum ResponseBody {
         /// the client leaves first, drained: [`Lease::drain`]).
         lease: Option<Lease>,
     },
-    /// Written by the proxy (errors, admin pages).
+    /// Written by the proxy (its own answers: errors, refusals).
     Local {
         /// The bytes, taken when sent.
         body: Option<Bytes>,
@@ -594,120 +593,6 @@ impl Body for ResponseBody {
                 SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64))
             }
         }
-    }
-}
-
-/// Where finished observations go: the access log and the metrics.
-pub struct Sinks {
-    /// The access log writer.
-    pub log: crate::accesslog::AccessLog,
-    /// The metrics registry.
-    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
-}
-
-impl Sinks {
-    /// The logging phase: one observation to every sink.
-    pub fn observe(&self, obs: Observation) {
-        self.metrics.observe(&obs);
-        self.log.record(obs);
-    }
-}
-
-struct Capturing {
-    pending: Pending,
-    status: u16,
-    limited: bool,
-    sinks: Arc<Sinks>,
-    /// The streamed request body's fate: a client failure after the answer began is recorded
-    /// with its own status.
-    watch: Option<Arc<BodyWatch>>,
-}
-
-/// A response body that counts the bytes sent and, when it is dropped (the response ended, or
-/// the client went away), hands exactly one [`Observation`] to the sinks.
-pub struct CapturedBody {
-    inner: ResponseBody,
-    bytes: u64,
-    capturing: Option<Capturing>,
-    /// The upstream's body failed (cut short, bad framing): an upstream error once the
-    /// request is recorded, unless the client's own body failure broke the exchange first.
-    upstream_failed: bool,
-}
-
-impl CapturedBody {
-    /// Wraps `inner`, recording `pending` (if any: `None` records nothing) with `status` when
-    /// the body is dropped, or with the status of a client body failure `watch` reports by
-    /// then (the request body failed while the response was on its way: the upstream exchange
-    /// was cut off, and the client is to blame).
-    pub fn new(
-        inner: ResponseBody,
-        pending: Option<Pending>,
-        status: u16,
-        limited: bool,
-        sinks: Arc<Sinks>,
-        watch: Option<Arc<BodyWatch>>,
-    ) -> Self {
-        CapturedBody {
-            inner,
-            bytes: 0,
-            upstream_failed: false,
-            capturing: pending.map(|pending| Capturing {
-                pending,
-                status,
-                limited,
-                sinks,
-                watch,
-            }),
-        }
-    }
-}
-
-impl Drop for CapturedBody {
-    fn drop(&mut self) {
-        if let Some(c) = self.capturing.take() {
-            let mut status = c.status;
-            if let Some(kind) = c.watch.as_deref().and_then(BodyWatch::take_failure) {
-                c.sinks.metrics.client_error(kind);
-                status = kind.status();
-            } else if self.upstream_failed {
-                // The status and bytes sent stay as they went out; the exchange broke
-                // upstream.
-                c.sinks.metrics.upstream_error(UpstreamError::Protocol);
-            }
-            c.sinks
-                .observe(c.pending.finish(status, self.bytes, c.limited));
-        }
-    }
-}
-
-impl Body for CapturedBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let res = Pin::new(&mut this.inner).poll_frame(cx);
-        match &res {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.bytes += data.len() as u64;
-                }
-            }
-            Poll::Ready(Some(Err(_))) => this.upstream_failed = true,
-            _ => {}
-        }
-        res
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -6,12 +6,12 @@
 //!   preface and SETTINGS are all inside it. Missed: the connection is closed, nothing sent.
 //! - `server.idle_timeout`: no byte moving either way that long starts a graceful close.
 //! - `server.send_timeout`: a write to the client that makes no progress that long fails the
-//!   connection ([`WatchedIo`]; HTTP/2 streams waiting for window have their own, in
+//!   connection (`WatchedIo`; HTTP/2 streams waiting for window have their own, in
 //!   [`super::h2`]), and a graceful close (idle, drain, GOAWAY) during which no byte moves that
-//!   long, with no request waiting for its upstream, is turned into a hard close ([`drive`]).
+//!   long, with no request waiting for its upstream, is turned into a hard close (`drive`).
 //!
 //! Plain HTTP sent to the TLS port is answered with a fixed 400 in plain HTTP and closed
-//! ([`refuse_plain_http`]), as nginx does, rather than with a TLS alert a browser or curl
+//! (`refuse_plain_http`), as nginx does, rather than with a TLS alert a browser or curl
 //! cannot show.
 //!
 //! What it must never do: wait on a client without a deadline, or log anything the client sent.
@@ -39,14 +39,20 @@ use super::h2;
 use crate::client_ip::ClientAddr;
 use crate::config;
 use crate::metrics::Metrics;
+use crate::privacy::capture::{Capture, ClientMemo};
 use crate::privacy::observation::HttpProto;
 use crate::proxy::body::ClientBody;
+use crate::proxy::logging::Sinks;
 use crate::proxy::{ConnInfo, Proxy};
 
 /// The per-process state every connection task shares.
 pub struct ConnShared {
-    /// The forwarding core.
+    /// The request driver.
     pub proxy: Arc<Proxy>,
+    /// For the records of requests the driver never sees (refused by the protocol layer).
+    capture: Arc<Capture>,
+    /// Where those records go; the connection and TLS metrics.
+    sinks: Arc<Sinks>,
     /// HTTP/1.1.
     h1_only: auto::Builder<TokioExecutor>,
     /// HTTP/2, after ALPN h2 or the h2c preface.
@@ -62,10 +68,13 @@ pub struct ConnShared {
 }
 
 impl ConnShared {
-    /// Connection settings from `[server]`.
+    /// Connection settings from `[server]`; `capture` and `sinks` record what the protocol
+    /// layer refuses before `proxy` sees it.
     pub fn new(
         cfg: &config::Server,
         proxy: Arc<Proxy>,
+        capture: Arc<Capture>,
+        sinks: Arc<Sinks>,
         shutdown: watch::Receiver<bool>,
         tracker: mpsc::Sender<()>,
     ) -> ConnShared {
@@ -82,6 +91,8 @@ impl ConnShared {
         let h1_only = auto.http1_only();
         ConnShared {
             proxy,
+            capture,
+            sinks,
             h1_only,
             h2: h2::settings(u32::try_from(head_cap).unwrap_or(u32::MAX)),
             header_read_timeout: cfg.header_read_timeout.0,
@@ -97,7 +108,7 @@ impl ConnShared {
 /// themselves (the hard cap): four times `server.max_header_bytes`, at least 64 KiB. Heads
 /// between the configured limit and this cap reach the request filter, which answers 431 with
 /// a full record; heads over it are refused by the protocol layer. HTTP/1.1: 431 and a record
-/// with what is known ([`record_unread_head`]), the connection closed. HTTP/2 (`h2` 0.4, the
+/// with what is known (`record_unread_head`), the connection closed. HTTP/2 (`h2` 0.4, the
 /// cap is SETTINGS_MAX_HEADER_LIST_SIZE): a decoded list from the cap to four times it gets
 /// 431 from `h2` with no record, the connection kept; over four times the cap, or a block in
 /// more CONTINUATION frames than the cap needs plus a quarter (at least 5 non-final), ends the
@@ -115,12 +126,12 @@ pub async fn serve_tls(
     shared: Arc<ConnShared>,
 ) {
     let first_head_by = Instant::now() + shared.header_read_timeout;
-    let metrics = &shared.proxy.sinks.metrics;
+    let metrics = &shared.sinks.metrics;
     let _open = OpenConnection::new(metrics);
     let mut first = [0u8; 1];
     match tokio::time::timeout_at(first_head_by, tcp.peek(&mut first)).await {
         Ok(Ok(1)) if is_plain_http_start(first[0]) => {
-            refuse_plain_http(tcp, peer, first_head_by, &shared.proxy).await;
+            refuse_plain_http(tcp, peer, first_head_by, &shared).await;
             return;
         }
         Err(_) => {
@@ -194,11 +205,11 @@ async fn refuse_plain_http(
     mut tcp: TcpStream,
     peer: ClientAddr,
     first_head_by: Instant,
-    proxy: &Proxy,
+    shared: &ConnShared,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let memo = crate::privacy::capture::ClientMemo::default();
-    let pending = proxy.capture.begin_unread(peer, HttpProto::Http1, &memo);
+    let memo = ClientMemo::default();
+    let pending = shared.capture.begin_unread(peer, HttpProto::Http1, &memo);
     let answer = PLAIN_HTTP_ANSWER.as_bytes();
     let sent = tokio::time::timeout_at(first_head_by, async {
         tcp.write_all(answer).await?;
@@ -209,7 +220,7 @@ async fn refuse_plain_http(
         Ok(Ok(())) => answer.len() as u64,
         _ => 0,
     };
-    proxy.sinks.observe(pending.finish(400, bytes_sent, false));
+    shared.sinks.observe(pending.finish(400, bytes_sent, false));
     tracing::debug!("plain HTTP on the TLS port: answered 400");
     if bytes_sent == 0 {
         return;
@@ -233,7 +244,7 @@ async fn refuse_plain_http(
 /// `header_read_timeout` of now, the preface included.
 pub async fn serve_plain(tcp: TcpStream, peer: ClientAddr, shared: Arc<ConnShared>) {
     let first_head_by = Instant::now() + shared.header_read_timeout;
-    let _open = OpenConnection::new(&shared.proxy.sinks.metrics);
+    let _open = OpenConnection::new(&shared.sinks.metrics);
     let sniffed = tokio::time::timeout_at(first_head_by, h2::sniff_preface(tcp)).await;
     match sniffed {
         Ok(Ok((true, io))) => serve_h2(io, peer, false, first_head_by, &shared).await,
@@ -322,7 +333,7 @@ async fn serve_http<T>(
     )
     .await;
     if let Err(e) = ended {
-        record_unread_head(&*e, &shared.proxy, &conn_info);
+        record_unread_head(&*e, shared, &conn_info);
     }
 }
 
@@ -485,7 +496,7 @@ where
 /// not a forwarded client address, since no field was read).
 ///
 /// [`Capture::begin_unread`]: crate::privacy::capture::Capture::begin_unread
-fn record_unread_head(e: &(dyn std::error::Error + 'static), proxy: &Proxy, info: &ConnInfo) {
+fn record_unread_head(e: &(dyn std::error::Error + 'static), shared: &ConnShared, info: &ConnInfo) {
     let Some(e) = e.downcast_ref::<hyper::Error>() else {
         return;
     };
@@ -502,10 +513,10 @@ fn record_unread_head(e: &(dyn std::error::Error + 'static), proxy: &Proxy, info
     } else {
         return;
     };
-    let pending = proxy
+    let pending = shared
         .capture
         .begin_unread(info.peer, HttpProto::Http1, &info.memo);
-    proxy.sinks.observe(pending.finish(status, 0, false));
+    shared.sinks.observe(pending.finish(status, 0, false));
 }
 
 /// Counts an open connection in `connections_open` for as long as it lives.

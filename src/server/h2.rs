@@ -1,6 +1,7 @@
 //! Serving HTTP/2 (RFC 9113) with the `h2` crate: the handshake with our settings, one task per
-//! stream, request bodies read with flow control, response bodies written within the peer's
-//! window, `100 (Continue)`, stream resets and the graceful close (GOAWAY).
+//! stream, request bodies read with flow control ([`crate::proxy::recv::RecvBody`]), response
+//! bodies written within the peer's window, `100 (Continue)`, stream resets and the graceful
+//! close (GOAWAY).
 //!
 //! hyper's HTTP/2 server cannot send a 1xx response (hyperium/hyper#2743), so a client that
 //! sends `Expect: 100-continue` waits out its own timer (curl: 1 s) before sending a body. This
@@ -10,7 +11,7 @@
 //! 417, 429). HTTP/1.1 stays with hyper ([`super::conn`]).
 //!
 //! Two defences live here. A stream whose response makes no progress for `server.send_timeout`
-//! because the client's flow-control window stays shut is reset with CANCEL ([`Stream`]), and a
+//! because the client's flow-control window stays shut is reset with CANCEL (`Stream`), and a
 //! client that resets more streams than its budget ([`RESET_BURST`], [`RESET_REFILL_PER_SECOND`])
 //! is sent GOAWAY with ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487, with a delay or not).
 //!
@@ -28,16 +29,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use h2::server::{Builder, Handshake, SendResponse};
-use h2::{Reason, RecvStream, SendStream};
+use h2::{Reason, SendStream};
 use http::header::{CONTENT_LENGTH, DATE};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use crate::proxy::body::ClientBody;
-use crate::proxy::{ConnInfo, Proxy, expect};
+use crate::proxy::recv::RecvBody;
+use crate::proxy::{ConnInfo, Proxy};
 
 /// The client connection preface (RFC 9113 §3.4) that opens HTTP/2 by prior knowledge (h2c).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -55,7 +57,7 @@ const MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// Streams a client may reset before their response has ended, at once, before it is sent
 /// GOAWAY with ENHANCE_YOUR_CALM (RFC 9113 §5.4.1) and the connection closes: as many as it
-/// may have open at once ([`MAX_CONCURRENT_STREAMS`]). A reset stream has cost an upstream
+/// may have open at once (`MAX_CONCURRENT_STREAMS`, 256). A reset stream has cost an upstream
 /// exchange the client walked away from; resetting many in a row is rapid reset
 /// (CVE-2023-44487), with or without a delay. The budget refills at
 /// [`RESET_REFILL_PER_SECOND`] (a token bucket, GCRA): a browser that cancels a few streams
@@ -226,7 +228,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Future for Connection<T
 
 /// One stream, as its own task: the proxy's answer, raced against the client resetting the
 /// stream, then the response body written out. The access log record is written when the
-/// response body is dropped (see [`crate::proxy::body::CapturedBody`]): once it has ended, or
+/// response body is dropped (see [`crate::proxy::logging::CapturedBody`]): once it has ended, or
 /// when the stream is reset or fails.
 ///
 /// A response waiting for the client's flow-control window (stream or connection) for
@@ -557,109 +559,6 @@ where
     }
 }
 
-/// An HTTP/2 request body: DATA frames as they arrive, then trailers. Each frame read gives its
-/// bytes back to the client's flow-control window; the first read sends `100 (Continue)` when
-/// the client asked for it.
-pub struct RecvBody {
-    recv: RecvStream,
-    /// What the declared `Content-Length` still promises (`h2` enforces it); `None` without.
-    remaining: Option<u64>,
-    data_done: bool,
-    /// Fired on the first read when the client waits for `100 (Continue)`.
-    continue_wanted: Option<oneshot::Sender<()>>,
-}
-
-impl RecvBody {
-    /// The body of a request with `headers`, and the signal of its first read when the client
-    /// expects `100-continue` and has a body to send.
-    fn new(recv: RecvStream, headers: &HeaderMap) -> (RecvBody, Option<oneshot::Receiver<()>>) {
-        let end = recv.is_end_stream();
-        let remaining = if end {
-            Some(0)
-        } else {
-            content_length(headers)
-        };
-        let (tx, rx) = if !end && expect::wants_continue(headers) {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        let body = RecvBody {
-            recv,
-            remaining,
-            data_done: false,
-            continue_wanted: tx,
-        };
-        (body, rx)
-    }
-}
-
-impl Body for RecvBody {
-    type Data = Bytes;
-    type Error = h2::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        let this = self.get_mut();
-        if let Some(wanted) = this.continue_wanted.take() {
-            let _ = wanted.send(());
-        }
-        if !this.data_done {
-            match ready!(this.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    if let Some(left) = &mut this.remaining {
-                        *left = left.saturating_sub(data.len() as u64);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => return Poll::Ready(early_end(e)),
-                None => this.data_done = true,
-            }
-        }
-        match ready!(this.recv.poll_trailers(cx)) {
-            Ok(trailers) => Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t)))),
-            Err(e) => Poll::Ready(early_end(e)),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.remaining
-            .map_or_else(SizeHint::default, SizeHint::with_exact)
-    }
-}
-
-/// A reset with NO_ERROR ends the body without failing it: the client has its answer and stops
-/// sending (RFC 9113 §8.1).
-fn early_end(e: h2::Error) -> Option<Result<Frame<Bytes>, h2::Error>> {
-    (e.reason() != Some(Reason::NO_ERROR)).then_some(Err(e))
-}
-
-/// The declared `Content-Length`, if every value (and list member) agrees.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut len = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for member in value.as_bytes().split(|&b| b == b',') {
-            let n: u64 = std::str::from_utf8(member.trim_ascii())
-                .ok()?
-                .parse()
-                .ok()?;
-            if len.is_some_and(|l| l != n) {
-                return None;
-            }
-            len = Some(n);
-        }
-    }
-    len
-}
-
 /// The `Date` header for now (RFC 9110 §6.6.1), formatted once a second per thread.
 fn date_now() -> Option<HeaderValue> {
     use std::cell::RefCell;
@@ -760,30 +659,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn content_length_counts_only_when_every_value_agrees() {
-        let rows: &[(&[&str], Option<u64>)] = &[
-            (&[], None),
-            (&["0"], Some(0)),
-            (&["2097152"], Some(2_097_152)),
-            (&[" 42 "], Some(42)),
-            (&["42", "42"], Some(42)),
-            (&["42, 42"], Some(42)),
-            (&["42", "43"], None),
-            (&["42, 43"], None),
-            (&["-1"], None),
-            (&["4x"], None),
-            (&[""], None),
-        ];
-        for (values, want) in rows {
-            let mut h = HeaderMap::new();
-            for v in *values {
-                h.append(CONTENT_LENGTH, HeaderValue::from_str(v).unwrap());
-            }
-            assert_eq!(content_length(&h), *want, "{values:?}");
-        }
-    }
 
     #[tokio::test]
     async fn the_preface_is_told_from_http1_and_read_again() {

@@ -1,5 +1,14 @@
 //! Listeners, signals and the process lifecycle: bind, serve, reload on SIGHUP, drain on
 //! SIGTERM/SIGINT.
+//!
+//! [`run`] builds the shared parts once (the capture, the rate limiter, the upstream pool, the
+//! metrics and the access log) and hands each task only what it needs: the request driver
+//! ([`Proxy`]) and the connections get theirs, the key schedule the key store, the capture
+//! and the metrics ([`schedule::rotate_keys`]), the admin listener its health view
+//! ([`admin::Health`]) and the metrics, SIGHUP the capture, the certificates and the limiter.
+//! No part is reached through another.
+//!
+//! What it must never do: log a request value, or hold a lock across an await.
 
 pub mod conn;
 pub mod h2;
@@ -9,8 +18,7 @@ pub mod tls;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::{TcpListener, TcpStream};
@@ -19,65 +27,20 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::accesslog::AccessLog;
-use crate::admin;
+use crate::admin::{self, Health};
 use crate::client_ip::ClientAddr;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::privacy::capture::{Capture, EpochKey, open_geo};
 use crate::privacy::geo::{GeoChange, GeoFollower};
-use crate::privacy::keys::{Epoch, Key, KeyError, KeyStore};
-use crate::proxy::Proxy;
-use crate::proxy::body::Sinks;
+use crate::privacy::keys::{Epoch, KeyStore};
+use crate::privacy::schedule;
+use crate::proxy::logging::Sinks;
+use crate::proxy::upstream::Upstreams;
+use crate::proxy::{LimiterCell, Proxy};
 use crate::ratelimit::RateLimiter;
 use conn::ConnShared;
 use tls::CertResolver;
-
-/// State the admin listener reads.
-pub struct Health {
-    /// Set once every listener is bound; cleared when draining starts.
-    pub listening: AtomicBool,
-    /// The forwarding core, for upstream health.
-    pub proxy: Arc<Proxy>,
-    /// The last upstream probe and when it finished; one probe at a time, so that a burst of
-    /// `/readyz` requests opens at most one connection per server per [`READY_PROBE_TTL`].
-    probed: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
-}
-
-/// How long an upstream probe's answer is reused by `/readyz`.
-pub const READY_PROBE_TTL: Duration = Duration::from_secs(1);
-
-impl Health {
-    fn new(proxy: Arc<Proxy>) -> Health {
-        Health {
-            listening: AtomicBool::new(false),
-            proxy,
-            probed: tokio::sync::Mutex::new(None),
-        }
-    }
-
-    /// Whether the proxy should be sent traffic: `Err` says why not (`draining`, or each
-    /// upstream server's connect failure). Probes the upstreams with a TCP connect at most
-    /// once per [`READY_PROBE_TTL`]; concurrent callers wait for the one probe.
-    pub async fn ready(&self) -> Result<(), String> {
-        if !self.listening.load(Ordering::Acquire) {
-            return Err("draining".to_owned());
-        }
-        // The admin listener's lock, never taken on the request path.
-        let mut probed = self.probed.lock().await;
-        if let Some((at, result)) = probed.as_ref()
-            && at.elapsed() < READY_PROBE_TTL
-        {
-            return result.clone();
-        }
-        let result = self
-            .proxy
-            .probe_upstreams()
-            .await
-            .map_err(|why| format!("no upstream server accepts a connection ({why})"));
-        *probed = Some((Instant::now(), result.clone()));
-        result
-    }
-}
 
 async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, ConfigError> {
     TcpListener::bind(addr)
@@ -106,18 +69,20 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         config.privacy.key_retention.0,
     )?);
     let today = Epoch::today();
-    let key = ratchet(&keys, today)?;
+    let key = schedule::ratchet(&keys, today)?;
     let geo = checked.geo;
     if geo.is_none() {
         tracing::warn!("no geoip.database configured: every country is recorded as null");
     }
-    let capture =
-        Capture::new(&config, EpochKey { epoch: today, key }, geo).map_err(anyhow::Error::msg)?;
+    let capture = Arc::new(
+        Capture::new(&config, EpochKey { epoch: today, key }, geo).map_err(anyhow::Error::msg)?,
+    );
     let limiter = RateLimiter::new(&config.rate_limit);
     let policies = limiter
         .as_ref()
         .map(|l| l.policy_names())
         .unwrap_or_default();
+    let limiter = Arc::new(LimiterCell::from(limiter.map(Arc::new)));
     let metrics = Arc::new(Metrics::new(&policies));
     let log = AccessLog::start(&config.access_log, metrics.log_counters())
         .with_context(|| "starting the access log (access_log.dir)")?;
@@ -125,26 +90,39 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         log,
         metrics: metrics.clone(),
     });
-    let proxy = Arc::new(Proxy::new(&config, capture, limiter, sinks.clone()));
+    let upstreams = Arc::new(Upstreams::new(&config.upstream, metrics.upstream_pool()));
+    let proxy = Arc::new(Proxy::new(
+        &config,
+        capture.clone(),
+        limiter.clone(),
+        upstreams.clone(),
+        sinks.clone(),
+    ));
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (tracker, mut drained) = mpsc::channel::<()>(1);
     let shared = Arc::new(ConnShared::new(
         &config.server,
-        proxy.clone(),
+        proxy,
+        capture.clone(),
+        sinks.clone(),
         shutdown_rx.clone(),
         tracker,
     ));
-    let health = Arc::new(Health::new(proxy.clone()));
+    let health = Arc::new(Health::new(upstreams.clone()));
 
     // The config as started: what a changed key that needs a restart is compared with.
     let started = Arc::new(config.clone());
     let mut signals = Signals::new()?;
     let background = [
-        tokio::spawn(rotate_keys(keys.clone(), proxy.clone())),
-        tokio::spawn(housekeep_limiter(proxy.clone())),
-        tokio::spawn(close_idle_upstreams(proxy.clone())),
-        tokio::spawn(follow_geo(proxy.clone())),
+        tokio::spawn(schedule::rotate_keys(
+            keys,
+            capture.clone(),
+            metrics.clone(),
+        )),
+        tokio::spawn(housekeep_limiter(limiter.clone())),
+        tokio::spawn(close_idle_upstreams(upstreams)),
+        tokio::spawn(follow_geo(capture.clone())),
     ];
     log_listening("tls", &tls_listener);
     tokio::spawn(accept_loop(tls_listener, Some(acceptor), shared.clone()));
@@ -154,18 +132,18 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     }
     // Listening before the admin listener is announced: whoever reads that line and asks
     // /readyz at once must not be told "draining".
-    health.listening.store(true, Ordering::Release);
+    health.set_listening(true);
     log_listening("admin", &admin_listener);
-    let admin_task = tokio::spawn(admin::serve(admin_listener, health.clone()));
+    let admin_task = tokio::spawn(admin::serve(admin_listener, health.clone(), metrics));
 
     loop {
         match signals.next().await {
             Signal::Reload => {
                 // Reading files may block: off the runtime, and one reload at a time.
-                let (path, r, p) = (config_path.clone(), resolver.clone(), proxy.clone());
-                let started = started.clone();
+                let (path, started) = (config_path.clone(), started.clone());
+                let (r, c, l) = (resolver.clone(), capture.clone(), limiter.clone());
                 let reloaded =
-                    tokio::task::spawn_blocking(move || reload(&path, &started, &r, &p)).await;
+                    tokio::task::spawn_blocking(move || reload(&path, &started, &r, &c, &l)).await;
                 if let Err(e) = reloaded {
                     tracing::error!(error = %e, "reload task failed");
                 }
@@ -177,7 +155,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
         }
     }
 
-    health.listening.store(false, Ordering::Release);
+    health.set_listening(false);
     let _ = shutdown_tx.send(true);
     drop(shared);
     // Every connection task holds a tracker sender; recv() returns None once all are gone.
@@ -199,73 +177,19 @@ pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Ratchets the key store to `today`, saying what happened.
-fn ratchet(keys: &KeyStore, today: Epoch) -> Result<Key, KeyError> {
-    let outcome = keys.ratchet_to(today)?;
-    if outcome.created_random {
-        tracing::warn!(epoch = %today, dir = %keys.dir().display(), "no pseudonym key found: created a random key");
-    }
-    if !outcome.destroyed.is_empty() {
-        tracing::info!(
-            destroyed = outcome.destroyed.len(),
-            "destroyed pseudonym keys past privacy.key_retention"
-        );
-    }
-    Ok(outcome.key)
-}
-
-/// Applies the key of `today` if the capture is still on an older epoch. Returns whether the
-/// epoch changed.
-pub fn rollover(keys: &KeyStore, proxy: &Proxy, today: Epoch) -> Result<bool, KeyError> {
-    if proxy.capture.epoch() >= today {
-        return Ok(false);
-    }
-    let key = ratchet(keys, today)?;
-    proxy.capture.set_key(EpochKey { epoch: today, key });
-    proxy.sinks.metrics.new_epoch();
-    tracing::info!(epoch = %today, "pseudonym key epoch rolled over");
-    Ok(true)
-}
-
-/// At each UTC midnight, ratchets to the new day's key while serving.
-async fn rotate_keys(keys: Arc<KeyStore>, proxy: Arc<Proxy>) {
-    loop {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        // A second past midnight, so the new day is certainly today.
-        let wait = Duration::from_secs(86400 - now % 86400 + 1);
-        tokio::time::sleep(wait).await;
-        loop {
-            let (k, p) = (keys.clone(), proxy.clone());
-            let res = tokio::task::spawn_blocking(move || rollover(&k, &p, Epoch::today())).await;
-            match res {
-                Ok(Ok(_)) => break,
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "key rollover failed; retrying in a minute")
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "key rollover task failed; retrying in a minute")
-                }
-            }
-            tokio::time::sleep(Duration::from_secs(60)).await;
-        }
-    }
-}
-
 /// How often the country database's file is looked at (one `stat`).
 const GEO_POLL: Duration = Duration::from_secs(2);
 
 /// Reloads the country database when its file changes on disk (replaced by rename, rewritten
 /// in place, removed and put back), as SIGHUP does; a changed file that is not a valid database
 /// keeps the one in use, reported once by path.
-async fn follow_geo(proxy: Arc<Proxy>) {
+async fn follow_geo(capture: Arc<Capture>) {
     let mut follower = GeoFollower::default();
     let mut tick = tokio::time::interval(GEO_POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let Some(current) = proxy.capture.geo() else {
+        let Some(current) = capture.geo() else {
             continue;
         };
         let polled = tokio::task::spawn_blocking(move || {
@@ -285,7 +209,7 @@ async fn follow_geo(proxy: Arc<Proxy>) {
             GeoChange::Unchanged => {}
             GeoChange::Reloaded(db) => {
                 let path = db.path().display().to_string();
-                proxy.capture.set_geo(Some(db));
+                capture.set_geo(Some(db));
                 tracing::info!(%path, "country database file changed: reloaded");
             }
             GeoChange::Unusable(e) => {
@@ -296,19 +220,26 @@ async fn follow_geo(proxy: Arc<Proxy>) {
 }
 
 /// Keeps the rate limiter's memory bounded.
-async fn housekeep_limiter(proxy: Arc<Proxy>) {
+async fn housekeep_limiter(limiter: Arc<LimiterCell>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     tick.tick().await;
     loop {
         tick.tick().await;
-        if let Some(limiter) = proxy.limiter.load_full() {
+        if let Some(limiter) = limiter.load_full() {
             let _ = tokio::task::spawn_blocking(move || limiter.housekeep()).await;
         }
     }
 }
 
-async fn close_idle_upstreams(proxy: Arc<Proxy>) {
-    proxy.close_idle_upstreams().await;
+/// Closes pooled upstream connections as they pass `upstream.idle_timeout`, also when no
+/// request comes; runs until its task is dropped.
+async fn close_idle_upstreams(upstreams: Arc<Upstreams>) {
+    let mut tick = tokio::time::interval(upstreams.close_idle_period());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        upstreams.close_idle();
+    }
 }
 
 fn log_listening(listener: &'static str, l: &TcpListener) {
@@ -381,7 +312,13 @@ fn same_mode(a: &str, b: &str) -> bool {
 /// Each part that fails keeps its old state and says why; each other key that differs from the
 /// config the process `started` with is named in a warning (its name only, never its value);
 /// a changed `access_log.group` that a start would refuse is reported as an error.
-fn reload(path: &Path, started: &Config, resolver: &CertResolver, proxy: &Proxy) {
+fn reload(
+    path: &Path,
+    started: &Config,
+    resolver: &CertResolver,
+    capture: &Capture,
+    limiter: &LimiterCell,
+) {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -405,7 +342,7 @@ fn reload(path: &Path, started: &Config, resolver: &CertResolver, proxy: &Proxy)
             tracing::warn!(error = %e, "cannot compare the config with the running one; keys that need a restart may have changed")
         }
     }
-    proxy.capture.set_hosts(&config.server.hosts);
+    capture.set_hosts(&config.server.hosts);
     let result = tls::ensure_self_signed(&config.tls, &config.server.hosts).and_then(|made| {
         if let Some(fp) = made {
             tracing::warn!(cert = %config.tls.cert.display(), sha256 = %fp, "certificate missing: generated a self-signed one (development only; set tls.self_signed = false in production)");
@@ -420,23 +357,21 @@ fn reload(path: &Path, started: &Config, resolver: &CertResolver, proxy: &Proxy)
     }
     match open_geo(&config.geoip.database) {
         Ok(geo) => {
-            proxy.capture.set_geo(geo);
+            capture.set_geo(geo);
             tracing::info!("reloaded the country database");
         }
         Err(e) => {
             tracing::error!(error = %e, "country database reload failed; keeping the old one")
         }
     }
-    let current = proxy.limiter.load();
+    let current = limiter.load();
     let unchanged = match (current.as_ref(), config.rate_limit.enabled) {
         (Some(l), true) => l.same_quotas(&config.rate_limit),
         (None, false) => true,
         _ => false,
     };
     if !unchanged {
-        proxy
-            .limiter
-            .store(RateLimiter::new(&config.rate_limit).map(Arc::new));
+        limiter.store(RateLimiter::new(&config.rate_limit).map(Arc::new));
         tracing::info!("rate-limit quotas changed: limiter state reset");
     }
 }
