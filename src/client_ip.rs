@@ -1,9 +1,15 @@
 //! The client address and trusted-proxy resolution.
 //!
-//! Owns [`ClientAddr`], the only type that holds a raw client address. It has no `Debug`,
-//! `Display` or `Serialize`, so the address cannot reach a log line, an error or a panic message
-//! by accident; code that derives an allowed value from it (the network, the pseudonym, the
-//! country, the rate-limit key) reads it through [`ClientAddr::ip`] and keeps only the result.
+//! Owns [`ClientAddr`], the only type that holds a raw client address, in its one canonical
+//! form: an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is folded to IPv4 when the value is made,
+//! so every consumer sees one spelling of one client. It has no `Debug`, `Display` or
+//! `Serialize`, and its address can be read only inside this crate, so it cannot reach a log
+//! line, an error or a panic message by accident. The consumers that derive an allowed value
+//! from it take a `ClientAddr` and keep only the result: the pseudonym
+//! ([`crate::privacy::keys::pseudonym`]), the network ([`crate::privacy::net::truncate`]), the
+//! country ([`crate::privacy::geo::GeoDb::lookup`]) and the rate-limit key
+//! ([`crate::ratelimit::RateLimiter::check`]); forwarding reads it to write the forwarding
+//! headers the upstream receives.
 
 use std::net::IpAddr;
 
@@ -17,29 +23,31 @@ use crate::fields::{elements, line_elements, trim_ows, unquote};
 /// `X-Forwarded-For`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// A client address. Deliberately unprintable: no `Debug`, `Display` or `Serialize`.
+/// A client address in canonical form. Deliberately unprintable: no `Debug`, `Display` or
+/// `Serialize`, and no public way to read the address back.
+///
+/// Two `ClientAddr`s are equal when they name the same client, whichever spelling it came in:
+///
+/// ```
+/// use webprom_edge::client_ip::ClientAddr;
+/// let mapped = ClientAddr::new("::ffff:192.0.2.7".parse().unwrap());
+/// assert!(mapped == ClientAddr::new("192.0.2.7".parse().unwrap()));
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(IpAddr);
 
 impl ClientAddr {
-    /// Wraps an address, folding IPv4-mapped IPv6 (`::ffff:a.b.c.d`) to IPv4.
+    /// Wraps an address, folding IPv4-mapped IPv6 (`::ffff:a.b.c.d`, RFC 4291 §2.5.5.2) to IPv4:
+    /// the only place the two spellings of an IPv4 client are made one. IPv4-compatible
+    /// addresses (`::a.b.c.d`, deprecated) stay IPv6.
     pub fn new(ip: IpAddr) -> ClientAddr {
-        ClientAddr(canonical(ip))
+        ClientAddr(ip.to_canonical())
     }
 
-    /// The address itself, for deriving allowed values. Never print or store the result.
-    pub fn ip(&self) -> IpAddr {
+    /// The canonical address, for deriving an allowed value or forwarding it upstream; never
+    /// IPv4-mapped. Never print, log or store the result.
+    pub(crate) fn ip(&self) -> IpAddr {
         self.0
-    }
-}
-
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => ip,
-        },
-        v4 => v4,
     }
 }
 

@@ -234,7 +234,7 @@ impl Proxy {
     fn rate_limit(&self, client: ClientAddr, path: &str) -> Option<Response<ResponseBody>> {
         let guard = self.limiter.load();
         let limiter = guard.as_ref()?;
-        match limiter.check(client.ip(), path) {
+        match limiter.check(client, path) {
             Decision::Allow => None,
             Decision::Limited {
                 policy,
@@ -440,7 +440,7 @@ impl Proxy {
             }
             ForwardClientIp::Truncated => {
                 h.remove(FORWARDED);
-                let net = truncate(client.ip(), self.ipv4_prefix, self.ipv6_prefix);
+                let net = truncate(client, self.ipv4_prefix, self.ipv6_prefix);
                 if let Ok(v) = HeaderValue::from_str(&net.as_ipnet().network().to_string()) {
                     h.insert(X_FORWARDED_FOR.clone(), v);
                 }
