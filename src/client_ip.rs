@@ -402,4 +402,75 @@ mod tests {
             );
         }
     }
+
+    /// Two spellings of one client: equal `ClientAddr`s, and the same value from every
+    /// consumer (pseudonym, network, country, rate-limit bucket); two clients: different.
+    #[test]
+    fn every_spelling_of_one_client_is_one_client_everywhere() {
+        use crate::config::RateLimit;
+        use crate::privacy::geo::GeoDb;
+        use crate::privacy::keys::{Key, pseudonym};
+        use crate::privacy::net::truncate;
+        use crate::ratelimit::{Decision, RateLimiter};
+
+        // (spelling, the same client in canonical form, whether they are one client)
+        let cases: &[(&str, &str, bool)] = &[
+            // IPv4-mapped IPv6 (RFC 4291 §2.5.5.2) is the IPv4 client, however it is written.
+            ("::ffff:1.2.3.4", "1.2.3.4", true),
+            ("::ffff:203.0.113.7", "203.0.113.7", true),
+            ("::FFFF:81.26.200.10", "81.26.200.10", true),
+            ("0:0:0:0:0:ffff:c000:207", "192.0.2.7", true),
+            ("::ffff:8.8.8.8", "8.8.8.8", true),
+            ("::ffff:0.0.0.0", "0.0.0.0", true),
+            ("::ffff:255.255.255.255", "255.255.255.255", true),
+            // Other IPv6 forms that embed an IPv4 address are IPv6 clients.
+            ("::1.2.3.4", "1.2.3.4", false),
+            ("::ffff:0:1.2.3.4", "1.2.3.4", false),
+            ("64:ff9b::1.2.3.4", "1.2.3.4", false),
+            ("2002:102:304::1", "1.2.3.4", false),
+            // Plain addresses are themselves.
+            ("1.2.3.4", "1.2.3.4", true),
+            ("2001:db8::1", "2001:db8::1", true),
+            ("2001:DB8:0:0:0:0:0:1", "2001:db8::1", true),
+        ];
+        let key = Key::from_bytes([3; 32]);
+        let geo = GeoDb::open(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/geo/country.mmdb"),
+        )
+        .ok();
+        let one_request = RateLimit {
+            requests_per_second: 1,
+            burst: 1,
+            ..RateLimit::default()
+        };
+        for &(spelling, canonical, same) in cases {
+            let (a, b) = (
+                ClientAddr::new(spelling.parse().unwrap()),
+                ClientAddr::new(canonical.parse().unwrap()),
+            );
+            assert_eq!(a == b, same, "{spelling} and {canonical}");
+            assert!(a.ip().to_canonical() == a.ip(), "{spelling} is not canonical");
+            // /128 so that two IPv6 clients never share a pseudonym, network or bucket here.
+            let pseudonyms = (pseudonym(&key, a, 128), pseudonym(&key, b, 128));
+            assert_eq!(pseudonyms.0 == pseudonyms.1, same, "pseudonym of {spelling}");
+            let networks = (truncate(a, 24, 48), truncate(b, 24, 48));
+            assert_eq!(networks.0 == networks.1, same, "network of {spelling}");
+            let limiter = RateLimiter::new(&RateLimit {
+                ipv6_prefix: 128,
+                ..one_request.clone()
+            })
+            .unwrap();
+            assert_eq!(limiter.check(a, "/"), Decision::Allow, "{spelling}");
+            let second = limiter.check(b, "/");
+            assert_eq!(second != Decision::Allow, same, "bucket of {spelling}");
+            if same && let Some(db) = &geo {
+                assert_eq!(db.lookup(a), db.lookup(b), "country of {spelling}");
+            }
+        }
+        // The country database has 8.8.8.8: the mapped spelling finds it too.
+        if let Some(db) = &geo {
+            let mapped = ClientAddr::new("::ffff:8.8.8.8".parse().unwrap());
+            assert!(db.lookup(mapped).is_some(), "::ffff:8.8.8.8 has no country");
+        }
+    }
 }
