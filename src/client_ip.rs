@@ -449,10 +449,17 @@ mod tests {
                 ClientAddr::new(canonical.parse().unwrap()),
             );
             assert_eq!(a == b, same, "{spelling} and {canonical}");
-            assert!(a.ip().to_canonical() == a.ip(), "{spelling} is not canonical");
+            assert!(
+                a.ip().to_canonical() == a.ip(),
+                "{spelling} is not canonical"
+            );
             // /128 so that two IPv6 clients never share a pseudonym, network or bucket here.
             let pseudonyms = (pseudonym(&key, a, 128), pseudonym(&key, b, 128));
-            assert_eq!(pseudonyms.0 == pseudonyms.1, same, "pseudonym of {spelling}");
+            assert_eq!(
+                pseudonyms.0 == pseudonyms.1,
+                same,
+                "pseudonym of {spelling}"
+            );
             let networks = (truncate(a, 24, 48), truncate(b, 24, 48));
             assert_eq!(networks.0 == networks.1, same, "network of {spelling}");
             let limiter = RateLimiter::new(&RateLimit {

@@ -144,12 +144,29 @@ fn element_end(s: &[u8], delimiter: u8, quotes: Quotes) -> usize {
     s.len()
 }
 
-/// `s` without the optional whitespace around it (RFC 9110 §5.6.3 `OWS`: spaces and tabs only).
+/// `s` without the optional whitespace around it (RFC 9110 §5.6.3 `OWS`: spaces and tabs only;
+/// the same two bytes are RFC 6265 §5.2's `WSP` around cookie attributes).
+///
+/// ```
+/// use webprom_edge::fields::trim_ows;
+/// assert_eq!(trim_ows(b" \tMax-Age=60 "), b"Max-Age=60");
+/// ```
 pub fn trim_ows(s: &[u8]) -> &[u8] {
+    &s[trim_ows_range(s)]
+}
+
+/// The range of `s` that [`trim_ows`] keeps, for a caller that rewrites `s` in place.
+///
+/// ```
+/// use webprom_edge::fields::trim_ows_range;
+/// assert_eq!(trim_ows_range(b"  60\t"), 2..4);
+/// assert_eq!(trim_ows_range(b" \t "), 3..3);
+/// ```
+pub fn trim_ows_range(s: &[u8]) -> std::ops::Range<usize> {
     let is_ows = |b: &u8| matches!(b, b' ' | b'\t');
     let start = s.iter().position(|b| !is_ows(b)).unwrap_or(s.len());
     let end = s.iter().rposition(|b| !is_ows(b)).map_or(start, |i| i + 1);
-    &s[start..end]
+    start..end
 }
 
 /// An element of a weighted list (RFC 9110 §12.4.2: `Accept-Encoding`, `Accept-Language`):
@@ -325,6 +342,8 @@ mod tests {
         ];
         for &(s, want) in cases {
             assert_eq!(trim_ows(s), want, "{s:?}");
+            let kept = trim_ows_range(s);
+            assert_eq!(&s[kept], want, "{s:?}");
         }
         let got: Vec<&[u8]> = line_elements(b"\x0cde, \ten\t", b',').collect();
         assert_eq!(got, [&b"\x0cde"[..], b"en"]);
