@@ -258,7 +258,7 @@ impl FromUserAgent {
 #[derive(Debug, thiserror::Error)]
 pub enum UaError {
     #[error("the built-in uap-core rules (regexes.yaml, local.yaml) are not valid YAML: {0}")]
-    Data(#[from] serde_yaml::Error),
+    Data(#[from] serde_saphyr::Error),
     #[error("the built-in uap-core rules could not be compiled: {0}")]
     Compile(#[from] ua_parser::Error),
 }
@@ -286,8 +286,8 @@ impl UaParser {
     /// # Ok::<(), webprom_edge::privacy::ua::UaError>(())
     /// ```
     pub fn new(cache_capacity: usize) -> Result<UaParser, UaError> {
-        let local: ua_parser::Regexes<'static> = serde_yaml::from_str(LOCAL_YAML)?;
-        let upstream: ua_parser::Regexes<'static> = serde_yaml::from_str(REGEXES_YAML)?;
+        let local: ua_parser::Regexes<'static> = serde_saphyr::from_str(LOCAL_YAML)?;
+        let upstream: ua_parser::Regexes<'static> = serde_saphyr::from_str(REGEXES_YAML)?;
         // First match wins, so ours go in front.
         let regexes = ua_parser::Regexes {
             user_agent_parsers: local
