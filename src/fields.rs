@@ -2,16 +2,19 @@
 //!
 //! A list-based field may arrive as several field lines; a recipient treats them as one list,
 //! in order, as if joined by commas (§5.3). Elements are separated by a delimiter (`,` for
-//! `X-Forwarded-For`, `Forwarded`, `Accept-Language`, `Connection`, `Sec-CH-UA`; `;` for the
-//! crumbs of `Cookie`), may carry optional whitespace around them, may be empty (`a, , b`, a
+//! `X-Forwarded-For`, `Forwarded`, `Accept-Language`, `Connection`; `;` for the crumbs of
+//! `Cookie`), may carry optional whitespace around them, may be empty (`a, , b`, a
 //! trailing `,`) and must then be ignored (§5.6.1.2), and may contain quoted strings (§5.6.4)
 //! whose delimiters do not separate anything. A line whose quoted strings do not close pairs
 //! its quotes from the end, where proxies append, so a stray quote cannot hide what follows it.
 //!
 //! Every parser of such a field reads it through [`elements`], so the several-lines, empty
 //! element, whitespace and quoting rules hold in one place; [`weighted`] reads the weight (`q`)
-//! of an element of a weighted list (`Accept-Encoding`, `Accept-Language`). Pure and
-//! allocation-free; it never looks at what the elements mean and never logs them.
+//! of an element of a weighted list (`Accept-Encoding`, `Accept-Language`). [`trim_ows`] and
+//! [`trim_ows_range`] are the one whitespace trim (spaces and tabs) of the crate's field and
+//! cookie parsers. Structured Fields (RFC 8941: `Sec-CH-UA`) are not read here but by the `sfv`
+//! crate ([`crate::privacy::ua`]). Pure and allocation-free; it never looks at what the
+//! elements mean and never logs them.
 
 use http::header::HeaderValue;
 

@@ -602,7 +602,7 @@ impl<'de> ListVisitor<'de> for &mut Brands {
     type Error = Infallible;
 
     fn entry(&mut self) -> Result<impl EntryVisitor<'de>, Infallible> {
-        Ok(BrandEntry(&mut **self))
+        Ok(BrandEntry(self))
     }
 
     fn finish(self) -> Result<(), Infallible> {
