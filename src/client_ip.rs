@@ -33,6 +33,29 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 /// let mapped = ClientAddr::new("::ffff:192.0.2.7".parse().unwrap());
 /// assert!(mapped == ClientAddr::new("192.0.2.7".parse().unwrap()));
 /// ```
+///
+/// Outside this crate the address can be neither printed, serialised nor read:
+///
+/// ```compile_fail
+/// # use webprom_edge::client_ip::ClientAddr;
+/// let client = ClientAddr::new("192.0.2.7".parse().unwrap());
+/// println!("{client:?}");
+/// ```
+/// ```compile_fail
+/// # use webprom_edge::client_ip::ClientAddr;
+/// let client = ClientAddr::new("192.0.2.7".parse().unwrap());
+/// println!("{client}");
+/// ```
+/// ```compile_fail
+/// # use webprom_edge::client_ip::ClientAddr;
+/// let client = ClientAddr::new("192.0.2.7".parse().unwrap());
+/// let _ = serde_json::to_string(&client);
+/// ```
+/// ```compile_fail
+/// # use webprom_edge::client_ip::ClientAddr;
+/// let client = ClientAddr::new("192.0.2.7".parse().unwrap());
+/// let _ = client.ip();
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(IpAddr);
 

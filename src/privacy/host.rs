@@ -42,6 +42,11 @@ impl ListedHosts {
 
 /// A host name as the access log records it: one of `server.hosts`, lowercase, without a
 /// trailing dot. Made only by [`ListedHosts::recorded`], so no request-supplied name can be one.
+///
+/// ```compile_fail
+/// # use webprom_edge::privacy::host::RecordedHost;
+/// let raw = RecordedHost(std::sync::Arc::from("evil.example"));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordedHost(Arc<str>);
 

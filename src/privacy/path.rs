@@ -15,6 +15,11 @@ const MAX_SEGMENT_LEN: usize = 32;
 /// A path as the access log records it (the record's `path`): made only by
 /// [`RecordedPath::of`], through [`normalize_path`], or [`RecordedPath::unread`], so it never
 /// holds a query, an identifier-like segment or a character that needs escaping.
+///
+/// ```compile_fail
+/// # use webprom_edge::privacy::path::RecordedPath;
+/// let raw = RecordedPath(String::from("/u/alice@example.com?token=1"));
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecordedPath(String);
 

@@ -10,7 +10,9 @@
 //! only a Chromium build (Chrome, an Android WebView) or nothing, and may correct the version of
 //! the family the User-Agent names; it never replaces a more specific family (Instagram's web
 //! view sends "Android WebView"), and a `HeadlessChrome` brand marks a bot. A
-//! `Sec-CH-UA-Platform` naming a known system replaces the User-Agent's.
+//! `Sec-CH-UA-Platform` naming a known system replaces the User-Agent's. Both hints are RFC 8941
+//! Structured Fields, parsed by the `sfv` crate (a List of sf-strings, and one sf-string); a
+//! value that does not parse is ignored as a whole.
 //!
 //! It owns the compiled rules and a bounded cache of User-Agent results. It must never keep, log
 //! or return any part of the raw header values: the cache is keyed by a keyed 64-bit hash of the
