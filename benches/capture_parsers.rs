@@ -1,5 +1,5 @@
-//! The per-request parsers of the capture phase: user agent (uncached and warm cache),
-//! Accept-Language and path. Run with `cargo bench --bench capture_parsers`.
+//! The per-request parsers of the capture phase: user agent (uncached and warm cache), Client
+//! Hints, Accept-Language and path; and compiling the user-agent rules at start. Run with `cargo bench --bench capture_parsers`.
 
 use std::hint::black_box;
 
@@ -45,6 +45,23 @@ fn user_agent(c: &mut Criterion) {
     });
 }
 
+/// The Client Hints alone (no User-Agent, so no rules and no cache): the RFC 8941 parsing of
+/// `Sec-CH-UA` as one field line and as two lines (joined before parsing), and of
+/// `Sec-CH-UA-Platform`.
+fn client_hints(c: &mut Criterion) {
+    let parser = UaParser::new(0).expect("built-in rules compile");
+    let two_lines: [&[u8]; 2] = [
+        br#""Microsoft Edge";v="131", "Chromium";v="131""#,
+        br#""Not_A Brand";v="24""#,
+    ];
+    c.bench_function("client_hints/one_line", |b| {
+        b.iter(|| parser.parse(None, black_box(Some(SEC_CH_UA)), black_box(Some(PLATFORM))))
+    });
+    c.bench_function("client_hints/two_lines", |b| {
+        b.iter(|| parser.parse(None, black_box(two_lines), black_box(Some(PLATFORM))))
+    });
+}
+
 fn user_agent_rules(c: &mut Criterion) {
     let mut group = c.benchmark_group("startup");
     group.sample_size(10);
@@ -79,5 +96,12 @@ fn path(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, user_agent, language, path, user_agent_rules);
+criterion_group!(
+    benches,
+    user_agent,
+    client_hints,
+    language,
+    path,
+    user_agent_rules
+);
 criterion_main!(benches);

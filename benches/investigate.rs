@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use webprom_edge::client_ip::ClientAddr;
 use webprom_edge::privacy::keys::{Epoch, Key, next_key, pseudonym};
 
 const DAYS: i64 = 8;
@@ -151,10 +152,10 @@ fn generate(dir: &Path, total: u64) -> u64 {
         let clients: Vec<String> = (0..CLIENTS)
             .map(|i| {
                 let ip = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
-                pseudonym(&key, ip.parse().unwrap(), 64).to_string()
+                pseudonym(&key, ClientAddr::new(ip.parse().unwrap()), 64).to_string()
             })
             .collect();
-        let target = pseudonym(&key, TARGET.parse().unwrap(), 64).to_string();
+        let target = pseudonym(&key, ClientAddr::new(TARGET.parse().unwrap()), 64).to_string();
         let path = logs.join(format!("access-{day}.jsonl"));
         let mut out = BufWriter::with_capacity(1 << 20, File::create(&path).unwrap());
         let (mut written, mut n) = (0u64, 0u64);

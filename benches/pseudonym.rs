@@ -8,14 +8,15 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use webprom_edge::client_ip::ClientAddr;
 use webprom_edge::privacy::geo::GeoDb;
 use webprom_edge::privacy::keys::{Key, pseudonym};
 use webprom_edge::privacy::net::truncate;
 
-fn addrs() -> (IpAddr, IpAddr) {
+fn addrs() -> (ClientAddr, ClientAddr) {
     let v4: IpAddr = [203, 0, 113, 7].into();
     let v6: IpAddr = [0x2001, 0xdb8, 1, 2, 0, 0, 0, 5].into();
-    (v4, v6)
+    (ClientAddr::new(v4), ClientAddr::new(v6))
 }
 
 fn bench(c: &mut Criterion) {
@@ -38,8 +39,8 @@ fn bench(c: &mut Criterion) {
     let db_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/geo/country.mmdb");
     match GeoDb::open(&db_path) {
         Ok(db) => {
-            let hit_v4: IpAddr = [8, 8, 8, 8].into();
-            let hit_v6: IpAddr = [0x2001, 0x4860, 0x4860, 0, 0, 0, 0, 0x8888].into();
+            let hit_v4 = ClientAddr::new([8, 8, 8, 8].into());
+            let hit_v6 = ClientAddr::new([0x2001, 0x4860, 0x4860, 0, 0, 0, 0, 0x8888].into());
             c.bench_function("geo_lookup/v4", |b| b.iter(|| db.lookup(black_box(hit_v4))));
             c.bench_function("geo_lookup/v6", |b| b.iter(|| db.lookup(black_box(hit_v6))));
             c.bench_function("geo_lookup/miss", |b| b.iter(|| db.lookup(black_box(v4))));

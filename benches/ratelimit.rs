@@ -9,6 +9,7 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use webprom_edge::client_ip::ClientAddr;
 use webprom_edge::config::RateLimit;
 use webprom_edge::ratelimit::RateLimiter;
 
@@ -16,8 +17,8 @@ const CLIENTS: u32 = 1_000_000;
 /// 10.0.0.0 onwards: a million distinct IPv4 clients.
 const BASE: u32 = 0x0a00_0000;
 
-fn client(i: u32) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::from(BASE + i % CLIENTS))
+fn client(i: u32) -> ClientAddr {
+    ClientAddr::new(IpAddr::V4(Ipv4Addr::from(BASE + i % CLIENTS)))
 }
 
 /// Resident set size in bytes, from `/proc/self/statm` (Linux only; 0 elsewhere).

@@ -1,9 +1,15 @@
 //! The client address and trusted-proxy resolution.
 //!
-//! Owns [`ClientAddr`], the only type that holds a raw client address. It has no `Debug`,
-//! `Display` or `Serialize`, so the address cannot reach a log line, an error or a panic message
-//! by accident; code that derives an allowed value from it (the network, the pseudonym, the
-//! country, the rate-limit key) reads it through [`ClientAddr::ip`] and keeps only the result.
+//! Owns [`ClientAddr`], the only type that holds a raw client address, in its one canonical
+//! form: an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is folded to IPv4 when the value is made,
+//! so every consumer sees one spelling of one client. It has no `Debug`, `Display` or
+//! `Serialize`, and its address can be read only inside this crate, so it cannot reach a log
+//! line, an error or a panic message by accident. The consumers that derive an allowed value
+//! from it take a `ClientAddr` and keep only the result: the pseudonym
+//! ([`crate::privacy::keys::pseudonym`]), the network ([`crate::privacy::net::truncate`]), the
+//! country ([`crate::privacy::geo::GeoDb::lookup`]) and the rate-limit key
+//! ([`crate::ratelimit::RateLimiter::check`]); forwarding reads it to write the forwarding
+//! headers the upstream receives.
 
 use std::net::IpAddr;
 
@@ -17,29 +23,54 @@ use crate::fields::{elements, line_elements, trim_ows, unquote};
 /// `X-Forwarded-For`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// A client address. Deliberately unprintable: no `Debug`, `Display` or `Serialize`.
+/// A client address in canonical form. Deliberately unprintable: no `Debug`, `Display` or
+/// `Serialize`, and no public way to read the address back.
+///
+/// Two `ClientAddr`s are equal when they name the same client, whichever spelling it came in:
+///
+/// ```
+/// use webprom_edge::client_ip::ClientAddr;
+/// let mapped = ClientAddr::new("::ffff:192.0.2.7".parse().unwrap());
+/// assert!(mapped == ClientAddr::new("192.0.2.7".parse().unwrap()));
+/// ```
+///
+/// Outside this crate the address can be neither printed, serialised nor read:
+///
+/// ```compile_fail
+/// # use webprom_edge::client_ip::ClientAddr;
+/// let client = ClientAddr::new("192.0.2.7".parse().unwrap());
+/// println!("{client:?}");
+/// ```
+/// ```compile_fail
+/// # use webprom_edge::client_ip::ClientAddr;
+/// let client = ClientAddr::new("192.0.2.7".parse().unwrap());
+/// println!("{client}");
+/// ```
+/// ```compile_fail
+/// # use webprom_edge::client_ip::ClientAddr;
+/// let client = ClientAddr::new("192.0.2.7".parse().unwrap());
+/// let _ = serde_json::to_string(&client);
+/// ```
+/// ```compile_fail
+/// # use webprom_edge::client_ip::ClientAddr;
+/// let client = ClientAddr::new("192.0.2.7".parse().unwrap());
+/// let _ = client.ip();
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(IpAddr);
 
 impl ClientAddr {
-    /// Wraps an address, folding IPv4-mapped IPv6 (`::ffff:a.b.c.d`) to IPv4.
+    /// Wraps an address, folding IPv4-mapped IPv6 (`::ffff:a.b.c.d`, RFC 4291 §2.5.5.2) to IPv4:
+    /// the only place the two spellings of an IPv4 client are made one. IPv4-compatible
+    /// addresses (`::a.b.c.d`, deprecated) stay IPv6.
     pub fn new(ip: IpAddr) -> ClientAddr {
-        ClientAddr(canonical(ip))
+        ClientAddr(ip.to_canonical())
     }
 
-    /// The address itself, for deriving allowed values. Never print or store the result.
-    pub fn ip(&self) -> IpAddr {
+    /// The canonical address, for deriving an allowed value or forwarding it upstream; never
+    /// IPv4-mapped. Never print, log or store the result.
+    pub(crate) fn ip(&self) -> IpAddr {
         self.0
-    }
-}
-
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => ip,
-        },
-        v4 => v4,
     }
 }
 
@@ -392,6 +423,84 @@ mod tests {
                 want.parse::<IpAddr>().unwrap(),
                 "{peer} {headers:?}"
             );
+        }
+    }
+
+    /// Two spellings of one client: equal `ClientAddr`s, and the same value from every
+    /// consumer (pseudonym, network, country, rate-limit bucket); two clients: different.
+    #[test]
+    fn every_spelling_of_one_client_is_one_client_everywhere() {
+        use crate::config::RateLimit;
+        use crate::privacy::geo::GeoDb;
+        use crate::privacy::keys::{Key, pseudonym};
+        use crate::privacy::net::truncate;
+        use crate::ratelimit::{Decision, RateLimiter};
+
+        // (spelling, the same client in canonical form, whether they are one client)
+        let cases: &[(&str, &str, bool)] = &[
+            // IPv4-mapped IPv6 (RFC 4291 §2.5.5.2) is the IPv4 client, however it is written.
+            ("::ffff:1.2.3.4", "1.2.3.4", true),
+            ("::ffff:203.0.113.7", "203.0.113.7", true),
+            ("::FFFF:81.26.200.10", "81.26.200.10", true),
+            ("0:0:0:0:0:ffff:c000:207", "192.0.2.7", true),
+            ("::ffff:8.8.8.8", "8.8.8.8", true),
+            ("::ffff:0.0.0.0", "0.0.0.0", true),
+            ("::ffff:255.255.255.255", "255.255.255.255", true),
+            // Other IPv6 forms that embed an IPv4 address are IPv6 clients.
+            ("::1.2.3.4", "1.2.3.4", false),
+            ("::ffff:0:1.2.3.4", "1.2.3.4", false),
+            ("64:ff9b::1.2.3.4", "1.2.3.4", false),
+            ("2002:102:304::1", "1.2.3.4", false),
+            // Plain addresses are themselves.
+            ("1.2.3.4", "1.2.3.4", true),
+            ("2001:db8::1", "2001:db8::1", true),
+            ("2001:DB8:0:0:0:0:0:1", "2001:db8::1", true),
+        ];
+        let key = Key::from_bytes([3; 32]);
+        let geo = GeoDb::open(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/geo/country.mmdb"),
+        )
+        .ok();
+        let one_request = RateLimit {
+            requests_per_second: 1,
+            burst: 1,
+            ..RateLimit::default()
+        };
+        for &(spelling, canonical, same) in cases {
+            let (a, b) = (
+                ClientAddr::new(spelling.parse().unwrap()),
+                ClientAddr::new(canonical.parse().unwrap()),
+            );
+            assert_eq!(a == b, same, "{spelling} and {canonical}");
+            assert!(
+                a.ip().to_canonical() == a.ip(),
+                "{spelling} is not canonical"
+            );
+            // /128 so that two IPv6 clients never share a pseudonym, network or bucket here.
+            let pseudonyms = (pseudonym(&key, a, 128), pseudonym(&key, b, 128));
+            assert_eq!(
+                pseudonyms.0 == pseudonyms.1,
+                same,
+                "pseudonym of {spelling}"
+            );
+            let networks = (truncate(a, 24, 48), truncate(b, 24, 48));
+            assert_eq!(networks.0 == networks.1, same, "network of {spelling}");
+            let limiter = RateLimiter::new(&RateLimit {
+                ipv6_prefix: 128,
+                ..one_request.clone()
+            })
+            .unwrap();
+            assert_eq!(limiter.check(a, "/"), Decision::Allow, "{spelling}");
+            let second = limiter.check(b, "/");
+            assert_eq!(second != Decision::Allow, same, "bucket of {spelling}");
+            if same && let Some(db) = &geo {
+                assert_eq!(db.lookup(a), db.lookup(b), "country of {spelling}");
+            }
+        }
+        // The country database has 8.8.8.8: the mapped spelling finds it too.
+        if let Some(db) = &geo {
+            let mapped = ClientAddr::new("::ffff:8.8.8.8".parse().unwrap());
+            assert!(db.lookup(mapped).is_some(), "::ffff:8.8.8.8 has no country");
         }
     }
 }

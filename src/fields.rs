@@ -2,16 +2,19 @@
 //!
 //! A list-based field may arrive as several field lines; a recipient treats them as one list,
 //! in order, as if joined by commas (§5.3). Elements are separated by a delimiter (`,` for
-//! `X-Forwarded-For`, `Forwarded`, `Accept-Language`, `Connection`, `Sec-CH-UA`; `;` for the
-//! crumbs of `Cookie`), may carry optional whitespace around them, may be empty (`a, , b`, a
+//! `X-Forwarded-For`, `Forwarded`, `Accept-Language`, `Connection`; `;` for the crumbs of
+//! `Cookie`), may carry optional whitespace around them, may be empty (`a, , b`, a
 //! trailing `,`) and must then be ignored (§5.6.1.2), and may contain quoted strings (§5.6.4)
 //! whose delimiters do not separate anything. A line whose quoted strings do not close pairs
 //! its quotes from the end, where proxies append, so a stray quote cannot hide what follows it.
 //!
 //! Every parser of such a field reads it through [`elements`], so the several-lines, empty
 //! element, whitespace and quoting rules hold in one place; [`weighted`] reads the weight (`q`)
-//! of an element of a weighted list (`Accept-Encoding`, `Accept-Language`). Pure and
-//! allocation-free; it never looks at what the elements mean and never logs them.
+//! of an element of a weighted list (`Accept-Encoding`, `Accept-Language`). [`trim_ows`] and
+//! [`trim_ows_range`] are the one whitespace trim (spaces and tabs) of the crate's field and
+//! cookie parsers. Structured Fields (RFC 8941: `Sec-CH-UA`) are not read here but by the `sfv`
+//! crate ([`crate::privacy::ua`]). Pure and allocation-free; it never looks at what the
+//! elements mean and never logs them.
 
 use http::header::HeaderValue;
 
@@ -144,12 +147,29 @@ fn element_end(s: &[u8], delimiter: u8, quotes: Quotes) -> usize {
     s.len()
 }
 
-/// `s` without the optional whitespace around it (RFC 9110 §5.6.3 `OWS`: spaces and tabs only).
+/// `s` without the optional whitespace around it (RFC 9110 §5.6.3 `OWS`: spaces and tabs only;
+/// the same two bytes are RFC 6265 §5.2's `WSP` around cookie attributes).
+///
+/// ```
+/// use webprom_edge::fields::trim_ows;
+/// assert_eq!(trim_ows(b" \tMax-Age=60 "), b"Max-Age=60");
+/// ```
 pub fn trim_ows(s: &[u8]) -> &[u8] {
+    &s[trim_ows_range(s)]
+}
+
+/// The range of `s` that [`trim_ows`] keeps, for a caller that rewrites `s` in place.
+///
+/// ```
+/// use webprom_edge::fields::trim_ows_range;
+/// assert_eq!(trim_ows_range(b"  60\t"), 2..4);
+/// assert_eq!(trim_ows_range(b" \t "), 3..3);
+/// ```
+pub fn trim_ows_range(s: &[u8]) -> std::ops::Range<usize> {
     let is_ows = |b: &u8| matches!(b, b' ' | b'\t');
     let start = s.iter().position(|b| !is_ows(b)).unwrap_or(s.len());
     let end = s.iter().rposition(|b| !is_ows(b)).map_or(start, |i| i + 1);
-    &s[start..end]
+    start..end
 }
 
 /// An element of a weighted list (RFC 9110 §12.4.2: `Accept-Encoding`, `Accept-Language`):
@@ -325,6 +345,8 @@ mod tests {
         ];
         for &(s, want) in cases {
             assert_eq!(trim_ows(s), want, "{s:?}");
+            let kept = trim_ows_range(s);
+            assert_eq!(&s[kept], want, "{s:?}");
         }
         let got: Vec<&[u8]> = line_elements(b"\x0cde, \ten\t", b',').collect();
         assert_eq!(got, [&b"\x0cde"[..], b"en"]);

@@ -556,9 +556,7 @@ fn needles_for_day(
                     .load(epoch)
                     .with_context(|| format!("loading the key of {epoch}"))?;
                 match key {
-                    Some(key) => {
-                        out.push(Needle::new(pseudonym(&key, addr.ip(), prefix), Some(epoch)))
-                    }
+                    Some(key) => out.push(Needle::new(pseudonym(&key, *addr, prefix), Some(epoch))),
                     None if epoch == day => return Ok(None),
                     None => {}
                 }

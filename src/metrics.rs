@@ -538,31 +538,31 @@ impl Metrics {
 
     /// Records one finished request.
     pub fn observe(&self, obs: &Observation) {
-        let class = match obs.status {
+        let class = match obs.status() {
             100..=199 => 0,
             200..=299 => 1,
             300..=399 => 2,
             400..=499 => 3,
             _ => 4,
         };
-        let proto = match obs.proto {
+        let proto = match obs.proto() {
             HttpProto::Http1 => 0,
             HttpProto::Http2 => 1,
         };
-        self.requests[(obs.method.index() * 5 + class) * 2 + proto].inc();
-        self.duration[class].observe(obs.duration_us as f64 / 1e6);
-        self.response_bytes.inc_by(obs.bytes_sent);
-        match obs.country {
+        self.requests[(obs.method().index() * 5 + class) * 2 + proto].inc();
+        self.duration[class].observe(obs.duration_us() as f64 / 1e6);
+        self.response_bytes.inc_by(obs.bytes_sent());
+        match obs.country() {
             Some(c) => self.country(c).inc(),
             None => self.country_unknown.inc(),
         }
-        self.by_browser[browser_index(obs.device.browser)].inc();
-        self.by_os[os_index(obs.device.os)].inc();
-        match obs.lang {
+        self.by_browser[browser_index(obs.device().browser)].inc();
+        self.by_os[os_index(obs.device().os)].inc();
+        match obs.lang() {
             Some(l) => self.language(l).inc(),
             None => self.language_unknown.inc(),
         }
-        self.hll.insert(&obs.client);
+        self.hll.insert(&obs.client());
     }
 
     fn country(&self, c: Country) -> &IntCounter {

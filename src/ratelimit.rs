@@ -20,7 +20,9 @@ use governor::middleware::NoOpMiddleware;
 use governor::{Quota, RateLimiter as Governor};
 use ipnet::IpNet;
 
+use crate::client_ip::ClientAddr;
 use crate::config::RateLimit;
+use crate::privacy::net::prefix_mask;
 
 mod store;
 
@@ -44,14 +46,15 @@ pub enum Decision {
 ///
 /// # Example
 /// ```
+/// use webprom_edge::client_ip::ClientAddr;
 /// use webprom_edge::config::RateLimit;
 /// use webprom_edge::ratelimit::{Decision, RateLimiter};
 ///
 /// let cfg = RateLimit { requests_per_second: 1, burst: 1, ..RateLimit::default() };
 /// let limiter = RateLimiter::new(&cfg).expect("enabled");
-/// let ip = "192.0.2.7".parse().unwrap();
-/// assert_eq!(limiter.check(ip, "/"), Decision::Allow);
-/// assert!(matches!(limiter.check(ip, "/"), Decision::Limited { policy: 0, .. }));
+/// let client = ClientAddr::new("192.0.2.7".parse().unwrap());
+/// assert_eq!(limiter.check(client, "/"), Decision::Allow);
+/// assert!(matches!(limiter.check(client, "/"), Decision::Limited { policy: 0, .. }));
 /// ```
 pub struct RateLimiter {
     /// The process-random key of the bucket-key hash.
@@ -134,13 +137,15 @@ impl RateLimiter {
             .collect()
     }
 
-    /// The hot path: counts one request of the client at `ip` for `path`.
+    /// The hot path: counts one request of `client` for `path`.
     ///
     /// A request whose path starts with a route's `path_prefix` (first match wins) is counted
     /// against that route's bucket only, so `/click` traffic does not use up the client's
-    /// default bucket, and the default quota does not cap a route that allows more.
-    pub fn check(&self, ip: IpAddr, path: &str) -> Decision {
-        let ip = fold_mapped(ip);
+    /// default bucket, and the default quota does not cap a route that allows more. An
+    /// IPv4-mapped client is its IPv4 address ([`ClientAddr::new`]): one bucket, and the
+    /// IPv4 exempt networks apply.
+    pub fn check(&self, client: ClientAddr, path: &str) -> Decision {
+        let ip = client.ip();
         if self.exempt.iter().any(|net| net.contains(&ip)) {
             return Decision::Allow;
         }
@@ -229,23 +234,6 @@ impl RateLimiter {
     }
 }
 
-/// Folds IPv4-mapped IPv6 (`::ffff:a.b.c.d`) to IPv4. The caller already does; this keeps
-/// the two spellings of one client in one bucket regardless.
-fn fold_mapped(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-/// The mask keeping the first `prefix` bits of an IPv6 address (`prefix` at most 128).
-fn prefix_mask(prefix: u8) -> u128 {
-    match prefix {
-        0 => 0,
-        p => u128::MAX << (128 - u32::from(p.min(128))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,8 +248,8 @@ mod tests {
         }
     }
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
+    fn ip(s: &str) -> ClientAddr {
+        ClientAddr::new(s.parse().unwrap())
     }
 
     fn route(prefix: &str, rps: u32, burst: u32) -> RoutePolicy {
@@ -402,7 +390,7 @@ mod tests {
         c.route = vec![route("/slow", 1, 1)];
         let l = RateLimiter::new(&c).unwrap();
         for i in 0..100u8 {
-            l.check(IpAddr::from([192, 0, 2, i]), "/");
+            l.check(ClientAddr::new(IpAddr::from([192, 0, 2, i])), "/");
         }
         l.check(ip("198.51.100.1"), "/slow");
         assert_eq!(l.tracked(), 101);
@@ -446,14 +434,6 @@ mod tests {
         c.route = vec![route("/click", 5, 10), route("/api", 20, 40)];
         let l = RateLimiter::new(&c).unwrap();
         assert_eq!(l.policy_names(), ["default", "/click", "/api"]);
-    }
-
-    #[test]
-    fn prefix_masks() {
-        assert_eq!(prefix_mask(0), 0);
-        assert_eq!(prefix_mask(128), u128::MAX);
-        assert_eq!(prefix_mask(64), (u128::from(u64::MAX)) << 64);
-        assert_eq!(prefix_mask(1), 1u128 << 127);
     }
 
     #[test]

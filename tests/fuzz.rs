@@ -31,6 +31,7 @@ use webprom_edge::client_ip::{ClientAddr, TrustedProxies, X_FORWARDED_FOR};
 use webprom_edge::config::{Cidr, Config, ConfigError};
 use webprom_edge::fields::{elements, has_token, line_elements, unquote};
 use webprom_edge::privacy::lang::{Lang, primary_language, primary_language_of};
+use webprom_edge::privacy::net::truncate;
 use webprom_edge::privacy::path::{MAX_SEGMENTS, normalize_path};
 use webprom_edge::privacy::ua::{Browser, Device, MAX_UA_BYTES, UaParser};
 use webprom_edge::proxy::authority::{AuthorityError, decide};
@@ -538,6 +539,12 @@ fn trusted() -> &'static TrustedProxies {
     })
 }
 
+/// The address a `ClientAddr` holds, read the one way the public API allows: as its network at
+/// full length (what the access log records with `ipv4_prefix = 32`, `ipv6_prefix = 128`).
+fn address_of(client: ClientAddr) -> IpAddr {
+    truncate(client, 32, 128).as_ipnet().addr()
+}
+
 fn is_trusted(ip: IpAddr) -> bool {
     trusted().contains(ip.to_canonical())
 }
@@ -701,7 +708,7 @@ proptest! {
             (Some((hops, _)), _) | (None, Some((hops, _))) => Some(&hops[..]),
             (None, None) => None,
         };
-        let got = trusted().resolve(ClientAddr::new(peer), &headers).ip();
+        let got = address_of(trusted().resolve(ClientAddr::new(peer), &headers));
         prop_assert_eq!(got, model_client(peer, hops), "peer {} {:?}", peer, shown);
     }
 
@@ -719,7 +726,7 @@ proptest! {
         for line in &fwd {
             headers.append(FORWARDED, header_value(line));
         }
-        let got = trusted().resolve(ClientAddr::new(peer), &headers).ip();
+        let got = address_of(trusted().resolve(ClientAddr::new(peer), &headers));
         prop_assert_eq!(got, got.to_canonical(), "an IPv4-mapped address is not folded");
         if !is_trusted(peer) {
             prop_assert_eq!(got, peer.to_canonical(), "an untrusted peer is not itself");
@@ -1178,7 +1185,7 @@ proptest! {
         for line in &chain {
             map.append(&X_FORWARDED_FOR, header_value(line));
         }
-        let here = trusted().resolve(ClientAddr::new(peer), &map).ip();
+        let here = address_of(trusted().resolve(ClientAddr::new(peer), &map));
         let Some(out) = append_hop(map.get_all(&X_FORWARDED_FOR), peer) else {
             return Err(TestCaseError::fail("a chain of field values gave no field value"));
         };
@@ -1187,7 +1194,7 @@ proptest! {
         let mut upstream = HeaderMap::new();
         upstream.insert(&X_FORWARDED_FOR, out.clone());
         let this_proxy = ClientAddr::new("10.9.9.9".parse().unwrap());
-        let there = trusted().resolve(this_proxy, &upstream).ip();
+        let there = address_of(trusted().resolve(this_proxy, &upstream));
         prop_assert_eq!(
             there,
             here,

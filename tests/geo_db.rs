@@ -7,11 +7,13 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use mmdb::{Schema, write_country_db};
+use webprom_edge::client_ip::ClientAddr;
 use webprom_edge::privacy::geo::GeoDb;
 
 fn country(db: &GeoDb, ip: &str) -> Option<String> {
     let ip: IpAddr = ip.parse().unwrap();
-    db.lookup(ip).map(|c| c.as_str().to_owned())
+    db.lookup(ClientAddr::new(ip))
+        .map(|c| c.as_str().to_owned())
 }
 
 #[test]

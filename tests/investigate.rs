@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use http::{Request, StatusCode};
+use webprom_edge::client_ip::ClientAddr;
 use webprom_edge::privacy::keys::{Key, next_key, pseudonym};
 
 const A: &str = "198.51.100.7";
@@ -112,7 +113,7 @@ fn hex(bytes: &[u8; 32]) -> String {
 }
 
 fn pseudo(key: &Key, ip: &str) -> String {
-    pseudonym(key, ip.parse().unwrap(), 64).to_string()
+    pseudonym(key, ClientAddr::new(ip.parse().unwrap()), 64).to_string()
 }
 
 fn audit_lines(dir: &Path) -> Vec<serde_json::Value> {

@@ -616,8 +616,7 @@ fn the_next_day_file_gets_the_mode_at_rollover() {
             .begin(client, &req, None, &ClientMemo::default())
             .finish(200, 0, false)
     };
-    let mut yesterday = obs();
-    yesterday.ts -= 86_400;
+    let yesterday = obs().earlier_by(86_400);
     let metrics = Metrics::new(&[]);
     let log = AccessLog::start(&config.access_log, metrics.log_counters()).unwrap();
     log.record(yesterday);
@@ -640,8 +639,18 @@ fn erase_keeps_the_day_files_owner_group_and_mode_whatever_its_umask() {
     let today = today_string();
     let raw = [7u8; 32];
     let key = Key::from_bytes(raw);
-    let a = pseudonym(&key, "198.51.100.7".parse().unwrap(), 64).to_string();
-    let b = pseudonym(&key, "203.0.113.9".parse().unwrap(), 64).to_string();
+    let a = pseudonym(
+        &key,
+        webprom_edge::client_ip::ClientAddr::new("198.51.100.7".parse().unwrap()),
+        64,
+    )
+    .to_string();
+    let b = pseudonym(
+        &key,
+        webprom_edge::client_ip::ClientAddr::new("203.0.113.9".parse().unwrap()),
+        64,
+    )
+    .to_string();
     let line = |client: &str| {
         format!(
             "{{\"ts\":\"{today}T01:00:00Z\",\"epoch\":\"{today}\",\"client\":\"{client}\",\"net\":\"198.51.100.0/24\",\"country\":null,\"browser\":\"Other\",\"browser_version\":null,\"os\":\"Other\",\"bot\":false,\"lang\":null,\"method\":\"GET\",\"host\":null,\"path\":\"/\",\"status\":200,\"bytes_sent\":5,\"duration_ms\":0.3,\"proto\":\"HTTP/2\",\"limited\":false}}\n"

@@ -146,8 +146,8 @@ fn alert_test_files() -> Vec<std::path::PathBuf> {
     files
 }
 
-fn yaml(path: &std::path::Path) -> serde_yaml::Value {
-    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+fn yaml(path: &std::path::Path) -> serde_json::Value {
+    serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 #[test]
@@ -182,8 +182,8 @@ fn every_alert_rule_is_described_independent_of_the_job_name_and_tested_both_way
         "/config/prometheus/alerts.yml"
     )));
     let mut alerts = Vec::new();
-    for group in rules["groups"].as_sequence().unwrap() {
-        for rule in group["rules"].as_sequence().unwrap() {
+    for group in rules["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
             let expr = rule["expr"].as_str().unwrap();
             // A matcher on `job` ties a rule to how the operator named the scrape job.
             let unspaced: String = expr.split_whitespace().collect();
@@ -206,13 +206,13 @@ fn every_alert_rule_is_described_independent_of_the_job_name_and_tested_both_way
     let mut silent = std::collections::HashSet::new();
     for file in alert_test_files() {
         let tests = yaml(&file);
-        for test in tests["tests"].as_sequence().unwrap() {
-            let Some(checks) = test["alert_rule_test"].as_sequence() else {
+        for test in tests["tests"].as_array().unwrap() {
+            let Some(checks) = test["alert_rule_test"].as_array() else {
                 continue;
             };
             for check in checks {
                 let name = check["alertname"].as_str().unwrap().to_owned();
-                match check["exp_alerts"].as_sequence() {
+                match check["exp_alerts"].as_array() {
                     Some(expected) if !expected.is_empty() => firing.insert(name),
                     _ => silent.insert(name),
                 };

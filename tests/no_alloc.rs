@@ -8,6 +8,7 @@ use std::path::Path;
 #[path = "common/mmdb.rs"]
 mod mmdb;
 
+use webprom_edge::client_ip::ClientAddr;
 use webprom_edge::privacy::geo::GeoDb;
 use webprom_edge::privacy::keys::{Key, pseudonym};
 use webprom_edge::privacy::net::truncate;
@@ -72,11 +73,12 @@ fn hot_path_does_not_allocate() {
     .map(|s| s.parse().unwrap())
     .collect();
     for &ip in &addrs {
+        let client = ClientAddr::new(ip);
         let n = allocations(|| {
-            std::hint::black_box(pseudonym(&key, ip, 64));
-            std::hint::black_box(truncate(ip, 24, 48));
+            std::hint::black_box(pseudonym(&key, client, 64));
+            std::hint::black_box(truncate(client, 24, 48));
             for db in &dbs {
-                std::hint::black_box(db.lookup(ip));
+                std::hint::black_box(db.lookup(client));
             }
         });
         assert_eq!(

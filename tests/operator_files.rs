@@ -885,17 +885,17 @@ fn key_files_broken_before_midnight_never_break_the_capture() {
                 &ClientMemo::default(),
             )
             .finish(200, 0, false);
-        let expected = if obs.epoch == today {
+        let expected = if obs.epoch() == today {
             None
         } else {
             Some(webprom_edge::privacy::keys::pseudonym(
                 &old_key,
-                "198.51.100.7".parse().unwrap(),
+                ClientAddr::new("198.51.100.7".parse().unwrap()),
                 64,
             ))
         };
         if let Some(p) = expected {
-            assert!(obs.client == p, "{what}: still yesterday's pseudonym");
+            assert!(obs.client() == p, "{what}: still yesterday's pseudonym");
         }
     }
 }

@@ -39,8 +39,11 @@ fn rollover_ratchets_the_running_capture_to_the_new_day() {
     let before = capture
         .begin(ClientAddr::new(client), &req, None, &memo)
         .finish(200, 0, false);
-    assert_eq!(before.epoch, yesterday);
-    assert_eq!(before.client, pseudonym(&old_key, client, 64));
+    assert_eq!(before.epoch(), yesterday);
+    assert_eq!(
+        before.client(),
+        pseudonym(&old_key, ClientAddr::new(client), 64)
+    );
     metrics.observe(&before);
     assert!(
         metrics
@@ -54,9 +57,12 @@ fn rollover_ratchets_the_running_capture_to_the_new_day() {
     let after = capture
         .begin(ClientAddr::new(client), &req, None, &memo)
         .finish(200, 0, false);
-    assert_eq!(after.epoch, today);
-    assert_eq!(after.client, pseudonym(&next_key(&old_key), client, 64));
-    assert_ne!(after.client, before.client);
+    assert_eq!(after.epoch(), today);
+    assert_eq!(
+        after.client(),
+        pseudonym(&next_key(&old_key), ClientAddr::new(client), 64)
+    );
+    assert_ne!(after.client(), before.client());
     assert!(dir.path().join(format!("keys/{today}.key")).exists());
     assert!(
         metrics

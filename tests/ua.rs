@@ -27,7 +27,7 @@ struct Case {
     user_agent_string: String,
     family: String,
     #[serde(default)]
-    major: Option<serde_yaml::Value>,
+    major: Option<serde_json::Value>,
 }
 
 fn corpus(file: &str) -> Vec<Case> {
@@ -35,7 +35,7 @@ fn corpus(file: &str) -> Vec<Case> {
         .join("tests/data/uap-core")
         .join(file);
     let text = std::fs::read_to_string(&path).unwrap();
-    let corpus: Corpus = serde_yaml::from_str(&text).unwrap();
+    let corpus: Corpus = serde_saphyr::from_str(&text).unwrap();
     assert!(corpus.test_cases.len() > 400, "{}", path.display());
     corpus.test_cases
 }
@@ -128,8 +128,8 @@ fn browser_families_agree_with_the_uap_core_corpus() {
         let got_named = got.browser != Browser::Other;
         family.count(named, got_named, got.browser == want, describe);
         let want_major = case.major.as_ref().and_then(|m| match m {
-            serde_yaml::Value::String(s) => s.parse::<u16>().ok(),
-            serde_yaml::Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+            serde_json::Value::String(s) => s.parse::<u16>().ok(),
+            serde_json::Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
             _ => None,
         });
         if named && got.browser == want && want_major.is_some() {

@@ -6,7 +6,6 @@
 //! keeps only derived values (pseudonym, network, country, families, language, normalised path)
 //! and drops the rest. It never logs.
 
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,12 +15,13 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use http::header::{ACCEPT_LANGUAGE, HeaderName, USER_AGENT};
 
 use super::geo::{Country, GeoDb, GeoError};
+use super::host::ListedHosts;
 use super::keys::{Epoch, Key, Pseudonym, pseudonym};
 use super::lang::primary_language_of;
 use super::net::{Network, truncate};
 use super::observation::{HttpProto, MethodClass, Observation};
-use super::path::normalize_path;
-use super::ua::{Device, UaParser};
+use super::path::RecordedPath;
+use super::ua::{Device, UaError, UaParser};
 use crate::client_ip::ClientAddr;
 use crate::config::Config;
 use crate::fields::elements;
@@ -45,8 +45,8 @@ pub struct Capture {
     key: ArcSwap<EpochKey>,
     geo: ArcSwapOption<GeoDb>,
     ua: UaParser,
-    /// `server.hosts`, lowercase without a trailing dot; swapped on SIGHUP.
-    hosts: ArcSwap<Box<[Arc<str>]>>,
+    /// `server.hosts`; swapped on SIGHUP.
+    hosts: ArcSwap<ListedHosts>,
     ipv4_prefix: u8,
     ipv6_prefix: u8,
     pseudonym_ipv6_prefix: u8,
@@ -80,6 +80,15 @@ pub struct Pending {
     obs: Observation,
 }
 
+/// Why the capture could not be built. A build defect, never caused by the configuration or a
+/// request.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The built-in user-agent rules did not load.
+    #[error("user-agent parser: {0}")]
+    UserAgentRules(#[from] UaError),
+}
+
 /// Opens the country database at `path`; an empty path means no database.
 pub fn open_geo(path: &Path) -> Result<Option<GeoDb>, GeoError> {
     if path.as_os_str().is_empty() {
@@ -90,13 +99,20 @@ pub fn open_geo(path: &Path) -> Result<Option<GeoDb>, GeoError> {
 
 impl Capture {
     /// Builds the capture from the config, today's key and the opened country database.
-    pub fn new(config: &Config, key: EpochKey, geo: Option<GeoDb>) -> Result<Capture, String> {
-        let ua = UaParser::new(UA_CACHE).map_err(|e| format!("user-agent parser: {e}"))?;
+    ///
+    /// # Errors
+    /// [`CaptureError::UserAgentRules`] when the built-in user-agent rules do not load.
+    pub fn new(
+        config: &Config,
+        key: EpochKey,
+        geo: Option<GeoDb>,
+    ) -> Result<Capture, CaptureError> {
+        let ua = UaParser::new(UA_CACHE)?;
         Ok(Capture {
             key: ArcSwap::from_pointee(key),
             geo: ArcSwapOption::from(geo.map(Arc::new)),
             ua,
-            hosts: ArcSwap::from_pointee(host_names(&config.server.hosts)),
+            hosts: ArcSwap::from_pointee(ListedHosts::new(&config.server.hosts)),
             ipv4_prefix: config.privacy.ipv4_prefix,
             ipv6_prefix: config.privacy.ipv6_prefix,
             pseudonym_ipv6_prefix: config.privacy.pseudonym_ipv6_prefix,
@@ -145,8 +161,6 @@ impl Capture {
         let device = self
             .ua
             .parse(get(&USER_AGENT), all(&SEC_CH_UA), all(&SEC_CH_UA_PLATFORM));
-        let mut path = String::with_capacity(req.uri().path().len().min(128));
-        normalize_path(req.uri().path(), &mut path);
         let obs = Observation {
             ts,
             epoch,
@@ -156,8 +170,8 @@ impl Capture {
             device,
             lang: primary_language_of(elements(headers.get_all(ACCEPT_LANGUAGE), b',')),
             method: MethodClass::of(req.method()),
-            host: host.and_then(|h| self.listed_host(h)),
-            path,
+            host: host.and_then(|h| self.hosts.load().recorded(h)),
+            path: RecordedPath::of(req.uri().path()),
             status: 0,
             bytes_sent: 0,
             duration_us: 0,
@@ -187,7 +201,7 @@ impl Capture {
             lang: None,
             method: MethodClass::Other,
             host: None,
-            path: String::new(),
+            path: RecordedPath::unread(),
             status: 0,
             bytes_sent: 0,
             duration_us: 0,
@@ -229,13 +243,12 @@ impl Capture {
         {
             return *facts;
         }
-        let ip: IpAddr = client.ip();
         let facts = ClientFacts {
             client,
             generation,
-            pseudonym: pseudonym(&key.key, ip, self.pseudonym_ipv6_prefix),
-            net: truncate(ip, self.ipv4_prefix, self.ipv6_prefix),
-            country: self.geo.load().as_ref().and_then(|db| db.lookup(ip)),
+            pseudonym: pseudonym(&key.key, client, self.pseudonym_ipv6_prefix),
+            net: truncate(client, self.ipv4_prefix, self.ipv6_prefix),
+            country: self.geo.load().as_ref().and_then(|db| db.lookup(client)),
         };
         if let Some(slot) = slot.as_deref_mut() {
             *slot = Some(facts);
@@ -243,15 +256,10 @@ impl Capture {
         facts
     }
 
-    /// The configured name equal to `host` (already lowercase, without port or trailing dot).
-    fn listed_host(&self, host: &str) -> Option<Arc<str>> {
-        self.hosts.load().iter().find(|h| ***h == *host).cloned()
-    }
-
     /// Replaces the host names recorded (`server.hosts`, on SIGHUP); requests already past
     /// capture keep the name they matched.
     pub fn set_hosts(&self, hosts: &[String]) {
-        self.hosts.store(Arc::new(host_names(hosts)));
+        self.hosts.store(Arc::new(ListedHosts::new(hosts)));
     }
 }
 
@@ -264,14 +272,6 @@ impl Pending {
         self.obs.limited = limited;
         self.obs
     }
-}
-
-/// `server.hosts` as compared with a request's host: lowercase, without a trailing dot.
-fn host_names(hosts: &[String]) -> Box<[Arc<str>]> {
-    hosts
-        .iter()
-        .map(|h| Arc::from(h.to_ascii_lowercase().trim_end_matches('.')))
-        .collect()
 }
 
 #[cfg(test)]

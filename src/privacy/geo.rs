@@ -12,6 +12,7 @@ use std::str::FromStr;
 use maxminddb::Reader;
 use serde::Deserialize;
 
+use crate::client_ip::ClientAddr;
 use crate::files::{self, FileError, FileStamp};
 
 /// An ISO 3166-1 alpha-2 country code, uppercase (e.g. `AL`, `US`).
@@ -217,12 +218,11 @@ impl GeoDb {
         (m.build_epoch, m.database_type.as_str())
     }
 
-    /// The country of `ip`, looked up on the full address; `None` if the database has no
-    /// country for it.
-    pub fn lookup(&self, ip: IpAddr) -> Option<Country> {
-        // An IPv4-mapped address is an IPv4 client; the database may not alias ::ffff:0:0/96.
-        let ip = ip.to_canonical();
-        let result = self.reader.lookup(ip).ok()?;
+    /// The country of `client`, looked up on the full address; `None` if the database has no
+    /// country for it. An IPv4-mapped client is looked up as IPv4 ([`ClientAddr::new`]): a
+    /// database need not alias `::ffff:0:0/96`.
+    pub fn lookup(&self, client: ClientAddr) -> Option<Country> {
+        let result = self.reader.lookup(client.ip()).ok()?;
         let record: Record<'_> = result.decode().ok()??;
         let code = record
             .country
@@ -328,7 +328,7 @@ mod tests {
             write_country_db(&path, ENTRIES, schema);
             let db = GeoDb::open(&path).unwrap();
             for &(ip, want) in cases {
-                let got = db.lookup(ip.parse().unwrap());
+                let got = db.lookup(ClientAddr::new(ip.parse().unwrap()));
                 assert_eq!(got.as_ref().map(Country::as_str), want, "{schema:?} {ip}");
             }
         }
@@ -397,7 +397,10 @@ mod tests {
         let mut db = GeoDb::open(&path).unwrap();
         let mut follower = GeoFollower::default();
         let tick = || std::thread::sleep(std::time::Duration::from_millis(10));
-        let us = |db: &GeoDb| db.lookup([8, 8, 8, 8].into()).map(|c| c.to_string());
+        let us = |db: &GeoDb| {
+            db.lookup(ClientAddr::new([8, 8, 8, 8].into()))
+                .map(|c| c.to_string())
+        };
 
         // (what the operator does, the country of 8.8.8.8 afterwards, or the reason it stayed)
         type Step<'a> = Box<dyn Fn(&Path) + 'a>;

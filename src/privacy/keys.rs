@@ -21,7 +21,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use time::Date;
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::client_ip::ClientAddr;
 use crate::files::{self, FileError};
+use crate::privacy::net::prefix_mask;
 
 /// The BLAKE3 `derive_key` context of the ratchet `K[d+1] = derive_key(CONTEXT, K[d])`.
 pub const RATCHET_CONTEXT: &str = "webprom-edge pseudonym ratchet v1";
@@ -274,13 +276,13 @@ impl FromStr for Pseudonym {
     }
 }
 
-/// The pseudonym of `ip` under `key` (the README's formula, "Pseudonyms and keys").
+/// The pseudonym of `client` under `key` (the README's formula, "Pseudonyms and keys").
 ///
 /// `base64url_nopad(BLAKE3::keyed_hash(key, A)[0..12])`, where A is the 4 bytes of an IPv4
-/// address (an IPv4-mapped IPv6 address counts as IPv4) or the 16 bytes of an IPv6 address
-/// with every bit after `pseudonym_ipv6_prefix` zeroed. Allocates nothing.
-pub fn pseudonym(key: &Key, ip: IpAddr, pseudonym_ipv6_prefix: u8) -> Pseudonym {
-    let hash = match ip.to_canonical() {
+/// address (an IPv4-mapped IPv6 address counts as IPv4: [`ClientAddr::new`]) or the 16 bytes of
+/// an IPv6 address with every bit after `pseudonym_ipv6_prefix` zeroed. Allocates nothing.
+pub fn pseudonym(key: &Key, client: ClientAddr, pseudonym_ipv6_prefix: u8) -> Pseudonym {
+    let hash = match client.ip() {
         IpAddr::V4(v4) => blake3::keyed_hash(&key.0, &v4.octets()),
         IpAddr::V6(v6) => {
             let masked = u128::from(v6) & prefix_mask(pseudonym_ipv6_prefix);
@@ -292,14 +294,6 @@ pub fn pseudonym(key: &Key, ip: IpAddr, pseudonym_ipv6_prefix: u8) -> Pseudonym 
     let written = URL_SAFE_NO_PAD.encode_slice(&hash.as_bytes()[..12], &mut out);
     debug_assert_eq!(written.ok(), Some(16));
     Pseudonym(out)
-}
-
-fn prefix_mask(prefix: u8) -> u128 {
-    match prefix {
-        0 => 0,
-        p if p >= 128 => u128::MAX,
-        p => u128::MAX << (128 - u32::from(p)),
-    }
 }
 
 /// Why the key store failed. Messages name the file at fault, never a key's content.
@@ -862,12 +856,12 @@ mod tests {
             ("::1", v6("::").to_vec()),
         ];
         for (ip, bytes) in &cases {
-            let p = pseudonym(&k, ip.parse().unwrap(), 64);
+            let p = pseudonym(&k, ClientAddr::new(ip.parse().unwrap()), 64);
             assert_eq!(p.as_str(), independent_pseudonym(&k, bytes), "{ip}");
             assert_eq!(p.as_str().len(), 16);
             assert_eq!(p.as_str().parse::<Pseudonym>(), Ok(p));
         }
-        let p = |ip: &str, prefix| pseudonym(&k, ip.parse().unwrap(), prefix);
+        let p = |ip: &str, prefix| pseudonym(&k, ClientAddr::new(ip.parse().unwrap()), prefix);
         // One /64, one pseudonym; different /64s, different pseudonyms.
         assert_eq!(p("2001:db8:1:2::5", 64), p("2001:db8:1:2:abcd::1", 64));
         assert_ne!(p("2001:db8:1:2::5", 64), p("2001:db8:1:3::5", 64));
@@ -880,7 +874,11 @@ mod tests {
         assert_ne!(p("203.0.113.7", 64), p("203.0.113.8", 64));
         // Another day's key gives another pseudonym.
         assert_ne!(
-            pseudonym(&next_key(&k), "203.0.113.7".parse().unwrap(), 64),
+            pseudonym(
+                &next_key(&k),
+                ClientAddr::new("203.0.113.7".parse().unwrap()),
+                64,
+            ),
             p("203.0.113.7", 64)
         );
     }
@@ -917,7 +915,7 @@ mod tests {
             hex(k.as_bytes()),
             "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
         );
-        let p = |ip: &str| pseudonym(&k, ip.parse().unwrap(), 64).to_string();
+        let p = |ip: &str| pseudonym(&k, ClientAddr::new(ip.parse().unwrap()), 64).to_string();
         assert_eq!(p("203.0.113.7"), "KgIJgOGaNuNAG_ak");
         assert_eq!(p("2001:db8:1:2::5"), "e49CLkzjeNXEw23A");
         assert_eq!(p("::ffff:203.0.113.7"), "KgIJgOGaNuNAG_ak");

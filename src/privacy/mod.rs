@@ -3,6 +3,7 @@
 
 pub mod capture;
 pub mod geo;
+pub mod host;
 pub mod keys;
 pub mod lang;
 pub mod net;

@@ -1,13 +1,16 @@
 //! The truncated client network recorded in the access log (the record's `net`).
 //!
-//! Owns the reduction of a full address to its network at the configured prefix length.
-//! Must never keep, print or return the full address: a [`Network`] holds only the
-//! network part, with every host bit zeroed.
+//! Owns the reduction of a client address to its network at the configured prefix length, and
+//! the one IPv6 [`prefix_mask`] (also used by the pseudonym and the rate-limit key). Must never
+//! keep, print or return the full address: a [`Network`] holds only the network part, with
+//! every host bit zeroed.
 
 use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use crate::client_ip::ClientAddr;
 
 /// A client network with all host bits zeroed, e.g. `203.0.113.0/24` or `2001:db8:1::/48`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -26,12 +29,13 @@ impl fmt::Display for Network {
     }
 }
 
-/// The network of `ip` at `ipv4_prefix` (IPv4) or `ipv6_prefix` (IPv6).
+/// The network of `client` at `ipv4_prefix` (IPv4) or `ipv6_prefix` (IPv6) bits.
 ///
-/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) is an IPv4 client and is truncated as IPv4.
-/// Prefix lengths beyond the address width (config validation rejects them) are clamped.
-pub fn truncate(ip: IpAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> Network {
-    let net = match ip.to_canonical() {
+/// An IPv4-mapped IPv6 client (`::ffff:a.b.c.d`) is an IPv4 client ([`ClientAddr::new`]) and is
+/// truncated as IPv4. Prefix lengths beyond the address width (config validation rejects them)
+/// are clamped. Allocates nothing.
+pub fn truncate(client: ClientAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> Network {
+    let net = match client.ip() {
         IpAddr::V4(v4) => IpNet::V4(
             Ipv4Net::new(v4, ipv4_prefix.min(32))
                 .map(|n| n.trunc())
@@ -44,6 +48,20 @@ pub fn truncate(ip: IpAddr, ipv4_prefix: u8, ipv6_prefix: u8) -> Network {
         ),
     };
     Network(net)
+}
+
+/// The mask keeping the first `prefix` bits of a 128-bit IPv6 address; `prefix` above 128
+/// keeps all of them.
+///
+/// ```
+/// use webprom_edge::privacy::net::prefix_mask;
+/// assert_eq!(prefix_mask(64), u128::from(u64::MAX) << 64);
+/// ```
+pub fn prefix_mask(prefix: u8) -> u128 {
+    match prefix {
+        0 => 0,
+        p => u128::MAX << (128 - u32::from(p.min(128))),
+    }
 }
 
 #[cfg(test)]
@@ -76,9 +94,27 @@ mod tests {
         ];
         for &(ip, v4, v6, want) in cases {
             let ip: IpAddr = ip.parse().unwrap();
-            let got = truncate(ip, v4, v6);
+            let got = truncate(ClientAddr::new(ip), v4, v6);
             assert_eq!(got.to_string(), want, "{ip} /{v4} /{v6}");
             assert_eq!(got.as_ipnet(), got.as_ipnet().trunc(), "host bits zeroed");
+        }
+    }
+
+    #[test]
+    fn prefix_masks_keep_the_leading_bits() {
+        // (prefix, mask)
+        let cases: &[(u8, u128)] = &[
+            (0, 0),
+            (1, 1 << 127),
+            (48, u128::MAX << 80),
+            (64, u128::from(u64::MAX) << 64),
+            (127, u128::MAX << 1),
+            (128, u128::MAX),
+            (129, u128::MAX),
+            (255, u128::MAX),
+        ];
+        for &(prefix, want) in cases {
+            assert_eq!(prefix_mask(prefix), want, "/{prefix}");
         }
     }
 }

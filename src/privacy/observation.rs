@@ -3,15 +3,19 @@
 //!
 //! It holds exactly the fields of the record schema (`docs/access-record.schema.json`), each in
 //! a type that can only hold an allowed value (a pseudonym, a truncated network, a family from a
-//! fixed list, a normalised path), so no sink can record anything else. It has no field for a
-//! raw address, header, query or body.
+//! fixed list, a normalised [`RecordedPath`], a listed [`RecordedHost`]), so no sink can record
+//! anything else. It has no field for a raw address, header, query or body, and its fields are
+//! private: only the capture ([`super::capture`]) makes and completes one; sinks read it
+//! through its accessors.
 
 use std::io::Write as _;
 
 use super::geo::Country;
+use super::host::RecordedHost;
 use super::keys::{Epoch, Pseudonym};
 use super::lang::Lang;
 use super::net::Network;
+use super::path::RecordedPath;
 use super::ua::Device;
 
 /// The fields of an access-log record (`docs/access-record.schema.json`), in the order
@@ -138,39 +142,108 @@ impl HttpProto {
 /// One request, as the policy allows it to be remembered.
 #[derive(Clone, Debug)]
 pub struct Observation {
-    /// Unix seconds, already truncated to `timestamp_precision`.
-    pub ts: i64,
-    /// The key epoch `client` was made under.
-    pub epoch: Epoch,
-    /// The pseudonym of the client.
-    pub client: Pseudonym,
-    /// The truncated client network.
-    pub net: Network,
-    /// Country of the full address, if known.
-    pub country: Option<Country>,
-    /// Browser, version, OS, bot flag.
-    pub device: Device,
-    /// Primary language.
-    pub lang: Option<Lang>,
-    /// Method class.
-    pub method: MethodClass,
-    /// The requested host, only when it is one of `server.hosts`.
-    pub host: Option<std::sync::Arc<str>>,
-    /// The normalised path.
-    pub path: String,
-    /// Status sent to the client.
-    pub status: u16,
-    /// Response body bytes sent.
-    pub bytes_sent: u64,
-    /// From request head received to response end, in microseconds.
-    pub duration_us: u64,
-    /// Protocol.
-    pub proto: HttpProto,
-    /// Rejected by rate limiting.
-    pub limited: bool,
+    pub(super) ts: i64,
+    pub(super) epoch: Epoch,
+    pub(super) client: Pseudonym,
+    pub(super) net: Network,
+    pub(super) country: Option<Country>,
+    pub(super) device: Device,
+    pub(super) lang: Option<Lang>,
+    pub(super) method: MethodClass,
+    pub(super) host: Option<RecordedHost>,
+    pub(super) path: RecordedPath,
+    pub(super) status: u16,
+    pub(super) bytes_sent: u64,
+    pub(super) duration_us: u64,
+    pub(super) proto: HttpProto,
+    pub(super) limited: bool,
 }
 
 impl Observation {
+    /// Unix seconds, already truncated to `timestamp_precision`.
+    pub fn ts(&self) -> i64 {
+        self.ts
+    }
+
+    /// The same record `secs` seconds earlier (whole seconds, so the precision is kept): for
+    /// tests of day files and rollover, which need a record of another day. The time is the
+    /// one field that holds nothing of the client.
+    #[doc(hidden)]
+    pub fn earlier_by(mut self, secs: u32) -> Observation {
+        self.ts -= i64::from(secs);
+        self
+    }
+
+    /// The key epoch [`Observation::client`] was made under.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The pseudonym of the client.
+    pub fn client(&self) -> Pseudonym {
+        self.client
+    }
+
+    /// The truncated client network.
+    pub fn net(&self) -> Network {
+        self.net
+    }
+
+    /// The country of the full address, if known.
+    pub fn country(&self) -> Option<Country> {
+        self.country
+    }
+
+    /// Browser, version, OS, bot flag.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The primary language.
+    pub fn lang(&self) -> Option<Lang> {
+        self.lang
+    }
+
+    /// The method class.
+    pub fn method(&self) -> MethodClass {
+        self.method
+    }
+
+    /// The requested host, only when it is one of `server.hosts`.
+    pub fn host(&self) -> Option<&RecordedHost> {
+        self.host.as_ref()
+    }
+
+    /// The normalised path (empty when the request head could not be read).
+    pub fn path(&self) -> &RecordedPath {
+        &self.path
+    }
+
+    /// The status sent to the client.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// Response body bytes sent.
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent
+    }
+
+    /// From request head received to response end, in microseconds.
+    pub fn duration_us(&self) -> u64 {
+        self.duration_us
+    }
+
+    /// The protocol the client spoke.
+    pub fn proto(&self) -> HttpProto {
+        self.proto
+    }
+
+    /// Whether rate limiting rejected the request.
+    pub fn limited(&self) -> bool {
+        self.limited
+    }
+
     /// The UTC day of `ts`, which names the day file.
     pub fn day(&self) -> Epoch {
         Epoch::from_unix_secs(self.ts)
@@ -225,9 +298,9 @@ impl Observation {
         out.extend_from_slice(b",\"method\":\"");
         out.extend_from_slice(self.method.as_str().as_bytes());
         out.extend_from_slice(b"\",\"host\":");
-        opt_str(out, self.host.as_deref());
+        opt_str(out, self.host.as_ref().map(RecordedHost::as_str));
         out.extend_from_slice(b",\"path\":");
-        json_str(out, &self.path);
+        json_str(out, self.path.as_str());
         out.extend_from_slice(b",\"status\":");
         out.extend_from_slice(num.format(self.status).as_bytes());
         out.extend_from_slice(b",\"bytes_sent\":");
@@ -290,12 +363,14 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client_ip::ClientAddr;
+    use crate::privacy::host::ListedHosts;
     use crate::privacy::keys::{Key, pseudonym};
     use crate::privacy::net::truncate;
     use crate::privacy::ua::{Browser, Os};
 
     fn sample(ip: &str) -> Observation {
-        let ip = ip.parse().unwrap();
+        let ip = ClientAddr::new(ip.parse().unwrap());
         let key = Key::from_bytes(core::array::from_fn(|i| i as u8));
         Observation {
             ts: 1_795_615_387, // 2026-11-25T14:03:07Z
@@ -311,8 +386,8 @@ mod tests {
             },
             lang: Lang::new(b"sq"),
             method: MethodClass::Get,
-            host: Some("localhost".into()),
-            path: "/click/:id".into(),
+            host: ListedHosts::new(&["localhost".to_owned()]).recorded("localhost"),
+            path: RecordedPath::of("/click/12345"),
             status: 200,
             bytes_sent: 1024,
             duration_us: 1234,
@@ -339,7 +414,7 @@ mod tests {
         o.lang = None;
         o.host = None;
         o.device.browser_major = None;
-        o.path = "/we\"ird\\\u{1}".into();
+        o.path = RecordedPath::unchecked("/we\"ird\\\u{1}");
         o.ts = 0;
         o.duration_us = 49;
         o.limited = true;

@@ -12,6 +12,49 @@ pub const MAX_SEGMENTS: usize = 16;
 /// Segments longer than this are recorded as `:id` whatever they contain.
 const MAX_SEGMENT_LEN: usize = 32;
 
+/// A path as the access log records it (the record's `path`): made only by
+/// [`RecordedPath::of`], through [`normalize_path`], or [`RecordedPath::unread`], so it never
+/// holds a query, an identifier-like segment or a character that needs escaping.
+///
+/// ```compile_fail
+/// # use webprom_edge::privacy::path::RecordedPath;
+/// let raw = RecordedPath(String::from("/u/alice@example.com?token=1"));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordedPath(String);
+
+impl RecordedPath {
+    /// The recorded form of the URI path `path` (see [`normalize_path`]).
+    ///
+    /// ```
+    /// use webprom_edge::privacy::path::RecordedPath;
+    /// assert_eq!(RecordedPath::of("/u/alice@example.com?x=1").as_str(), "/u/:id");
+    /// ```
+    pub fn of(path: &str) -> RecordedPath {
+        let mut out = String::with_capacity(path.len().min(128));
+        normalize_path(path, &mut out);
+        RecordedPath(out)
+    }
+
+    /// The path of a request whose head could not be read: empty (a read path always starts
+    /// with `/`). Allocates nothing.
+    pub fn unread() -> RecordedPath {
+        RecordedPath(String::new())
+    }
+
+    /// The recorded path as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Any text as a recorded path, for tests of what a sink does with characters that the
+    /// normaliser never emits.
+    #[cfg(test)]
+    pub(crate) fn unchecked(text: &str) -> RecordedPath {
+        RecordedPath(text.to_owned())
+    }
+}
+
 /// Appends the recorded form of `path` to `out` (reuse `out` across requests).
 ///
 /// `path` is the URI path; anything from a `?` or `#` on is ignored. The result always starts

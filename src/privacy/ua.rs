@@ -10,15 +10,23 @@
 //! only a Chromium build (Chrome, an Android WebView) or nothing, and may correct the version of
 //! the family the User-Agent names; it never replaces a more specific family (Instagram's web
 //! view sends "Android WebView"), and a `HeadlessChrome` brand marks a bot. A
-//! `Sec-CH-UA-Platform` naming a known system replaces the User-Agent's.
+//! `Sec-CH-UA-Platform` naming a known system replaces the User-Agent's. Both hints are RFC 8941
+//! Structured Fields, parsed by the `sfv` crate (a List of sf-strings, and one sf-string); a
+//! value that does not parse is ignored as a whole.
 //!
 //! It owns the compiled rules and a bounded cache of User-Agent results. It must never keep, log
 //! or return any part of the raw header values: the cache is keyed by a keyed 64-bit hash of the
 //! user agent, and everything returned comes from fixed sets.
 
+use std::convert::Infallible;
 use std::hash::{BuildHasher, Hasher, RandomState};
 
 use quick_cache::sync::Cache;
+use sfv::visitor::{
+    EntryVisitor, Ignored, InnerListVisitor, ItemVisitor, ListVisitor, ParameterVisitor,
+    parameter_visitor_with,
+};
+use sfv::{BareItemFromInput, KeyRef, Parser, Version};
 
 /// The uap-core rules, compiled into the binary so the parser needs no file at run time.
 const REGEXES_YAML: &str = include_str!("uap-core/regexes.yaml");
@@ -252,7 +260,7 @@ impl FromUserAgent {
 #[derive(Debug, thiserror::Error)]
 pub enum UaError {
     #[error("the built-in uap-core rules (regexes.yaml, local.yaml) are not valid YAML: {0}")]
-    Data(#[from] serde_yaml::Error),
+    Data(#[from] serde_saphyr::Error),
     #[error("the built-in uap-core rules could not be compiled: {0}")]
     Compile(#[from] ua_parser::Error),
 }
@@ -280,8 +288,8 @@ impl UaParser {
     /// # Ok::<(), webprom_edge::privacy::ua::UaError>(())
     /// ```
     pub fn new(cache_capacity: usize) -> Result<UaParser, UaError> {
-        let local: ua_parser::Regexes<'static> = serde_yaml::from_str(LOCAL_YAML)?;
-        let upstream: ua_parser::Regexes<'static> = serde_yaml::from_str(REGEXES_YAML)?;
+        let local: ua_parser::Regexes<'static> = serde_saphyr::from_str(LOCAL_YAML)?;
+        let upstream: ua_parser::Regexes<'static> = serde_saphyr::from_str(REGEXES_YAML)?;
         // First match wins, so ours go in front.
         let regexes = ua_parser::Regexes {
             user_agent_parsers: local
@@ -478,7 +486,7 @@ fn platform_from_hint<'h>(lines: impl IntoIterator<Item = &'h [u8]>) -> Option<O
     if lines.next().is_some() {
         return None;
     }
-    parse_sf_string(value).and_then(Os::from_platform_hint)
+    platform_of(value)
 }
 
 /// How specific a `Sec-CH-UA` brand is; the most specific in a list wins.
@@ -564,28 +572,139 @@ impl Joined {
     }
 }
 
-/// The most specific known brand of one `Sec-CH-UA` list value, `None` if it is malformed.
+/// The most specific known brand of one `Sec-CH-UA` value, `None` if it is malformed.
+///
+/// The value is an RFC 8941 List (§3.1) parsed by [`sfv`]'s visitor, which borrows from the
+/// input and so allocates nothing for the strings browsers send. Every entry must be an
+/// sf-string; an entry of another type (an inner list, a token, a number) spoils the field as a
+/// syntax error does, and the whole value is ignored.
 fn best_brand(list: &[u8]) -> Option<BrandHint> {
-    let mut best: Option<BrandHint> = None;
-    for item in SfList::new(list) {
-        let (brand, version) = item?;
-        let Some((rank, browser)) = known_brand(brand) else {
-            continue;
+    let mut brands = Brands::default();
+    Parser::new(list)
+        .with_version(Version::Rfc8941)
+        .parse_list_with_visitor(&mut brands)
+        .ok()?;
+    if brands.other_entry {
+        return None;
+    }
+    brands.best
+}
+
+/// What the visitor has seen of a `Sec-CH-UA` list so far. Read only once the whole list has
+/// parsed (the visitor runs before the input is known to be valid).
+#[derive(Default)]
+struct Brands {
+    best: Option<BrandHint>,
+    /// An entry that is not an sf-string was seen.
+    other_entry: bool,
+}
+
+impl<'de> ListVisitor<'de> for &mut Brands {
+    type Out = ();
+    type Error = Infallible;
+
+    fn entry(&mut self) -> Result<impl EntryVisitor<'de>, Infallible> {
+        Ok(BrandEntry(self))
+    }
+
+    fn finish(self) -> Result<(), Infallible> {
+        Ok(())
+    }
+}
+
+/// One entry of a `Sec-CH-UA` list.
+struct BrandEntry<'a>(&'a mut Brands);
+
+impl<'de> EntryVisitor<'de> for BrandEntry<'_> {
+    type Error = Infallible;
+
+    fn item(self) -> Result<impl ItemVisitor<'de>, Infallible> {
+        Ok(self)
+    }
+
+    fn inner_list(self) -> Result<impl InnerListVisitor<'de>, Infallible> {
+        self.0.other_entry = true;
+        Ok(Ignored)
+    }
+}
+
+impl<'de> ItemVisitor<'de> for BrandEntry<'_> {
+    type Out = ();
+    type Error = Infallible;
+
+    fn bare_item(
+        self,
+        bare_item: BareItemFromInput<'de>,
+    ) -> Result<impl ParameterVisitor<'de, Out = ()>, Infallible> {
+        let brand = match bare_item {
+            BareItemFromInput::String(brand) if is_grease(brand.as_str().as_bytes()) => None,
+            BareItemFromInput::String(brand) => known_brand(brand.as_str().as_bytes()),
+            _ => {
+                self.0.other_entry = true;
+                None
+            }
         };
-        if best.is_none_or(|b| rank > b.rank) {
+        Ok(BrandParameters {
+            brands: self.0,
+            brand,
+            major: None,
+        })
+    }
+}
+
+/// The parameters of one brand: only `v`, its version, counts (the last one, RFC 8941 §4.2.3.2).
+struct BrandParameters<'a> {
+    brands: &'a mut Brands,
+    brand: Option<(BrandRank, Browser)>,
+    major: Option<u16>,
+}
+
+impl<'de> ParameterVisitor<'de> for BrandParameters<'_> {
+    type Out = ();
+    type Error = Infallible;
+
+    fn parameter(
+        &mut self,
+        key: &'de KeyRef,
+        value: BareItemFromInput<'de>,
+    ) -> Result<(), Infallible> {
+        if key.as_str() == "v" {
+            self.major = major_of(&value);
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<(), Infallible> {
+        let Some((rank, browser)) = self.brand else {
+            return Ok(());
+        };
+        if self.brands.best.is_none_or(|b| rank > b.rank) {
             let major = if browser == Browser::Other {
                 None
             } else {
-                version.and_then(parse_major)
+                self.major
             };
-            best = Some(BrandHint {
+            self.brands.best = Some(BrandHint {
                 rank,
                 browser,
                 major,
             });
         }
+        Ok(())
     }
-    best
+}
+
+/// The major version a brand's `v` parameter gives: the leading digits of a string
+/// (`"131.0.6778.86"`), or the whole part of a non-negative number (`131`, `26.5`).
+fn major_of(version: &BareItemFromInput<'_>) -> Option<u16> {
+    match version {
+        BareItemFromInput::String(v) => parse_major(v.as_str().as_bytes()),
+        BareItemFromInput::Integer(v) => u16::try_from(i64::from(*v)).ok(),
+        BareItemFromInput::Decimal(v) => {
+            u16::try_from(i64::from(v.as_integer_scaled_1000()) / 1000).ok()
+        }
+        _ => None,
+    }
 }
 
 fn known_brand(brand: &[u8]) -> Option<(BrandRank, Browser)> {
@@ -610,89 +729,6 @@ fn parse_major(version: &[u8]) -> Option<u16> {
     std::str::from_utf8(&version[..digits]).ok()?.parse().ok()
 }
 
-/// Iterates over a Structured Field list of strings with parameters (RFC 8941 §3.1), as sent
-/// in `Sec-CH-UA`: `"Chromium";v="131", "Not_A Brand";v="24"`. Yields each string's raw bytes
-/// (escapes left as they are; no known brand has any) with its `v` parameter, or `None` once
-/// on malformed input. GREASE brands are left out.
-struct SfList<'a> {
-    rest: &'a [u8],
-    failed: bool,
-}
-
-type SfItem<'a> = Option<(&'a [u8], Option<&'a [u8]>)>;
-
-impl<'a> SfList<'a> {
-    fn new(header: &'a [u8]) -> Self {
-        SfList {
-            rest: trim_sp(header),
-            failed: false,
-        }
-    }
-
-    fn next_item(&mut self) -> SfItem<'a> {
-        let (brand, mut rest) = split_sf_string(self.rest)?;
-        let mut version = None;
-        loop {
-            rest = trim_leading_sp(rest);
-            match rest.split_first() {
-                Some((b';', tail)) => {
-                    let tail = trim_leading_sp(tail);
-                    let key_len = tail
-                        .iter()
-                        .take_while(|b| {
-                            b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.*".contains(b)
-                        })
-                        .count();
-                    if key_len == 0 {
-                        return None;
-                    }
-                    let (key, tail) = tail.split_at(key_len);
-                    let (value, tail) = match tail.split_first() {
-                        Some((b'=', value)) => split_sf_bare_item(value)?,
-                        _ => (&b""[..], tail),
-                    };
-                    if key == b"v" {
-                        version = Some(value);
-                    }
-                    rest = tail;
-                }
-                Some((b',', tail)) => {
-                    self.rest = trim_leading_sp(tail);
-                    if self.rest.is_empty() {
-                        return None; // a trailing comma is malformed
-                    }
-                    return Some((brand, version));
-                }
-                None => {
-                    self.rest = rest;
-                    return Some((brand, version));
-                }
-                Some(_) => return None,
-            }
-        }
-    }
-}
-
-impl<'a> Iterator for SfList<'a> {
-    type Item = SfItem<'a>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if self.failed || self.rest.is_empty() {
-                return None;
-            }
-            match self.next_item() {
-                Some((brand, _)) if is_grease(brand) => continue,
-                Some(item) => return Some(Some(item)),
-                None => {
-                    self.failed = true;
-                    return Some(None);
-                }
-            }
-        }
-    }
-}
-
 /// Chromium's GREASE brands are "Not" "A" "Brand" with varying punctuation
 /// (`Not_A Brand`, `Not/A)Brand`, `Not A(Brand`, …): compare the letters only.
 fn is_grease(brand: &[u8]) -> bool {
@@ -704,52 +740,34 @@ fn is_grease(brand: &[u8]) -> bool {
         && letters.next().is_none()
 }
 
-/// Splits a leading sf-string (`"..."`) off `input`: its content without quotes and the rest.
-fn split_sf_string(input: &[u8]) -> Option<(&[u8], &[u8])> {
-    let body = input.strip_prefix(b"\"")?;
-    let mut i = 0;
-    while i < body.len() {
-        match body[i] {
-            b'\\' => i += 2,
-            b'"' => return Some((&body[..i], &body[i + 1..])),
-            b if b.is_ascii_graphic() || b == b' ' => i += 1,
-            _ => return None,
-        }
+/// The value of a field that is one sf-string (RFC 8941 §3.3.3), such as
+/// `Sec-CH-UA-Platform: "macOS"`, parsed as an Item by [`sfv`]; `None` when it is anything else
+/// or malformed. Parameters are read and ignored.
+fn platform_of(field: &[u8]) -> Option<Os> {
+    Parser::new(field)
+        .with_version(Version::Rfc8941)
+        .parse_item_with_visitor(PlatformItem)
+        .ok()
+        .flatten()
+}
+
+/// Reads a `Sec-CH-UA-Platform` Item: the OS its sf-string names.
+struct PlatformItem;
+
+impl<'de> ItemVisitor<'de> for PlatformItem {
+    type Out = Option<Os>;
+    type Error = Infallible;
+
+    fn bare_item(
+        self,
+        bare_item: BareItemFromInput<'de>,
+    ) -> Result<impl ParameterVisitor<'de, Out = Option<Os>>, Infallible> {
+        let os = match bare_item {
+            BareItemFromInput::String(name) => Os::from_platform_hint(name.as_str().as_bytes()),
+            _ => None,
+        };
+        Ok(parameter_visitor_with(Ignored, move |()| Ok(os)))
     }
-    None
-}
-
-/// Splits a parameter value off `input`: an sf-string's content or a bare token/number.
-fn split_sf_bare_item(input: &[u8]) -> Option<(&[u8], &[u8])> {
-    if input.first() == Some(&b'"') {
-        return split_sf_string(input);
-    }
-    let len = input
-        .iter()
-        .take_while(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(b))
-        .count();
-    (len > 0).then(|| input.split_at(len))
-}
-
-/// A whole header that is one sf-string, such as `Sec-CH-UA-Platform: "macOS"`.
-fn parse_sf_string(header: &[u8]) -> Option<&[u8]> {
-    let (value, rest) = split_sf_string(trim_sp(header))?;
-    rest.is_empty().then_some(value)
-}
-
-fn trim_leading_sp(s: &[u8]) -> &[u8] {
-    let n = s.iter().take_while(|b| matches!(b, b' ' | b'\t')).count();
-    &s[n..]
-}
-
-fn trim_sp(s: &[u8]) -> &[u8] {
-    let s = trim_leading_sp(s);
-    let n = s
-        .iter()
-        .rev()
-        .take_while(|b| matches!(b, b' ' | b'\t'))
-        .count();
-    &s[..s.len() - n]
 }
 
 #[cfg(test)]
@@ -924,6 +942,42 @@ mod tests {
         (Some(r#""Microsoft Edge", "Chromium";v="131""#), None, B::Edge, None, O::Windows),
         (Some(r#""Opera";v="x1";q=1"#), None, B::Opera, None, O::Windows),
         (Some(r#""Opera";v=115"#), None, B::Opera, Some(115), O::Windows),
+        // RFC 8941 as sfv reads it. The version: the last `v`, the whole part of a number, the
+        // leading digits of a string; any other type has none.
+        (Some(r#""Opera";v=115.7"#), None, B::Opera, Some(115), O::Windows),
+        (Some(r#""Opera";v=-115"#), None, B::Opera, None, O::Windows),
+        (Some(r#""Opera";v"#), None, B::Opera, None, O::Windows),
+        (Some(r#""Opera";v=?1"#), None, B::Opera, None, O::Windows),
+        (Some(r#""Opera";v=:MTE1:"#), None, B::Opera, None, O::Windows),
+        (Some(r#""Opera";v=x115"#), None, B::Opera, None, O::Windows),
+        (Some(r#""Opera";v="1";v="115""#), None, B::Opera, Some(115), O::Windows),
+        (Some(r#""Opera";v="115";*x=1;y"#), None, B::Opera, Some(115), O::Windows),
+        // Spaces around the list and after a `;`, spaces and tabs around its commas.
+        (Some(r#""Opera"; v="115""#), None, B::Opera, Some(115), O::Windows),
+        (Some(r#"  "Opera";v="115"  "#), None, B::Opera, Some(115), O::Windows),
+        (Some("\"Chromium\";v=\"130\" ,\t \"Opera\";v=\"115\""), None, B::Opera, Some(115), O::Windows),
+        // An escape is read; an unknown escape or a character outside ASCII spoils the list.
+        (Some(r#""Opera";v="115", "Not\"A\\Brand""#), None, B::Opera, Some(115), O::Windows),
+        (Some(r#""Opera";v="115", "Bad\x""#), None, B::Chrome, Some(131), O::Windows),
+        (Some(r#""Opera";v="115", "Ópera""#), None, B::Chrome, Some(131), O::Windows),
+        // Malformed: the User-Agent stands. Whitespace where RFC 8941 has none, a tab before
+        // the list, a key that does not start with a lowercase letter or `*`, RFC 9651 types.
+        (Some(r#""Opera" ;v="115""#), None, B::Chrome, Some(131), O::Windows),
+        (Some("\t\"Opera\";v=\"115\""), None, B::Chrome, Some(131), O::Windows),
+        (Some(r#""Opera";v="115";1x=1"#), None, B::Chrome, Some(131), O::Windows),
+        (Some(r#""Opera";v=@1700000000"#), None, B::Chrome, Some(131), O::Windows),
+        (Some(r#""Opera";v=%"115""#), None, B::Chrome, Some(131), O::Windows),
+        // Every entry must be a string: an inner list, a token or a number spoils the field.
+        (Some(r#"("Opera" "Chromium")"#), None, B::Chrome, Some(131), O::Windows),
+        (Some(r#"Opera;v="115""#), None, B::Chrome, Some(131), O::Windows),
+        (Some(r#""Opera";v="115", 1"#), None, B::Chrome, Some(131), O::Windows),
+        // Sec-CH-UA-Platform is one sf-string Item: parameters are ignored; a token, a number or
+        // a list names nothing.
+        (None, Some(r#""macOS";x=1"#), B::Chrome, Some(131), O::MacOs),
+        (None, Some("macOS"), B::Chrome, Some(131), O::Windows),
+        (None, Some("1"), B::Chrome, Some(131), O::Windows),
+        (None, Some(r#""macOS", "Linux""#), B::Chrome, Some(131), O::Windows),
+        (None, Some(r#"("macOS")"#), B::Chrome, Some(131), O::Windows),
     ];
 
     #[test]

@@ -19,6 +19,8 @@ use http::{HeaderMap, HeaderValue};
 
 use date::parse_cookie_date;
 
+use crate::fields::{trim_ows, trim_ows_range};
+
 /// The longest attribute value browsers read (RFC 6265bis, Chromium, Firefox); they ignore a
 /// longer one, so a rewritten value keeps its length above this.
 const MAX_ATTRIBUTE_VALUE_OCTETS: usize = 1024;
@@ -105,8 +107,10 @@ pub fn cap_set_cookie(
             Some(eq) => (&part[..eq], attr.start + eq + 1..attr.end),
             None => (part, attr.end..attr.end),
         };
-        let name = trim_wsp(name);
-        let value_span = trim_span(bytes, value_span);
+        // RFC 6265 §5.2 trims `WSP` (spaces and tabs): the bytes `OWS` is made of.
+        let name = trim_ows(name);
+        let kept = trim_ows_range(&bytes[value_span.clone()]);
+        let value_span = value_span.start + kept.start..value_span.start + kept.end;
         let attr_value = &bytes[value_span.clone()];
         if name.eq_ignore_ascii_case(b"max-age") {
             if let Some((digits, capped)) = capped_max_age(attr_value, cap) {
@@ -219,35 +223,6 @@ fn split_attributes(bytes: &[u8]) -> impl Iterator<Item = Range<usize>> + '_ {
             }
         }
     })
-}
-
-/// `WSP = SP / HTAB`, the only whitespace RFC 6265 §5.2 trims.
-fn is_wsp(b: &u8) -> bool {
-    matches!(b, b' ' | b'\t')
-}
-
-fn trim_wsp(mut s: &[u8]) -> &[u8] {
-    while let [first, rest @ ..] = s
-        && is_wsp(first)
-    {
-        s = rest;
-    }
-    while let [rest @ .., last] = s
-        && is_wsp(last)
-    {
-        s = rest;
-    }
-    s
-}
-
-fn trim_span(bytes: &[u8], mut span: Range<usize>) -> Range<usize> {
-    while span.start < span.end && is_wsp(&bytes[span.start]) {
-        span.start += 1;
-    }
-    while span.end > span.start && is_wsp(&bytes[span.end - 1]) {
-        span.end -= 1;
-    }
-    span
 }
 
 #[cfg(test)]

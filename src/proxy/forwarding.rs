@@ -86,7 +86,7 @@ pub fn set_forwarding_headers(
         }
         ForwardClientIp::Truncated => {
             h.remove(FORWARDED);
-            let net = truncate(client.ip(), policy.ipv4_prefix, policy.ipv6_prefix);
+            let net = truncate(client, policy.ipv4_prefix, policy.ipv6_prefix);
             if let Ok(v) = HeaderValue::from_str(&net.as_ipnet().network().to_string()) {
                 h.insert(X_FORWARDED_FOR.clone(), v);
             }

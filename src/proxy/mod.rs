@@ -287,7 +287,7 @@ impl Proxy {
     fn rate_limit(&self, client: ClientAddr, path: &str) -> Option<Response<ResponseBody>> {
         let guard = self.limiter.load();
         let limiter = guard.as_ref()?;
-        match limiter.check(client.ip(), path) {
+        match limiter.check(client, path) {
             Decision::Allow => None,
             Decision::Limited {
                 policy,
