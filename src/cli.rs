@@ -65,6 +65,18 @@ impl From<ConfigError> for CliError {
     }
 }
 
+impl From<server::preflight::RunError> for CliError {
+    /// Start-up problems that an operator fixes in the config exit with 2.
+    fn from(e: server::preflight::RunError) -> Self {
+        use server::preflight::RunError;
+        match e {
+            RunError::Config(e) => e.into(),
+            RunError::Tls(e) => e.into(),
+            RunError::Runtime(e) => CliError::Runtime(e),
+        }
+    }
+}
+
 impl From<server::tls::TlsError> for CliError {
     fn from(e: server::tls::TlsError) -> Self {
         CliError::Config(e.to_string())
@@ -102,17 +114,7 @@ pub fn run(file: &ConfigFile) -> Result<(), CliError> {
         .map_err(|e| CliError::Runtime(anyhow::Error::new(e).context("starting the runtime")))?;
     runtime
         .block_on(server::run(config, file.path.clone()))
-        .map_err(|e| {
-            // Start-up problems that an operator fixes in the config exit with 2.
-            if e.is::<ConfigError>()
-                || e.is::<server::tls::TlsError>()
-                || e.is::<crate::privacy::geo::GeoError>()
-            {
-                CliError::Config(e.to_string())
-            } else {
-                CliError::Runtime(e)
-            }
-        })
+        .map_err(CliError::from)
 }
 
 /// `check-config [--config FILE]`: validates the configuration and every file and directory it
