@@ -154,3 +154,38 @@ pub fn print_stdout(bytes: &[u8]) -> Result<(), CliError> {
         _ => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use server::preflight::RunError;
+
+    #[test]
+    fn a_failure_of_run_gets_the_exit_status_of_its_kind() {
+        let tls = server::tls::TlsError::Generate {
+            path: "/etc/webprom-edge/cert.pem".into(),
+            reason: "read-only file system".to_owned(),
+        };
+        // (the failure, exit status, a part of the message)
+        let rows: Vec<(RunError, i32, &str)> = vec![
+            (
+                ConfigError::invalid("server.listen", "cannot listen").into(),
+                2,
+                "server.listen",
+            ),
+            (tls.into(), 2, "cert.pem"),
+            (
+                anyhow::anyhow!("disk full")
+                    .context("starting the access log")
+                    .into(),
+                1,
+                "starting the access log: disk full",
+            ),
+        ];
+        for (failure, status, part) in rows {
+            let e = CliError::from(failure);
+            assert_eq!(e.exit_code(), status, "{e}");
+            assert!(e.to_string().contains(part), "{e}");
+        }
+    }
+}

@@ -853,7 +853,7 @@ fn check_quota(key: &str, rate: u32, burst: u32) -> Result<(), ConfigError> {
 #[derive(Clone, Copy)]
 pub struct Dur(pub Duration, DurUnit);
 
-/// The index in [`UNITS`] of the unit a [`Dur`] is shown in; `None`: the largest exact one.
+/// The index in `UNITS` of the unit a [`Dur`] is shown in; `None`: the largest exact one.
 #[derive(Clone, Copy, Debug)]
 pub struct DurUnit(Option<u8>);
 

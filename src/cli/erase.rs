@@ -286,3 +286,107 @@ fn remove_stale_copies(dir: &Path) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "AAAAAAAAAAAAAAAA";
+    const B: &str = "BBBBBBBBBBBBBBBB";
+    const DAY: &str = "2026-11-02";
+
+    fn rec(client: &str, path: &str) -> String {
+        format!(
+            "{{\"ts\":\"{DAY}T00:00:01Z\",\"epoch\":\"{DAY}\",\"client\":\"{client}\",\"path\":\"{path}\",\"status\":200}}\n"
+        )
+    }
+
+    #[test]
+    fn erasing_a_day_file_removes_the_client_keeps_the_rest_and_its_mode() {
+        let others = [rec(B, "/b1"), "\n".to_owned(), rec(B, "/b2")].concat();
+        // (day file content, its mode, records removed, content after, rewritten)
+        let rows: Vec<(String, u32, u64, String, bool)> = vec![
+            (
+                [rec(A, "/a"), rec(B, "/b1"), "\n".to_owned(), rec(B, "/b2")].concat(),
+                0o600,
+                1,
+                others.clone(),
+                true,
+            ),
+            (
+                [
+                    rec(B, "/b1"),
+                    rec(A, "/a"),
+                    "\n".to_owned(),
+                    rec(B, "/b2"),
+                    rec(A, "/c"),
+                ]
+                .concat(),
+                0o640,
+                2,
+                others.clone(),
+                true,
+            ),
+            // A torn last line holding the pseudonym goes; one without it stays.
+            (
+                [others.clone(), format!("{{\"client\":\"{A}\",\"ep")].concat(),
+                0o640,
+                0,
+                others.clone(),
+                true,
+            ),
+            (
+                [others.clone(), "{\"client\":\"x".to_owned()].concat(),
+                0o600,
+                0,
+                [others.clone(), "{\"client\":\"x".to_owned()].concat(),
+                false,
+            ),
+            // Nothing of the client: the file is left as it is.
+            (others.clone(), 0o640, 0, others.clone(), false),
+        ];
+        let needles = [Needle::new(A.parse().unwrap(), Some(DAY.parse().unwrap()))];
+        for (i, (before, mode, removed, after, rewritten)) in rows.into_iter().enumerate() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(format!("access-{DAY}.jsonl"));
+            fs::write(&path, &before).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let mut summary = Summary::default();
+            let got = erase_file(&path, DAY.parse().unwrap(), &needles, &mut summary).unwrap();
+            assert_eq!(got, removed, "row {i}");
+            assert_eq!(fs::read_to_string(&path).unwrap(), after, "row {i}");
+            let now = fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(now, mode, "row {i}");
+            assert_eq!(
+                summary.files_rewritten.len(),
+                usize::from(rewritten),
+                "row {i}"
+            );
+            assert_eq!(summary.found.records, removed, "row {i}");
+            // No temporary copy is left behind.
+            assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "row {i}");
+        }
+    }
+
+    #[test]
+    fn only_the_copies_of_erase_runs_that_are_gone_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let me = std::process::id();
+        // (file name, kept)
+        let rows: Vec<(String, bool)> = vec![
+            (format!(".access-{DAY}.jsonl.erase.{me}"), true),
+            // No process has this id (above the kernel's limit).
+            (format!(".access-{DAY}.jsonl.erase.{}", u32::MAX), false),
+            (format!(".access-{DAY}.jsonl.erase.x"), true),
+            (format!("access-{DAY}.jsonl"), true),
+            (".audit.jsonl.1".to_owned(), true),
+        ];
+        for (name, _) in &rows {
+            fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        remove_stale_copies(dir.path());
+        for (name, kept) in rows {
+            assert_eq!(dir.path().join(&name).exists(), kept, "{name}");
+        }
+    }
+}

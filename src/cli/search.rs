@@ -333,6 +333,49 @@ mod tests {
     }
 
     #[test]
+    fn the_client_flags_are_parsed_into_a_target() {
+        // (flag, value, Ok(what it names) or the start of the error)
+        let rows: &[(&str, &str, Result<&str, &str>)] = &[
+            ("--ip", "203.0.113.7", Ok("ip 203.0.113.7")),
+            ("--ip", " 203.0.113.7\n", Ok("ip 203.0.113.7")),
+            ("--ip", "2001:db8::1", Ok("ip 2001:db8::1")),
+            ("--ip", "203.0.113.7/24", Err("--ip")),
+            ("--ip", "", Err("--ip")),
+            ("--ip", "localhost", Err("--ip")),
+            (
+                "--client",
+                "AAAAAAAAAAAAAAAA",
+                Ok("client AAAAAAAAAAAAAAAA"),
+            ),
+            (
+                "--client",
+                " abcdefghij-_0123 ",
+                Ok("client abcdefghij-_0123"),
+            ),
+            ("--client", "abcdefghij+/0123", Err("--client")),
+            ("--client", "AAAA", Err("--client")),
+        ];
+        for &(flag, value, want) in rows {
+            let parsed = if flag == "--ip" {
+                Target::parse_ip(value)
+            } else {
+                Target::parse_client(value)
+            };
+            let got = parsed.map(|t| match t {
+                Target::Ip(addr) => format!("ip {}", addr.ip()),
+                Target::Client(p) => format!("client {p}"),
+            });
+            match want {
+                Ok(named) => assert_eq!(got.as_deref(), Ok(named), "{flag} {value:?}"),
+                Err(start) => {
+                    let err = got.expect_err(value);
+                    assert!(err.starts_with(start), "{flag} {value:?}: {err}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn ip_errors_never_echo_the_value() {
         let err = Target::parse_ip("203.0.113.999").err().unwrap();
         assert!(
