@@ -125,8 +125,11 @@ fn generate(dir: &Path, total: u64) -> u64 {
     fs::create_dir_all(&logs).unwrap();
     fs::create_dir_all(&keys).unwrap();
     let hex: String = key_raw.iter().map(|b| format!("{b:02x}")).collect();
-    fs::write(keys.join(first.file_name()), hex).unwrap();
-    for (p, mode) in [(keys.clone(), 0o700), (keys.join(first.file_name()), 0o600)] {
+    fs::write(keys.join(format!("{first}.key")), hex).unwrap();
+    for (p, mode) in [
+        (keys.clone(), 0o700),
+        (keys.join(format!("{first}.key")), 0o600),
+    ] {
         fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
     }
     fs::write(

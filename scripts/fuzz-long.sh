@@ -10,7 +10,7 @@
 # The properties: every test of tests/fuzz.rs (user agent and Client Hints, Accept-Language,
 # X-Forwarded-For and Forwarded, the field-list reader, the path, the authority, the request-head
 # checks, the config loader), the cookie cap's (tests/cookies.rs) and the investigation reader's
-# (src/investigate.rs). The test binaries are built once, then run directly, so the sources may
+# (src/accesslog/reader.rs). The test binaries are built once, then run directly, so the sources may
 # change while a run goes on. Prints one line per property (result, inputs, seconds, inputs per
 # second); each property's output, with the failing input if any, is in target/fuzz-long/.
 # Exits non-zero if any property failed.
@@ -62,7 +62,7 @@ properties() {
         grep -E '^(lifetime_after_the_cap_is_never_longer_for_(structured_lines|arbitrary_bytes)|the_response_cap_)' |
         sed "s|^|${binary[tests/cookies.rs]}\t|"
     "${binary[unittests src/lib.rs]}" --list 2>/dev/null | sed -n 's/: test$//p' |
-        grep '^investigate::tests::fuzz::' | sed "s|^|${binary[unittests src/lib.rs]}\t|"
+        grep '^accesslog::reader::tests::fuzz::' | sed "s|^|${binary[unittests src/lib.rs]}\t|"
 }
 
 # xargs exits non-zero when any property failed.

@@ -2,16 +2,24 @@
 //!
 //! Each returns a [`CliError`] whose kind decides the exit status: 2 for bad usage or bad
 //! configuration, 1 for a failure at run time. [`args`] defines the command line the binary
-//! parses; [`docs`] generates the man page and the shell completions from it.
+//! parses; [`docs`] generates the man page and the shell completions from it. `run` and
+//! `check-config` are here; the commands over the access log (policy P9–P12) have a file each:
+//! [`investigate`], [`erase`], [`keys`], sharing [`search`] and leaving a line in the [`audit`]
+//! trail. Must never print, log or audit a client address.
 
 pub mod args;
+pub mod audit;
 pub mod docs;
+pub mod erase;
+pub mod investigate;
+pub mod keys;
+pub mod search;
 
 use args::ConfigFile;
 
 use crate::config::{Config, ConfigError};
-use crate::investigate::{self as inv, DayRange, Settings, Summary, Target};
 use crate::server;
+use search::Settings;
 
 /// Why a command failed, and so which exit status it gets.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +65,18 @@ impl From<ConfigError> for CliError {
     }
 }
 
+impl From<server::preflight::RunError> for CliError {
+    /// Start-up problems that an operator fixes in the config exit with 2.
+    fn from(e: server::preflight::RunError) -> Self {
+        use server::preflight::RunError;
+        match e {
+            RunError::Config(e) => e.into(),
+            RunError::Tls(e) => e.into(),
+            RunError::Runtime(e) => CliError::Runtime(e),
+        }
+    }
+}
+
 impl From<server::tls::TlsError> for CliError {
     fn from(e: server::tls::TlsError) -> Self {
         CliError::Config(e.to_string())
@@ -94,17 +114,7 @@ pub fn run(file: &ConfigFile) -> Result<(), CliError> {
         .map_err(|e| CliError::Runtime(anyhow::Error::new(e).context("starting the runtime")))?;
     runtime
         .block_on(server::run(config, file.path.clone()))
-        .map_err(|e| {
-            // Start-up problems that an operator fixes in the config exit with 2.
-            if e.is::<ConfigError>()
-                || e.is::<server::tls::TlsError>()
-                || e.is::<crate::privacy::geo::GeoError>()
-            {
-                CliError::Config(e.to_string())
-            } else {
-                CliError::Runtime(e)
-            }
-        })
+        .map_err(CliError::from)
 }
 
 /// `check-config [--config FILE]`: validates the configuration and every file and directory it
@@ -125,81 +135,10 @@ pub fn check_config(file: &ConfigFile) -> Result<String, CliError> {
     Ok(format!("{notes}{toml}"))
 }
 
-/// Which client `investigate` looks for: exactly one of `--ip` and `--client`.
-pub enum Who<'a> {
-    /// `--ip ADDR`
-    Ip(&'a str),
-    /// `--client PSEUDONYM`
-    Client(&'a str),
-}
-
+/// The settings of the commands over the access log, from the configuration in `file`.
 fn load_settings(file: &ConfigFile) -> Result<Settings, CliError> {
     let config = load(file)?;
     Ok(Settings::from_config(&config))
-}
-
-/// Writes the audit line; a command whose audit cannot be written fails.
-fn audit(settings: &Settings, command: &str, summary: &Summary, ok: bool) -> Result<(), CliError> {
-    let line = inv::audit_line(command, summary, ok);
-    inv::append_audit(&settings.log_dir, settings.log_retention_days, &line).map_err(|e| {
-        CliError::Runtime(anyhow::Error::new(e).context(format!(
-            "writing the audit trail {}",
-            settings.log_dir.join(inv::AUDIT_FILE).display()
-        )))
-    })
-}
-
-/// `investigate [--config FILE] (--ip ADDR | --client PSEUDONYM) [--since DAY] [--until DAY]`:
-/// the client's records on stdout as stored, a summary on stderr, a line in the audit trail.
-pub fn investigate(
-    file: &ConfigFile,
-    who: Who<'_>,
-    since: Option<&str>,
-    until: Option<&str>,
-) -> Result<(), CliError> {
-    let target = match who {
-        Who::Ip(s) => Target::parse_ip(s),
-        Who::Client(s) => Target::parse_client(s),
-    }
-    .map_err(CliError::Config)?;
-    let range = DayRange::parse(since, until).map_err(CliError::Config)?;
-    let settings = load_settings(file)?;
-    let mut summary = Summary::default();
-    let stdout = std::io::stdout();
-    let out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
-    let result = inv::investigate(&settings, &target, range, out, &mut summary);
-    eprint!("{}", summary.render("investigate"));
-    audit(&settings, "investigate", &summary, result.is_ok())?;
-    result.map_err(CliError::Runtime)
-}
-
-/// `erase [--config FILE] --ip ADDR [--since DAY] [--until DAY]`: removes the client's records
-/// from the day files, safely while the proxy runs; a summary on stderr, a line in the audit
-/// trail.
-pub fn erase(
-    file: &ConfigFile,
-    ip: &str,
-    since: Option<&str>,
-    until: Option<&str>,
-) -> Result<(), CliError> {
-    let target = Target::parse_ip(ip).map_err(CliError::Config)?;
-    let range = DayRange::parse(since, until).map_err(CliError::Config)?;
-    let settings = load_settings(file)?;
-    let mut summary = Summary::default();
-    let result = inv::erase(&settings, &target, range, &mut summary);
-    eprint!("{}", summary.render("erase"));
-    audit(&settings, "erase", &summary, result.is_ok())?;
-    result.map_err(CliError::Runtime)
-}
-
-/// `keys [--config FILE]`: one `YYYY-MM-DD kept|derivable|destroyed` line per epoch on stdout,
-/// a summary on stderr.
-pub fn keys(file: &ConfigFile) -> Result<(), CliError> {
-    let settings = load_settings(file)?;
-    let (lines, summary) = inv::keys_report(&settings).map_err(CliError::Runtime)?;
-    print_stdout(lines.as_bytes())?;
-    eprint!("{summary}");
-    Ok(())
 }
 
 /// Writes a command's output to stdout. A reader that stopped reading (`| head`: EPIPE) ends
@@ -213,5 +152,40 @@ pub fn print_stdout(bytes: &[u8]) -> Result<(), CliError> {
             anyhow::Error::new(e).context("writing to stdout"),
         )),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use server::preflight::RunError;
+
+    #[test]
+    fn a_failure_of_run_gets_the_exit_status_of_its_kind() {
+        let tls = server::tls::TlsError::Generate {
+            path: "/etc/webprom-edge/cert.pem".into(),
+            reason: "read-only file system".to_owned(),
+        };
+        // (the failure, exit status, a part of the message)
+        let rows: Vec<(RunError, i32, &str)> = vec![
+            (
+                ConfigError::invalid("server.listen", "cannot listen").into(),
+                2,
+                "server.listen",
+            ),
+            (tls.into(), 2, "cert.pem"),
+            (
+                anyhow::anyhow!("disk full")
+                    .context("starting the access log")
+                    .into(),
+                1,
+                "starting the access log: disk full",
+            ),
+        ];
+        for (failure, status, part) in rows {
+            let e = CliError::from(failure);
+            assert_eq!(e.exit_code(), status, "{e}");
+            assert!(e.to_string().contains(part), "{e}");
+        }
     }
 }

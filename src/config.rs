@@ -14,6 +14,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::epoch::SECS_PER_DAY;
+
 /// A configuration problem, naming the key (or file) and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -138,7 +140,7 @@ pub const MAX_HEADER_FIELDS: usize = 1000;
 pub const MIN_DURATION: Duration = Duration::from_millis(1);
 /// The longest duration any duration key takes (100 years): deadlines are added to the clock,
 /// and a longer one would overflow it.
-pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86400);
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * SECS_PER_DAY);
 
 impl Default for Server {
     fn default() -> Self {
@@ -787,13 +789,13 @@ impl Config {
                 "must be a whole number of seconds, at least \"1s\"",
             ));
         }
-        if self.access_log.retention.0 > Duration::from_secs(90 * 86400) {
+        if self.access_log.retention.0 > Duration::from_secs(90 * SECS_PER_DAY) {
             return Err(ConfigError::invalid(
                 "access_log.retention",
                 "the privacy policy (P11) allows at most \"90d\"",
             ));
         }
-        if p.cookie_max_age.0 > Duration::from_secs(14 * 86400) {
+        if p.cookie_max_age.0 > Duration::from_secs(14 * SECS_PER_DAY) {
             return Err(ConfigError::invalid(
                 "privacy.cookie_max_age",
                 "the privacy policy (P11) allows at most \"14d\"",
@@ -868,7 +870,7 @@ fn check_quota(key: &str, rate: u32, burst: u32) -> Result<(), ConfigError> {
 #[derive(Clone, Copy)]
 pub struct Dur(pub Duration, DurUnit);
 
-/// The index in [`UNITS`] of the unit a [`Dur`] is shown in; `None`: the largest exact one.
+/// The index in `UNITS` of the unit a [`Dur`] is shown in; `None`: the largest exact one.
 #[derive(Clone, Copy, Debug)]
 pub struct DurUnit(Option<u8>);
 
@@ -882,7 +884,7 @@ const UNITS: [(&str, u128); 10] = [
     ("s", 1_000_000_000),
     ("m", 60_000_000_000),
     ("h", 3_600_000_000_000),
-    ("d", 86_400_000_000_000),
+    ("d", SECS_PER_DAY as u128 * 1_000_000_000),
     ("w", 604_800_000_000_000),
     ("months", 2_630_016_000_000_000),
     ("y", 31_557_600_000_000_000),
@@ -896,7 +898,10 @@ impl Dur {
         Dur(Duration::from_secs(s), DurUnit(Some(3)))
     }
     const fn days(d: u64) -> Dur {
-        Dur(Duration::from_secs(d * 86400), DurUnit(Some(DAYS as u8)))
+        Dur(
+            Duration::from_secs(d * SECS_PER_DAY),
+            DurUnit(Some(DAYS as u8)),
+        )
     }
 
     /// The unit of a duration written as one number and one unit (`"90d"`, `"60 s"`,
@@ -1091,7 +1096,10 @@ mod tests {
         assert_eq!(c.server.send_timeout.0, Duration::from_secs(30));
         assert_eq!(c.upstream.request_timeout.0, Duration::from_secs(30));
         assert_eq!(c.upstream.idle_timeout.0, Duration::from_secs(4));
-        assert_eq!(c.privacy.key_retention.0, Duration::from_secs(30 * 86400));
+        assert_eq!(
+            c.privacy.key_retention.0,
+            Duration::from_secs(30 * SECS_PER_DAY)
+        );
         assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9100");
         assert_eq!(c.upstream.forward_client_ip, ForwardClientIp::Full);
         assert_eq!(c.server.body_read_timeout.0, Duration::from_secs(10));

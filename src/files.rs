@@ -1,14 +1,17 @@
 //! Files and directories the configuration names, as an operator may leave them: reading a
 //! file whole only when it is a regular file (a named pipe or a device at the path never hangs
-//! or floods the proxy), telling whether a file changed on disk, and checking that a directory
-//! can be written before anything is written to it.
+//! or floods the proxy), telling whether a file changed on disk, checking that a directory
+//! can be written before anything is written to it, and replacing a file atomically
+//! ([`write_atomically`], [`Replacement`]: the one copy of temporary file, fsync, rename, fsync
+//! of the directory).
 //!
 //! Must never map a file (an operator rewriting it in place would crash the process with
-//! SIGBUS) and never leave anything behind when it checks a directory. Errors carry the reason
-//! only; the caller names the path and the config key.
+//! SIGBUS), never leave anything behind when it checks a directory, and never write into a
+//! file it did not create when it writes a replacement. Errors carry the reason only; the
+//! caller names the path and the config key.
 
 use std::fs::{File, Metadata, OpenOptions};
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -199,6 +202,75 @@ fn open_checked(path: &Path) -> Result<(File, Metadata), FileError> {
     Ok((file, meta))
 }
 
+/// Replaces `path` with `bytes` atomically: written to `tmp` (created anew with `mode`, through
+/// the umask), fsynced, renamed over `path`, and the directory fsynced. Readers see the old
+/// file or the new one, never a part; after a crash, `path` holds one of them. `tmp` must be in
+/// the directory of `path`; on failure it is removed.
+pub fn write_atomically(path: &Path, tmp: &Path, mode: u32, bytes: &[u8]) -> io::Result<()> {
+    let replacement = Replacement::create(path, tmp, mode)?;
+    replacement.file().write_all(bytes)?;
+    replacement.commit()
+}
+
+/// A file being written under a temporary name, to replace another atomically once complete
+/// ([`Replacement::commit`]); dropped without a commit, the temporary file is removed. For
+/// writers that stream the new content or do more between creating and committing (`erase`
+/// copies a day file under a lock); [`write_atomically`] for content at hand.
+#[derive(Debug)]
+pub struct Replacement {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: File,
+    committed: bool,
+}
+
+impl Replacement {
+    /// Creates `tmp` (in the directory of `path`) anew with `mode`, through the umask: a file
+    /// left at that name, whatever its mode, is removed first, never written into.
+    pub fn create(path: &Path, tmp: &Path, mode: u32) -> io::Result<Replacement> {
+        match std::fs::remove_file(tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(tmp)?;
+        Ok(Replacement {
+            path: path.to_path_buf(),
+            tmp: tmp.to_path_buf(),
+            file,
+            committed: false,
+        })
+    }
+
+    /// The temporary file, to write the new content to (`&File` is `Write`).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Fsyncs the temporary file, renames it over the path, and fsyncs the directory.
+    pub fn commit(mut self) -> io::Result<()> {
+        self.file.sync_all()?;
+        std::fs::rename(&self.tmp, &self.path)?;
+        self.committed = true;
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        File::open(dir)?.sync_all()
+    }
+}
+
+impl Drop for Replacement {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,5 +398,53 @@ mod tests {
         }
         std::fs::remove_file(&path).unwrap();
         assert_eq!(FileStamp::of_path(&path), None);
+    }
+
+    #[test]
+    fn an_atomic_write_replaces_the_file_whole_and_leaves_no_temporary_file() {
+        // (content of the file before, or none; mode of a file left at the temporary name, or
+        // none)
+        let rows: &[(Option<&[u8]>, Option<u32>)] = &[
+            (None, None),
+            (Some(b"old content, longer than the new"), None),
+            (Some(b"old"), Some(0o644)),
+            (None, Some(0o666)),
+        ];
+        use std::os::unix::fs::PermissionsExt;
+        for &(before, left) in rows {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("file");
+            let tmp = dir.path().join(".file.tmp");
+            if let Some(b) = before {
+                std::fs::write(&path, b).unwrap();
+            }
+            if let Some(mode) = left {
+                std::fs::write(&tmp, b"left over").unwrap();
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
+            }
+            write_atomically(&path, &tmp, 0o600, b"new").unwrap();
+            let row = format!("{before:?} {left:?}");
+            assert_eq!(std::fs::read(&path).unwrap(), b"new", "{row}");
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode, 0o600, "{row}");
+            assert!(!tmp.exists(), "{row}");
+        }
+    }
+
+    #[test]
+    fn a_replacement_dropped_without_commit_leaves_the_file_and_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("file");
+        let tmp = dir.path().join(".file.tmp");
+        std::fs::write(&path, b"old").unwrap();
+        let replacement = Replacement::create(&path, &tmp, 0o600).unwrap();
+        replacement.file().write_all(b"half").unwrap();
+        drop(replacement);
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        assert!(!tmp.exists());
+        // Into a directory that does not exist: an error, nothing made.
+        let missing = dir.path().join("missing/file");
+        assert!(write_atomically(&missing, &missing.with_extension("tmp"), 0o600, b"x").is_err());
+        assert!(!dir.path().join("missing").exists());
     }
 }

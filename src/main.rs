@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use webprom_edge::cli::args::{Args, Command};
+use webprom_edge::cli::investigate::Who;
 use webprom_edge::cli::{self, CliError, docs};
 
 /// mimalloc: the request path allocates and frees many small objects; glibc's allocator was
@@ -27,20 +28,20 @@ fn main() -> ExitCode {
             until,
         } => {
             let who = match (&ip, &client) {
-                (Some(ip), _) => cli::Who::Ip(ip),
-                (None, Some(client)) => cli::Who::Client(client),
+                (Some(ip), _) => Who::Ip(ip),
+                (None, Some(client)) => Who::Client(client),
                 // clap requires exactly one of them.
-                (None, None) => cli::Who::Client(""),
+                (None, None) => Who::Client(""),
             };
-            cli::investigate(&config, who, since.as_deref(), until.as_deref())
+            cli::investigate::run(&config, who, since.as_deref(), until.as_deref())
         }
         Command::Erase {
             config,
             ip,
             since,
             until,
-        } => cli::erase(&config, &ip, since.as_deref(), until.as_deref()),
-        Command::Keys { config } => cli::keys(&config),
+        } => cli::erase::run(&config, &ip, since.as_deref(), until.as_deref()),
+        Command::Keys { config } => cli::keys::run(&config),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             docs::completions(shell, &mut out)

@@ -17,7 +17,7 @@ use std::os::unix::fs::{
 use std::path::{Path, PathBuf};
 
 use crate::config::{self, ConfigError, GroupSpec};
-use crate::privacy::keys::Epoch;
+use crate::epoch::Epoch;
 
 /// How day files are created and kept: exact permission bits, and the group to give them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,12 +12,13 @@
 //! of its own. The queue carries [`Observation`]s, so nothing but the allowed fields can reach
 //! a file.
 //!
-//! `erase` may replace a day file while the writer appends to it (see [`crate::investigate`]):
+//! `erase` may replace a day file while the writer appends to it (see [`crate::cli::erase`]):
 //! the writer writes whole lines only while holding the exclusive lock ([`File::lock`]) of the
 //! file it writes to, and after taking the lock checks that the path still names that file,
 //! reopening the path if it was replaced.
 
 pub mod files;
+pub mod reader;
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 use prometheus::IntCounter;
 
 use crate::config;
-use crate::privacy::keys::Epoch;
+use crate::epoch::{self, Epoch};
 use crate::privacy::observation::Observation;
 
 /// How often buffered records reach the file, at the latest.
@@ -89,7 +90,7 @@ impl AccessLog {
                 Err(e) => return Err(with_path(e, &today)),
             }
         }
-        let retention_days = (cfg.retention.0.as_secs() / 86400) as i64;
+        let retention_days = epoch::whole_days(cfg.retention.0);
         let removed = files::sweep(&cfg.dir, Epoch::today(), retention_days)
             .map_err(|e| with_path(e, &cfg.dir))?;
         if removed > 0 {

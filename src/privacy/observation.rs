@@ -255,7 +255,7 @@ impl Observation {
     /// number, a fixed name, or already checked to need no escaping (the path is escaped anyway).
     pub fn write_json(&self, out: &mut Vec<u8>) {
         let mut num = itoa::Buffer::new();
-        let sod = self.ts.rem_euclid(86400) as u32;
+        let sod = self.ts.rem_euclid(crate::epoch::SECS_PER_DAY as i64) as u32;
         out.extend_from_slice(b"{\"ts\":\"");
         self.day().write_ymd(out);
         out.extend_from_slice(&[

@@ -229,7 +229,7 @@ fn split_attributes(bytes: &[u8]) -> impl Iterator<Item = Range<usize>> + '_ {
 mod tests {
     use super::*;
 
-    const DAY: u64 = 86_400;
+    const DAY: u64 = crate::epoch::SECS_PER_DAY;
 
     /// now = 2026-11-25T14:03:07Z; cap 14 days → limit 2026-12-09T14:03:07Z.
     fn now() -> SystemTime {
@@ -401,7 +401,7 @@ mod tests {
         assert!(value.starts_with("Wed, ") && value.ends_with(" 09 Dec 2026 14:03:07 GMT"));
         assert_eq!(
             parse_cookie_date(value.as_bytes()),
-            Some(1_795_615_387 + 14 * 86_400)
+            Some(1_795_615_387 + 14 * DAY as i64)
         );
     }
 

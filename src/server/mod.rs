@@ -49,7 +49,7 @@ async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, ConfigError> {
 }
 
 /// Serves until SIGTERM or SIGINT, then drains for up to `server.shutdown_grace`.
-pub async fn run(config: Config, config_path: PathBuf) -> anyhow::Result<()> {
+pub async fn run(config: Config, config_path: PathBuf) -> Result<(), preflight::RunError> {
     // Nothing is written (no certificate generated, no key or directory created) until every
     // file and directory the config names has been checked and every listener is bound.
     let checked = preflight::check(&config)?;

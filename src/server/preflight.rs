@@ -4,17 +4,42 @@
 //! directory and its key files, the access-log directory, and the group its day files get.
 //!
 //! Must never write, create or generate anything (a directory is tried with a probe file that is
-//! removed at once). Every error is a [`ConfigError`] naming the config key, the path, and one
-//! reason.
+//! removed at once). Every error of the check is a [`ConfigError`] naming the config key, the
+//! path, and one reason; [`RunError`] tells the operator's configuration from a failure at run
+//! time for the exit status.
 
 use std::path::Path;
 
 use crate::config::{Config, ConfigError};
+use crate::epoch::Epoch;
 use crate::files::{self, FileError};
 use crate::privacy::capture::open_geo;
 use crate::privacy::geo::GeoDb;
-use crate::privacy::keys::{Epoch, KeyStore};
+use crate::privacy::keys::{KeyError, KeyStore};
 use crate::server::tls::{self, CertResolver, TlsError};
+
+/// Why `run` failed, by kind, so the command line gives the exit status without looking inside
+/// the error: the operator's configuration (a key, a file it names, a listen address: exit
+/// status 2) or a failure at run time (1).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A configuration problem found at start-up.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A certificate that cannot be loaded or generated.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A failure at run time, with its context.
+    #[error(transparent)]
+    Runtime(#[from] anyhow::Error),
+}
+
+impl From<KeyError> for RunError {
+    /// The key store failing at run time (its files were checked by [`check`]).
+    fn from(e: KeyError) -> Self {
+        RunError::Runtime(anyhow::Error::new(e))
+    }
+}
 
 /// What start-up reads from disk, checked and ready to use.
 pub struct Checked {
@@ -115,7 +140,7 @@ fn tls_error(e: TlsError) -> ConfigError {
 pub fn certificates(
     config: &Config,
     checked: Option<CertResolver>,
-) -> anyhow::Result<CertResolver> {
+) -> Result<CertResolver, TlsError> {
     if let Some(certs) = checked {
         return Ok(certs);
     }
@@ -127,5 +152,5 @@ pub fn certificates(
             "generated a self-signed certificate (development only; set tls.self_signed = false in production)"
         );
     }
-    Ok(CertResolver::load(&config.tls)?)
+    CertResolver::load(&config.tls)
 }

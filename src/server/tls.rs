@@ -7,8 +7,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -226,23 +224,11 @@ pub fn ensure_self_signed(tls: &config::Tls, hosts: &[String]) -> Result<Option<
     Ok(Some(fingerprint(certified.cert.der())))
 }
 
-/// Writes a file through a temporary name, fsynced, then renamed into place. The temporary
-/// file is always made anew, so `mode` (at most, through the umask) holds: a file left at that
-/// name with a more open mode is removed first, never written into.
+/// Writes a generated file atomically through `<path>.tmp` ([`crate::files::write_atomically`]):
+/// the temporary file is made anew, so `mode` (at most, through the umask) holds whatever was
+/// left at that name.
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    match fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)
+    crate::files::write_atomically(path, &path.with_extension("tmp"), mode, bytes)
 }
 
 /// SHA-256 of a DER certificate, as colon-separated hex.
