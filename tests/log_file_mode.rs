@@ -28,11 +28,6 @@ fn own_gid() -> u32 {
     unsafe { libc::getegid() }
 }
 
-fn is_root() -> bool {
-    // SAFETY: no arguments; cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// `/etc/group` as (name, gid) pairs.
 fn groups() -> Vec<(String, u32)> {
     std::fs::read_to_string("/etc/group")
@@ -226,10 +221,6 @@ async fn one_record(dir: tempfile::TempDir, umask: u32) -> Proxy {
     assert_eq!(resp.status, 200);
     proxy.wait_records(1).await;
     proxy
-}
-
-fn day_file(proxy: &Proxy) -> std::path::PathBuf {
-    proxy.path(&format!("logs/access-{}.jsonl", today_string()))
 }
 
 #[tokio::test]
@@ -439,10 +430,6 @@ fn the_next_day_file_gets_the_mode_at_rollover() {
         assert_eq!(mode(&path), 0o660, "{day}");
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
     }
-}
-
-fn hex(bytes: &[u8; 32]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[test]
