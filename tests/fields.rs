@@ -13,7 +13,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{BOTH, Proto, Proxy, Upstream, body, day_file, eventually, field, set, today_string};
+use common::{BOTH, Proto, Proxy, Upstream, body, day_file, eventually, field, set};
 use http::{HeaderMap, Request, StatusCode};
 
 /// What a row sends.

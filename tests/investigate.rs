@@ -11,9 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
-use http::{Request, StatusCode};
+use http::StatusCode;
 use webprom_edge::privacy::keys::{Key, next_key, pseudonym};
 
 const A: &str = "198.51.100.7";

@@ -10,9 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
-use http::{Request, StatusCode};
+use http::StatusCode;
 
 /// The path of [`Traffic`]'s request number `i`: its digits in pairs, `/live/12-34`, so that
 /// the recorded path keeps the number (three digits in a row would be recorded as `:id`).

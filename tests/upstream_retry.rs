@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
-    BOTH, Conn, Proto, Proxy, Resp, body, dead_addr, sample, set, share, total_upstream_errors,
+    BOTH, Conn, Proto, Resp, body, dead_addr, sample, set, share, total_upstream_errors,
     unlimited_proxy, upstream_errors,
 };
 use http::{Method, Request, StatusCode};

@@ -391,13 +391,21 @@ mod tests {
     use crate::privacy::capture::{Capture, ClientMemo, EpochKey};
     use crate::privacy::keys::Key;
 
+    /// The capture the records come from, made once (its User-Agent rules take a while).
+    fn capture() -> &'static Capture {
+        static CAPTURE: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
+        CAPTURE.get_or_init(|| {
+            let key = EpochKey {
+                epoch: Epoch::today(),
+                key: Key::from_bytes([7; 32]),
+            };
+            Capture::new(&Config::default(), key, None).expect("capture")
+        })
+    }
+
     /// `n` records of distinct requests, and the bytes each writes: its JSON line.
     fn records(n: usize) -> Vec<(Observation, Vec<u8>)> {
-        let key = EpochKey {
-            epoch: Epoch::today(),
-            key: Key::from_bytes([7; 32]),
-        };
-        let capture = Capture::new(&Config::default(), key, None).expect("capture");
+        let capture = capture();
         let memo = ClientMemo::default();
         (0..n)
             .map(|i| {
