@@ -34,19 +34,7 @@ fn word(mut n: usize) -> String {
 /// Runs the binary with `--config <dir>/config.toml` after the subcommand: (status, stdout,
 /// stderr).
 fn tool(dir: &Path, command: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin())
-        .arg(command)
-        .arg("--config")
-        .arg(dir.join("config.toml"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    output_text(&mut tool_command(dir, command, args))
 }
 
 /// The access-log lines (day files only).

@@ -66,19 +66,9 @@ fn config_dir(edit: impl FnOnce(String) -> String) -> tempfile::TempDir {
 
 /// Runs the binary with `--config <dir>/config.toml` under `umask`: (status, stdout, stderr).
 fn tool(dir: &Path, umask: u32, command: &str, args: &[&str]) -> (i32, String, String) {
-    let mut cmd = Command::new(bin());
-    cmd.arg(command)
-        .arg("--config")
-        .arg(dir.join("config.toml"))
-        .args(args)
-        .current_dir(dir);
+    let mut cmd = tool_command(dir, command, args);
     with_umask(&mut cmd, umask);
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    output_text(&mut cmd)
 }
 
 fn with_umask(cmd: &mut Command, umask: u32) {

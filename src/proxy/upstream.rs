@@ -1412,7 +1412,7 @@ mod pool_tests {
     async fn a_connection_idle_past_the_idle_timeout_is_closed_and_a_younger_one_kept() {
         let server = Server::start().await;
         let (up, _metrics) = pool(server.addr, |c| {
-            c.idle_timeout = Duration::from_millis(300).into();
+            c.idle_timeout = Duration::from_secs(2).into();
         });
         exchange(&up, "/one").await.expect("answered");
         assert_eq!(up.metrics.idle.get(), 1);
@@ -1421,7 +1421,7 @@ mod pool_tests {
         assert_eq!(up.metrics.idle.get(), 1);
         exchange(&up, "/two").await.expect("answered");
         assert_eq!(server.accepted.load(Ordering::SeqCst), 1, "reused");
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(Duration::from_millis(2100)).await;
         up.close_idle();
         assert_eq!(up.metrics.idle.get(), 0);
         assert_eq!(up.metrics.busy.get(), 0);
@@ -1474,10 +1474,8 @@ mod pool_tests {
                             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                                 break i + 4;
                             }
-                            let mut chunk = [0u8; 4096];
-                            match tcp.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            if !read_more(&mut tcp, &mut buf).await {
+                                return;
                             }
                         };
                         let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
@@ -1487,10 +1485,8 @@ mod pool_tests {
                             .and_then(|v| v.trim().parse().ok())
                             .unwrap_or(0);
                         while buf.len() < end + len {
-                            let mut chunk = [0u8; 4096];
-                            match tcp.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            if !read_more(&mut tcp, &mut buf).await {
+                                return;
                             }
                         }
                         buf.drain(..end + len);
@@ -1507,6 +1503,18 @@ mod pool_tests {
             }
         });
         (addr, heads, task)
+    }
+
+    /// Reads what `tcp` has next onto `buf`; false at its end or on an error.
+    async fn read_more(tcp: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> bool {
+        let mut chunk = [0u8; 4096];
+        match tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1079,3 +1079,25 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `cmd` to its end: its exit status (-1 when a signal ended it), stdout and stderr, as
+/// text.
+pub fn output_text(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The binary's `command` with `--config <dir>/config.toml` and then `args`, to run in `dir`.
+pub fn tool_command(dir: &Path, command: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.arg(command)
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .args(args)
+        .current_dir(dir);
+    cmd
+}
