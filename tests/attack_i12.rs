@@ -5,20 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Proxy, Upstream, base_config, set};
+use common::{Proxy, Upstream, base_config, frame, set};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const CANARY: &str = "canary-7f3e9a";
-
-/// An HTTP/2 frame (RFC 9113 §4.1).
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
 
 /// An HPACK literal field without indexing, new name, no Huffman (RFC 7541 §6.2.2).
 fn literal(name: &str, value: &str) -> Vec<u8> {

@@ -8,38 +8,20 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use http::{Request, StatusCode};
-
-const FIELDS: [&str; 18] = [
-    "ts",
-    "epoch",
-    "client",
-    "net",
-    "country",
-    "browser",
-    "browser_version",
-    "os",
-    "bot",
-    "lang",
-    "method",
-    "host",
-    "path",
-    "status",
-    "bytes_sent",
-    "duration_ms",
-    "proto",
-    "limited",
-];
+use http::{HeaderValue, Request, StatusCode};
 
 const CHROME_WIN: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
 
-fn from(ip: &str, path: &str) -> Request<ReqBody> {
-    Request::get(format!("https://localhost{path}"))
-        .header("x-forwarded-for", ip)
-        .header("user-agent", CHROME_WIN)
-        .header("accept-language", "sq-AL,sq;q=0.9,en;q=0.8")
-        .body(body(Bytes::new()))
-        .unwrap()
+/// A GET from `ip` ([`from`]) by Chrome on Windows, in Albanian.
+fn chrome_from(ip: &str, path: &str) -> Request<ReqBody> {
+    let mut req = from(ip, path);
+    let headers = req.headers_mut();
+    headers.insert("user-agent", HeaderValue::from_static(CHROME_WIN));
+    headers.insert(
+        "accept-language",
+        HeaderValue::from_static("sq-AL,sq;q=0.9,en;q=0.8"),
+    );
+    req
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,7 +30,10 @@ async fn one_record_with_exactly_the_spec_fields_in_order() {
     let proxy = trusting_proxy(&up).await;
     let resp = proxy
         .client()
-        .request(Proto::H2, from("198.51.100.7", "/click/12345?campaign=9"))
+        .request(
+            Proto::H2,
+            chrome_from("198.51.100.7", "/click/12345?campaign=9"),
+        )
         .await;
     assert_eq!(resp.status, StatusCode::OK);
     let records = proxy.wait_records(1).await;
@@ -57,9 +42,9 @@ async fn one_record_with_exactly_the_spec_fields_in_order() {
 
     // Exactly these keys, in this order.
     let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line).unwrap();
-    assert_eq!(obj.len(), FIELDS.len(), "{line}");
+    assert_eq!(obj.len(), RECORD_FIELDS.len(), "{line}");
     let mut last = 0;
-    for f in FIELDS {
+    for f in RECORD_FIELDS {
         let at = line
             .find(&format!("\"{f}\":"))
             .unwrap_or_else(|| panic!("{f} missing: {line}"));
@@ -109,7 +94,9 @@ async fn pseudonyms_and_networks() {
     ];
     for (i, ip) in addrs.iter().enumerate() {
         let proto = if i % 2 == 0 { Proto::H1 } else { Proto::H2 };
-        client.request(proto, from(ip, &format!("/n/{i}"))).await;
+        client
+            .request(proto, chrome_from(ip, &format!("/n/{i}")))
+            .await;
     }
     let mut records = proxy.wait_records(addrs.len()).await;
     records.sort_by_key(|r| field(r, "path"));
@@ -127,7 +114,7 @@ async fn pseudonyms_and_networks() {
     assert_eq!(net_of(6), "203.0.113.0/24");
 
     // The README's pseudonym formula, computed independently from the key file.
-    let key = read_key(&proxy, &today_string());
+    let key = read_key(proxy.dir.path(), &today_string());
     let expect_v4 = |a: [u8; 4]| expected_pseudonym(&key, &a);
     assert_eq!(client_of(0), expect_v4([198, 51, 100, 7]));
     assert_eq!(client_of(7), expect_v4([203, 0, 113, 9]));
@@ -139,18 +126,6 @@ fn expected_pseudonym(key: &[u8; 32], addr: &[u8]) -> String {
     use base64::Engine;
     let hash = blake3::keyed_hash(key, addr);
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&hash.as_bytes()[..12])
-}
-
-fn read_key(proxy: &Proxy, day: &str) -> [u8; 32] {
-    let raw = std::fs::read(proxy.path(&format!("keys/{day}.key"))).unwrap();
-    let text = String::from_utf8_lossy(&raw);
-    let hex = text.trim();
-    assert_eq!(hex.len(), 64, "key file is 64 hex characters");
-    let mut key = [0u8; 32];
-    for (i, b) in key.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
-    }
-    key
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,7 +203,7 @@ async fn canaries_never_leak_anywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_requests_give_ten_thousand_records() {
     let up = Upstream::start().await;
-    let proxy = Proxy::start_with(|c| set(&c, "rate_limit", "enabled", "false"), &up.url()).await;
+    let proxy = Proxy::start_with(|c| unlimited(&c), &up.url()).await;
     let client = proxy.client();
     let mut tasks = Vec::new();
     for c in 0..50 {
@@ -320,7 +295,7 @@ async fn retention_deletes_old_day_files_and_keys_at_start() {
     for _ in 0..3 {
         k = blake3::derive_key("webprom-edge pseudonym ratchet v1", &k);
     }
-    assert_eq!(read_key(&proxy, &today), k);
+    assert_eq!(read_key(proxy.dir.path(), &today), k);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,7 +308,7 @@ async fn key_directory_is_created_private_and_survives_restart() {
     assert_eq!(mode(&proxy.path("keys")), 0o700);
     assert_eq!(mode(&proxy.path(&format!("keys/{today}.key"))), 0o600);
     assert!(proxy.output().contains("created a random key"));
-    let first = read_key(&proxy, &today);
+    let first = read_key(proxy.dir.path(), &today);
 
     // A restart on the same day keeps the same key.
     let mut proxy = proxy;
@@ -341,7 +316,7 @@ async fn key_directory_is_created_private_and_survives_restart() {
     tokio::task::block_in_place(|| proxy.wait_exit(Duration::from_secs(10)));
     let dir = std::mem::replace(&mut proxy.dir, tempfile::tempdir().unwrap());
     let again = Proxy::spawn(dir).await;
-    assert_eq!(read_key(&again, &today), first);
+    assert_eq!(read_key(again.dir.path(), &today), first);
     assert!(!again.output().contains("created a random key"));
 }
 

@@ -4,22 +4,17 @@ mod common;
 
 use std::process::Command;
 
-use common::{base_config, bin, set};
+use common::{base_config, bin, output_text, set};
 
 fn check_config(text: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(bin())
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    output_text(
+        Command::new(bin())
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .current_dir(dir.path()),
     )
 }
 
@@ -225,11 +220,8 @@ fn check_config_with_log_env(value: Option<&std::ffi::OsStr>) -> (i32, String) {
     if let Some(value) = value {
         cmd.env("WEBPROM_EDGE_LOG", value);
     }
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, _, stderr) = output_text(&mut cmd);
+    (code, stderr)
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{base_config, bin, mmdb, set};
+use common::{base_config, bin, is_root, mkfifo, mmdb, set};
 use webprom_edge::privacy::keys::Epoch;
 
 /// Everything under `dir`: (path, kind, length), so a test can tell nothing was created.
@@ -37,11 +37,6 @@ fn tree(dir: &Path) -> Vec<(PathBuf, String, u64)> {
     }
     out.sort();
     out
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 /// Whether the service-user rows can run here: as root, `nobody` must be able to run the
@@ -104,12 +99,6 @@ fn webprom_edge(args: &[&str], config: &Path, as_service_user: bool) -> (i32, St
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     (status.code().unwrap_or(-1), stderr)
-}
-
-fn mkfifo(path: &Path) {
-    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
 }
 
 fn mode(path: &Path, mode: u32) {

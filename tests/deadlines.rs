@@ -31,7 +31,7 @@ use http_body::{Body, Frame};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -49,27 +49,10 @@ type Stream = Box<dyn AsyncReadWrite>;
 trait AsyncReadWrite: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncReadWrite for T {}
 
-fn tls_config(proxy: &Proxy, alpn: Option<&[u8]>) -> Arc<rustls::ClientConfig> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(proxy.path("cert.pem")).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = alpn.into_iter().map(<[u8]>::to_vec).collect();
-    Arc::new(config)
-}
-
 /// A TLS connection to the proxy offering `alpn`.
 async fn tls(proxy: &Proxy, alpn: Option<&[u8]>) -> tokio_rustls::client::TlsStream<TcpStream> {
     let tcp = TcpStream::connect(proxy.tls_addr).await.unwrap();
-    tokio_rustls::TlsConnector::from(tls_config(proxy, alpn))
+    tokio_rustls::TlsConnector::from(tls_client_config(&proxy.path("cert.pem"), alpn))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap()
@@ -83,10 +66,13 @@ async fn tls_h1_small_buffer(proxy: &Proxy) -> tokio_rustls::client::TlsStream<T
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(32 * 1024).unwrap();
     let tcp = socket.connect(proxy.tls_addr).await.unwrap();
-    tokio_rustls::TlsConnector::from(tls_config(proxy, Some(b"http/1.1")))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap()
+    tokio_rustls::TlsConnector::from(tls_client_config(
+        &proxy.path("cert.pem"),
+        Some(b"http/1.1"),
+    ))
+    .connect(ServerName::try_from("localhost").unwrap(), tcp)
+    .await
+    .unwrap()
 }
 
 /// Reads (and throws away) everything until the proxy closes the connection; returns how long
@@ -105,15 +91,6 @@ async fn held_for(mut io: Stream, since: Instant, limit: Duration) -> Option<Dur
         .await
         .ok()
         .map(|()| since.elapsed())
-}
-
-/// An HTTP/2 frame (RFC 9113 §4.1).
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
 }
 
 /// The client preface, SETTINGS with `settings` (id, value), and a connection WINDOW_UPDATE of
@@ -213,7 +190,7 @@ async fn open(proxy: &Proxy, opening: Opening) -> Stream {
         Opening::HalfClientHello => {
             let mut tcp = TcpStream::connect(proxy.tls_addr).await.unwrap();
             let mut client = rustls::ClientConnection::new(
-                tls_config(proxy, Some(b"h2")),
+                tls_client_config(&proxy.path("cert.pem"), Some(b"h2")),
                 ServerName::try_from("localhost").unwrap(),
             )
             .unwrap();
@@ -1001,11 +978,7 @@ async fn a_client_resetting_streams_faster_than_its_budget_gets_goaway_and_a_can
     for (row, want) in rows {
         let upstream = Upstream::start().await;
         // No per-client quota: it would answer most of the attack with 429 itself.
-        let proxy = Proxy::start_with(
-            |c| set(&c, "rate_limit", "enabled", "false"),
-            &upstream.url(),
-        )
-        .await;
+        let proxy = Proxy::start_with(|c| unlimited(&c), &upstream.url()).await;
         let (ended, opened) = play(&proxy, row).await;
         let reached = upstream.seen.lock().unwrap().len();
         eprintln!("{row:?}: opened {opened} streams, upstream saw {reached}, ended {ended:?}");

@@ -13,7 +13,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{BOTH, Proto, Proxy, Upstream, body, eventually, field, set, today_string};
+use common::{BOTH, Proto, Proxy, Upstream, body, day_file, eventually, field, set};
 use http::{HeaderMap, Request, StatusCode};
 
 /// What a row sends.
@@ -395,8 +395,7 @@ fn rows() -> Vec<Row> {
 }
 
 fn read_records(proxy: &Proxy) -> Vec<String> {
-    let path = proxy.path(&format!("logs/access-{}.jsonl", today_string()));
-    std::fs::read_to_string(path)
+    std::fs::read_to_string(day_file(proxy))
         .unwrap_or_default()
         .lines()
         .map(str::to_owned)

@@ -10,13 +10,12 @@ mod common;
 use std::future::poll_fn;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
 use http::{Method, Request, StatusCode};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 const MAX_BODY: usize = 4 << 20;
@@ -36,21 +35,9 @@ async fn expect_proxy(up: &Upstream) -> Proxy {
 
 /// An HTTP/2 connection to the proxy over TLS (ALPN h2), spoken with the `h2` crate.
 async fn h2_connect(proxy: &Proxy) -> h2::client::SendRequest<Bytes> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(proxy.path("cert.pem")).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    let config = tls_client_config(&proxy.path("cert.pem"), Some(b"h2"));
     let tcp = TcpStream::connect(proxy.tls_addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let tls = tokio_rustls::TlsConnector::from(config)
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();

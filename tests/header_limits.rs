@@ -275,21 +275,11 @@ fn request(proto: Proto, path: &str, fields: &[(String, String)]) -> Request<com
     req.body(body(Bytes::new())).unwrap()
 }
 
-fn records(proxy: &Proxy) -> Vec<String> {
-    proxy.access_log().lines().map(str::to_owned).collect()
-}
-
 /// Waits for the access log to hold `n` records, then a little longer for a straggler.
 async fn settle(proxy: &Proxy, n: usize) -> Vec<String> {
-    common::eventually(
-        Duration::from_secs(10),
-        Duration::from_millis(20),
-        async || (records(proxy).len() >= n).then_some(()),
-        || format!("want {n} records:\n{}", records(proxy).join("\n")),
-    )
-    .await;
+    common::wait_lines(n, || proxy.records()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let all = records(proxy);
+    let all = proxy.records();
     assert_eq!(all.len(), n, "records:\n{}", all.join("\n"));
     all
 }

@@ -11,34 +11,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
-use http::{Request, StatusCode};
+use http::StatusCode;
 use webprom_edge::client_ip::ClientAddr;
 use webprom_edge::privacy::keys::{Key, next_key, pseudonym};
 
 const A: &str = "198.51.100.7";
 const B: &str = "203.0.113.9";
 const C: &str = "2001:db8:1:2::5";
-
-/// A proxy that believes X-Forwarded-For from loopback and does not rate-limit.
-async fn trusting_proxy(up: &Upstream) -> Proxy {
-    Proxy::start_with(
-        |c| {
-            let c = set(&c, "client_ip", "trusted_proxies", "[\"127.0.0.1\"]");
-            set(&c, "rate_limit", "enabled", "false")
-        },
-        &up.url(),
-    )
-    .await
-}
-
-fn from(ip: &str, path: &str) -> Request<ReqBody> {
-    Request::get(format!("https://localhost{path}"))
-        .header("x-forwarded-for", ip)
-        .body(body(Bytes::new()))
-        .unwrap()
-}
 
 /// Letters only (prefixed with `q`, not a hex digit): survives path normalisation unchanged.
 fn word(mut n: usize) -> String {
@@ -55,19 +35,7 @@ fn word(mut n: usize) -> String {
 /// Runs the binary with `--config <dir>/config.toml` after the subcommand: (status, stdout,
 /// stderr).
 fn tool(dir: &Path, command: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(bin())
-        .arg(command)
-        .arg("--config")
-        .arg(dir.join("config.toml"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    output_text(&mut tool_command(dir, command, args))
 }
 
 /// The access-log lines (day files only).
@@ -89,27 +57,7 @@ fn log_lines(dir: &Path) -> Vec<String> {
 
 /// Waits (up to 15 s) until the day files hold at least `n` records.
 async fn wait_records(dir: &Path, n: usize) -> Vec<String> {
-    eventually(
-        Duration::from_secs(15),
-        Duration::from_millis(100),
-        async || Some(log_lines(dir)).filter(|lines| lines.len() >= n),
-        || format!("{} of {n} records", log_lines(dir).len()),
-    )
-    .await
-}
-
-fn read_key(dir: &Path, day: &str) -> Key {
-    let text = std::fs::read_to_string(dir.join(format!("keys/{day}.key"))).unwrap();
-    let hex = text.trim();
-    let mut key = [0u8; 32];
-    for (i, b) in key.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
-    }
-    Key::from_bytes(key)
-}
-
-fn hex(bytes: &[u8; 32]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    wait_lines(n, || log_lines(dir)).await
 }
 
 fn pseudo(key: &Key, ip: &str) -> String {
@@ -127,7 +75,7 @@ fn audit_lines(dir: &Path) -> Vec<serde_json::Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finds_all_of_a_and_none_of_b_by_address_and_by_pseudonym() {
     let up = Upstream::start().await;
-    let proxy = trusting_proxy(&up).await;
+    let proxy = trusting_unlimited_proxy(&up).await;
     let client = proxy.client();
     let mut conn = client.connect(Proto::H2).await;
     for i in 0..6 {
@@ -147,7 +95,7 @@ async fn finds_all_of_a_and_none_of_b_by_address_and_by_pseudonym() {
     let all = wait_records(proxy.dir.path(), 15).await;
     let dir = proxy.dir.path();
 
-    let key = read_key(dir, &today_string());
+    let key = Key::from_bytes(read_key(dir, &today_string()));
     let pa = pseudo(&key, A);
     let (code, out, err) = tool(dir, "investigate", &["--ip", A]);
     assert_eq!(code, 0, "{err}");
@@ -588,7 +536,7 @@ async fn erase_now(dir: &Path) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erase_under_concurrent_traffic_loses_and_duplicates_nothing() {
     let up = Upstream::start().await;
-    let proxy = trusting_proxy(&up).await;
+    let proxy = trusting_unlimited_proxy(&up).await;
     let dir = proxy.dir.path();
     let client = proxy.client();
 
@@ -627,7 +575,7 @@ async fn erase_under_concurrent_traffic_loses_and_duplicates_nothing() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
 
     let lines = log_lines(dir);
-    let key = read_key(dir, &today_string());
+    let key = Key::from_bytes(read_key(dir, &today_string()));
     let pa = pseudo(&key, A);
     let mut seen: HashMap<String, usize> = HashMap::new();
     for l in &lines {

@@ -28,11 +28,6 @@ fn own_gid() -> u32 {
     unsafe { libc::getegid() }
 }
 
-fn is_root() -> bool {
-    // SAFETY: no arguments; cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// `/etc/group` as (name, gid) pairs.
 fn groups() -> Vec<(String, u32)> {
     std::fs::read_to_string("/etc/group")
@@ -71,19 +66,9 @@ fn config_dir(edit: impl FnOnce(String) -> String) -> tempfile::TempDir {
 
 /// Runs the binary with `--config <dir>/config.toml` under `umask`: (status, stdout, stderr).
 fn tool(dir: &Path, umask: u32, command: &str, args: &[&str]) -> (i32, String, String) {
-    let mut cmd = Command::new(bin());
-    cmd.arg(command)
-        .arg("--config")
-        .arg(dir.join("config.toml"))
-        .args(args)
-        .current_dir(dir);
+    let mut cmd = tool_command(dir, command, args);
     with_umask(&mut cmd, umask);
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    output_text(&mut cmd)
 }
 
 fn with_umask(cmd: &mut Command, umask: u32) {
@@ -226,10 +211,6 @@ async fn one_record(dir: tempfile::TempDir, umask: u32) -> Proxy {
     assert_eq!(resp.status, 200);
     proxy.wait_records(1).await;
     proxy
-}
-
-fn day_file(proxy: &Proxy) -> std::path::PathBuf {
-    proxy.path(&format!("logs/access-{}.jsonl", today_string()))
 }
 
 #[tokio::test]
@@ -628,10 +609,6 @@ fn the_next_day_file_gets_the_mode_at_rollover() {
         assert_eq!(mode(&path), 0o660, "{day}");
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
     }
-}
-
-fn hex(bytes: &[u8; 32]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[test]

@@ -18,14 +18,6 @@ fn series(metrics: &str) -> Vec<&str> {
         .collect()
 }
 
-fn value(metrics: &str, series_prefix: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(series_prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_spec_metric_is_exported_and_promtool_accepts_it() {
     let up = Upstream::start().await;
@@ -67,14 +59,14 @@ async fn every_spec_metric_is_exported_and_promtool_accepts_it() {
         );
     }
     assert_eq!(
-        value(
+        metric_sum(
             &text,
             "webprom_edge_http_requests_total{method=\"GET\",proto=\"HTTP/2\",status_class=\"2xx\"}"
         ),
         1.0
     );
     assert_eq!(
-        value(
+        metric_sum(
             &text,
             "webprom_edge_tls_handshakes_total{alpn=\"h2\",version=\"TLSv1.3\"}"
         ),
@@ -350,38 +342,7 @@ async fn a_real_prometheus_scrapes_the_request_count() {
         );
     }
 
-    let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: webprom-edge\n    static_configs:\n      - targets: ['{}']\n",
-        proxy.admin_addr
-    );
-    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
-    let web = dead_addr();
-    let mut prom = Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.path().join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address={web}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _guard = Kill(std::mem::replace(
-        &mut prom,
-        Command::new("true").spawn().unwrap(),
-    ));
+    let prometheus = Prometheus::scraping(proxy.admin_addr, "webprom-edge");
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let query = "sum(webprom_edge_http_requests_total)";
@@ -391,7 +352,11 @@ async fn a_real_prometheus_scrapes_the_request_count() {
             "Prometheus never reported {sent} requests"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let Some(body) = http_get(web, &format!("/api/v1/query?query={}", urlencode(query))).await
+        let Some(body) = http_get(
+            prometheus.web,
+            &format!("/api/v1/query?query={}", urlencode(query)),
+        )
+        .await
         else {
             continue;
         };
@@ -426,23 +391,6 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-/// A plain HTTP GET; None if the server is not up yet.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
-    use http_body_util::BodyExt;
-    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-        .await
-        .ok()?;
-    tokio::spawn(conn);
-    let req = Request::get(path)
-        .header("host", "localhost")
-        .body(http_body_util::Empty::<Bytes>::new())
-        .ok()?;
-    let resp = send.send_request(req).await.ok()?;
-    let body = resp.into_body().collect().await.ok()?.to_bytes();
-    Some(String::from_utf8_lossy(&body).into_owned())
-}
-
 /// A deterministic pseudo-random generator (xorshift), so failures reproduce.
 struct Rng(u64);
 
@@ -464,7 +412,7 @@ impl Rng {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_requests_keep_series_bounded_and_leave_no_trace() {
     let up = Upstream::start().await;
-    let proxy = Proxy::start_with(|c| set(&c, "rate_limit", "enabled", "false"), &up.url()).await;
+    let proxy = Proxy::start_with(|c| unlimited(&c), &up.url()).await;
     let mut rng = Rng(0x5eed_1234_abcd_0042);
     let mut conns = [
         proxy.client().connect(Proto::H1).await,
@@ -502,7 +450,10 @@ async fn random_requests_keep_series_bounded_and_leave_no_trace() {
     // Languages are at most the 184 ISO 639-1 codes + 2, countries 676 two-letter codes + 1;
     // everything else is a small fixed set. Random input must not grow it past this.
     assert!(n < 1200, "{n} series");
-    assert_eq!(value(&text, "webprom_edge_http_requests_total"), 1000.0);
+    assert_eq!(
+        metric_sum(&text, "webprom_edge_http_requests_total"),
+        1000.0
+    );
     assert!(text.contains("method=\"OTHER\""));
     for t in &tokens {
         assert!(!text.contains(t.as_str()), "{t} appears in the metrics");
@@ -512,14 +463,7 @@ async fn random_requests_keep_series_bounded_and_leave_no_trace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unique_clients_estimates_a_thousand_visitors() {
     let up = Upstream::start().await;
-    let proxy = Proxy::start_with(
-        |c| {
-            let c = set(&c, "client_ip", "trusted_proxies", "[\"127.0.0.1\"]");
-            set(&c, "rate_limit", "enabled", "false")
-        },
-        &up.url(),
-    )
-    .await;
+    let proxy = trusting_unlimited_proxy(&up).await;
     let mut conn = proxy.client().connect(Proto::H2).await;
     let mut addrs = Vec::new();
     for i in 0..1000u32 {
@@ -535,7 +479,7 @@ async fn unique_clients_estimates_a_thousand_visitors() {
         addrs.push(ip);
     }
     let text = proxy.admin_get("/metrics").await.1;
-    let estimate = value(&text, "webprom_edge_unique_clients{window=\"epoch\"}");
+    let estimate = metric_sum(&text, "webprom_edge_unique_clients{window=\"epoch\"}");
     assert!((estimate - 1000.0).abs() <= 50.0, "estimate {estimate}");
     // The access log is flushed within a second; its pseudonyms must not be in the metrics.
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -10,16 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
-use http::{Request, StatusCode};
-
-fn from(ip: &str, path: &str) -> Request<ReqBody> {
-    Request::get(format!("https://localhost{path}"))
-        .header("x-forwarded-for", ip)
-        .body(body(Bytes::new()))
-        .unwrap()
-}
+use http::StatusCode;
 
 /// The path of [`Traffic`]'s request number `i`: its digits in pairs, `/live/12-34`, so that
 /// the recorded path keeps the number (three digits in a row would be recorded as `:id`).
@@ -476,11 +468,6 @@ async fn a_write_cut_short_leaves_whole_records_and_counters_that_agree_with_the
     assert!(out.contains("File too large"), "{out}");
 }
 
-/// Today's day file of a proxy started from the harness.
-fn day_file(proxy: &Proxy) -> std::path::PathBuf {
-    proxy.path(&format!("logs/access-{}.jsonl", today_string()))
-}
-
 /// The day file and its directory handled every way an operator might while requests flow:
 /// the proxy keeps serving, writes the next records to the file the path names (made again if
 /// removed), never glues a record to a partial line, reports a file it cannot write by path,
@@ -598,12 +585,6 @@ async fn the_access_log_handled_under_live_traffic_never_stops_the_proxy() {
     assert_eq!(records + dropped, sent as u64, "{page}");
     assert!(dropped > 0, "the directory in the way lost records: {page}");
     assert!(proxy.output().contains("access log writing again"));
-}
-
-fn mkfifo(path: &Path) {
-    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
 }
 
 /// Removes whatever is at `path`: a file, a link, a named pipe or a directory.

@@ -193,36 +193,7 @@ async fn a_real_prometheus_asking_for_gzip_scrapes_the_process_metrics() {
     }
     let up = Upstream::start().await;
     let proxy = Proxy::start(&up.url()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: any-name\n    static_configs:\n      - targets: ['{}']\n",
-        proxy.admin_addr
-    );
-    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
-    let web = dead_addr();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _prometheus = Kill(
-        std::process::Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.path().join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={web}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let prometheus = Prometheus::scraping(proxy.admin_addr, "any-name");
 
     // Each query names a series the proxy exports; Prometheus must hold a positive value.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -237,7 +208,9 @@ async fn a_real_prometheus_asking_for_gzip_scrapes_the_process_metrics() {
                 "Prometheus never reported {query}"
             );
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            let Some(body) = http_get(web, &format!("/api/v1/query?query={query}")).await else {
+            let Some(body) =
+                http_get(prometheus.web, &format!("/api/v1/query?query={query}")).await
+            else {
                 continue;
             };
             let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) else {
@@ -250,20 +223,4 @@ async fn a_real_prometheus_asking_for_gzip_scrapes_the_process_metrics() {
             break;
         }
     }
-}
-
-/// A plain HTTP GET; None if the server is not up yet.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .ok()?;
-    tokio::spawn(conn);
-    let req = Request::get(path)
-        .header("host", "localhost")
-        .body(Full::new(Bytes::new()))
-        .ok()?;
-    let resp = send.send_request(req).await.ok()?;
-    let body = resp.into_body().collect().await.ok()?.to_bytes();
-    Some(String::from_utf8_lossy(&body).into_owned())
 }

@@ -523,7 +523,7 @@ async fn upstream_connections_are_kept_alive_and_reused() {
     use std::sync::atomic::Ordering;
     let up = Upstream::start().await;
     // 120 requests from one address in well under a second would pass the default burst.
-    let proxy = Proxy::start_with(|c| set(&c, "rate_limit", "enabled", "false"), &up.url()).await;
+    let proxy = Proxy::start_with(|c| unlimited(&c), &up.url()).await;
     for proto in BOTH {
         let mut conn = proxy.client().connect(proto).await;
         for _ in 0..30 {
@@ -647,13 +647,6 @@ async fn raw_tcp(addr: std::net::SocketAddr, bytes: &[u8]) -> (Vec<u8>, Duration
     (out, started.elapsed())
 }
 
-fn metric(text: &str, series_prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(series_prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_sent_to_the_tls_port_gets_a_400_in_plain_http_and_a_record() {
     let up = Upstream::start().await;
@@ -694,7 +687,7 @@ async fn plain_http_sent_to_the_tls_port_gets_a_400_in_plain_http_and_a_record()
     }
     assert_eq!(up.connections.load(std::sync::atomic::Ordering::SeqCst), 0);
     let (_, metrics) = proxy.admin_get("/metrics").await;
-    let refused = metric(
+    let refused = metric_sum(
         &metrics,
         "webprom_edge_http_requests_total{method=\"OTHER\",proto=\"HTTP/1.1\",status_class=\"4xx\"}",
     );
@@ -732,12 +725,12 @@ async fn bytes_that_are_neither_tls_nor_http_on_the_tls_port_just_close() {
     }
     let (_, metrics) = proxy.admin_get("/metrics").await;
     assert_eq!(
-        metric(&metrics, "webprom_edge_tls_handshake_errors_total"),
+        metric_sum(&metrics, "webprom_edge_tls_handshake_errors_total"),
         rows.len() as f64,
         "{metrics}"
     );
     assert_eq!(
-        metric(&metrics, "webprom_edge_http_requests_total"),
+        metric_sum(&metrics, "webprom_edge_http_requests_total"),
         0.0,
         "{metrics}"
     );

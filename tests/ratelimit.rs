@@ -5,21 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::*;
 use http::{Request, StatusCode};
-
-fn from(ip: &str, path: &str) -> Request<ReqBody> {
-    Request::get(format!("https://localhost{path}"))
-        .header("x-forwarded-for", ip)
-        .body(body(Bytes::new()))
-        .unwrap()
-}
 
 async fn limited_proxy(up: &Upstream) -> Proxy {
     Proxy::start_with(
         |c| {
-            let c = set(&c, "client_ip", "trusted_proxies", "[\"127.0.0.1\"]");
+            let c = trusting(&c);
             let c = set(&c, "rate_limit", "requests_per_second", "1");
             let c = set(&c, "rate_limit", "burst", "3");
             let c = set(&c, "rate_limit", "exempt", "[\"192.0.2.0/24\"]");

@@ -242,7 +242,7 @@ async fn every_record_the_proxy_writes_matches_the_published_schema() {
     let up = Upstream::start().await;
     let proxy = Proxy::start_with(
         |c| {
-            let c = set(&c, "client_ip", "trusted_proxies", "[\"127.0.0.1\"]");
+            let c = trusting(&c);
             format!(
                 "{c}\n[[rate_limit.route]]\npath_prefix = \"/limited\"\nrequests_per_second = 1\nburst = 1\n"
             )

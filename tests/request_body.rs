@@ -104,7 +104,7 @@ async fn proxy(up: &Recorder, buffer: u64) -> Proxy {
             let c = set(&c, "server", "body_read_timeout", "\"300ms\"");
             let c = set(&c, "server", "body_buffer_bytes", &buffer.to_string());
             let c = set(&c, "upstream", "request_timeout", "\"5s\"");
-            set(&c, "rate_limit", "enabled", "false")
+            unlimited(&c)
         },
         &up.url(),
     )
@@ -126,23 +126,16 @@ const KINDS: [&str; 5] = [
     "body_reset",
 ];
 
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn counts(proxy: &Proxy) -> Counts {
     let (_, text) = proxy.admin_get("/metrics").await;
     Counts {
         client: KINDS.map(|k| {
-            metric(
+            metric_sum(
                 &text,
                 &format!("webprom_edge_client_errors_total{{kind=\"{k}\"}}"),
             )
         }),
-        upstream: metric(&text, "webprom_edge_upstream_errors_total"),
+        upstream: metric_sum(&text, "webprom_edge_upstream_errors_total"),
     }
 }
 
@@ -497,7 +490,7 @@ async fn fifty_slow_uploaders_hold_no_upstream_connection() {
     let proxy = Proxy::start_with(
         |c| {
             let c = set(&c, "server", "body_read_timeout", "\"2s\"");
-            set(&c, "rate_limit", "enabled", "false")
+            unlimited(&c)
         },
         &up.url(),
     )
@@ -568,7 +561,7 @@ async fn a_body_over_max_body_bytes_gets_413_as_a_client_error() {
         |c| {
             let c = set(&c, "server", "body_buffer_bytes", "1024");
             let c = set(&c, "server", "max_body_bytes", "2048");
-            set(&c, "rate_limit", "enabled", "false")
+            unlimited(&c)
         },
         &up.url(),
     )
@@ -610,24 +603,13 @@ async fn a_body_over_max_body_bytes_gets_413_as_a_client_error() {
 /// Writes `request` over a TLS connection (ALPN http/1.1), closes the sending side (TLS
 /// close_notify, then FIN) and returns all that comes back.
 async fn raw_h1_then_close(proxy: &Proxy, request: &[u8]) -> String {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, ServerName};
+    use rustls::pki_types::ServerName;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(proxy.path("cert.pem")).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = tls_client_config(&proxy.path("cert.pem"), Some(b"http/1.1"));
     let tcp = tokio::net::TcpStream::connect(proxy.tls_addr)
         .await
         .unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let mut tls = tokio_rustls::TlsConnector::from(config)
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
@@ -714,7 +696,7 @@ async fn a_body_still_trickling_at_the_request_timeout_is_the_clients_failure() 
             let c = set(&c, "server", "body_read_timeout", "\"500ms\"");
             let c = set(&c, "server", "body_buffer_bytes", "1024");
             let c = set(&c, "upstream", "request_timeout", "\"1s\"");
-            set(&c, "rate_limit", "enabled", "false")
+            unlimited(&c)
         },
         &up.url(),
     )
@@ -783,7 +765,7 @@ async fn a_body_that_stalls_after_the_answer_began_is_recorded_408() {
         |c| {
             let c = set(&c, "server", "body_read_timeout", "\"300ms\"");
             let c = set(&c, "server", "body_buffer_bytes", "1024");
-            set(&c, "rate_limit", "enabled", "false")
+            unlimited(&c)
         },
         &up.url(),
     )

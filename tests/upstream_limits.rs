@@ -18,34 +18,6 @@ use std::time::Duration;
 use common::*;
 use http::{Request, StatusCode};
 
-/// The proxy in front of `upstream`, no rate limit (the tests send hundreds of requests from
-/// one address), its `[upstream]` keys set from `keys`.
-async fn start_proxy(upstream: &str, keys: &[(&str, &str)]) -> Proxy {
-    let keys: Vec<(String, String)> = keys
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    Proxy::start_with(
-        move |c| {
-            let mut c = set(&c, "rate_limit", "enabled", "false");
-            for (k, v) in &keys {
-                c = set(&c, "upstream", k, v);
-            }
-            c
-        },
-        upstream,
-    )
-    .await
-}
-
-/// The value of one sample line of the Prometheus text, 0 when absent.
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 const FULL: &str = "webprom_edge_upstream_queue_rejections_total{reason=\"full\"}";
 const TIMEOUT: &str = "webprom_edge_upstream_queue_rejections_total{reason=\"timeout\"}";
 const REUSED: &str = "webprom_edge_upstream_drained_total{result=\"reused\"}";
@@ -53,18 +25,6 @@ const CLOSED: &str = "webprom_edge_upstream_drained_total{result=\"closed\"}";
 const QUEUED: &str = "webprom_edge_upstream_queued_requests";
 const IDLE: &str = "webprom_edge_upstream_connections{state=\"idle\"}";
 const BUSY: &str = "webprom_edge_upstream_connections{state=\"busy\"}";
-
-fn upstream_errors(metrics: &str) -> f64 {
-    ["connect", "timeout", "protocol"]
-        .iter()
-        .map(|k| {
-            sample(
-                metrics,
-                &format!("webprom_edge_upstream_errors_total{{kind=\"{k}\"}}"),
-            )
-        })
-        .sum()
-}
 
 /// A GET for `path` fit for `proto` (HTTP/1.1 wants origin form and `Host`).
 fn request(proto: Proto, path: &str) -> Request<ReqBody> {
@@ -75,14 +35,6 @@ fn request(proto: Proto, path: &str) -> Request<ReqBody> {
             .insert(http::header::HOST, "localhost".parse().unwrap());
     }
     req
-}
-
-/// A second handle on an HTTP/2 connection, for concurrent streams.
-fn share(conn: &Conn) -> Conn {
-    match conn {
-        Conn::H2(s) => Conn::H2(s.clone()),
-        Conn::H1(_) => panic!("an HTTP/1.1 connection carries one request at a time"),
-    }
 }
 
 /// Sends `paths` at once, as streams of one HTTP/2 connection, each `stagger` after the one
@@ -114,7 +66,8 @@ async fn a_server_never_has_more_than_max_connections_and_the_requests_over_it_w
     let rows = [(1, 4), (2, 10), (3, 12)];
     for (max, requests) in rows {
         let up = Upstream::start().await;
-        let proxy = start_proxy(&up.url(), &[("max_connections", &max.to_string())]).await;
+        let proxy =
+            proxy_with_upstream_keys(&up.url(), &[("max_connections", &max.to_string())]).await;
         let paths: Vec<String> = (0..requests)
             .map(|i| format!("/slow?ms=200&i={i}"))
             .collect();
@@ -137,7 +90,7 @@ async fn a_server_never_has_more_than_max_connections_and_the_requests_over_it_w
             0.0,
             "{row}"
         );
-        assert_eq!(upstream_errors(&metrics), 0.0, "{row}");
+        assert_eq!(total_upstream_errors(&metrics), 0.0, "{row}");
         assert_eq!(
             sample(&metrics, QUEUED),
             0.0,
@@ -159,7 +112,7 @@ async fn a_request_finding_the_queue_full_gets_503_recorded_and_counted_as_load_
     let rows = [(1, 1, 3, 1), (1, 0, 2, 1), (2, 2, 7, 3)];
     for (max, queued, requests, rejected) in rows {
         let up = Upstream::start().await;
-        let proxy = start_proxy(
+        let proxy = proxy_with_upstream_keys(
             &up.url(),
             &[
                 ("max_connections", &max.to_string()),
@@ -194,7 +147,7 @@ async fn a_request_finding_the_queue_full_gets_503_recorded_and_counted_as_load_
         assert_eq!(sample(&metrics, FULL), rejected as f64, "{row}");
         assert_eq!(sample(&metrics, TIMEOUT), 0.0, "{row}");
         assert_eq!(
-            upstream_errors(&metrics),
+            total_upstream_errors(&metrics),
             0.0,
             "{row}: not an upstream error"
         );
@@ -215,7 +168,7 @@ async fn a_request_waiting_past_the_queue_timeout_gets_503_and_the_wait_is_not_r
     ];
     for (queue_timeout, request_timeout, ms, expected, timeouts) in rows {
         let up = Upstream::start().await;
-        let proxy = start_proxy(
+        let proxy = proxy_with_upstream_keys(
             &up.url(),
             &[
                 ("max_connections", "1"),
@@ -231,7 +184,7 @@ async fn a_request_waiting_past_the_queue_timeout_gets_503_and_the_wait_is_not_r
         let (_, metrics) = proxy.admin_get("/metrics").await;
         assert_eq!(sample(&metrics, TIMEOUT), timeouts, "{row}");
         assert_eq!(sample(&metrics, FULL), 0.0, "{row}");
-        assert_eq!(upstream_errors(&metrics), 0.0, "{row}");
+        assert_eq!(total_upstream_errors(&metrics), 0.0, "{row}");
         assert_eq!(
             sample(&metrics, QUEUED),
             0.0,
@@ -247,7 +200,7 @@ async fn a_client_leaving_the_queue_frees_its_place() {
     // third then finds the place free, waits, and is served.
     for proto in BOTH {
         let up = Upstream::start().await;
-        let proxy = start_proxy(
+        let proxy = proxy_with_upstream_keys(
             &up.url(),
             &[("max_connections", "1"), ("max_queued_requests", "1")],
         )
@@ -295,7 +248,9 @@ async fn a_server_at_its_cap_passes_its_turn_to_one_with_room_and_requests_wait_
     let a = Upstream::start().await;
     let b = Upstream::start().await;
     let servers = format!("[\"{}\", \"{}\"]", a.url(), b.url());
-    let proxy = start_proxy(&a.url(), &[("servers", &servers), ("max_connections", "1")]).await;
+    let proxy =
+        proxy_with_upstream_keys(&a.url(), &[("servers", &servers), ("max_connections", "1")])
+            .await;
     let client = proxy.client();
     // The first request goes to `a` (its turn) and holds its only connection.
     let mut holder = client.connect(Proto::H2).await;
@@ -345,7 +300,7 @@ async fn clients_abandoning_requests_to_a_slow_path_cost_only_a_handful_of_upstr
     let rows = [(Proto::H2, 200), (Proto::H1, 60)];
     for (proto, requests) in rows {
         let up = Upstream::start().await;
-        let proxy = start_proxy(&up.url(), &[]).await;
+        let proxy = proxy_with_upstream_keys(&up.url(), &[]).await;
         let client = proxy.client();
         let mut h2 = client.connect(Proto::H2).await;
         for i in 0..requests {
@@ -387,7 +342,7 @@ async fn clients_abandoning_requests_to_a_slow_path_cost_only_a_handful_of_upstr
             reused >= requests as f64 * 0.9,
             "{proto:?}: {reused} reused"
         );
-        assert_eq!(upstream_errors(&metrics), 0.0, "{proto:?}");
+        assert_eq!(total_upstream_errors(&metrics), 0.0, "{proto:?}");
         assert_eq!(sample(&metrics, BUSY), 0.0, "{proto:?}: all back");
         // Every request is still recorded once, as 499; on a loaded machine the client's
         // 20 ms timer may fire after the answer was already whole, which is then a 200, or
@@ -431,7 +386,7 @@ async fn an_abandoned_response_body_is_drained_when_small_and_quick_and_closed_o
         for (path, reused, closed) in rows {
             let row = format!("{proto:?} {path}");
             let up = Upstream::start().await;
-            let proxy = start_proxy(&up.url(), &[]).await;
+            let proxy = proxy_with_upstream_keys(&up.url(), &[]).await;
             let client = proxy.client();
             let mut conn = client.connect(proto).await;
             // `try_send` returns at the head and drops the body unread.
@@ -456,7 +411,7 @@ async fn an_abandoned_response_body_is_drained_when_small_and_quick_and_closed_o
             let expected = if reused > 0.0 { 1 } else { 2 };
             assert_eq!(up.connections.load(Ordering::SeqCst), expected, "{row}");
             let (_, metrics) = proxy.admin_get("/metrics").await;
-            assert_eq!(upstream_errors(&metrics), 0.0, "{row}");
+            assert_eq!(total_upstream_errors(&metrics), 0.0, "{row}");
         }
     }
 }
@@ -469,7 +424,7 @@ async fn an_http1_upload_turned_away_with_503_gets_the_answer_not_a_reset() {
     // (body bytes). Each is over the 64 KiB read before an upstream connection is taken.
     let rows = [256 << 10, 2 << 20, 8 << 20];
     let up = Upstream::start().await;
-    let proxy = start_proxy(
+    let proxy = proxy_with_upstream_keys(
         &up.url(),
         &[("max_connections", "1"), ("max_queued_requests", "0")],
     )
@@ -509,7 +464,7 @@ async fn an_http1_upload_turned_away_with_503_gets_the_answer_not_a_reset() {
     }
     let (_, metrics) = proxy.admin_get("/metrics").await;
     assert_eq!(sample(&metrics, FULL), rows.len() as f64);
-    assert_eq!(upstream_errors(&metrics), 0.0);
+    assert_eq!(total_upstream_errors(&metrics), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -520,7 +475,7 @@ async fn clients_that_left_hold_no_place_under_the_cap_for_long() {
     // (protocol of the clients that leave).
     for proto in [Proto::H2, Proto::H1] {
         let up = Upstream::start().await;
-        let proxy = start_proxy(
+        let proxy = proxy_with_upstream_keys(
             &up.url(),
             &[
                 ("max_connections", "4"),
@@ -560,6 +515,6 @@ async fn clients_that_left_hold_no_place_under_the_cap_for_long() {
             0.0,
             "{proto:?}"
         );
-        assert_eq!(upstream_errors(&metrics), 0.0, "{proto:?}");
+        assert_eq!(total_upstream_errors(&metrics), 0.0, "{proto:?}");
     }
 }

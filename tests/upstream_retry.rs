@@ -16,7 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{BOTH, Conn, Proto, Proxy, Resp, body, dead_addr, set};
+use common::{
+    BOTH, Conn, Proto, Resp, body, dead_addr, sample, set, share, total_upstream_errors,
+    unlimited_proxy, upstream_errors,
+};
 use http::{Method, Request, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -256,48 +259,8 @@ fn request(method: &Method, path: &str, payload: &'static [u8]) -> Request<commo
         .unwrap()
 }
 
-/// The proxy in front of `upstream`, its config changed by `edit`; no rate limit, since the
-/// tests send hundreds of requests from one address.
-async fn start_proxy(upstream: &str, edit: impl FnOnce(String) -> String) -> Proxy {
-    Proxy::start_with(
-        |c| edit(set(&c, "rate_limit", "enabled", "false")),
-        upstream,
-    )
-    .await
-}
-
-/// The value of one sample line of the Prometheus text, 0 when absent.
-fn sample(metrics: &str, series: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 const RETRIES_CLOSED: &str = "webprom_edge_upstream_retries_total{reason=\"closed\"}";
 const RETRIES_CONNECT: &str = "webprom_edge_upstream_retries_total{reason=\"connect\"}";
-
-fn upstream_errors(metrics: &str, kind: &str) -> f64 {
-    sample(
-        metrics,
-        &format!("webprom_edge_upstream_errors_total{{kind=\"{kind}\"}}"),
-    )
-}
-
-fn total_upstream_errors(metrics: &str) -> f64 {
-    ["connect", "timeout", "protocol"]
-        .iter()
-        .map(|k| upstream_errors(metrics, k))
-        .sum()
-}
-
-/// A second handle on an HTTP/2 connection, for concurrent streams.
-fn share(conn: &Conn) -> Conn {
-    match conn {
-        Conn::H2(s) => Conn::H2(s.clone()),
-        Conn::H1(_) => panic!("an HTTP/1.1 connection carries one request at a time"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_closing_after_every_response_costs_no_request() {
@@ -314,7 +277,7 @@ async fn an_upstream_closing_after_every_response_costs_no_request() {
     ];
     for (proto, connections, streams, wait) in rows {
         let up = Scripted::start(Behaviour::CloseAfterEachResponse(wait)).await;
-        let proxy = start_proxy(&up.url(), |c| c).await;
+        let proxy = unlimited_proxy(&up.url(), |c| c).await;
         let client = proxy.client();
         let workers = connections * streams;
         let mut tasks = Vec::new();
@@ -379,7 +342,7 @@ async fn a_post_to_an_upstream_closing_after_every_response_is_never_sent_twice(
     // goes again. So each POST is seen at most once, and each gets a 200 or a 502.
     const REQUESTS: usize = 400;
     let up = Scripted::start(Behaviour::CloseAfterEachResponse(2)).await;
-    let proxy = start_proxy(&up.url(), |c| c).await;
+    let proxy = unlimited_proxy(&up.url(), |c| c).await;
     let client = proxy.client();
     let mut tasks = Vec::new();
     for c in 0..4 {
@@ -423,7 +386,7 @@ async fn a_post_to_an_upstream_closing_after_every_response_is_never_sent_twice(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_closing_idle_connections_costs_no_request() {
     let up = Scripted::start(Behaviour::CloseWhenIdle(50)).await;
-    let proxy = start_proxy(&up.url(), |c| c).await;
+    let proxy = unlimited_proxy(&up.url(), |c| c).await;
     let client = proxy.client();
     let mut conns = [
         client.connect(Proto::H1).await,
@@ -483,7 +446,7 @@ async fn a_failure_before_any_response_byte_is_retried_only_when_safe() {
         ("half", Method::HEAD, NONE, StatusCode::BAD_GATEWAY, 1),
     ];
     let up = Scripted::start(Behaviour::FailReusedByPath).await;
-    let proxy = start_proxy(&up.url(), |c| c).await;
+    let proxy = unlimited_proxy(&up.url(), |c| c).await;
     for (i, (failure, method, payload, status, times)) in rows.into_iter().enumerate() {
         let row = format!("{failure} {method} body={}", payload.len());
         let (_, before) = proxy.admin_get("/metrics").await;
@@ -523,7 +486,7 @@ async fn a_failure_before_any_response_byte_is_retried_only_when_safe() {
 async fn a_request_is_sent_again_at_most_once() {
     for proto in BOTH {
         let up = Scripted::start(Behaviour::ResetAfterFirstRequest).await;
-        let proxy = start_proxy(&up.url(), |c| c).await;
+        let proxy = unlimited_proxy(&up.url(), |c| c).await;
         let mut conn = proxy.client().connect(proto).await;
         let warm = conn.send(request(&Method::GET, "/warm", b"")).await;
         assert_eq!(warm.status, StatusCode::OK, "{proto:?}");
@@ -582,7 +545,7 @@ async fn a_server_refusing_connections_passes_the_request_to_the_next() {
     ];
     for (servers, requests, status, retries, errors, ready) in rows {
         let list = format!("{servers:?}");
-        let proxy = start_proxy(&live, |c| set(&c, "upstream", "servers", &list)).await;
+        let proxy = unlimited_proxy(&live, |c| set(&c, "upstream", "servers", &list)).await;
         let client = proxy.client();
         for i in 0..requests {
             let proto = BOTH[i % 2];
@@ -611,7 +574,7 @@ async fn a_pooled_connection_idle_past_the_idle_timeout_is_closed_not_reused() {
     ];
     for (idle_timeout, pause_ms, connections, closed) in rows {
         let up = Scripted::start(Behaviour::KeepAlive).await;
-        let proxy = start_proxy(&up.url(), |c| {
+        let proxy = unlimited_proxy(&up.url(), |c| {
             set(&c, "upstream", "idle_timeout", idle_timeout)
         })
         .await;
@@ -673,7 +636,7 @@ async fn a_response_body_the_upstream_cuts_short_counts_once_as_an_upstream_erro
         "badchunk-closed",
     ];
     let up = Scripted::start(Behaviour::KeepAlive).await;
-    let proxy = start_proxy(&up.url(), |c| c).await;
+    let proxy = unlimited_proxy(&up.url(), |c| c).await;
     for row in rows {
         for proto in BOTH {
             let (_, before) = proxy.admin_get("/metrics").await;

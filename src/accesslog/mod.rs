@@ -379,3 +379,148 @@ impl Writer {
         }
     }
 }
+
+/// The writer through its handle: records reach the day file whole and in order, a full queue
+/// drops and counts, shutdown writes what was queued. Records are made by the capture, as on
+/// the request path.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client_ip::ClientAddr;
+    use crate::config::Config;
+    use crate::metrics::Metrics;
+    use crate::privacy::capture::{Capture, ClientMemo, EpochKey};
+    use crate::privacy::keys::Key;
+
+    /// The capture the records come from, made once (its User-Agent rules take a while).
+    fn capture() -> &'static Capture {
+        static CAPTURE: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
+        CAPTURE.get_or_init(|| {
+            let key = EpochKey {
+                epoch: Epoch::today(),
+                key: Key::from_bytes([7; 32]),
+            };
+            Capture::new(&Config::default(), key, None).expect("capture")
+        })
+    }
+
+    /// `n` records of distinct requests, and the bytes each writes: its JSON line.
+    fn records(n: usize) -> Vec<(Observation, Vec<u8>)> {
+        let capture = capture();
+        let memo = ClientMemo::default();
+        (0..n)
+            .map(|i| {
+                let ip = std::net::IpAddr::from([198, 51, (i / 256 % 256) as u8, (i % 256) as u8]);
+                let req = http::Request::get("/page").body(()).unwrap();
+                let obs = capture
+                    .begin(ClientAddr::new(ip), &req, None, &memo)
+                    .finish(200, i as u64, false);
+                let mut line = Vec::new();
+                obs.write_json(&mut line);
+                (obs, line)
+            })
+            .collect()
+    }
+
+    /// A writer on a new directory with a queue of `buffer_records`, and its counters.
+    fn start(buffer_records: usize) -> (tempfile::TempDir, AccessLog, LogCounters) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config::AccessLog {
+            dir: dir.path().join("logs"),
+            buffer_records,
+            ..Default::default()
+        };
+        let counters = Metrics::new(&[]).log_counters();
+        let log = AccessLog::start(&cfg, counters.clone()).expect("writer starts");
+        (dir, log, counters)
+    }
+
+    /// Every day file's bytes, oldest day first.
+    fn written(dir: &tempfile::TempDir) -> Vec<u8> {
+        let mut days: Vec<_> = std::fs::read_dir(dir.path().join("logs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        days.sort();
+        days.iter()
+            .flat_map(|p| std::fs::read(p).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn every_record_reaches_the_day_file_whole_and_in_order() {
+        // Past WRITE_BUFFER (256 KiB, about 1000 records) the writer writes while it buffers.
+        for n in [1, 10, 5_000] {
+            let (dir, log, counters) = start(65_536);
+            let mut expected = Vec::new();
+            for (obs, line) in records(n) {
+                expected.extend_from_slice(&line);
+                log.record(obs);
+            }
+            log.flush();
+            assert!(written(&dir) == expected, "{n} records: the file differs");
+            assert_eq!(counters.records.get(), n as u64, "{n} records");
+            assert_eq!(counters.dropped.get(), 0, "{n} records");
+            assert_eq!(counters.write_errors.get(), 0, "{n} records");
+            log.shutdown();
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_records_counts_them_and_leaves_only_whole_records() {
+        let n = 5_000;
+        let (dir, log, counters) = start(4);
+        let all = records(n);
+        let lines: Vec<Vec<u8>> = all.iter().map(|(_, line)| line.clone()).collect();
+        for (obs, _) in all {
+            log.record(obs);
+        }
+        log.flush();
+        let (records, dropped) = (counters.records.get(), counters.dropped.get());
+        assert_eq!(records + dropped, n as u64);
+        assert!(dropped > 0, "a queue of 4 took {n} records at once");
+        // What reached the file: whole records, in the order they came, as many as counted.
+        let file = written(&dir);
+        let mut rest = lines.iter();
+        let mut count = 0u64;
+        for line in file.split_inclusive(|&b| b == b'\n') {
+            assert!(
+                rest.any(|l| l.as_slice() == line),
+                "not a whole record in order: {}",
+                String::from_utf8_lossy(line)
+            );
+            count += 1;
+        }
+        assert_eq!(count, records);
+        assert_eq!(counters.write_errors.get(), 0);
+        log.shutdown();
+    }
+
+    #[test]
+    fn shutdown_writes_every_queued_record_and_a_record_after_it_is_counted_as_dropped() {
+        let n = 2_000;
+        let (dir, log, counters) = start(65_536);
+        let mut expected = Vec::new();
+        for (obs, line) in records(n + 1) {
+            if expected.len() < n {
+                expected.push(line);
+                log.record(obs);
+            } else {
+                log.shutdown();
+                assert!(written(&dir) == expected.concat(), "the file differs");
+                assert_eq!(counters.records.get(), n as u64);
+                assert_eq!(counters.dropped.get(), 0);
+                log.record(obs);
+                assert_eq!(counters.dropped.get(), 1);
+                // A second shutdown, and a flush after it, return at once.
+                log.shutdown();
+                log.flush();
+            }
+        }
+        assert!(
+            written(&dir) == expected.concat(),
+            "nothing written after shutdown"
+        );
+        assert_eq!(counters.records.get(), n as u64);
+    }
+}

@@ -1162,3 +1162,400 @@ mod tests {
         assert_eq!(up.pick(None).index, 0);
     }
 }
+
+/// The pool against a real HTTP/1.1 server on loopback: the cap, the queue's order and
+/// timeout, idle connections closed, and which failed exchanges are sent again.
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use bytes::Bytes;
+    use http::Method;
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use std::convert::Infallible;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A loopback HTTP/1.1 server that answers every request with its path, after
+    /// `?ms=N` milliseconds when asked, and counts its connections.
+    struct Server {
+        addr: std::net::SocketAddr,
+        /// The request targets, in the order they arrived.
+        seen: Arc<Mutex<Vec<String>>>,
+        accepted: Arc<AtomicUsize>,
+        open: Arc<AtomicUsize>,
+        max_open: Arc<AtomicUsize>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    impl Server {
+        async fn start() -> Server {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let seen = Arc::new(Mutex::new(Vec::new()));
+            let accepted = Arc::new(AtomicUsize::new(0));
+            let open = Arc::new(AtomicUsize::new(0));
+            let max_open = Arc::new(AtomicUsize::new(0));
+            let (seen2, accepted2, open2, max_open2) = (
+                seen.clone(),
+                accepted.clone(),
+                open.clone(),
+                max_open.clone(),
+            );
+            let task = tokio::spawn(async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    accepted2.fetch_add(1, Ordering::SeqCst);
+                    let now = open2.fetch_add(1, Ordering::SeqCst) + 1;
+                    max_open2.fetch_max(now, Ordering::SeqCst);
+                    let (seen, open) = (seen2.clone(), open2.clone());
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req: Request<Incoming>| {
+                            let seen = seen.clone();
+                            async move {
+                                let target = req.uri().to_string();
+                                seen.lock().unwrap().push(target.clone());
+                                let ms = req
+                                    .uri()
+                                    .query()
+                                    .and_then(|q| q.strip_prefix("ms="))
+                                    .and_then(|ms| ms.parse().ok())
+                                    .unwrap_or(0);
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(target))))
+                            }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tcp), service)
+                            .await;
+                        open.fetch_sub(1, Ordering::SeqCst);
+                    });
+                }
+            });
+            Server {
+                addr,
+                seen,
+                accepted,
+                open,
+                max_open,
+                task,
+            }
+        }
+
+        fn seen(&self) -> Vec<String> {
+            self.seen.lock().unwrap().clone()
+        }
+    }
+
+    /// A pool of one server at `addr`, its config changed by `edit`, and the metrics it counts in.
+    fn pool(
+        addr: std::net::SocketAddr,
+        edit: impl FnOnce(&mut config::Upstream),
+    ) -> (Arc<Upstreams>, Metrics) {
+        let mut cfg = config::Upstream {
+            servers: vec![format!("http://{addr}").parse().unwrap()],
+            ..Default::default()
+        };
+        edit(&mut cfg);
+        let metrics = Metrics::new(&[]);
+        (
+            Arc::new(Upstreams::new(&cfg, metrics.upstream_pool())),
+            metrics,
+        )
+    }
+
+    fn request(method: Method, target: &str, body: &'static [u8]) -> Request<RequestBody> {
+        let mut req = Request::new(RequestBody::whole(Bytes::from_static(body), None));
+        *req.method_mut() = method;
+        *req.uri_mut() = target.parse().unwrap();
+        req
+    }
+
+    /// Sends `target` as a GET, reads the response to its end and gives the connection back:
+    /// the response body.
+    async fn exchange(up: &Upstreams, target: &str) -> Result<String, SendError> {
+        let req = request(Method::GET, target, b"");
+        let pick = up.pick(req.uri().path_and_query());
+        let (resp, lease) = up.send(&pick, req).await?;
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        if let Some(lease) = lease {
+            lease.release();
+        }
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// The value of one sample of the Prometheus text, 0 when absent.
+    fn sample(metrics: &Metrics, series: &str) -> f64 {
+        metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Waits (up to 5 s) until `check` holds.
+    async fn eventually(what: &str, check: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !check() {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_server_never_has_more_connections_than_its_cap_and_every_request_is_answered() {
+        for cap in [1, 2, 3] {
+            let server = Server::start().await;
+            let (up, _metrics) = pool(server.addr, |c| c.max_connections = cap);
+            let tasks: Vec<_> = (0..12)
+                .map(|i| {
+                    let up = up.clone();
+                    tokio::spawn(async move { exchange(&up, &format!("/r{i}?ms=50")).await })
+                })
+                .collect();
+            for (i, t) in tasks.into_iter().enumerate() {
+                let body = t.await.unwrap().expect("answered");
+                assert_eq!(body, format!("/r{i}?ms=50"), "cap {cap}");
+            }
+            assert_eq!(server.max_open.load(Ordering::SeqCst), cap, "cap {cap}");
+            assert_eq!(
+                server.accepted.load(Ordering::SeqCst),
+                cap,
+                "cap {cap}: reused"
+            );
+            assert_eq!(server.seen().len(), 12, "cap {cap}");
+            assert_eq!(up.metrics.busy.get(), 0, "cap {cap}: all back");
+            assert_eq!(up.metrics.idle.get(), cap as i64, "cap {cap}");
+            assert_eq!(up.metrics.queued.get(), 0, "cap {cap}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_waiting_for_a_connection_get_it_first_in_first_out() {
+        let server = Server::start().await;
+        let (up, _metrics) = pool(server.addr, |c| c.max_connections = 1);
+        let holder = {
+            let up = up.clone();
+            tokio::spawn(async move { exchange(&up, "/hold?ms=400").await })
+        };
+        eventually("the first request reached the server", || {
+            server.seen().len() == 1
+        })
+        .await;
+        let mut waiting = Vec::new();
+        for name in ["/a", "/b", "/c", "/d"] {
+            let up2 = up.clone();
+            waiting.push(tokio::spawn(async move { exchange(&up2, name).await }));
+            let queued = waiting.len() as i64;
+            eventually("queued", || up.metrics.queued.get() == queued).await;
+        }
+        holder.await.unwrap().expect("answered");
+        for w in waiting {
+            w.await.unwrap().expect("answered");
+        }
+        assert_eq!(server.seen(), ["/hold?ms=400", "/a", "/b", "/c", "/d"]);
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_gets_a_queue_rejection_when_the_queue_is_full_or_its_wait_is_over() {
+        // (queue places, what the request over the cap gets)
+        let rows = [(0, QueueRejection::Full), (1, QueueRejection::Timeout)];
+        for (places, reason) in rows {
+            let server = Server::start().await;
+            let (up, metrics) = pool(server.addr, |c| {
+                c.max_connections = 1;
+                c.max_queued_requests = places;
+                c.queue_timeout = Duration::from_millis(200).into();
+            });
+            let holder = {
+                let up = up.clone();
+                tokio::spawn(async move { exchange(&up, "/hold?ms=3000").await })
+            };
+            eventually("the first request reached the server", || {
+                server.seen().len() == 1
+            })
+            .await;
+            let got = exchange(&up, "/over").await;
+            assert!(
+                matches!(got, Err(SendError::Queue(r)) if r == reason),
+                "{places} places: {got:?}"
+            );
+            assert!(
+                !holder.is_finished(),
+                "{places} places: rejected before the connection freed"
+            );
+            let label = match reason {
+                QueueRejection::Full => "full",
+                QueueRejection::Timeout => "timeout",
+            };
+            let series =
+                format!("webprom_edge_upstream_queue_rejections_total{{reason=\"{label}\"}}");
+            assert_eq!(sample(&metrics, &series), 1.0, "{places} places");
+            assert_eq!(up.metrics.queued.get(), 0, "{places} places");
+            holder.await.unwrap().expect("answered");
+            assert_eq!(
+                server.seen(),
+                ["/hold?ms=3000"],
+                "{places} places: nothing sent"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_idle_past_the_idle_timeout_is_closed_and_a_younger_one_kept() {
+        let server = Server::start().await;
+        let (up, _metrics) = pool(server.addr, |c| {
+            c.idle_timeout = Duration::from_secs(2).into();
+        });
+        exchange(&up, "/one").await.expect("answered");
+        assert_eq!(up.metrics.idle.get(), 1);
+        // Younger than the idle timeout: kept, and reused.
+        up.close_idle();
+        assert_eq!(up.metrics.idle.get(), 1);
+        exchange(&up, "/two").await.expect("answered");
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 1, "reused");
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        up.close_idle();
+        assert_eq!(up.metrics.idle.get(), 0);
+        assert_eq!(up.metrics.busy.get(), 0);
+        eventually("the server saw the connection closed", || {
+            server.open.load(Ordering::SeqCst) == 0
+        })
+        .await;
+        exchange(&up, "/three").await.expect("answered");
+        assert_eq!(
+            server.accepted.load(Ordering::SeqCst),
+            2,
+            "a new connection"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_idle_past_the_idle_timeout_is_never_reused() {
+        let server = Server::start().await;
+        let (up, _metrics) = pool(server.addr, |c| {
+            c.idle_timeout = Duration::from_millis(200).into();
+        });
+        exchange(&up, "/one").await.expect("answered");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        exchange(&up, "/two").await.expect("answered");
+        assert_eq!(server.accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(up.metrics.idle.get(), 1);
+    }
+
+    /// A raw loopback server that answers the first request of each connection (keep-alive,
+    /// with `Content-Length`) and closes the connection on reading the second, unanswered:
+    /// a keep-alive connection the upstream dropped while a request was on its way.
+    /// Counts the request heads it read.
+    async fn closing_after_one() -> (
+        std::net::SocketAddr,
+        Arc<AtomicUsize>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(AtomicUsize::new(0));
+        let counted = heads.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    for answered in [true, false] {
+                        // The head, then its body by Content-Length.
+                        let end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            if !read_more(&mut tcp, &mut buf).await {
+                                return;
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        while buf.len() < end + len {
+                            if !read_more(&mut tcp, &mut buf).await {
+                                return;
+                            }
+                        }
+                        buf.drain(..end + len);
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        if answered {
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if tcp.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    // Dropped: closed with the second request unanswered.
+                });
+            }
+        });
+        (addr, heads, task)
+    }
+
+    /// Reads what `tcp` has next onto `buf`; false at its end or on an error.
+    async fn read_more(tcp: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> bool {
+        let mut chunk = [0u8; 4096];
+        match tcp.read(&mut chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_lost_on_a_reused_connection_is_sent_again_only_when_it_may_be_sent_twice() {
+        // (method, body, sent again on a new connection)
+        let rows: [(Method, &'static [u8], bool); 6] = [
+            (Method::GET, b"", true),
+            (Method::HEAD, b"", true),
+            (Method::PUT, b"", true),
+            (Method::DELETE, b"", true),
+            (Method::POST, b"", false),
+            (Method::PUT, b"payload", false),
+        ];
+        for (method, body, again) in rows {
+            let row = format!("{method} with {} body bytes", body.len());
+            let (addr, heads, task) = closing_after_one().await;
+            let (up, metrics) = pool(addr, |_| {});
+            // The first exchange leaves the connection idle in the pool.
+            exchange(&up, "/first").await.expect("answered");
+            let req = request(method.clone(), "/second", body);
+            let pick = up.pick(req.uri().path_and_query());
+            let got = up.send(&pick, req).await;
+            let retries = sample(
+                &metrics,
+                "webprom_edge_upstream_retries_total{reason=\"closed\"}",
+            );
+            if again {
+                let (resp, _lease) = got.unwrap_or_else(|e| panic!("{row}: {e}"));
+                assert_eq!(resp.status(), 200, "{row}");
+                assert_eq!(heads.load(Ordering::SeqCst), 3, "{row}: sent twice");
+                assert_eq!(retries, 1.0, "{row}");
+            } else {
+                assert!(
+                    matches!(got, Err(SendError::Exchange(_))),
+                    "{row}: {:?}",
+                    got.err()
+                );
+                assert_eq!(heads.load(Ordering::SeqCst), 2, "{row}: sent once");
+                assert_eq!(retries, 0.0, "{row}");
+            }
+            task.abort();
+        }
+    }
+}

@@ -389,11 +389,7 @@ pub fn write_test_geo(dir: &Path) {
 
 /// A proxy that believes X-Forwarded-For from loopback, so tests can play any client address.
 pub async fn trusting_proxy(up: &Upstream) -> Proxy {
-    Proxy::start_with(
-        |c| set(&c, "client_ip", "trusted_proxies", "[\"127.0.0.1\"]"),
-        &up.url(),
-    )
-    .await
+    Proxy::start_with(|c| trusting(&c), &up.url()).await
 }
 
 /// Replaces `key = ...` in `[section]` of a TOML text, or adds it.
@@ -548,18 +544,14 @@ impl Proxy {
 
     /// Waits (up to 15 s) until the access log holds at least `n` records; returns them all.
     pub async fn wait_records(&self, n: usize) -> Vec<String> {
-        eventually(
-            Duration::from_secs(15),
-            Duration::from_millis(100),
-            async || (self.access_log().lines().count() >= n).then_some(()),
-            || {
-                let all = self.access_log();
-                format!("{} of {n} records:\n{all}", all.lines().count())
-            },
-        )
-        .await;
+        wait_lines(n, || self.records()).await;
         // Give a straggler the chance to show it would have made n + 1.
         tokio::time::sleep(Duration::from_millis(1200)).await;
+        self.records()
+    }
+
+    /// The whole records in the access log directory, one a line (see [`Proxy::access_log`]).
+    pub fn records(&self) -> Vec<String> {
         self.access_log().lines().map(str::to_owned).collect()
     }
 
@@ -661,25 +653,10 @@ pub fn chunked_body(data: Vec<u8>) -> ReqBody {
 
 impl Client {
     pub fn new(addr: SocketAddr, cert_pem: &Path) -> Client {
-        use rustls::pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(cert_pem).unwrap() {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let make = |alpn: &[u8]| {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut c = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots.clone())
-                .with_no_client_auth();
-            c.alpn_protocols = vec![alpn.to_vec()];
-            Arc::new(c)
-        };
         Client {
             addr,
-            config_h1: make(b"http/1.1"),
-            config_h2: make(b"h2"),
+            config_h1: tls_client_config(cert_pem, Some(b"http/1.1")),
+            config_h2: tls_client_config(cert_pem, Some(b"h2")),
         }
     }
 
@@ -854,4 +831,273 @@ pub fn pem_cert_der(path: &Path) -> Vec<u8> {
         .unwrap()
         .unwrap()
         .to_vec()
+}
+
+// Helpers several test files share: requests, proxies started with keys set, records, key
+// files and metric readers. One copy each.
+
+/// The fields of an access-log record, in the order the proxy writes them (SPEC, record
+/// schema).
+pub const RECORD_FIELDS: [&str; 18] = [
+    "ts",
+    "epoch",
+    "client",
+    "net",
+    "country",
+    "browser",
+    "browser_version",
+    "os",
+    "bot",
+    "lang",
+    "method",
+    "host",
+    "path",
+    "status",
+    "bytes_sent",
+    "duration_ms",
+    "proto",
+    "limited",
+];
+
+/// A GET for `path` on host localhost, from the client `ip` as a trusted proxy would name it
+/// (`X-Forwarded-For`; see [`trusting_proxy`]).
+pub fn from(ip: &str, path: &str) -> Request<ReqBody> {
+    Request::get(format!("https://localhost{path}"))
+        .header("x-forwarded-for", ip)
+        .body(body(Bytes::new()))
+        .unwrap()
+}
+
+/// `config` with loopback (127.0.0.1) a trusted proxy, so that `X-Forwarded-For` names the
+/// client.
+pub fn trusting(config: &str) -> String {
+    set(config, "client_ip", "trusted_proxies", "[\"127.0.0.1\"]")
+}
+
+/// `config` with rate limiting off, for tests that send hundreds of requests from one address.
+pub fn unlimited(config: &str) -> String {
+    set(config, "rate_limit", "enabled", "false")
+}
+
+/// `config` with each `(key, value)` of `keys` set in `[section]`.
+pub fn set_all(config: &str, section: &str, keys: &[(&str, &str)]) -> String {
+    keys.iter()
+        .fold(config.to_owned(), |c, (k, v)| set(&c, section, k, v))
+}
+
+/// A proxy in front of `upstream` with no rate limit, its config then changed by `edit`.
+pub async fn unlimited_proxy(upstream: &str, edit: impl FnOnce(String) -> String) -> Proxy {
+    Proxy::start_with(|c| edit(unlimited(&c)), upstream).await
+}
+
+/// A proxy in front of `upstream` with no rate limit, its `[upstream]` keys set from `keys`.
+pub async fn proxy_with_upstream_keys(upstream: &str, keys: &[(&str, &str)]) -> Proxy {
+    unlimited_proxy(upstream, |c| set_all(&c, "upstream", keys)).await
+}
+
+/// A proxy that believes X-Forwarded-For from loopback and does not rate-limit.
+pub async fn trusting_unlimited_proxy(up: &Upstream) -> Proxy {
+    Proxy::start_with(|c| unlimited(&trusting(&c)), &up.url()).await
+}
+
+/// Waits (up to 15 s) until `read` gives at least `n` lines; returns them.
+pub async fn wait_lines(n: usize, read: impl Fn() -> Vec<String>) -> Vec<String> {
+    eventually(
+        Duration::from_secs(15),
+        Duration::from_millis(100),
+        async || Some(read()).filter(|lines| lines.len() >= n),
+        || {
+            let lines = read();
+            format!("{} of {n} records:\n{}", lines.len(), lines.join("\n"))
+        },
+    )
+    .await
+}
+
+/// The key of `day` (`YYYY-MM-DD`) in `<dir>/keys`, from its 64 hex characters.
+pub fn read_key(dir: &Path, day: &str) -> [u8; 32] {
+    let raw = std::fs::read(dir.join(format!("keys/{day}.key"))).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let hex = text.trim();
+    assert_eq!(hex.len(), 64, "key file is 64 hex characters");
+    let mut key = [0u8; 32];
+    for (i, b) in key.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
+    }
+    key
+}
+
+/// `bytes` as lowercase hex, as a key file holds them.
+pub fn hex(bytes: &[u8; 32]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Today's day file of a proxy started from the harness.
+pub fn day_file(proxy: &Proxy) -> PathBuf {
+    proxy.path(&format!("logs/access-{}.jsonl", today_string()))
+}
+
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Makes a named pipe (mode 0600) at `path`.
+pub fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+/// One HTTP/2 frame (RFC 9113 §4.1): `kind`, `flags`, `stream` and `payload`.
+pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A TLS client config that trusts the certificates of `cert_pem` and offers `alpn`.
+pub fn tls_client_config(cert_pem: &Path, alpn: Option<&[u8]>) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(cert_pem).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.into_iter().map(<[u8]>::to_vec).collect();
+    Arc::new(config)
+}
+
+/// A second handle on an HTTP/2 connection, for concurrent streams.
+pub fn share(conn: &Conn) -> Conn {
+    match conn {
+        Conn::H2(s) => Conn::H2(s.clone()),
+        Conn::H1(_) => panic!("an HTTP/1.1 connection carries one request at a time"),
+    }
+}
+
+/// A plain HTTP GET; None if the server is not up yet.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let tcp = TcpStream::connect(addr).await.ok()?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    let req = Request::get(path)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .ok()?;
+    let resp = send.send_request(req).await.ok()?;
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The value of one sample line of the Prometheus text, 0 when absent.
+pub fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The sum of every sample of the Prometheus text whose line starts with `series_prefix`.
+pub fn metric_sum(metrics: &str, series_prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(series_prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `upstream_errors_total{kind}`.
+pub fn upstream_errors(metrics: &str, kind: &str) -> f64 {
+    sample(
+        metrics,
+        &format!("webprom_edge_upstream_errors_total{{kind=\"{kind}\"}}"),
+    )
+}
+
+/// `upstream_errors_total` of every kind.
+pub fn total_upstream_errors(metrics: &str) -> f64 {
+    ["connect", "timeout", "protocol"]
+        .iter()
+        .map(|k| upstream_errors(metrics, k))
+        .sum()
+}
+
+/// A real Prometheus server scraping one target every second, killed when dropped. Its HTTP
+/// API listens on `web`.
+pub struct Prometheus {
+    pub web: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    /// Starts `prometheus` (Debian package `prometheus`; see [`external`]) scraping `target`
+    /// as job `job`, its data in a temporary directory.
+    pub fn scraping(target: SocketAddr, job: &str) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
+        );
+        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+        let web = dead_addr();
+        let child = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Prometheus {
+            web,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `cmd` to its end: its exit status (-1 when a signal ended it), stdout and stderr, as
+/// text.
+pub fn output_text(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The binary's `command` with `--config <dir>/config.toml` and then `args`, to run in `dir`.
+pub fn tool_command(dir: &Path, command: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.arg(command)
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .args(args)
+        .current_dir(dir);
+    cmd
 }
