@@ -15,7 +15,8 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use webprom_edge::client_ip::ClientAddr;
-use webprom_edge::privacy::keys::{Epoch, Key, next_key, pseudonym};
+use webprom_edge::epoch::Epoch;
+use webprom_edge::privacy::keys::{Key, next_key, pseudonym};
 
 const DAYS: i64 = 8;
 const CLIENTS: usize = 10_000;

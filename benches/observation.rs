@@ -10,9 +10,10 @@ use std::path::Path;
 use criterion::{Criterion, criterion_group, criterion_main};
 use webprom_edge::client_ip::ClientAddr;
 use webprom_edge::config::Config;
+use webprom_edge::epoch::Epoch;
 use webprom_edge::metrics::Metrics;
 use webprom_edge::privacy::capture::{Capture, ClientMemo, EpochKey, open_geo};
-use webprom_edge::privacy::keys::{Epoch, Key};
+use webprom_edge::privacy::keys::Key;
 
 const UA: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
 

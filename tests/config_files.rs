@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{base_config, bin, is_root, mkfifo, mmdb, set};
-use webprom_edge::privacy::keys::Epoch;
+use webprom_edge::epoch::Epoch;
 
 /// Everything under `dir`: (path, kind, length), so a test can tell nothing was created.
 fn tree(dir: &Path) -> Vec<(PathBuf, String, u64)> {

@@ -572,9 +572,9 @@ async fn the_pseudonym_keys_stay_owner_only_whatever_file_mode_says() {
 fn the_next_day_file_gets_the_mode_at_rollover() {
     use webprom_edge::accesslog::AccessLog;
     use webprom_edge::client_ip::ClientAddr;
+    use webprom_edge::epoch::Epoch;
     use webprom_edge::metrics::Metrics;
     use webprom_edge::privacy::capture::{Capture, ClientMemo, EpochKey};
-    use webprom_edge::privacy::keys::Epoch;
 
     let dir = tempfile::tempdir().unwrap();
     let mut config = webprom_edge::config::Config::default();

@@ -253,8 +253,9 @@ async fn the_geoip_database_rewritten_under_live_traffic_never_stops_the_proxy()
 /// Observations as the capture makes them, for driving the access-log writer directly.
 fn observations(n: usize) -> Vec<webprom_edge::privacy::observation::Observation> {
     use webprom_edge::client_ip::ClientAddr;
+    use webprom_edge::epoch::Epoch;
     use webprom_edge::privacy::capture::{Capture, ClientMemo, EpochKey};
-    use webprom_edge::privacy::keys::{Epoch, Key};
+    use webprom_edge::privacy::keys::Key;
     let mut config = webprom_edge::config::Config::default();
     config.geoip.database = "".into();
     let key = EpochKey {
@@ -722,10 +723,11 @@ async fn certificate_files_broken_then_sighup_keep_the_served_certificate() {
 #[test]
 fn key_files_broken_before_midnight_never_break_the_capture() {
     use webprom_edge::client_ip::ClientAddr;
+    use webprom_edge::epoch::Epoch;
     use webprom_edge::metrics::Metrics;
     use webprom_edge::privacy::capture::{Capture, ClientMemo, EpochKey};
-    use webprom_edge::privacy::keys::{Epoch, KeyStore, next_key};
-    use webprom_edge::privacy::schedule::rollover;
+    use webprom_edge::privacy::keys::schedule::rollover;
+    use webprom_edge::privacy::keys::{KeyStore, next_key};
 
     let today = Epoch::today();
     let yesterday = today.prev();

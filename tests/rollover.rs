@@ -1,12 +1,13 @@
 //! The UTC-midnight key rollover, driven through the same function the running proxy's midnight
-//! timer calls (`privacy::schedule::rollover`), with the day given explicitly.
+//! timer calls (`privacy::keys::schedule::rollover`), with the day given explicitly.
 
 use webprom_edge::client_ip::ClientAddr;
 use webprom_edge::config::Config;
+use webprom_edge::epoch::Epoch;
 use webprom_edge::metrics::Metrics;
 use webprom_edge::privacy::capture::{Capture, ClientMemo, EpochKey};
-use webprom_edge::privacy::keys::{Epoch, KeyStore, next_key, pseudonym};
-use webprom_edge::privacy::schedule::rollover;
+use webprom_edge::privacy::keys::schedule::rollover;
+use webprom_edge::privacy::keys::{KeyStore, next_key, pseudonym};
 
 #[test]
 fn rollover_ratchets_the_running_capture_to_the_new_day() {

@@ -16,7 +16,7 @@ use http::header::{ACCEPT_LANGUAGE, HeaderName, USER_AGENT};
 
 use super::geo::{Country, GeoDb, GeoError};
 use super::host::ListedHosts;
-use super::keys::{Epoch, Key, Pseudonym, pseudonym};
+use super::keys::{Key, Pseudonym, pseudonym};
 use super::lang::primary_language_of;
 use super::net::{Network, truncate};
 use super::observation::{HttpProto, MethodClass, Observation};
@@ -24,6 +24,7 @@ use super::path::RecordedPath;
 use super::ua::{Device, UaError, UaParser};
 use crate::client_ip::ClientAddr;
 use crate::config::Config;
+use crate::epoch::Epoch;
 use crate::fields::elements;
 
 static SEC_CH_UA: HeaderName = HeaderName::from_static("sec-ch-ua");

@@ -9,5 +9,4 @@ pub mod lang;
 pub mod net;
 pub mod observation;
 pub mod path;
-pub mod schedule;
 pub mod ua;

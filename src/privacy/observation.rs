@@ -12,11 +12,12 @@ use std::io::Write as _;
 
 use super::geo::Country;
 use super::host::RecordedHost;
-use super::keys::{Epoch, Pseudonym};
+use super::keys::Pseudonym;
 use super::lang::Lang;
 use super::net::Network;
 use super::path::RecordedPath;
 use super::ua::Device;
+use crate::epoch::Epoch;
 
 /// The fields of an access-log record (`docs/access-record.schema.json`), in the order
 /// [`Observation::write_json`] writes them; a record with any other field was not written by

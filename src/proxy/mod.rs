@@ -595,9 +595,10 @@ mod tests {
     use super::*;
     use crate::accesslog::AccessLog;
     use crate::config::RoutePolicy;
+    use crate::epoch::Epoch;
     use crate::metrics::Metrics;
     use crate::privacy::capture::EpochKey;
-    use crate::privacy::keys::{Epoch, Key};
+    use crate::privacy::keys::Key;
     use http::HeaderMap;
 
     /// A driver on real parts (a capture, a limiter, an upstream pool that is never asked, an

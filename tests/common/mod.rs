@@ -280,12 +280,12 @@ pub fn external(program: &str, package: &str) -> bool {
 
 /// Today's UTC day, `YYYY-MM-DD`.
 pub fn today_string() -> String {
-    webprom_edge::privacy::keys::Epoch::today().to_string()
+    webprom_edge::epoch::Epoch::today().to_string()
 }
 
 /// The UTC day `offset` days from today, `YYYY-MM-DD`.
 pub fn day_offset(offset: i64) -> String {
-    let mut day = webprom_edge::privacy::keys::Epoch::today();
+    let mut day = webprom_edge::epoch::Epoch::today();
     for _ in 0..offset.unsigned_abs() {
         day = if offset < 0 { day.prev() } else { day.next() };
     }

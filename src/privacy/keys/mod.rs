@@ -9,6 +9,7 @@
 //! owner.
 
 pub mod formula;
+pub mod schedule;
 pub mod store;
 
 use std::fmt;
@@ -18,10 +19,6 @@ use zeroize::Zeroize;
 
 pub use self::formula::{RATCHET_CONTEXT, next_key, pseudonym};
 pub use self::store::{KeyError, KeyState, KeyStore, RatchetOutcome};
-/// The day a key belongs to; defined in [`crate::epoch`], named here for the key store's
-/// callers.
-pub use crate::epoch::Epoch;
-
 /// A 32-byte pseudonym key. Zeroed on drop; never printed.
 #[derive(Clone)]
 pub struct Key([u8; 32]);

@@ -10,9 +10,10 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::epoch::{Epoch, SECS_PER_DAY};
 use crate::metrics::Metrics;
 use crate::privacy::capture::{Capture, EpochKey};
-use crate::privacy::keys::{Epoch, Key, KeyError, KeyStore};
+use crate::privacy::keys::{Key, KeyError, KeyStore};
 
 /// Ratchets the key store to `today` ([`KeyStore::ratchet_to`]) and returns today's key,
 /// saying in the diagnostics what happened: a random key made because none was found, keys
@@ -53,7 +54,7 @@ pub fn rollover(
 /// How long to wait, `now_unix_secs` seconds after the Unix epoch, until one second past the
 /// next UTC midnight, when the new day is certainly today.
 pub fn until_next_day(now_unix_secs: u64) -> Duration {
-    Duration::from_secs(86400 - now_unix_secs % 86400 + 1)
+    Duration::from_secs(SECS_PER_DAY - now_unix_secs % SECS_PER_DAY + 1)
 }
 
 /// At each UTC midnight, rolls the capture over to the new day's key ([`rollover`], off the
