@@ -68,7 +68,10 @@ impl ClientAddr {
     }
 
     /// The canonical address, for deriving an allowed value or forwarding it upstream; never
-    /// IPv4-mapped. Never print, log or store the result.
+    /// IPv4-mapped. Never print, log or store the result. Crate-private, so that no code outside
+    /// the crate reads an address by accident; it is not a secret from the crate's public API,
+    /// which must be able to truncate at any configured width (`privacy::net::truncate` at /32
+    /// or /128 gives the whole address, as `privacy.ipv4_prefix = 32` asks).
     pub(crate) fn ip(&self) -> IpAddr {
         self.0
     }

@@ -2,8 +2,9 @@
 //!
 //! One request's life: [`server`] accepts, terminates TLS and speaks HTTP/1.1 or HTTP/2, then
 //! hands the request to [`proxy::Proxy::handle`], the driver, which calls each phase by name:
-//! the client address ([`client_ip`]), the capture's begin ([`privacy`]), the request filter,
-//! the rate limit ([`ratelimit`]), the body filter, the upstream request, the body, the send
+//! the client address ([`client_ip`]), the authority, the capture's begin ([`privacy`]), the
+//! request filter, the rate limit ([`ratelimit`]), the body filter, the pick of an upstream
+//! server, the upstream request, the body, the send
 //! (the upstream pool), the response filter, and the logging phase, whose body writes the
 //! request's one record to [`accesslog`] and [`metrics`] when the answer ends. Around it:
 //! [`admin`] serves health, readiness and metrics; [`config`] is the validated configuration;

@@ -756,6 +756,13 @@ fn pseudonym_bits(p: &Pseudonym) -> u64 {
     bits
 }
 
+/// A new key epoch starts a new distinct-visitor window.
+impl crate::privacy::keys::schedule::EpochListener for Metrics {
+    fn new_epoch(&self) {
+        Metrics::new_epoch(self);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -597,7 +597,7 @@ fn the_next_day_file_gets_the_mode_at_rollover() {
             .begin(client, &req, None, &ClientMemo::default())
             .finish(200, 0, false)
     };
-    let yesterday = obs().earlier_by(86_400);
+    let yesterday = obs().days_earlier(1);
     let metrics = Metrics::new(&[]);
     let log = AccessLog::start(&config.access_log, metrics.log_counters()).unwrap();
     log.record(yesterday);

@@ -166,12 +166,13 @@ impl Observation {
         self.ts
     }
 
-    /// The same record `secs` seconds earlier (whole seconds, so the precision is kept): for
-    /// tests of day files and rollover, which need a record of another day. The time is the
-    /// one field that holds nothing of the client.
+    /// The same record `days` whole days earlier: for tests of day files and rollover, which
+    /// need a record of another day; the time is the one field that holds nothing of the
+    /// client. Not for records that are kept: a `timestamp_precision` that does not divide a
+    /// day (`"7s"`) is not kept by a shift of whole days.
     #[doc(hidden)]
-    pub fn earlier_by(mut self, secs: u32) -> Observation {
-        self.ts -= i64::from(secs);
+    pub fn days_earlier(mut self, days: u16) -> Observation {
+        self.ts -= i64::from(days) * crate::epoch::SECS_PER_DAY as i64;
         self
     }
 

@@ -46,13 +46,7 @@ mod tests {
     use super::*;
     use base64::Engine;
 
-    fn test_key() -> Key {
-        let mut b = [0u8; 32];
-        for (i, x) in b.iter_mut().enumerate() {
-            *x = i as u8;
-        }
-        Key::from_bytes(b)
-    }
+    use crate::privacy::keys::tests::test_key;
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()

@@ -122,10 +122,11 @@ impl FromStr for Pseudonym {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn test_key() -> Key {
+    /// The test key of every key test: bytes 0, 1, …, 31.
+    pub(crate) fn test_key() -> Key {
         let mut b = [0u8; 32];
         for (i, x) in b.iter_mut().enumerate() {
             *x = i as u8;

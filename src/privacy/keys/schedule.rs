@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::epoch::{Epoch, SECS_PER_DAY};
-use crate::metrics::Metrics;
 use crate::privacy::capture::{Capture, EpochKey};
 use crate::privacy::keys::{Key, KeyError, KeyStore};
 
@@ -32,13 +31,21 @@ pub fn ratchet(keys: &KeyStore, today: Epoch) -> Result<Key, KeyError> {
     Ok(outcome.key)
 }
 
-/// Applies the key of `today` if `capture` is still on an older epoch, and starts the
-/// metrics' distinct-visitor window again ([`Metrics::new_epoch`]). Returns whether the epoch
-/// changed. On error (the error names the key file or directory) the capture keeps its key.
+/// What else must start anew with a new key epoch: the metrics' distinct-visitor window
+/// (`Metrics` implements it). A trait here, so that the privacy core does not depend on the
+/// metrics (the metrics depend on it).
+pub trait EpochListener {
+    /// Called once when the capture has moved to a new day's key.
+    fn new_epoch(&self);
+}
+
+/// Applies the key of `today` if `capture` is still on an older epoch, and tells `listener`
+/// ([`EpochListener::new_epoch`]). Returns whether the epoch changed. On error (the error names
+/// the key file or directory) the capture keeps its key.
 pub fn rollover(
     keys: &KeyStore,
     capture: &Capture,
-    metrics: &Metrics,
+    listener: &impl EpochListener,
     today: Epoch,
 ) -> Result<bool, KeyError> {
     if capture.epoch() >= today {
@@ -46,7 +53,7 @@ pub fn rollover(
     }
     let key = ratchet(keys, today)?;
     capture.set_key(EpochKey { epoch: today, key });
-    metrics.new_epoch();
+    listener.new_epoch();
     tracing::info!(epoch = %today, "pseudonym key epoch rolled over");
     Ok(true)
 }
@@ -60,16 +67,20 @@ pub fn until_next_day(now_unix_secs: u64) -> Duration {
 /// At each UTC midnight, rolls the capture over to the new day's key ([`rollover`], off the
 /// runtime: it reads and writes key files), retrying every minute until it succeeds. Runs
 /// until its task is dropped.
-pub async fn rotate_keys(keys: Arc<KeyStore>, capture: Arc<Capture>, metrics: Arc<Metrics>) {
+pub async fn rotate_keys<L: EpochListener + Send + Sync + 'static>(
+    keys: Arc<KeyStore>,
+    capture: Arc<Capture>,
+    listener: Arc<L>,
+) {
     loop {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         tokio::time::sleep(until_next_day(now)).await;
         loop {
-            let (k, c, m) = (keys.clone(), capture.clone(), metrics.clone());
+            let (k, c, l) = (keys.clone(), capture.clone(), listener.clone());
             let res =
-                tokio::task::spawn_blocking(move || rollover(&k, &c, &m, Epoch::today())).await;
+                tokio::task::spawn_blocking(move || rollover(&k, &c, &*l, Epoch::today())).await;
             match res {
                 Ok(Ok(_)) => break,
                 Ok(Err(e)) => {
@@ -88,6 +99,7 @@ pub async fn rotate_keys(keys: Arc<KeyStore>, capture: Arc<Capture>, metrics: Ar
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::metrics::Metrics;
     use crate::privacy::keys::next_key;
 
     #[test]

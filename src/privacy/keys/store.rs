@@ -467,13 +467,7 @@ mod tests {
 
     const DAY: u64 = epoch::SECS_PER_DAY;
 
-    fn test_key() -> Key {
-        let mut b = [0u8; 32];
-        for (i, x) in b.iter_mut().enumerate() {
-            *x = i as u8;
-        }
-        Key::from_bytes(b)
-    }
+    use crate::privacy::keys::tests::test_key;
 
     fn ep(s: &str) -> Epoch {
         s.parse().unwrap()
