@@ -10,7 +10,6 @@
 use std::ffi::CString;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{
     DirBuilderExt, FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt,
 };
@@ -76,10 +75,7 @@ impl Ownership {
         if let Some(gid) = self.gid
             && meta.gid() != gid
         {
-            // SAFETY: a valid open descriptor; -1 leaves the owner as it is.
-            if unsafe { libc::fchown(file.as_raw_fd(), u32::MAX, gid) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            std::os::unix::fs::fchown(file, None, Some(gid))?;
             chowned = true;
         }
         // After the chown (which may clear bits); compared in full so any stray bit goes.
@@ -197,10 +193,7 @@ pub fn ensure_dir(dir: &Path, own: Ownership) -> io::Result<Option<String>> {
         }
         let made = File::open(path)?;
         if let Some(gid) = own.gid {
-            // SAFETY: a valid open descriptor; -1 leaves the owner as it is.
-            if unsafe { libc::fchown(made.as_raw_fd(), u32::MAX, gid) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            std::os::unix::fs::fchown(&made, None, Some(gid))?;
         }
         made.set_permissions(std::fs::Permissions::from_mode(own.dir_mode()))?;
     }

@@ -31,7 +31,6 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
@@ -156,15 +155,8 @@ enum Attempt {
 fn keep_owner_and_mode(copy: &File, original: &fs::Metadata) -> io::Result<()> {
     let now = copy.metadata()?;
     if now.uid() != original.uid() || now.gid() != original.gid() {
-        let uid = if now.uid() == original.uid() {
-            u32::MAX
-        } else {
-            original.uid()
-        };
-        // SAFETY: a valid open descriptor; -1 leaves the owner as it is.
-        if unsafe { libc::fchown(copy.as_raw_fd(), uid, original.gid()) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let uid = (now.uid() != original.uid()).then_some(original.uid());
+        std::os::unix::fs::fchown(copy, uid, Some(original.gid()))?;
     }
     copy.set_permissions(fs::Permissions::from_mode(
         original.permissions().mode() & 0o777,
