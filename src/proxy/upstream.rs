@@ -45,7 +45,7 @@ use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -62,9 +62,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
+use super::balance::{Balancer, View};
 use super::body::RequestBody;
 use crate::config;
-use crate::metrics::{Drained, QueueRejection, RetryReason, UpstreamPool};
+use crate::metrics::{Drained, QueueRejection, RetryReason, ServerMetrics, UpstreamPool};
 
 /// How long a server that refused a connection is skipped.
 const BACKOFF: Duration = Duration::from_secs(3);
@@ -87,8 +88,8 @@ type Head = Result<Response<Incoming>, TrySendError<Request<RequestBody>>>;
 type Sending = Pin<Box<dyn Future<Output = Head> + Send>>;
 
 /// The request side of one upstream connection.
-struct Conn {
-    sender: Sender,
+pub(super) struct Conn {
+    pub(super) sender: Sender,
     /// Bytes the connection's task has read from the upstream so far.
     received: Arc<AtomicU64>,
     /// Its place under the server's `max_connections`.
@@ -98,9 +99,17 @@ struct Conn {
 /// One place under a server's `upstream.max_connections`, held by a connection from the moment
 /// it is being opened until it is closed. Dropped, it passes to the first request still waiting
 /// for that server, or frees.
-struct Slot {
-    /// `None` once defused (handed back unused by a waiter that left).
+pub(super) struct Slot {
+    /// `None` once defused (handed back unused by a waiter that left), or for a connection
+    /// outside the cap (a health check's).
     peer: Option<Arc<Peer>>,
+}
+
+impl Slot {
+    /// A place outside any cap: for a health check's connection of its own.
+    pub(super) fn uncounted() -> Slot {
+        Slot { peer: None }
+    }
 }
 
 impl Drop for Slot {
@@ -139,12 +148,29 @@ struct Pool {
     waiters: VecDeque<oneshot::Sender<Grant>>,
 }
 
-struct Peer {
-    authority: Authority,
+pub(super) struct Peer {
+    pub(super) authority: Authority,
     /// The `Host` sent to this server when the client gave none.
-    host: Option<HeaderValue>,
-    /// Milliseconds since `Upstreams::epoch` until which the peer is skipped; 0 = healthy.
+    pub(super) host: Option<HeaderValue>,
+    /// Its `server` label: the configured name, else its index.
+    pub(super) label: String,
+    /// Milliseconds since `Upstreams::epoch` until which the peer is skipped after a failed
+    /// connect (the short back-off); 0 = none.
     down_until_ms: AtomicU64,
+    /// Milliseconds since `Upstreams::epoch` until which outlier detection keeps the peer out
+    /// of rotation; 0 = not ejected.
+    ejected_until_ms: AtomicU64,
+    /// Failures in a row (connect failures, 5xx answers), for outlier detection.
+    failures: AtomicU32,
+    /// Ejections since the peer last answered well: the next ejection is this many times
+    /// longer than the base.
+    ejections: AtomicU32,
+    /// False while the peer fails its active health checks.
+    pub(super) passing: AtomicBool,
+    /// Requests in flight: from sending to the end of the response body ([`Active`]).
+    in_flight: AtomicUsize,
+    /// Its own series.
+    pub(super) server: ServerMetrics,
     pool: Mutex<Pool>,
     /// Idle connections plus free places, as of the last change: 0 when a request would wait.
     /// Read by [`Upstreams::pick`] without the lock.
@@ -318,6 +344,25 @@ impl Drop for Waiting<'_> {
 pub struct Lease {
     conn: Conn,
     peer: Arc<Peer>,
+    /// The exchange counted in flight on its server until the lease ends.
+    _active: Option<Active>,
+}
+
+/// One request counted in its server's in-flight requests (for `least_request`) while this
+/// lives.
+struct Active(Arc<Peer>);
+
+impl Active {
+    fn new(peer: &Arc<Peer>) -> Active {
+        peer.in_flight.fetch_add(1, Ordering::Relaxed);
+        Active(peer.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Lease {
@@ -458,7 +503,12 @@ async fn finish_abandoned(
                     Drained::Closed
                 });
             } else {
-                Lease { conn, peer }.drain(body);
+                Lease {
+                    conn,
+                    peer,
+                    _active: None,
+                }
+                .drain(body);
             }
         }
         _ => peer.metrics.drained(Drained::Closed),
@@ -495,8 +545,11 @@ enum Failure {
 
 /// The upstream servers and their pooled connections.
 pub struct Upstreams {
-    peers: Box<[Arc<Peer>]>,
-    next: AtomicUsize,
+    pub(super) peers: Box<[Arc<Peer>]>,
+    balancer: Balancer,
+    /// `[upstream.health_check]`, when on.
+    pub(super) health_check: Option<config::HealthCheck>,
+    outlier: config::OutlierDetection,
     epoch: Instant,
     connect_timeout: Duration,
     request_timeout: Duration,
@@ -515,15 +568,25 @@ pub struct Pick {
 impl Upstreams {
     /// A pool for the configured servers, counting in `metrics`.
     pub fn new(cfg: &config::Upstream, metrics: UpstreamPool) -> Upstreams {
+        let weights: Vec<u32> = cfg.servers.iter().map(|s| s.weight).collect();
         Upstreams {
             peers: cfg
                 .servers
                 .iter()
-                .map(|s| {
+                .enumerate()
+                .map(|(i, s)| {
+                    let label = s.label(i);
                     Arc::new(Peer {
-                        authority: s.authority.clone(),
-                        host: HeaderValue::from_str(s.authority.as_str()).ok(),
+                        authority: s.url.authority.clone(),
+                        host: HeaderValue::from_str(s.url.authority.as_str()).ok(),
+                        server: metrics.server(&label),
+                        label,
                         down_until_ms: AtomicU64::new(0),
+                        ejected_until_ms: AtomicU64::new(0),
+                        failures: AtomicU32::new(0),
+                        ejections: AtomicU32::new(0),
+                        passing: AtomicBool::new(true),
+                        in_flight: AtomicUsize::new(0),
                         pool: Mutex::new(Pool::default()),
                         room: AtomicUsize::new(cfg.connection_cap()),
                         max_connections: cfg.connection_cap(),
@@ -532,7 +595,9 @@ impl Upstreams {
                     })
                 })
                 .collect(),
-            next: AtomicUsize::new(0),
+            balancer: Balancer::new(cfg.balance, &weights),
+            health_check: cfg.health_check.clone(),
+            outlier: cfg.outlier_detection.clone(),
             epoch: Instant::now(),
             connect_timeout: cfg.connect_timeout.0,
             request_timeout: cfg.request_timeout.0,
@@ -546,31 +611,33 @@ impl Upstreams {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 
+    /// Whether `peer` is out of rotation: failing its health checks, ejected, or backing off
+    /// after a failed connect. `now` is read at most once per pick.
     fn is_down(&self, peer: &Peer, now: &mut Option<u64>) -> bool {
-        let until = peer.down_until_ms.load(Ordering::Relaxed);
+        if !peer.passing.load(Ordering::Relaxed) {
+            return true;
+        }
+        let until = peer
+            .down_until_ms
+            .load(Ordering::Relaxed)
+            .max(peer.ejected_until_ms.load(Ordering::Relaxed));
         until != 0 && until > *now.get_or_insert_with(|| self.now_ms())
     }
 
-    /// The next healthy server in turn that has an idle connection or room for a new one; else
-    /// the next healthy one (the request will wait in its queue); else, if every one is backing
-    /// off, the next anyway.
+    /// Whether `peer` is healthy as `upstream_healthy` and `/readyz` say: passing its health
+    /// checks and not ejected by outlier detection (a connect back-off does not count).
+    pub(super) fn is_healthy(&self, peer: &Peer) -> bool {
+        let until = peer.ejected_until_ms.load(Ordering::Relaxed);
+        peer.passing.load(Ordering::Relaxed) && (until == 0 || until <= self.now_ms())
+    }
+
+    /// The server for the next request, by `upstream.balance` among the servers in rotation
+    /// ([`Balancer::pick`]); every server when none is.
     pub fn pick(&self, path_and_query: Option<&PathAndQuery>) -> Pick {
-        let n = self.peers.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut now = None;
-        let mut first_up = None;
-        let index = (0..n)
-            .map(|i| (start + i) % n)
-            .find(|&i| {
-                let peer = &self.peers[i];
-                if self.is_down(peer, &mut now) {
-                    return false;
-                }
-                first_up.get_or_insert(i);
-                peer.room.load(Ordering::Relaxed) > 0
-            })
-            .or(first_up)
-            .unwrap_or(start % n);
+        let index = self.balancer.pick(&PickView {
+            up: self,
+            now: std::cell::Cell::new(None),
+        });
         let uri = match path_and_query {
             Some(pq) => Uri::from(pq.clone()),
             None => Uri::from_static("/"),
@@ -588,12 +655,82 @@ impl Upstreams {
     }
 
     /// Records that the server at `index` refused or could not be reached: it is skipped for
-    /// the back-off from now.
+    /// the back-off from now, and the failure counts for outlier detection.
     fn mark_down(&self, index: usize) {
         let until = self.now_ms() + BACKOFF.as_millis() as u64;
         self.peers[index]
             .down_until_ms
             .store(until, Ordering::Relaxed);
+        self.outcome(index, true);
+    }
+
+    /// Outlier detection: counts a failure (connect failure, 5xx) or a success of the server
+    /// at `index`. The `consecutive_failures`-th failure in a row ejects it for
+    /// `base_ejection_time` × its ejections since it last answered well (at most
+    /// `max_ejection_time`), unless it is the last server in rotation. A success clears both
+    /// counts.
+    fn outcome(&self, index: usize, failed: bool) {
+        let peer = &self.peers[index];
+        let threshold = self.outlier.consecutive_failures;
+        if !failed {
+            // Read first: most answers find nothing to clear, and a store would make every
+            // request write the peer's cache line.
+            if peer.failures.load(Ordering::Relaxed) != 0 {
+                peer.failures.store(0, Ordering::Relaxed);
+            }
+            if peer.ejections.load(Ordering::Relaxed) != 0
+                && peer.ejected_until_ms.load(Ordering::Relaxed) <= self.now_ms()
+            {
+                peer.ejections.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
+        if threshold == 0 || peer.failures.fetch_add(1, Ordering::Relaxed) + 1 != threshold {
+            return;
+        }
+        peer.failures.store(0, Ordering::Relaxed);
+        let mut now = None;
+        let others_up = self
+            .peers
+            .iter()
+            .enumerate()
+            .any(|(i, p)| i != index && !self.is_down(p, &mut now));
+        if !others_up {
+            tracing::debug!(
+                server = %peer.label,
+                authority = %peer.authority,
+                "upstream server failing, but the last in rotation: not ejected"
+            );
+            return;
+        }
+        let times = peer
+            .ejections
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        let length = self
+            .outlier
+            .base_ejection_time
+            .0
+            .saturating_mul(times)
+            .min(self.outlier.max_ejection_time.0);
+        let until = self.now_ms() + length.as_millis() as u64;
+        peer.ejected_until_ms.store(until, Ordering::Relaxed);
+        peer.server.healthy.set(0);
+        tracing::warn!(
+            server = %peer.label,
+            authority = %peer.authority,
+            failures = threshold,
+            ejection = ?length,
+            "upstream server ejected: consecutive failures (connect failures or 5xx)"
+        );
+        // Its gauge comes back with it.
+        let peer = peer.clone();
+        spawn_from_drop(async move {
+            tokio::time::sleep(length).await;
+            if peer.passing.load(Ordering::Relaxed) {
+                peer.server.healthy.set(1);
+            }
+        });
     }
 
     /// Whether at least one server is not backing off.
@@ -662,6 +799,7 @@ impl Upstreams {
         let mut deadline = None;
         loop {
             let peer = &self.peers[index];
+            let active = Active::new(peer);
             if default_host && let Some(host) = &peer.host {
                 req.headers_mut().insert(HOST, host.clone());
             }
@@ -681,9 +819,24 @@ impl Upstreams {
                 *deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.request_timeout);
             let attempt = self.send_to(peer, grant, req, deadline);
             match tokio::time::timeout_at(deadline, attempt).await {
-                Err(_) => return Err(SendError::Timeout(self.request_timeout)),
-                Ok(Ok(exchange)) => return Ok(exchange),
-                Ok(Err(Failure::Exchange(e))) => return Err(e),
+                Err(_) => {
+                    peer.server.request(None);
+                    return Err(SendError::Timeout(self.request_timeout));
+                }
+                Ok(Ok((resp, lease))) => {
+                    let status = resp.status().as_u16();
+                    peer.server.request(Some(status));
+                    self.outcome(index, status >= 500);
+                    let lease = lease.map(|lease| Lease {
+                        _active: Some(active),
+                        ..lease
+                    });
+                    return Ok((resp, lease));
+                }
+                Ok(Err(Failure::Exchange(e))) => {
+                    peer.server.request(None);
+                    return Err(e);
+                }
                 Ok(Err(Failure::Connect(e, unsent))) => {
                     self.mark_down(index);
                     tried += 1;
@@ -787,6 +940,7 @@ impl Upstreams {
                             slot,
                         },
                         peer: peer.clone(),
+                        _active: None,
                     });
                     return Ok((resp, lease));
                 }
@@ -801,7 +955,11 @@ impl Upstreams {
                             let e = SendError::Connect(e.error().to_string());
                             return Err(Failure::Connect(e, Box::new(unsent)));
                         }
-                        (None, Some(copy)) if nothing_received && !e.error().is_user() => copy,
+                        (None, Some(copy)) if nothing_received && !e.error().is_user() => {
+                            // Sent, and lost: an exchange without a response.
+                            peer.server.request(None);
+                            copy
+                        }
                         _ => return Err(Failure::Exchange(SendError::Exchange(e.into_error()))),
                     };
                     tracing::debug!(
@@ -819,7 +977,7 @@ impl Upstreams {
         }
     }
 
-    async fn connect(&self, peer: &Peer, slot: Slot) -> Result<Conn, SendError> {
+    pub(super) async fn connect(&self, peer: &Peer, slot: Slot) -> Result<Conn, SendError> {
         let host = peer
             .authority
             .host()
@@ -898,6 +1056,29 @@ impl Drop for Upstreams {
             let idle = std::mem::take(&mut peer.pool().idle);
             drop(idle);
         }
+    }
+}
+
+/// The servers as [`Upstreams::pick`]'s balancer sees them, reading the clock at most once.
+struct PickView<'a> {
+    up: &'a Upstreams,
+    now: std::cell::Cell<Option<u64>>,
+}
+
+impl View for PickView<'_> {
+    fn in_rotation(&self, i: usize) -> bool {
+        let mut now = self.now.get();
+        let down = self.up.is_down(&self.up.peers[i], &mut now);
+        self.now.set(now);
+        !down
+    }
+
+    fn has_room(&self, i: usize) -> bool {
+        self.up.peers[i].room.load(Ordering::Relaxed) > 0
+    }
+
+    fn in_flight(&self, i: usize) -> usize {
+        self.up.peers[i].in_flight.load(Ordering::Relaxed)
     }
 }
 
