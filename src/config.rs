@@ -1578,6 +1578,268 @@ mod tests {
     }
 
     #[test]
+    fn bad_balancing_values_name_their_key() {
+        // (the [upstream] lines, the key named)
+        let srv = "servers = [\"http://a:1\", ";
+        let rows = [
+            ("balance = \"random\"", "upstream.balance"),
+            ("balance = 1", "upstream.balance"),
+            (
+                &format!("{srv}{{ url = \"http://b:1\", weight = 0 }}]"),
+                "upstream.servers[1].weight",
+            ),
+            (
+                &format!("{srv}{{ url = \"http://b:1\", weight = 1001 }}]"),
+                "upstream.servers[1].weight",
+            ),
+            (
+                &format!("{srv}{{ url = \"http://b:1\", weight = -1 }}]"),
+                "upstream.servers[1].weight",
+            ),
+            (
+                &format!("{srv}{{ url = \"http://b:1\", weight = \"3\" }}]"),
+                "upstream.servers[1].weight",
+            ),
+            (
+                &format!("{srv}{{ url = \"ftp://b:1\" }}]"),
+                "upstream.servers[1].url",
+            ),
+            (
+                &format!("{srv}{{ url = \"http://b:1/path\" }}]"),
+                "upstream.servers[1].url",
+            ),
+            (&format!("{srv}{{ name = \"b\" }}]"), "upstream.servers[1]"),
+            (
+                &format!("{srv}{{ url = \"http://b:1\", colour = 1 }}]"),
+                "upstream.servers[1].colour",
+            ),
+            (
+                &format!("{srv}{{ url = \"http://b:1\", name = \"\" }}]"),
+                "upstream.servers[1].name",
+            ),
+            (
+                &format!("{srv}{{ url = \"http://b:1\", name = \"a b\" }}]"),
+                "upstream.servers[1].name",
+            ),
+            (
+                &format!("{srv}{{ url = \"http://b:1\", name = \"é\" }}]"),
+                "upstream.servers[1].name",
+            ),
+            (
+                &format!(
+                    "{srv}{{ url = \"http://b:1\", name = \"{}\" }}]",
+                    "x".repeat(65)
+                ),
+                "upstream.servers[1].name",
+            ),
+            (
+                &format!("{srv}{{ url = \"http://b:1\", name = \"0\" }}]"),
+                "upstream.servers[1].name",
+            ),
+            (
+                &format!("{srv}{{ url = \"http://b:1\", name = 7 }}]"),
+                "upstream.servers[1].name",
+            ),
+            (
+                "servers = [{ url = \"http://a:1\", name = \"o\" }, { url = \"http://b:1\", name = \"o\" }]",
+                "upstream.servers[1].name",
+            ),
+            ("servers = [7]", "upstream.servers[0]"),
+            (
+                "[upstream.health_check]\npath = \"healthz\"",
+                "upstream.health_check.path",
+            ),
+            (
+                "[upstream.health_check]\npath = \"/a b\"",
+                "upstream.health_check.path",
+            ),
+            (
+                "[upstream.health_check]\npath = \"\"",
+                "upstream.health_check.path",
+            ),
+            (
+                "[upstream.health_check]\ninterval = \"0s\"",
+                "upstream.health_check.interval",
+            ),
+            (
+                "[upstream.health_check]\ninterval = \"often\"",
+                "upstream.health_check.interval",
+            ),
+            (
+                "[upstream.health_check]\ntimeout = \"0s\"",
+                "upstream.health_check.timeout",
+            ),
+            (
+                "[upstream.health_check]\nhealthy_threshold = 0",
+                "upstream.health_check.healthy_threshold",
+            ),
+            (
+                "[upstream.health_check]\nhealthy_threshold = 1001",
+                "upstream.health_check.healthy_threshold",
+            ),
+            (
+                "[upstream.health_check]\nunhealthy_threshold = 0",
+                "upstream.health_check.unhealthy_threshold",
+            ),
+            (
+                "[upstream.health_check]\nunhealthy_threshold = -3",
+                "upstream.health_check.unhealthy_threshold",
+            ),
+            (
+                "[upstream.health_check]\nexpect_status = \"2xx\"",
+                "upstream.health_check.expect_status",
+            ),
+            (
+                "[upstream.health_check]\nexpect_status = \"399-200\"",
+                "upstream.health_check.expect_status",
+            ),
+            (
+                "[upstream.health_check]\nexpect_status = \"99\"",
+                "upstream.health_check.expect_status",
+            ),
+            (
+                "[upstream.health_check]\nexpect_status = \"200-600\"",
+                "upstream.health_check.expect_status",
+            ),
+            (
+                "[upstream.health_check]\nexpect_status = \"200-\"",
+                "upstream.health_check.expect_status",
+            ),
+            (
+                "[upstream.health_check]\nexpect_status = 200",
+                "upstream.health_check.expect_status",
+            ),
+            (
+                "[upstream.health_check]\nport = 80",
+                "upstream.health_check.port",
+            ),
+            (
+                "[upstream.outlier_detection]\nconsecutive_failures = 1001",
+                "upstream.outlier_detection.consecutive_failures",
+            ),
+            (
+                "[upstream.outlier_detection]\nconsecutive_failures = -1",
+                "upstream.outlier_detection.consecutive_failures",
+            ),
+            (
+                "[upstream.outlier_detection]\nbase_ejection_time = \"0s\"",
+                "upstream.outlier_detection.base_ejection_time",
+            ),
+            (
+                "[upstream.outlier_detection]\nmax_ejection_time = \"10s\"",
+                "upstream.outlier_detection.max_ejection_time",
+            ),
+            (
+                "[upstream.outlier_detection]\nenabled = true",
+                "upstream.outlier_detection.enabled",
+            ),
+        ];
+        for (lines, key) in rows {
+            let text = format!("[upstream]\n{lines}");
+            let err = parse(&text).expect_err(&text).to_string();
+            assert!(err.contains(&format!("`{key}`")), "{text:?} gave {err:?}");
+        }
+    }
+
+    #[test]
+    fn upstream_servers_are_urls_or_tables_with_a_name_and_a_weight() {
+        // (servers = …, (authority, label of index i, weight) per server)
+        let rows: [(&str, &[(&str, &str, u32)]); 4] = [
+            ("[\"http://a:1\"]", &[("a:1", "0", 1)]),
+            (
+                "[\"http://a:1\", { url = \"http://b:2\" }]",
+                &[("a:1", "0", 1), ("b:2", "1", 1)],
+            ),
+            (
+                "[{ url = \"http://a:1\", name = \"origin-a\", weight = 3 }, \"http://b:2\"]",
+                &[("a:1", "origin-a", 3), ("b:2", "1", 1)],
+            ),
+            (
+                "[{ url = \"http://[::1]:8\", name = \"v6_x.1\", weight = 1000 }]",
+                &[("[::1]:8", "v6_x.1", 1000)],
+            ),
+        ];
+        for (servers, want) in rows {
+            let c = parse(&format!("[upstream]\nservers = {servers}")).expect(servers);
+            let got: Vec<(String, String, u32)> = c
+                .upstream
+                .servers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.url.authority.to_string(), s.label(i), s.weight))
+                .collect();
+            let want: Vec<(String, String, u32)> = want
+                .iter()
+                .map(|&(a, l, w)| (a.to_owned(), l.to_owned(), w))
+                .collect();
+            assert_eq!(got, want, "{servers}");
+            // Shown and read back alike (check-config, the reload's comparison).
+            let shown = toml::to_string(&c).expect(servers);
+            let again = parse(&shown).expect(&shown);
+            assert_eq!(again.upstream.servers, c.upstream.servers, "{shown}");
+        }
+    }
+
+    #[test]
+    fn the_balancing_keys_default_and_read_back() {
+        let c = parse("").unwrap();
+        assert_eq!(c.upstream.balance, Balance::RoundRobin);
+        assert_eq!(c.upstream.health_check, None);
+        assert_eq!(c.upstream.outlier_detection.consecutive_failures, 5);
+        assert_eq!(
+            c.upstream.outlier_detection.base_ejection_time.0,
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            c.upstream.outlier_detection.max_ejection_time.0,
+            Duration::from_secs(300)
+        );
+        let on = parse("[upstream.health_check]").unwrap();
+        assert_eq!(on.upstream.health_check, Some(HealthCheck::default()));
+        // (lines, balance, expect_status)
+        let rows = [
+            (
+                "balance = \"least_request\"",
+                Balance::LeastRequest,
+                (200, 399),
+            ),
+            ("balance = \"weighted\"", Balance::Weighted, (200, 399)),
+            (
+                "[upstream.health_check]\nexpect_status = \"204\"",
+                Balance::RoundRobin,
+                (204, 204),
+            ),
+            (
+                "[upstream.health_check]\nexpect_status = \"200-299\"",
+                Balance::RoundRobin,
+                (200, 299),
+            ),
+            (
+                "[upstream.health_check]\nexpect_status = \"100-599\"",
+                Balance::RoundRobin,
+                (100, 599),
+            ),
+        ];
+        for (lines, balance, (a, b)) in rows {
+            let c = parse(&format!("[upstream]\n{lines}")).expect(lines);
+            assert_eq!(c.upstream.balance, balance, "{lines}");
+            let range = c
+                .upstream
+                .health_check
+                .clone()
+                .unwrap_or_default()
+                .expect_status;
+            assert_eq!(range, StatusRange(a, b), "{lines}");
+            let again = parse(&toml::to_string(&c).expect(lines)).expect(lines);
+            assert_eq!(
+                again.upstream.health_check, c.upstream.health_check,
+                "{lines}"
+            );
+            assert_eq!(again.upstream.balance, c.upstream.balance, "{lines}");
+        }
+    }
+
+    #[test]
     fn the_upstream_limits_accept_their_whole_range() {
         // (key = value, max_connections, max_queued_requests, queue_timeout)
         let rows = [
