@@ -1744,7 +1744,8 @@ mod tests {
     #[test]
     fn upstream_servers_are_urls_or_tables_with_a_name_and_a_weight() {
         // (servers = …, (authority, label of index i, weight) per server)
-        let rows: [(&str, &[(&str, &str, u32)]); 4] = [
+        type Server<'a> = (&'a str, &'a str, u32);
+        let rows: [(&str, &[Server]); 4] = [
             ("[\"http://a:1\"]", &[("a:1", "0", 1)]),
             (
                 "[\"http://a:1\", { url = \"http://b:2\" }]",

@@ -2,7 +2,8 @@
 //! atomics: no label string is built and no map is searched per request.
 //!
 //! Every label value comes from a fixed, bounded set (methods, status classes, protocols, the
-//! browser and OS families, ISO 3166 / ISO 639-1 codes, configured policy names). No label ever
+//! browser and OS families, ISO 3166 / ISO 639-1 codes, configured policy names, configured
+//! upstream server names or their indexes). No label ever
 //! holds an address, pseudonym, path, host or user agent. The `process_*` metrics describe this
 //! process only (CPU, memory, file descriptors), never a request.
 

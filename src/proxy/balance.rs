@@ -193,7 +193,8 @@ mod tests {
     #[test]
     fn least_request_never_picks_the_busiest_server_when_another_is_in_rotation() {
         // (row, servers, picks per server over 3000: exact, or None for "some")
-        let rows: [(&str, Vec<(bool, bool, usize)>, Vec<Option<usize>>); 6] = [
+        type Row = (&'static str, Vec<(bool, bool, usize)>, Vec<Option<usize>>);
+        let rows: [Row; 6] = [
             (
                 "two: always the idler",
                 vec![(true, true, 5), (true, true, 0)],

@@ -1,8 +1,19 @@
-//! The upstream pool: round robin over `upstream.servers`, keep-alive HTTP/1.1 connections kept
-//! per server under a cap, a bounded queue for the requests over it, a short back-off for a
-//! server that refuses connections, the few retries that keep a dead server or a closed
-//! keep-alive connection from reaching the client as a 502, and the draining that keeps the
-//! connection of an exchange its client abandoned.
+//! The upstream pool: the choice of a server among `upstream.servers` ([`super::balance`]),
+//! keep-alive HTTP/1.1 connections kept per server under a cap, a bounded queue for the
+//! requests over it, a short back-off for a server that refuses connections, the few retries
+//! that keep a dead server or a closed keep-alive connection from reaching the client as a 502,
+//! and the draining that keeps the connection of an exchange its client abandoned.
+//!
+//! Rotation: a server is out of it while it fails its active health checks
+//! ([`super::health`]), while outlier detection ejects it, and for [`BACKOFF`] after a failed
+//! connect; when every server is out, every server is used. Outlier detection (Envoy's): the
+//! `upstream.outlier_detection.consecutive_failures`-th connect failure or 5xx answer in a row
+//! ejects the server for `base_ejection_time` × its ejections since it last answered well (at
+//! most `max_ejection_time`), unless no other server is in rotation. Timeouts and broken
+//! exchanges are not counted (the client's side may be at fault). Each exchange sent to a
+//! server is counted by its status class in `upstream_requests_total{server,status_class}`
+//! (`error`: no response); its requests in flight, from sending to the end of the response
+//! body, feed `least_request`.
 //!
 //! A connection is lent to one request at a time ([`Lease`]) and comes back to its server's idle
 //! list when the response body has been read to the end; a response cut short by an error closes
