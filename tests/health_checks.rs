@@ -274,6 +274,7 @@ async fn a_health_check_is_a_get_of_its_path_with_its_own_user_agent_and_leaves_
     assert_eq!(target, "/status?from=edge");
     assert_eq!(head["host"], a.addr.to_string().as_str());
     assert_eq!(head["user-agent"], CHECKER);
+    assert_eq!(head["connection"], "close");
     assert!(!head.contains_key("x-forwarded-for"), "{head:?}");
 
     let client = proxy.client();

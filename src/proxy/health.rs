@@ -1,7 +1,8 @@
 //! Active health checks (`[upstream.health_check]`): one task per upstream server sends
 //! `GET path` every `interval`, on a connection of its own opened by the pool's own connect
 //! path (so a check reaches a server exactly as a request would), with
-//! `User-Agent: webprom-edge-health-check` and the server's `host:port` as `Host`. A check
+//! `User-Agent: webprom-edge-health-check`, the server's `host:port` as `Host` and
+//! `Connection: close`. A check
 //! passes when a response head with a status in `expect_status` arrives within `timeout`.
 //! `unhealthy_threshold` failures in a row take the server out of rotation,
 //! `healthy_threshold` passes in a row bring it back; every server starts in rotation, and the
@@ -15,7 +16,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
-use http::header::{HOST, USER_AGENT};
+use http::header::{CONNECTION, HOST, USER_AGENT};
 use http::{HeaderValue, Request};
 
 use super::body::RequestBody;
@@ -64,6 +65,9 @@ impl Upstreams {
             }
             req.headers_mut()
                 .insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+            // The connection ends with the check (RFC 9112 §9.6).
+            req.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
             conn.sender
                 .ready()
                 .await

@@ -700,6 +700,10 @@ impl Upstreams {
             return;
         }
         peer.failures.store(0, Ordering::Relaxed);
+        // Answers of requests sent before the ejection do not eject it again.
+        if peer.ejected_until_ms.load(Ordering::Relaxed) > self.now_ms() {
+            return;
+        }
         let mut now = None;
         let others_up = self
             .peers
@@ -718,12 +722,7 @@ impl Upstreams {
             .ejections
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1);
-        let length = self
-            .outlier
-            .base_ejection_time
-            .0
-            .saturating_mul(times)
-            .min(self.outlier.max_ejection_time.0);
+        let length = ejection_length(&self.outlier, times);
         let until = self.now_ms() + length.as_millis() as u64;
         peer.ejected_until_ms.store(until, Ordering::Relaxed);
         peer.server.healthy.set(0);
@@ -1093,6 +1092,15 @@ impl View for PickView<'_> {
     }
 }
 
+/// How long the `times`-th ejection in a row lasts: `base_ejection_time` × `times`, at most
+/// `max_ejection_time`.
+fn ejection_length(cfg: &config::OutlierDetection, times: u32) -> Duration {
+    cfg.base_ejection_time
+        .0
+        .saturating_mul(times)
+        .min(cfg.max_ejection_time.0)
+}
+
 /// A failure for a state the exchange cannot reach.
 fn lost() -> Failure {
     Failure::Exchange(SendError::Connect("upstream connection lost".into()))
@@ -1191,6 +1199,32 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
     use http::Method;
+
+    #[test]
+    fn an_ejection_lasts_the_base_times_the_ejections_in_a_row_up_to_the_most() {
+        // (base s, most s, ejections in a row, length s)
+        let rows = [
+            (30, 300, 1, 30),
+            (30, 300, 2, 60),
+            (30, 300, 10, 300),
+            (30, 300, 11, 300),
+            (30, 300, u32::MAX, 300),
+            (1, 1, 5, 1),
+            (7, 20, 2, 14),
+        ];
+        for (base, most, times, want) in rows {
+            let cfg = config::OutlierDetection {
+                consecutive_failures: 5,
+                base_ejection_time: Duration::from_secs(base).into(),
+                max_ejection_time: Duration::from_secs(most).into(),
+            };
+            assert_eq!(
+                ejection_length(&cfg, times),
+                Duration::from_secs(want),
+                "{base}s × {times} up to {most}s"
+            );
+        }
+    }
 
     fn upstreams(n: usize) -> Upstreams {
         limited(n, 1024, 1024)
