@@ -520,7 +520,7 @@ impl Default for OutlierDetection {
     }
 }
 
-/// The longest a server `name` may be, and the largest `weight`.
+/// The longest a server `name` may be, in bytes.
 pub const MAX_SERVER_NAME: usize = 64;
 /// The largest `weight` of a server.
 pub const MAX_WEIGHT: u32 = 1000;

@@ -504,6 +504,7 @@ async fn finish_abandoned(
         tokio::time::timeout_at(deadline, until_closed(sending.as_mut(), &mut conn.sender)).await;
     match head {
         Ok(Some(Ok(resp))) => {
+            peer.server.request(Some(resp.status().as_u16()));
             drop(sending);
             let body = resp.into_body();
             if body.is_end_stream() {
@@ -522,7 +523,10 @@ async fn finish_abandoned(
                 .drain(body);
             }
         }
-        _ => peer.metrics.drained(Drained::Closed),
+        _ => {
+            peer.server.request(None);
+            peer.metrics.drained(Drained::Closed);
+        }
     }
 }
 
@@ -737,6 +741,11 @@ impl Upstreams {
         let peer = peer.clone();
         spawn_from_drop(async move {
             tokio::time::sleep(length).await;
+            tracing::info!(
+                server = %peer.label,
+                authority = %peer.authority,
+                "upstream server's ejection is over: back in rotation"
+            );
             if peer.passing.load(Ordering::Relaxed) {
                 peer.server.healthy.set(1);
             }
