@@ -60,8 +60,8 @@ async fn healthy_becomes(proxy: &Proxy, server: &str, want: f64) -> Duration {
     since.elapsed()
 }
 
-/// GET requests sent without pause on `conns` connections until stopped: the statuses that
-/// were not 200, and how many requests were sent.
+/// GET requests sent without pause on `conns` connections (HTTP/1.1 and HTTP/2 in turn)
+/// until stopped: the statuses that were not 200, and how many requests were sent.
 struct Traffic {
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<(Vec<u16>, usize)>>,
@@ -72,8 +72,9 @@ impl Traffic {
         let stop = Arc::new(AtomicBool::new(false));
         let client = proxy.client();
         let mut tasks = Vec::new();
-        for _ in 0..conns {
-            let mut conn = client.connect(Proto::H1).await;
+        for i in 0..conns {
+            let proto = if i % 2 == 0 { Proto::H1 } else { Proto::H2 };
+            let mut conn = client.connect(proto).await;
             let stop = stop.clone();
             tasks.push(tokio::spawn(async move {
                 let (mut bad, mut sent) = (Vec::new(), 0);
