@@ -1,7 +1,9 @@
 //! Choosing the upstream server of one request (`upstream.balance`): round robin, least request
 //! (Envoy's power of two choices over requests in flight) and smooth weighted round robin
 //! (nginx). Only servers in rotation are chosen; when none is, every server is, so that a
-//! request is never refused for want of a healthy server.
+//! request is never refused for want of a healthy server. Each policy passes over a server at
+//! its connection cap with no idle connection for one with room (as nginx's `max_conns`); only
+//! when every server in rotation is full is a full one chosen (the request waits in its queue).
 //!
 //! Owns the choice only: what is in rotation, what has room and what is in flight is read
 //! through the closures it is given. Never blocks: the weighted choice holds its lock for a few
@@ -57,10 +59,16 @@ impl Balancer {
         // Every server, when none is in rotation.
         let any = (0..n).any(|i| view.in_rotation(i));
         let up = |i: usize| !any || view.in_rotation(i);
+        if self.kind == Balance::RoundRobin {
+            // Round robin passes over full servers in its own walk.
+            return self.round_robin(n, up, view);
+        }
+        // Full servers only when all are.
+        let room = (0..n).any(|i| up(i) && view.has_room(i));
+        let eligible = |i: usize| up(i) && (!room || view.has_room(i));
         match self.kind {
-            Balance::RoundRobin => self.round_robin(n, up, view),
-            Balance::LeastRequest => self.least_request(n, up, view),
-            Balance::Weighted => self.weighted(n, up),
+            Balance::LeastRequest => self.least_request(n, eligible, view),
+            _ => self.weighted(n, eligible),
         }
     }
 
@@ -194,7 +202,7 @@ mod tests {
     fn least_request_never_picks_the_busiest_server_when_another_is_in_rotation() {
         // (row, servers, picks per server over 3000: exact, or None for "some")
         type Row = (&'static str, Vec<(bool, bool, usize)>, Vec<Option<usize>>);
-        let rows: [Row; 6] = [
+        let rows: [Row; 8] = [
             (
                 "two: always the idler",
                 vec![(true, true, 5), (true, true, 0)],
@@ -220,6 +228,16 @@ mod tests {
                 "equal: both used",
                 vec![(true, true, 2), (true, true, 2)],
                 vec![None, None],
+            ),
+            (
+                "the idle one full: passed over",
+                vec![(true, false, 0), (true, true, 5)],
+                vec![Some(0), Some(3000)],
+            ),
+            (
+                "both full: the idler",
+                vec![(true, false, 0), (true, false, 5)],
+                vec![Some(3000), Some(0)],
             ),
         ];
         for (row, servers, want) in rows {
@@ -259,7 +277,19 @@ mod tests {
                 vec![DOWN, UP, UP],
                 "bcbc",
             ),
-            ("room is not looked at", vec![1, 1], vec![FULL, UP], "abab"),
+            ("a full one passed over", vec![3, 1], vec![FULL, UP], "bbbb"),
+            (
+                "all full: by weight",
+                vec![2, 1],
+                vec![FULL, FULL],
+                "abaaba",
+            ),
+            (
+                "full beside down: the full one",
+                vec![2, 1],
+                vec![FULL, DOWN],
+                "aaaa",
+            ),
             ("all down: all used", vec![2, 1], vec![DOWN, DOWN], "abaaba"),
         ];
         for (row, weights, servers, want) in rows {

@@ -22,9 +22,9 @@
 //! `upstream.idle_timeout` is never reused, and is closed by [`Upstreams::close_idle`].
 //!
 //! Cap and queue: a server has at most `upstream.max_connections` connections, busy, idle and
-//! being opened. Round robin skips a server at its cap with no idle connection for one with
-//! room; when every server is full, the request waits in the queue of the server its turn gave
-//! it (first in, first out; at most `upstream.max_queued_requests`), and takes the first
+//! being opened. The balancer passes over a server at its cap with no idle connection for one
+//! with room; when every server is full, the request waits in the queue of the server its turn
+//! gave it (first in, first out; at most `upstream.max_queued_requests`), and takes the first
 //! connection that server checks in or the first place that frees. A full queue, or no
 //! connection within `upstream.queue_timeout`, ends in [`SendError::Queue`] (a 503 by the proxy,
 //! counted in `upstream_queue_rejections_total`, never as an upstream error). A waiter whose
