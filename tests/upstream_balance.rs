@@ -281,3 +281,28 @@ fn a_bad_balancing_value_stops_the_start_naming_its_key() {
         assert!(stderr.contains(&format!("`{key}`")), "{key}: {stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_is_counted_on_the_server_that_got_it_never_on_one_that_refused() {
+    let live = Origin::start().await;
+    let servers = format!(
+        "[{{ url = \"http://{}\", name = \"dead\" }}, {{ url = \"{}\", name = \"live\" }}]",
+        common::dead_addr(),
+        live.url()
+    );
+    let proxy = proxy(&servers, "round_robin", "").await;
+    let client = proxy.client();
+    for _ in 0..4 {
+        assert_eq!(client.get(Proto::H1, "/").await.status, 200);
+    }
+    let m = metrics(&proxy).await;
+    let dead: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("webprom_edge_upstream_requests_total{server=\"dead\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(dead, 0.0, "{m}");
+    let series = "webprom_edge_upstream_requests_total{server=\"live\",status_class=\"2xx\"}";
+    assert_eq!(sample(&m, series), 4.0, "{m}");
+    assert_eq!(live.requests(), 4);
+}

@@ -1776,6 +1776,17 @@ mod pool_tests {
                 &metrics,
                 "webprom_edge_upstream_retries_total{reason=\"closed\"}",
             );
+            // Every exchange sent is counted on the server: the lost one as "error".
+            let class = |c: &str| {
+                sample(
+                    &metrics,
+                    &format!(
+                        "webprom_edge_upstream_requests_total{{server=\"0\",status_class=\"{c}\"}}"
+                    ),
+                )
+            };
+            assert_eq!(class("error"), 1.0, "{row}");
+            assert_eq!(class("2xx"), if again { 2.0 } else { 1.0 }, "{row}");
             if again {
                 let (resp, _lease) = got.unwrap_or_else(|e| panic!("{row}: {e}"));
                 assert_eq!(resp.status(), 200, "{row}");
