@@ -2,7 +2,8 @@
 //! `proxy::upstream` (pooled connection taken, request sent, 1 KiB response read, connection
 //! given back) against an upstream on loopback in the same thread, and the two ways an
 //! exchange can outlive its client: its future boxed from the start (what the pool does) or
-//! the exchange run in a task of its own. Run with
+//! the exchange run in a task of its own; and the choice of a server by each
+//! `upstream.balance`. Run with
 //! `cargo bench --bench upstream_pool`.
 
 use std::convert::Infallible;
@@ -111,5 +112,27 @@ fn strategies(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, send, strategies);
+/// The choice of a server by each `upstream.balance`, among three servers in rotation (no
+/// connection is opened).
+fn balancing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pick one of three servers");
+    for (name, balance) in [
+        ("round_robin", config::Balance::RoundRobin),
+        ("least_request", config::Balance::LeastRequest),
+        ("weighted", config::Balance::Weighted),
+    ] {
+        let cfg = config::Upstream {
+            servers: (1..=3)
+                .map(|i| format!("http://127.0.0.{i}:8080").parse().expect("url"))
+                .collect(),
+            balance,
+            ..Default::default()
+        };
+        let up = Upstreams::new(&cfg, Metrics::new(&[]).upstream_pool());
+        group.bench_function(name, |b| b.iter(|| black_box(up.pick(None))));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, send, strategies, balancing);
 criterion_main!(benches);

@@ -57,19 +57,29 @@ impl Health {
     }
 
     /// Whether the proxy should be sent traffic: `Err` says why not (`draining`, or each
-    /// upstream server's connect failure). Probes the upstreams with a TCP connect
-    /// ([`Upstreams::probe`]) at most once per [`READY_PROBE_TTL`]; concurrent callers wait
-    /// for the one probe.
-    pub async fn ready(&self) -> Result<(), String> {
+    /// upstream server's connect failure). With `[upstream.health_check]` on, ready while at
+    /// least one server is healthy, saying how many (`upstreams: 2 of 3 healthy`); otherwise
+    /// probes the upstreams with a TCP connect ([`Upstreams::probe`]) at most once per
+    /// [`READY_PROBE_TTL`]; concurrent callers wait for the one probe.
+    pub async fn ready(&self) -> Result<Option<String>, String> {
         if !self.listening.load(Ordering::Acquire) {
             return Err("draining".to_owned());
+        }
+        // With health checks on, their verdict: no probe connection of its own.
+        if let Some((healthy, all)) = self.upstreams.healthy_count() {
+            let counted = format!("upstreams: {healthy} of {all} healthy");
+            return if healthy > 0 {
+                Ok(Some(counted))
+            } else {
+                Err(counted)
+            };
         }
         // The admin listener's lock, never taken on the request path.
         let mut probed = self.probed.lock().await;
         if let Some((at, result)) = probed.as_ref()
             && at.elapsed() < READY_PROBE_TTL
         {
-            return result.clone();
+            return result.clone().map(|()| None);
         }
         let result = self
             .upstreams
@@ -77,7 +87,7 @@ impl Health {
             .await
             .map_err(|why| format!("no upstream server accepts a connection ({why})"));
         *probed = Some((Instant::now(), result.clone()));
-        result
+        result.map(|()| None)
     }
 }
 
@@ -201,12 +211,14 @@ fn is_readyz<B>(req: &Request<B>) -> bool {
     (req.method() == Method::GET || req.method() == Method::HEAD) && req.uri().path() == "/readyz"
 }
 
-/// 200 `ready` when listening and an upstream server accepts a TCP connection; else 503
-/// `not ready: <reason>` (`draining`, or each server's address and connect failure: config
-/// and the operating system's words, never a request's).
+/// 200 `ready` when listening and an upstream server accepts a TCP connection (with health
+/// checks on: `ready: upstreams: H of N healthy`, H at least 1); else 503 `not ready: <reason>`
+/// (`draining`, `upstreams: 0 of N healthy`, or each server's address and connect failure:
+/// config and the operating system's words, never a request's).
 async fn readyz(health: &Health) -> Response<Body> {
     match health.ready().await {
-        Ok(()) => text(StatusCode::OK, "ready\n"),
+        Ok(None) => text(StatusCode::OK, "ready\n"),
+        Ok(Some(detail)) => text(StatusCode::OK, Bytes::from(format!("ready: {detail}\n"))),
         Err(why) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             Bytes::from(format!("not ready: {why}\n")),
@@ -339,7 +351,7 @@ mod tests {
     fn health(port: u16) -> Health {
         let server = format!("http://127.0.0.1:{port}");
         let cfg = crate::config::Upstream {
-            servers: vec![crate::config::UpstreamUrl::from_str(&server).unwrap()],
+            servers: vec![crate::config::UpstreamServer::from_str(&server).unwrap()],
             ..Default::default()
         };
         let upstreams = Upstreams::new(&cfg, Metrics::new(&[]).upstream_pool());

@@ -215,8 +215,17 @@ pub struct SniCert {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Upstream {
-    /// Upstream servers, used round robin; unhealthy ones are skipped for a short back-off.
-    pub servers: Vec<UpstreamUrl>,
+    /// Upstream servers: each a URL string, or a table `{ url, name, weight }`
+    /// ([`UpstreamServer`]). Servers out of rotation (failing health checks, ejected, backing
+    /// off) are skipped.
+    pub servers: Vec<UpstreamServer>,
+    /// How a request's server is chosen among those in rotation.
+    pub balance: Balance,
+    /// `[upstream.health_check]`: active health checks; absent = off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// `[upstream.outlier_detection]`: passive ejection of a failing server.
+    pub outlier_detection: OutlierDetection,
     /// Time allowed to open a TCP connection to an upstream.
     pub connect_timeout: Dur,
     /// Time allowed from sending the request to receiving the response head.
@@ -249,10 +258,134 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// Checks the servers' names and weights, `[upstream.health_check]` and
+    /// `[upstream.outlier_detection]`.
+    fn validate_balancing(&self) -> Result<(), ConfigError> {
+        for (i, server) in self.servers.iter().enumerate() {
+            if !(1..=MAX_WEIGHT).contains(&server.weight) {
+                return Err(ConfigError::invalid(
+                    format!("upstream.servers[{i}].weight"),
+                    format!("{} is out of range (1 to {MAX_WEIGHT})", server.weight),
+                ));
+            }
+            let Some(name) = &server.name else { continue };
+            let key = || format!("upstream.servers[{i}].name");
+            let good = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+            if name.is_empty() || name.len() > MAX_SERVER_NAME || !name.chars().all(good) {
+                return Err(ConfigError::invalid(
+                    key(),
+                    format!(
+                        "{name:?} is not a server name (1 to {MAX_SERVER_NAME} of a-z, A-Z, 0-9, \
+                         '_', '.', '-')"
+                    ),
+                ));
+            }
+            if name.chars().all(|c| c.is_ascii_digit()) {
+                return Err(ConfigError::invalid(
+                    key(),
+                    format!("{name:?}: digits alone name a server by its index; add a letter"),
+                ));
+            }
+            if let Some(j) = self.servers[..i]
+                .iter()
+                .position(|s| s.name.as_ref() == Some(name))
+            {
+                return Err(ConfigError::invalid(
+                    key(),
+                    format!("{name:?} is also the name of upstream.servers[{j}]"),
+                ));
+            }
+        }
+        if let Some(h) = &self.health_check {
+            let target = h.path.parse::<http::uri::PathAndQuery>();
+            if !h.path.starts_with('/') || target.is_err() {
+                return Err(ConfigError::invalid(
+                    "upstream.health_check.path",
+                    format!(
+                        "{:?} is not a request target (write e.g. \"/healthz\")",
+                        h.path
+                    ),
+                ));
+            }
+            for (key, d) in [
+                ("upstream.health_check.interval", h.interval),
+                ("upstream.health_check.timeout", h.timeout),
+            ] {
+                if d.0 < MIN_DURATION || d.0 > MAX_DURATION {
+                    return Err(ConfigError::invalid(
+                        key,
+                        "is out of range (1ms to 100 years)",
+                    ));
+                }
+            }
+            for (key, n) in [
+                (
+                    "upstream.health_check.healthy_threshold",
+                    h.healthy_threshold,
+                ),
+                (
+                    "upstream.health_check.unhealthy_threshold",
+                    h.unhealthy_threshold,
+                ),
+            ] {
+                if !(1..=1000).contains(&n) {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("{n} is out of range (1 to 1000)"),
+                    ));
+                }
+            }
+        }
+        let o = &self.outlier_detection;
+        if o.consecutive_failures > 1000 {
+            return Err(ConfigError::invalid(
+                "upstream.outlier_detection.consecutive_failures",
+                format!(
+                    "{} is out of range (0 to 1000; 0 = off)",
+                    o.consecutive_failures
+                ),
+            ));
+        }
+        for (key, d) in [
+            (
+                "upstream.outlier_detection.base_ejection_time",
+                o.base_ejection_time,
+            ),
+            (
+                "upstream.outlier_detection.max_ejection_time",
+                o.max_ejection_time,
+            ),
+        ] {
+            if d.0 < MIN_DURATION || d.0 > MAX_DURATION {
+                return Err(ConfigError::invalid(
+                    key,
+                    "is out of range (1ms to 100 years)",
+                ));
+            }
+        }
+        if o.max_ejection_time < o.base_ejection_time {
+            return Err(ConfigError::invalid(
+                "upstream.outlier_detection.max_ejection_time",
+                format!(
+                    "{} is shorter than upstream.outlier_detection.base_ejection_time ({})",
+                    o.max_ejection_time, o.base_ejection_time
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Upstream {
     fn default() -> Self {
         Upstream {
-            servers: vec![UpstreamUrl::from_str("http://127.0.0.1:8080").expect("valid default")],
+            servers: vec![
+                UpstreamServer::from_str("http://127.0.0.1:8080").expect("valid default"),
+            ],
+            balance: Balance::RoundRobin,
+            health_check: None,
+            outlier_detection: OutlierDetection::default(),
             connect_timeout: Dur::secs(2),
             request_timeout: Dur::secs(30),
             idle_timeout: Dur::secs(4),
@@ -262,6 +395,224 @@ impl Default for Upstream {
             max_queued_requests: 1024,
             queue_timeout: Dur::secs(5),
         }
+    }
+}
+
+/// `upstream.balance`: how a request's server is chosen among the servers in rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Each server in turn (a server at its connection cap with no idle connection is passed
+    /// over for one with room).
+    #[default]
+    RoundRobin,
+    /// Of two servers drawn at random, the one with fewer requests in flight (Envoy's "power
+    /// of two choices"); in flight: from sending the request to the end of the response body.
+    LeastRequest,
+    /// Smooth weighted round robin (nginx), by each server's `weight`.
+    Weighted,
+}
+
+/// `[upstream.health_check]`: a `GET path` to every server each `interval`, on a connection of
+/// its own.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheck {
+    /// The request target checked (origin form, starting with `/`).
+    pub path: String,
+    /// Time between the end of one check and the start of the next.
+    pub interval: Dur,
+    /// Time allowed for a check: connecting, and the response head.
+    pub timeout: Dur,
+    /// Consecutive passes that bring a server back into rotation (1 to 1000).
+    pub healthy_threshold: u32,
+    /// Consecutive failures that take a server out of rotation (1 to 1000).
+    pub unhealthy_threshold: u32,
+    /// The response statuses that pass.
+    pub expect_status: StatusRange,
+}
+
+impl Default for HealthCheck {
+    fn default() -> Self {
+        HealthCheck {
+            path: "/".to_owned(),
+            interval: Dur::secs(5),
+            timeout: Dur::secs(2),
+            healthy_threshold: 2,
+            unhealthy_threshold: 3,
+            expect_status: StatusRange(200, 399),
+        }
+    }
+}
+
+/// A range of HTTP status codes, both ends included: `"200-399"`, or one code `"200"`
+/// (RFC 9110 §15: 100 to 599).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRange(pub u16, pub u16);
+
+impl StatusRange {
+    /// Whether `status` is in the range.
+    pub fn contains(&self, status: u16) -> bool {
+        (self.0..=self.1).contains(&status)
+    }
+}
+
+impl FromStr for StatusRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a status range (write e.g. \"200-399\" or \"200\")");
+        let code = |t: &str| {
+            t.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (100..=599).contains(c))
+        };
+        let (a, b) = match s.split_once('-') {
+            Some((a, b)) => (code(a).ok_or_else(bad)?, code(b).ok_or_else(bad)?),
+            None => {
+                let c = code(s).ok_or_else(bad)?;
+                (c, c)
+            }
+        };
+        if a > b {
+            return Err(bad());
+        }
+        Ok(StatusRange(a, b))
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for StatusRange {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}-{}", self.0, self.1))
+    }
+}
+
+/// `[upstream.outlier_detection]`: a server that fails `consecutive_failures` times in a row
+/// (connect failures and 5xx answers) leaves the rotation for `base_ejection_time` × the
+/// number of times it was ejected, at most `max_ejection_time` (Envoy's outlier detection).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutlierDetection {
+    /// Failures in a row that eject a server (0 = off; at most 1000).
+    pub consecutive_failures: u32,
+    /// The first ejection's length.
+    pub base_ejection_time: Dur,
+    /// The longest ejection.
+    pub max_ejection_time: Dur,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        // Envoy's defaults.
+        OutlierDetection {
+            consecutive_failures: 5,
+            base_ejection_time: Dur::secs(30),
+            max_ejection_time: Dur::secs(300),
+        }
+    }
+}
+
+/// The longest a server `name` may be, in bytes.
+pub const MAX_SERVER_NAME: usize = 64;
+/// The largest `weight` of a server.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// One of `upstream.servers`: a URL (`"http://10.0.0.1:8080"`), or a table
+/// `{ url = "http://10.0.0.1:8080", name = "origin-a", weight = 3 }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamServer {
+    /// Where it is.
+    pub url: UpstreamUrl,
+    /// Its `server` label in the metrics and its name in diagnostics: `[a-zA-Z0-9_.-]{1,64}`,
+    /// not only digits, unique; unset, the server's index (`"0"`, `"1"`, …) is used.
+    pub name: Option<String>,
+    /// Its share under `upstream.balance = "weighted"` (1 to 1000, default 1).
+    pub weight: u32,
+}
+
+impl UpstreamServer {
+    /// The `server` label: the configured name, else `index` as text.
+    pub fn label(&self, index: usize) -> String {
+        self.name.clone().unwrap_or_else(|| index.to_string())
+    }
+}
+
+impl FromStr for UpstreamServer {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(UpstreamServer {
+            url: s.parse()?,
+            name: None,
+            weight: 1,
+        })
+    }
+}
+
+/// The table form of [`UpstreamServer`].
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct ServerTable {
+    url: UpstreamUrl,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default = "one")]
+    weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl<'de> Deserialize<'de> for UpstreamServer {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UpstreamServer;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a URL such as \"http://127.0.0.1:8080\", or a table { url = \"...\", \
+                     name = \"...\", weight = N }",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<UpstreamServer, E> {
+                s.parse().map_err(E::custom)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<UpstreamServer, A::Error> {
+                let t =
+                    ServerTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(UpstreamServer {
+                    url: t.url,
+                    name: t.name,
+                    weight: t.weight,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl Serialize for UpstreamServer {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.name.is_none() && self.weight == 1 {
+            return self.url.serialize(s);
+        }
+        ServerTable {
+            url: self.url.clone(),
+            name: self.name.clone(),
+            weight: self.weight,
+        }
+        .serialize(s)
     }
 }
 
@@ -747,6 +1098,7 @@ impl Config {
             ));
         }
         let u = &self.upstream;
+        u.validate_balancing()?;
         if u.max_connections > 65535 {
             return Err(ConfigError::invalid(
                 "upstream.max_connections",
@@ -1222,6 +1574,269 @@ mod tests {
         for (text, key) in cases {
             let err = parse(text).expect_err(text).to_string();
             assert!(err.contains(&format!("`{key}")), "{text:?} gave {err:?}");
+        }
+    }
+
+    #[test]
+    fn bad_balancing_values_name_their_key() {
+        // (the [upstream] lines, the key named)
+        let srv = "servers = [\"http://a:1\", ";
+        let rows = [
+            ("balance = \"random\"", "upstream.balance"),
+            ("balance = 1", "upstream.balance"),
+            (
+                &format!("{srv}{{ url = \"http://b:1\", weight = 0 }}]"),
+                "upstream.servers[1].weight",
+            ),
+            (
+                &format!("{srv}{{ url = \"http://b:1\", weight = 1001 }}]"),
+                "upstream.servers[1].weight",
+            ),
+            (
+                &format!("{srv}{{ url = \"http://b:1\", weight = -1 }}]"),
+                "upstream.servers[1].weight",
+            ),
+            (
+                &format!("{srv}{{ url = \"http://b:1\", weight = \"3\" }}]"),
+                "upstream.servers[1].weight",
+            ),
+            (
+                &format!("{srv}{{ url = \"ftp://b:1\" }}]"),
+                "upstream.servers[1].url",
+            ),
+            (
+                &format!("{srv}{{ url = \"http://b:1/path\" }}]"),
+                "upstream.servers[1].url",
+            ),
+            (&format!("{srv}{{ name = \"b\" }}]"), "upstream.servers[1]"),
+            (
+                &format!("{srv}{{ url = \"http://b:1\", colour = 1 }}]"),
+                "upstream.servers[1].colour",
+            ),
+            (
+                &format!("{srv}{{ url = \"http://b:1\", name = \"\" }}]"),
+                "upstream.servers[1].name",
+            ),
+            (
+                &format!("{srv}{{ url = \"http://b:1\", name = \"a b\" }}]"),
+                "upstream.servers[1].name",
+            ),
+            (
+                &format!("{srv}{{ url = \"http://b:1\", name = \"é\" }}]"),
+                "upstream.servers[1].name",
+            ),
+            (
+                &format!(
+                    "{srv}{{ url = \"http://b:1\", name = \"{}\" }}]",
+                    "x".repeat(65)
+                ),
+                "upstream.servers[1].name",
+            ),
+            (
+                &format!("{srv}{{ url = \"http://b:1\", name = \"0\" }}]"),
+                "upstream.servers[1].name",
+            ),
+            (
+                &format!("{srv}{{ url = \"http://b:1\", name = 7 }}]"),
+                "upstream.servers[1].name",
+            ),
+            (
+                "servers = [{ url = \"http://a:1\", name = \"o\" }, { url = \"http://b:1\", name = \"o\" }]",
+                "upstream.servers[1].name",
+            ),
+            ("servers = [7]", "upstream.servers[0]"),
+            (
+                "[upstream.health_check]\npath = \"healthz\"",
+                "upstream.health_check.path",
+            ),
+            (
+                "[upstream.health_check]\npath = \"/a b\"",
+                "upstream.health_check.path",
+            ),
+            (
+                "[upstream.health_check]\npath = \"\"",
+                "upstream.health_check.path",
+            ),
+            (
+                "[upstream.health_check]\ninterval = \"0s\"",
+                "upstream.health_check.interval",
+            ),
+            (
+                "[upstream.health_check]\ninterval = \"often\"",
+                "upstream.health_check.interval",
+            ),
+            (
+                "[upstream.health_check]\ntimeout = \"0s\"",
+                "upstream.health_check.timeout",
+            ),
+            (
+                "[upstream.health_check]\nhealthy_threshold = 0",
+                "upstream.health_check.healthy_threshold",
+            ),
+            (
+                "[upstream.health_check]\nhealthy_threshold = 1001",
+                "upstream.health_check.healthy_threshold",
+            ),
+            (
+                "[upstream.health_check]\nunhealthy_threshold = 0",
+                "upstream.health_check.unhealthy_threshold",
+            ),
+            (
+                "[upstream.health_check]\nunhealthy_threshold = -3",
+                "upstream.health_check.unhealthy_threshold",
+            ),
+            (
+                "[upstream.health_check]\nexpect_status = \"2xx\"",
+                "upstream.health_check.expect_status",
+            ),
+            (
+                "[upstream.health_check]\nexpect_status = \"399-200\"",
+                "upstream.health_check.expect_status",
+            ),
+            (
+                "[upstream.health_check]\nexpect_status = \"99\"",
+                "upstream.health_check.expect_status",
+            ),
+            (
+                "[upstream.health_check]\nexpect_status = \"200-600\"",
+                "upstream.health_check.expect_status",
+            ),
+            (
+                "[upstream.health_check]\nexpect_status = \"200-\"",
+                "upstream.health_check.expect_status",
+            ),
+            (
+                "[upstream.health_check]\nexpect_status = 200",
+                "upstream.health_check.expect_status",
+            ),
+            (
+                "[upstream.health_check]\nport = 80",
+                "upstream.health_check.port",
+            ),
+            (
+                "[upstream.outlier_detection]\nconsecutive_failures = 1001",
+                "upstream.outlier_detection.consecutive_failures",
+            ),
+            (
+                "[upstream.outlier_detection]\nconsecutive_failures = -1",
+                "upstream.outlier_detection.consecutive_failures",
+            ),
+            (
+                "[upstream.outlier_detection]\nbase_ejection_time = \"0s\"",
+                "upstream.outlier_detection.base_ejection_time",
+            ),
+            (
+                "[upstream.outlier_detection]\nmax_ejection_time = \"10s\"",
+                "upstream.outlier_detection.max_ejection_time",
+            ),
+            (
+                "[upstream.outlier_detection]\nenabled = true",
+                "upstream.outlier_detection.enabled",
+            ),
+        ];
+        for (lines, key) in rows {
+            let text = format!("[upstream]\n{lines}");
+            let err = parse(&text).expect_err(&text).to_string();
+            assert!(err.contains(&format!("`{key}`")), "{text:?} gave {err:?}");
+        }
+    }
+
+    #[test]
+    fn upstream_servers_are_urls_or_tables_with_a_name_and_a_weight() {
+        // (servers = …, (authority, label of index i, weight) per server)
+        type Server<'a> = (&'a str, &'a str, u32);
+        let rows: [(&str, &[Server]); 4] = [
+            ("[\"http://a:1\"]", &[("a:1", "0", 1)]),
+            (
+                "[\"http://a:1\", { url = \"http://b:2\" }]",
+                &[("a:1", "0", 1), ("b:2", "1", 1)],
+            ),
+            (
+                "[{ url = \"http://a:1\", name = \"origin-a\", weight = 3 }, \"http://b:2\"]",
+                &[("a:1", "origin-a", 3), ("b:2", "1", 1)],
+            ),
+            (
+                "[{ url = \"http://[::1]:8\", name = \"v6_x.1\", weight = 1000 }]",
+                &[("[::1]:8", "v6_x.1", 1000)],
+            ),
+        ];
+        for (servers, want) in rows {
+            let c = parse(&format!("[upstream]\nservers = {servers}")).expect(servers);
+            let got: Vec<(String, String, u32)> = c
+                .upstream
+                .servers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.url.authority.to_string(), s.label(i), s.weight))
+                .collect();
+            let want: Vec<(String, String, u32)> = want
+                .iter()
+                .map(|&(a, l, w)| (a.to_owned(), l.to_owned(), w))
+                .collect();
+            assert_eq!(got, want, "{servers}");
+            // Shown and read back alike (check-config, the reload's comparison).
+            let shown = toml::to_string(&c).expect(servers);
+            let again = parse(&shown).expect(&shown);
+            assert_eq!(again.upstream.servers, c.upstream.servers, "{shown}");
+        }
+    }
+
+    #[test]
+    fn the_balancing_keys_default_and_read_back() {
+        let c = parse("").unwrap();
+        assert_eq!(c.upstream.balance, Balance::RoundRobin);
+        assert_eq!(c.upstream.health_check, None);
+        assert_eq!(c.upstream.outlier_detection.consecutive_failures, 5);
+        assert_eq!(
+            c.upstream.outlier_detection.base_ejection_time.0,
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            c.upstream.outlier_detection.max_ejection_time.0,
+            Duration::from_secs(300)
+        );
+        let on = parse("[upstream.health_check]").unwrap();
+        assert_eq!(on.upstream.health_check, Some(HealthCheck::default()));
+        // (lines, balance, expect_status)
+        let rows = [
+            (
+                "balance = \"least_request\"",
+                Balance::LeastRequest,
+                (200, 399),
+            ),
+            ("balance = \"weighted\"", Balance::Weighted, (200, 399)),
+            (
+                "[upstream.health_check]\nexpect_status = \"204\"",
+                Balance::RoundRobin,
+                (204, 204),
+            ),
+            (
+                "[upstream.health_check]\nexpect_status = \"200-299\"",
+                Balance::RoundRobin,
+                (200, 299),
+            ),
+            (
+                "[upstream.health_check]\nexpect_status = \"100-599\"",
+                Balance::RoundRobin,
+                (100, 599),
+            ),
+        ];
+        for (lines, balance, (a, b)) in rows {
+            let c = parse(&format!("[upstream]\n{lines}")).expect(lines);
+            assert_eq!(c.upstream.balance, balance, "{lines}");
+            let range = c
+                .upstream
+                .health_check
+                .clone()
+                .unwrap_or_default()
+                .expect_status;
+            assert_eq!(range, StatusRange(a, b), "{lines}");
+            let again = parse(&toml::to_string(&c).expect(lines)).expect(lines);
+            assert_eq!(
+                again.upstream.health_check, c.upstream.health_check,
+                "{lines}"
+            );
+            assert_eq!(again.upstream.balance, c.upstream.balance, "{lines}");
         }
     }
 

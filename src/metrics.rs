@@ -2,7 +2,8 @@
 //! atomics: no label string is built and no map is searched per request.
 //!
 //! Every label value comes from a fixed, bounded set (methods, status classes, protocols, the
-//! browser and OS families, ISO 3166 / ISO 639-1 codes, configured policy names). No label ever
+//! browser and OS families, ISO 3166 / ISO 639-1 codes, configured policy names, configured
+//! upstream server names or their indexes). No label ever
 //! holds an address, pseudonym, path, host or user agent. The `process_*` metrics describe this
 //! process only (CPU, memory, file descriptors), never a request.
 
@@ -152,6 +153,33 @@ pub struct UpstreamPool {
     pub busy: IntGauge,
     /// `upstream_queued_requests`: requests waiting for a connection.
     pub queued: IntGauge,
+    /// `upstream_healthy{server}`.
+    healthy: IntGaugeVec,
+    /// `upstream_requests_total{server,status_class}`.
+    server_requests: IntCounterVec,
+}
+
+/// One upstream server's own series, resolved once when the pool is built: its `server` label
+/// is its configured name or its index (bounded, from the config only).
+#[derive(Clone)]
+pub struct ServerMetrics {
+    /// `upstream_healthy{server}`: 1 while the server is in rotation as far as health checks
+    /// and outlier detection go, else 0.
+    pub healthy: IntGauge,
+    /// `upstream_requests_total{server,status_class}`, "1xx" to "5xx" then "error".
+    requests: [IntCounter; 6],
+}
+
+impl ServerMetrics {
+    /// Counts one exchange sent to the server by the class of its response status (a code of
+    /// 600 or more counts as "5xx"), or as "error" (`None`: no response).
+    pub fn request(&self, status: Option<u16>) {
+        let i = match status {
+            Some(code) => (usize::from(code / 100)).clamp(1, 5) - 1,
+            None => 5,
+        };
+        self.requests[i].inc();
+    }
 }
 
 impl UpstreamPool {
@@ -163,6 +191,19 @@ impl UpstreamPool {
     /// Counts one abandoned exchange by what became of its connection.
     pub fn drained(&self, result: Drained) {
         self.drained[result as usize].inc();
+    }
+
+    /// The series of the server labelled `server` (its configured name, or its index), its
+    /// `upstream_healthy` set to 1.
+    pub fn server(&self, server: &str) -> ServerMetrics {
+        let healthy = self.healthy.with_label_values(&[server]);
+        healthy.set(1);
+        let mut classes = STATUS_CLASSES.iter().chain(["error"].iter());
+        let requests = [(); 6].map(|()| {
+            let class = classes.next().copied().unwrap_or("error");
+            self.server_requests.with_label_values(&[server, class])
+        });
+        ServerMetrics { healthy, requests }
     }
 }
 
@@ -431,6 +472,27 @@ impl Metrics {
         ))
         .expect("valid metric");
         reg(Box::new(queued.clone()));
+        let healthy = IntGaugeVec::new(
+            opts(
+                "upstream_healthy",
+                "1 while an upstream server is in rotation (passing its health checks, not \
+                 ejected by outlier detection), else 0; by server name or index.",
+            ),
+            &["server"],
+        )
+        .expect("valid metric");
+        reg(Box::new(healthy.clone()));
+        let server_requests = IntCounterVec::new(
+            opts(
+                "upstream_requests_total",
+                "Exchanges sent to an upstream server (retries on the server that got them), by \
+                 server name or index and response status class; \"error\": no response. \
+                 Health checks are not counted.",
+            ),
+            &["server", "status_class"],
+        )
+        .expect("valid metric");
+        reg(Box::new(server_requests.clone()));
         let upstream_pool = UpstreamPool {
             retries: upstream_retries,
             queue_rejections,
@@ -438,6 +500,8 @@ impl Metrics {
             idle,
             busy,
             queued,
+            healthy,
+            server_requests,
         };
 
         let hs_vec = IntCounterVec::new(

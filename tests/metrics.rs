@@ -45,6 +45,8 @@ async fn every_spec_metric_is_exported_and_promtool_accepts_it() {
         "upstream_drained_total",
         "upstream_connections",
         "upstream_queued_requests",
+        "upstream_healthy",
+        "upstream_requests_total",
         "tls_handshakes_total",
         "tls_handshake_errors_total",
         "connections_open",

@@ -342,6 +342,13 @@ async fn clients_abandoning_requests_to_a_slow_path_cost_only_a_handful_of_upstr
             reused >= requests as f64 * 0.9,
             "{proto:?}: {reused} reused"
         );
+        // Every exchange the upstream saw is counted on its server, abandoned or not.
+        let seen = up.seen.lock().unwrap().len() as f64;
+        let counted = sample(
+            &metrics,
+            "webprom_edge_upstream_requests_total{server=\"0\",status_class=\"2xx\"}",
+        );
+        assert_eq!(counted, seen, "{proto:?}");
         assert_eq!(total_upstream_errors(&metrics), 0.0, "{proto:?}");
         assert_eq!(sample(&metrics, BUSY), 0.0, "{proto:?}: all back");
         // Every request is still recorded once, as 499; on a loaded machine the client's

@@ -31,11 +31,13 @@
 //! `upstream_errors_total`, also when it fails after part of it was forwarded.
 
 pub mod authority;
+pub mod balance;
 pub mod body;
 pub mod cookie;
 pub mod expect;
 pub mod forwarding;
 pub mod headers;
+pub mod health;
 pub mod logging;
 pub mod recv;
 pub mod tunnel;

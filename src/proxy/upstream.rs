@@ -1,8 +1,19 @@
-//! The upstream pool: round robin over `upstream.servers`, keep-alive HTTP/1.1 connections kept
-//! per server under a cap, a bounded queue for the requests over it, a short back-off for a
-//! server that refuses connections, the few retries that keep a dead server or a closed
-//! keep-alive connection from reaching the client as a 502, and the draining that keeps the
-//! connection of an exchange its client abandoned.
+//! The upstream pool: the choice of a server among `upstream.servers` ([`super::balance`]),
+//! keep-alive HTTP/1.1 connections kept per server under a cap, a bounded queue for the
+//! requests over it, a short back-off for a server that refuses connections, the few retries
+//! that keep a dead server or a closed keep-alive connection from reaching the client as a 502,
+//! and the draining that keeps the connection of an exchange its client abandoned.
+//!
+//! Rotation: a server is out of it while it fails its active health checks
+//! ([`super::health`]), while outlier detection ejects it, and for [`BACKOFF`] after a failed
+//! connect; when every server is out, every server is used. Outlier detection (Envoy's): the
+//! `upstream.outlier_detection.consecutive_failures`-th connect failure or 5xx answer in a row
+//! ejects the server for `base_ejection_time` × its ejections since it last answered well (at
+//! most `max_ejection_time`), unless no other server is in rotation. Timeouts and broken
+//! exchanges are not counted (the client's side may be at fault). Each exchange sent to a
+//! server is counted by its status class in `upstream_requests_total{server,status_class}`
+//! (`error`: no response); its requests in flight, from sending to the end of the response
+//! body, feed `least_request`.
 //!
 //! A connection is lent to one request at a time ([`Lease`]) and comes back to its server's idle
 //! list when the response body has been read to the end; a response cut short by an error closes
@@ -11,9 +22,9 @@
 //! `upstream.idle_timeout` is never reused, and is closed by [`Upstreams::close_idle`].
 //!
 //! Cap and queue: a server has at most `upstream.max_connections` connections, busy, idle and
-//! being opened. Round robin skips a server at its cap with no idle connection for one with
-//! room; when every server is full, the request waits in the queue of the server its turn gave
-//! it (first in, first out; at most `upstream.max_queued_requests`), and takes the first
+//! being opened. The balancer passes over a server at its cap with no idle connection for one
+//! with room; when every server is full, the request waits in the queue of the server its turn
+//! gave it (first in, first out; at most `upstream.max_queued_requests`), and takes the first
 //! connection that server checks in or the first place that frees. A full queue, or no
 //! connection within `upstream.queue_timeout`, ends in [`SendError::Queue`] (a 503 by the proxy,
 //! counted in `upstream_queue_rejections_total`, never as an upstream error). A waiter whose
@@ -45,7 +56,7 @@ use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -62,9 +73,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
+use super::balance::{Balancer, View};
 use super::body::RequestBody;
 use crate::config;
-use crate::metrics::{Drained, QueueRejection, RetryReason, UpstreamPool};
+use crate::metrics::{Drained, QueueRejection, RetryReason, ServerMetrics, UpstreamPool};
 
 /// How long a server that refused a connection is skipped.
 const BACKOFF: Duration = Duration::from_secs(3);
@@ -87,8 +99,8 @@ type Head = Result<Response<Incoming>, TrySendError<Request<RequestBody>>>;
 type Sending = Pin<Box<dyn Future<Output = Head> + Send>>;
 
 /// The request side of one upstream connection.
-struct Conn {
-    sender: Sender,
+pub(super) struct Conn {
+    pub(super) sender: Sender,
     /// Bytes the connection's task has read from the upstream so far.
     received: Arc<AtomicU64>,
     /// Its place under the server's `max_connections`.
@@ -98,9 +110,17 @@ struct Conn {
 /// One place under a server's `upstream.max_connections`, held by a connection from the moment
 /// it is being opened until it is closed. Dropped, it passes to the first request still waiting
 /// for that server, or frees.
-struct Slot {
-    /// `None` once defused (handed back unused by a waiter that left).
+pub(super) struct Slot {
+    /// `None` once defused (handed back unused by a waiter that left), or for a connection
+    /// outside the cap (a health check's).
     peer: Option<Arc<Peer>>,
+}
+
+impl Slot {
+    /// A place outside any cap: for a health check's connection of its own.
+    pub(super) fn uncounted() -> Slot {
+        Slot { peer: None }
+    }
 }
 
 impl Drop for Slot {
@@ -139,12 +159,29 @@ struct Pool {
     waiters: VecDeque<oneshot::Sender<Grant>>,
 }
 
-struct Peer {
-    authority: Authority,
+pub(super) struct Peer {
+    pub(super) authority: Authority,
     /// The `Host` sent to this server when the client gave none.
-    host: Option<HeaderValue>,
-    /// Milliseconds since `Upstreams::epoch` until which the peer is skipped; 0 = healthy.
+    pub(super) host: Option<HeaderValue>,
+    /// Its `server` label: the configured name, else its index.
+    pub(super) label: String,
+    /// Milliseconds since `Upstreams::epoch` until which the peer is skipped after a failed
+    /// connect (the short back-off); 0 = none.
     down_until_ms: AtomicU64,
+    /// Milliseconds since `Upstreams::epoch` until which outlier detection keeps the peer out
+    /// of rotation; 0 = not ejected.
+    ejected_until_ms: AtomicU64,
+    /// Failures in a row (connect failures, 5xx answers), for outlier detection.
+    failures: AtomicU32,
+    /// Ejections since the peer last answered well: the next ejection is this many times
+    /// longer than the base.
+    ejections: AtomicU32,
+    /// False while the peer fails its active health checks.
+    pub(super) passing: AtomicBool,
+    /// Requests in flight: from sending to the end of the response body ([`Active`]).
+    in_flight: AtomicUsize,
+    /// Its own series.
+    pub(super) server: ServerMetrics,
     pool: Mutex<Pool>,
     /// Idle connections plus free places, as of the last change: 0 when a request would wait.
     /// Read by [`Upstreams::pick`] without the lock.
@@ -318,6 +355,25 @@ impl Drop for Waiting<'_> {
 pub struct Lease {
     conn: Conn,
     peer: Arc<Peer>,
+    /// The exchange counted in flight on its server until the lease ends.
+    _active: Option<Active>,
+}
+
+/// One request counted in its server's in-flight requests (for `least_request`) while this
+/// lives.
+struct Active(Arc<Peer>);
+
+impl Active {
+    fn new(peer: &Arc<Peer>) -> Active {
+        peer.in_flight.fetch_add(1, Ordering::Relaxed);
+        Active(peer.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Lease {
@@ -448,6 +504,7 @@ async fn finish_abandoned(
         tokio::time::timeout_at(deadline, until_closed(sending.as_mut(), &mut conn.sender)).await;
     match head {
         Ok(Some(Ok(resp))) => {
+            peer.server.request(Some(resp.status().as_u16()));
             drop(sending);
             let body = resp.into_body();
             if body.is_end_stream() {
@@ -458,10 +515,18 @@ async fn finish_abandoned(
                     Drained::Closed
                 });
             } else {
-                Lease { conn, peer }.drain(body);
+                Lease {
+                    conn,
+                    peer,
+                    _active: None,
+                }
+                .drain(body);
             }
         }
-        _ => peer.metrics.drained(Drained::Closed),
+        _ => {
+            peer.server.request(None);
+            peer.metrics.drained(Drained::Closed);
+        }
     }
 }
 
@@ -495,8 +560,11 @@ enum Failure {
 
 /// The upstream servers and their pooled connections.
 pub struct Upstreams {
-    peers: Box<[Arc<Peer>]>,
-    next: AtomicUsize,
+    pub(super) peers: Box<[Arc<Peer>]>,
+    balancer: Balancer,
+    /// `[upstream.health_check]`, when on.
+    pub(super) health_check: Option<config::HealthCheck>,
+    outlier: config::OutlierDetection,
     epoch: Instant,
     connect_timeout: Duration,
     request_timeout: Duration,
@@ -515,15 +583,25 @@ pub struct Pick {
 impl Upstreams {
     /// A pool for the configured servers, counting in `metrics`.
     pub fn new(cfg: &config::Upstream, metrics: UpstreamPool) -> Upstreams {
+        let weights: Vec<u32> = cfg.servers.iter().map(|s| s.weight).collect();
         Upstreams {
             peers: cfg
                 .servers
                 .iter()
-                .map(|s| {
+                .enumerate()
+                .map(|(i, s)| {
+                    let label = s.label(i);
                     Arc::new(Peer {
-                        authority: s.authority.clone(),
-                        host: HeaderValue::from_str(s.authority.as_str()).ok(),
+                        authority: s.url.authority.clone(),
+                        host: HeaderValue::from_str(s.url.authority.as_str()).ok(),
+                        server: metrics.server(&label),
+                        label,
                         down_until_ms: AtomicU64::new(0),
+                        ejected_until_ms: AtomicU64::new(0),
+                        failures: AtomicU32::new(0),
+                        ejections: AtomicU32::new(0),
+                        passing: AtomicBool::new(true),
+                        in_flight: AtomicUsize::new(0),
                         pool: Mutex::new(Pool::default()),
                         room: AtomicUsize::new(cfg.connection_cap()),
                         max_connections: cfg.connection_cap(),
@@ -532,7 +610,9 @@ impl Upstreams {
                     })
                 })
                 .collect(),
-            next: AtomicUsize::new(0),
+            balancer: Balancer::new(cfg.balance, &weights),
+            health_check: cfg.health_check.clone(),
+            outlier: cfg.outlier_detection.clone(),
             epoch: Instant::now(),
             connect_timeout: cfg.connect_timeout.0,
             request_timeout: cfg.request_timeout.0,
@@ -546,31 +626,33 @@ impl Upstreams {
         self.epoch.elapsed().as_millis() as u64 + 1
     }
 
+    /// Whether `peer` is out of rotation: failing its health checks, ejected, or backing off
+    /// after a failed connect. `now` is read at most once per pick.
     fn is_down(&self, peer: &Peer, now: &mut Option<u64>) -> bool {
-        let until = peer.down_until_ms.load(Ordering::Relaxed);
+        if !peer.passing.load(Ordering::Relaxed) {
+            return true;
+        }
+        let until = peer
+            .down_until_ms
+            .load(Ordering::Relaxed)
+            .max(peer.ejected_until_ms.load(Ordering::Relaxed));
         until != 0 && until > *now.get_or_insert_with(|| self.now_ms())
     }
 
-    /// The next healthy server in turn that has an idle connection or room for a new one; else
-    /// the next healthy one (the request will wait in its queue); else, if every one is backing
-    /// off, the next anyway.
+    /// Whether `peer` is healthy as `upstream_healthy` and `/readyz` say: passing its health
+    /// checks and not ejected by outlier detection (a connect back-off does not count).
+    pub(super) fn is_healthy(&self, peer: &Peer) -> bool {
+        let until = peer.ejected_until_ms.load(Ordering::Relaxed);
+        peer.passing.load(Ordering::Relaxed) && (until == 0 || until <= self.now_ms())
+    }
+
+    /// The server for the next request, by `upstream.balance` among the servers in rotation
+    /// ([`Balancer::pick`]); every server when none is.
     pub fn pick(&self, path_and_query: Option<&PathAndQuery>) -> Pick {
-        let n = self.peers.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut now = None;
-        let mut first_up = None;
-        let index = (0..n)
-            .map(|i| (start + i) % n)
-            .find(|&i| {
-                let peer = &self.peers[i];
-                if self.is_down(peer, &mut now) {
-                    return false;
-                }
-                first_up.get_or_insert(i);
-                peer.room.load(Ordering::Relaxed) > 0
-            })
-            .or(first_up)
-            .unwrap_or(start % n);
+        let index = self.balancer.pick(&PickView {
+            up: self,
+            now: std::cell::Cell::new(None),
+        });
         let uri = match path_and_query {
             Some(pq) => Uri::from(pq.clone()),
             None => Uri::from_static("/"),
@@ -588,12 +670,86 @@ impl Upstreams {
     }
 
     /// Records that the server at `index` refused or could not be reached: it is skipped for
-    /// the back-off from now.
+    /// the back-off from now, and the failure counts for outlier detection.
     fn mark_down(&self, index: usize) {
         let until = self.now_ms() + BACKOFF.as_millis() as u64;
         self.peers[index]
             .down_until_ms
             .store(until, Ordering::Relaxed);
+        self.outcome(index, true);
+    }
+
+    /// Outlier detection: counts a failure (connect failure, 5xx) or a success of the server
+    /// at `index`. The `consecutive_failures`-th failure in a row ejects it for
+    /// `base_ejection_time` × its ejections since it last answered well (at most
+    /// `max_ejection_time`), unless it is the last server in rotation. A success clears both
+    /// counts.
+    fn outcome(&self, index: usize, failed: bool) {
+        let peer = &self.peers[index];
+        let threshold = self.outlier.consecutive_failures;
+        if !failed {
+            // Read first: most answers find nothing to clear, and a store would make every
+            // request write the peer's cache line.
+            if peer.failures.load(Ordering::Relaxed) != 0 {
+                peer.failures.store(0, Ordering::Relaxed);
+            }
+            if peer.ejections.load(Ordering::Relaxed) != 0
+                && peer.ejected_until_ms.load(Ordering::Relaxed) <= self.now_ms()
+            {
+                peer.ejections.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
+        if threshold == 0 || peer.failures.fetch_add(1, Ordering::Relaxed) + 1 != threshold {
+            return;
+        }
+        peer.failures.store(0, Ordering::Relaxed);
+        // Answers of requests sent before the ejection do not eject it again.
+        if peer.ejected_until_ms.load(Ordering::Relaxed) > self.now_ms() {
+            return;
+        }
+        let mut now = None;
+        let others_up = self
+            .peers
+            .iter()
+            .enumerate()
+            .any(|(i, p)| i != index && !self.is_down(p, &mut now));
+        if !others_up {
+            tracing::debug!(
+                server = %peer.label,
+                authority = %peer.authority,
+                "upstream server failing, but the last in rotation: not ejected"
+            );
+            return;
+        }
+        let times = peer
+            .ejections
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        let length = ejection_length(&self.outlier, times);
+        let until = self.now_ms() + length.as_millis() as u64;
+        peer.ejected_until_ms.store(until, Ordering::Relaxed);
+        peer.server.healthy.set(0);
+        tracing::warn!(
+            server = %peer.label,
+            authority = %peer.authority,
+            failures = threshold,
+            ejection = ?length,
+            "upstream server ejected: consecutive failures (connect failures or 5xx)"
+        );
+        // Its gauge comes back with it.
+        let peer = peer.clone();
+        spawn_from_drop(async move {
+            tokio::time::sleep(length).await;
+            tracing::info!(
+                server = %peer.label,
+                authority = %peer.authority,
+                "upstream server's ejection is over: back in rotation"
+            );
+            if peer.passing.load(Ordering::Relaxed) {
+                peer.server.healthy.set(1);
+            }
+        });
     }
 
     /// Whether at least one server is not backing off.
@@ -662,6 +818,7 @@ impl Upstreams {
         let mut deadline = None;
         loop {
             let peer = &self.peers[index];
+            let active = Active::new(peer);
             if default_host && let Some(host) = &peer.host {
                 req.headers_mut().insert(HOST, host.clone());
             }
@@ -681,9 +838,24 @@ impl Upstreams {
                 *deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.request_timeout);
             let attempt = self.send_to(peer, grant, req, deadline);
             match tokio::time::timeout_at(deadline, attempt).await {
-                Err(_) => return Err(SendError::Timeout(self.request_timeout)),
-                Ok(Ok(exchange)) => return Ok(exchange),
-                Ok(Err(Failure::Exchange(e))) => return Err(e),
+                Err(_) => {
+                    peer.server.request(None);
+                    return Err(SendError::Timeout(self.request_timeout));
+                }
+                Ok(Ok((resp, lease))) => {
+                    let status = resp.status().as_u16();
+                    peer.server.request(Some(status));
+                    self.outcome(index, status >= 500);
+                    let lease = lease.map(|lease| Lease {
+                        _active: Some(active),
+                        ..lease
+                    });
+                    return Ok((resp, lease));
+                }
+                Ok(Err(Failure::Exchange(e))) => {
+                    peer.server.request(None);
+                    return Err(e);
+                }
                 Ok(Err(Failure::Connect(e, unsent))) => {
                     self.mark_down(index);
                     tried += 1;
@@ -787,6 +959,7 @@ impl Upstreams {
                             slot,
                         },
                         peer: peer.clone(),
+                        _active: None,
                     });
                     return Ok((resp, lease));
                 }
@@ -801,7 +974,11 @@ impl Upstreams {
                             let e = SendError::Connect(e.error().to_string());
                             return Err(Failure::Connect(e, Box::new(unsent)));
                         }
-                        (None, Some(copy)) if nothing_received && !e.error().is_user() => copy,
+                        (None, Some(copy)) if nothing_received && !e.error().is_user() => {
+                            // Sent, and lost: an exchange without a response.
+                            peer.server.request(None);
+                            copy
+                        }
                         _ => return Err(Failure::Exchange(SendError::Exchange(e.into_error()))),
                     };
                     tracing::debug!(
@@ -819,7 +996,7 @@ impl Upstreams {
         }
     }
 
-    async fn connect(&self, peer: &Peer, slot: Slot) -> Result<Conn, SendError> {
+    pub(super) async fn connect(&self, peer: &Peer, slot: Slot) -> Result<Conn, SendError> {
         let host = peer
             .authority
             .host()
@@ -899,6 +1076,38 @@ impl Drop for Upstreams {
             drop(idle);
         }
     }
+}
+
+/// The servers as [`Upstreams::pick`]'s balancer sees them, reading the clock at most once.
+struct PickView<'a> {
+    up: &'a Upstreams,
+    now: std::cell::Cell<Option<u64>>,
+}
+
+impl View for PickView<'_> {
+    fn in_rotation(&self, i: usize) -> bool {
+        let mut now = self.now.get();
+        let down = self.up.is_down(&self.up.peers[i], &mut now);
+        self.now.set(now);
+        !down
+    }
+
+    fn has_room(&self, i: usize) -> bool {
+        self.up.peers[i].room.load(Ordering::Relaxed) > 0
+    }
+
+    fn in_flight(&self, i: usize) -> usize {
+        self.up.peers[i].in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// How long the `times`-th ejection in a row lasts: `base_ejection_time` × `times`, at most
+/// `max_ejection_time`.
+fn ejection_length(cfg: &config::OutlierDetection, times: u32) -> Duration {
+    cfg.base_ejection_time
+        .0
+        .saturating_mul(times)
+        .min(cfg.max_ejection_time.0)
 }
 
 /// A failure for a state the exchange cannot reach.
@@ -999,6 +1208,32 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
     use http::Method;
+
+    #[test]
+    fn an_ejection_lasts_the_base_times_the_ejections_in_a_row_up_to_the_most() {
+        // (base s, most s, ejections in a row, length s)
+        let rows = [
+            (30, 300, 1, 30),
+            (30, 300, 2, 60),
+            (30, 300, 10, 300),
+            (30, 300, 11, 300),
+            (30, 300, u32::MAX, 300),
+            (1, 1, 5, 1),
+            (7, 20, 2, 14),
+        ];
+        for (base, most, times, want) in rows {
+            let cfg = config::OutlierDetection {
+                consecutive_failures: 5,
+                base_ejection_time: Duration::from_secs(base).into(),
+                max_ejection_time: Duration::from_secs(most).into(),
+            };
+            assert_eq!(
+                ejection_length(&cfg, times),
+                Duration::from_secs(want),
+                "{base}s × {times} up to {most}s"
+            );
+        }
+    }
 
     fn upstreams(n: usize) -> Upstreams {
         limited(n, 1024, 1024)
@@ -1541,6 +1776,17 @@ mod pool_tests {
                 &metrics,
                 "webprom_edge_upstream_retries_total{reason=\"closed\"}",
             );
+            // Every exchange sent is counted on the server: the lost one as "error".
+            let class = |c: &str| {
+                sample(
+                    &metrics,
+                    &format!(
+                        "webprom_edge_upstream_requests_total{{server=\"0\",status_class=\"{c}\"}}"
+                    ),
+                )
+            };
+            assert_eq!(class("error"), 1.0, "{row}");
+            assert_eq!(class("2xx"), if again { 2.0 } else { 1.0 }, "{row}");
             if again {
                 let (resp, _lease) = got.unwrap_or_else(|e| panic!("{row}: {e}"));
                 assert_eq!(resp.status(), 200, "{row}");

@@ -111,6 +111,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), preflight::
         tracker,
     ));
     let health = Arc::new(Health::new(upstreams.clone()));
+    let health_checks = upstreams.start_health_checks();
 
     // The config as started: what a changed key that needs a restart is compared with.
     let started = Arc::new(config.clone());
@@ -169,7 +170,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), preflight::
     }
     // The admin listener answered "draining" until now.
     admin_task.abort();
-    for task in background {
+    for task in background.into_iter().chain(health_checks) {
         task.abort();
     }
     // Everything queued reaches the file before the process exits.

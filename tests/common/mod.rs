@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod mmdb;
+pub mod origin;
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
