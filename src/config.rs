@@ -128,6 +128,26 @@ pub struct Server {
     pub body_buffer_bytes: Option<u64>,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Dur,
+    /// Whether connections from `client_ip.trusted_proxies` begin with a PROXY protocol
+    /// header (HAProxy's PROXY protocol, versions 1 and 2), on both listeners.
+    pub proxy_protocol: ProxyProtocol,
+}
+
+/// `server.proxy_protocol`: which PROXY protocol header versions a connection from a trusted
+/// proxy must begin with (HAProxy's "The PROXY protocol", versions 1 and 2). See
+/// [`crate::server::proxy_protocol`] for the rules.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    /// No header is read: every connection is a direct client.
+    #[default]
+    Off,
+    /// The text header (version 1) only.
+    V1,
+    /// The binary header (version 2) only.
+    V2,
+    /// Either version.
+    Any,
 }
 
 /// The smallest `server.max_header_fields`: room for `Host` and the fields every client sends.
@@ -158,6 +178,7 @@ impl Default for Server {
             body_read_timeout: Dur::secs(10),
             body_buffer_bytes: None,
             shutdown_grace: Dur::secs(10),
+            proxy_protocol: ProxyProtocol::Off,
         }
     }
 }
@@ -677,6 +698,13 @@ impl Config {
                 ),
             ));
         }
+        if s.proxy_protocol != ProxyProtocol::Off && self.client_ip.trusted_proxies.is_empty() {
+            return Err(ConfigError::invalid(
+                "server.proxy_protocol",
+                "a header is accepted only from client_ip.trusted_proxies, which is empty: \
+                 list the load balancers' addresses there",
+            ));
+        }
         for (i, host) in s.hosts.iter().enumerate() {
             if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
                 return Err(ConfigError::invalid(
@@ -1124,6 +1152,10 @@ mod tests {
                 "[client_ip]\ntrusted_proxies = [\"10.0.0.0/33\"]",
                 "client_ip.trusted_proxies[0]",
             ),
+            ("[server]\nproxy_protocol = \"v3\"", "server.proxy_protocol"),
+            ("[server]\nproxy_protocol = \"V1\"", "server.proxy_protocol"),
+            ("[server]\nproxy_protocol = true", "server.proxy_protocol"),
+            ("[server]\nproxy_protocol = \"any\"", "server.proxy_protocol"),
             ("[upstream]\nservers = [\"ftp://x\"]", "upstream.servers[0]"),
             ("[upstream]\nservers = []", "upstream.servers"),
             ("[privacy]\nipv4_prefix = 40", "privacy.ipv4_prefix"),

@@ -1,0 +1,307 @@
+//! The PROXY protocol (HAProxy's "The PROXY protocol", versions 1 and 2): the header a layer-4
+//! load balancer puts before a connection's first byte to say which client it carries.
+//!
+//! Owns reading and judging that header at the start of a connection, on both listeners, when
+//! `server.proxy_protocol` is not `"off"`. The header is parsed by the `ppp` crate; this module
+//! only frames it on the socket and applies the rules:
+//!
+//! - A connection from a peer in `client_ip.trusted_proxies` MUST begin with a header of a
+//!   version `server.proxy_protocol` allows (`"v1"`, `"v2"` or `"any"`), in by
+//!   `server.header_read_timeout` after accept (the same deadline as the first request head,
+//!   which the header's time counts in). Its source address becomes the connection's peer
+//!   ([`ClientAddr`], an IPv4-mapped IPv6 address folded to IPv4) for everything: the client
+//!   address resolution (`X-Forwarded-For` is believed after it only if it is itself a trusted
+//!   proxy), the pseudonym, the network, the country and the rate-limit key.
+//! - A version 2 `LOCAL` header (a balancer's own health check), a version 2 `PROXY` header
+//!   whose address family is `UNSPEC` or `AF_UNIX`, and a version 1 `UNKNOWN` header are
+//!   accepted and keep the socket's peer (the balancer) as the connection's peer.
+//! - A connection from any other peer that begins with a PROXY protocol signature (version 1's
+//!   `PROXY `, version 2's 12 bytes) is closed: nobody else may name a client. One that does
+//!   not is served as a direct client, the bytes it sent untouched.
+//! - Closed, and counted in `proxy_protocol_rejected_total{reason}`: `untrusted` (a signature
+//!   from an untrusted peer), `missing` (a trusted peer began with anything but a signature),
+//!   `malformed` (the header does not parse, is cut short by the peer closing, or a version 1
+//!   line passes 107 bytes), `version` (a version not allowed) and `timeout` (not in by the
+//!   deadline). A trusted peer that closes before sending a byte is not counted.
+//!
+//! Exactly the header's bytes are taken from the socket (version 2: the 16 fixed bytes, then
+//! the length they give; version 1: what a peek shows up to the line's end, at most 107
+//! bytes), so the TLS ClientHello or the HTTP bytes after it reach the TLS or HTTP layer intact,
+//! and plain HTTP on the TLS port is still recognised after a header.
+//!
+//! What it must never do: log, keep or count anything the header carries (addresses, TLVs) or
+//! any other byte from the wire: a rejection is logged by its reason alone, and no access-log
+//! record is written for a connection closed here (like a failed TLS handshake).
+
+use std::io;
+
+use tokio::io::AsyncReadExt as _;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::client_ip::{ClientAddr, TrustedProxies};
+use crate::config::{self, Cidr};
+use crate::metrics::ProxyProtocolRejection as Rejection;
+
+/// Version 1's signature: `PROXY` and a space.
+const V1_SIGNATURE: &[u8] = b"PROXY ";
+/// Version 2's signature.
+const V2_SIGNATURE: &[u8] = ppp::v2::PROTOCOL_PREFIX;
+/// The longest version 1 line, `\r\n` included.
+const V1_MAX: usize = 107;
+/// Version 2's fixed part: the signature, version and command, family and protocol, length.
+const V2_FIXED: usize = 16;
+/// A version 2 header up to this long is read into the connection task's own buffer; a longer
+/// one (many TLVs) into one allocated for it.
+const V2_INLINE: usize = 256;
+/// How long to wait before looking again at an untrusted peer whose first bytes are a strict
+/// prefix of a signature (`P`, `PRO`): no client sends its first bytes so, so this is rare.
+const UNDECIDED_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// How a connection's first bytes begin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Start {
+    /// With version 1's signature.
+    V1,
+    /// With version 2's signature.
+    V2,
+    /// With something that is no signature.
+    Other,
+    /// Too few bytes to tell: a strict prefix of a signature (or nothing).
+    Undecided,
+}
+
+fn classify(first: &[u8]) -> Start {
+    let prefix_of = |sig: &[u8]| first.len() < sig.len() && sig.starts_with(first);
+    if first.starts_with(V2_SIGNATURE) {
+        Start::V2
+    } else if first.starts_with(V1_SIGNATURE) {
+        Start::V1
+    } else if prefix_of(V2_SIGNATURE) || prefix_of(V1_SIGNATURE) {
+        Start::Undecided
+    } else {
+        Start::Other
+    }
+}
+
+/// What the start of a connection decided.
+pub enum Accepted {
+    /// Serve the connection with this peer (the header's source, or the socket's peer).
+    Peer(ClientAddr),
+    /// Close it: counted by reason.
+    Rejected(Rejection),
+    /// The trusted peer closed (or failed) before sending a byte: close, not counted.
+    Gone,
+}
+
+/// The PROXY protocol settings of the listeners: the allowed versions and who may send a
+/// header.
+pub struct ProxyProtocol {
+    v1: bool,
+    v2: bool,
+    trusted: TrustedProxies,
+}
+
+impl ProxyProtocol {
+    /// From `server.proxy_protocol` and `client_ip.trusted_proxies`; `None` when off.
+    pub fn new(mode: config::ProxyProtocol, trusted: &[Cidr]) -> Option<ProxyProtocol> {
+        let (v1, v2) = match mode {
+            config::ProxyProtocol::Off => return None,
+            config::ProxyProtocol::V1 => (true, false),
+            config::ProxyProtocol::V2 => (false, true),
+            config::ProxyProtocol::Any => (true, true),
+        };
+        Some(ProxyProtocol {
+            v1,
+            v2,
+            trusted: TrustedProxies::new(trusted),
+        })
+    }
+
+    /// Reads and judges the header at the start of `tcp`, accepted from `peer`, by `by` (accept
+    /// + `server.header_read_timeout`). Takes the header's bytes from the socket and no other.
+    pub async fn accept(&self, tcp: &mut TcpStream, peer: ClientAddr, by: Instant) -> Accepted {
+        if !self.trusted.contains(peer.ip()) {
+            return untrusted(tcp, peer, by).await;
+        }
+        match tokio::time::timeout_at(by, self.read_header(tcp, peer)).await {
+            Ok(Ok(accepted)) => accepted,
+            Ok(Err(_)) => Accepted::Rejected(Rejection::Malformed),
+            Err(_) => Accepted::Rejected(Rejection::Timeout),
+        }
+    }
+
+    /// A trusted peer's header. An I/O error (a reset) cuts the header short: malformed.
+    async fn read_header(&self, tcp: &mut TcpStream, peer: ClientAddr) -> io::Result<Accepted> {
+        // The signature, read byte-exact up to the first 16 bytes (a read never returns more
+        // than asked for): every byte read is a header byte, or the connection is refused.
+        let mut fixed = [0u8; V2_FIXED];
+        let mut len = 0;
+        let start = loop {
+            let start = classify(&fixed[..len]);
+            let want = match start {
+                Start::V1 | Start::Other => break start,
+                Start::V2 if len == V2_FIXED => break start,
+                // Version 2's signature, or its first bytes: its 16 fixed bytes are all header.
+                _ if len > 0 && fixed[0] == V2_SIGNATURE[0] => V2_FIXED,
+                // Nothing yet, or the first bytes of `PROXY `: no header is shorter than this.
+                _ => V1_SIGNATURE.len(),
+            };
+            let n = tcp.read(&mut fixed[len..want]).await?;
+            if n == 0 {
+                return Ok(match len {
+                    0 => Accepted::Gone,
+                    _ => Accepted::Rejected(Rejection::Malformed),
+                });
+            }
+            len += n;
+        };
+        match start {
+            Start::V1 if !self.v1 => Ok(Accepted::Rejected(Rejection::Version)),
+            Start::V2 if !self.v2 => Ok(Accepted::Rejected(Rejection::Version)),
+            Start::V1 => read_v1(tcp, &fixed[..len], peer).await,
+            Start::V2 => read_v2(tcp, &fixed, peer).await,
+            Start::Other | Start::Undecided => Ok(Accepted::Rejected(Rejection::Missing)),
+        }
+    }
+}
+
+/// An untrusted peer: closed if it begins with a signature, else served as it is. Only peeks:
+/// nothing is taken from the socket.
+async fn untrusted(tcp: &TcpStream, peer: ClientAddr, by: Instant) -> Accepted {
+    let mut first = [0u8; V2_SIGNATURE.len()];
+    loop {
+        // A timeout, the peer gone or an error: the TLS or HTTP layer finds the same and
+        // handles it as for any direct client.
+        let Ok(Ok(n)) = tokio::time::timeout_at(by, tcp.peek(&mut first)).await else {
+            return Accepted::Peer(peer);
+        };
+        match classify(&first[..n]) {
+            Start::V1 | Start::V2 => return Accepted::Rejected(Rejection::Untrusted),
+            Start::Undecided if n > 0 && Instant::now() < by => {
+                tokio::time::sleep(UNDECIDED_RETRY).await;
+            }
+            _ => return Accepted::Peer(peer),
+        }
+    }
+}
+
+/// The rest of a version 1 line after `start` (the signature, already read): peeks, and takes
+/// only up to the line's end (`\r\n`), at most [`V1_MAX`] bytes in all.
+async fn read_v1(tcp: &mut TcpStream, start: &[u8], peer: ClientAddr) -> io::Result<Accepted> {
+    let mut line = [0u8; V1_MAX];
+    line[..start.len()].copy_from_slice(start);
+    let mut len = start.len();
+    loop {
+        let n = tcp.peek(&mut line[len..]).await?;
+        if n == 0 {
+            return Ok(Accepted::Rejected(Rejection::Malformed));
+        }
+        match ppp::v1::Header::try_from(&line[..len + n]) {
+            Ok(header) => {
+                let end = header.header.len();
+                let addresses = header.addresses;
+                // What the peek showed of the line, and not a byte after it.
+                tcp.read_exact(&mut line[len..end]).await?;
+                let peer = match addresses {
+                    ppp::v1::Addresses::Tcp4(a) => ClientAddr::new(a.source_address.into()),
+                    ppp::v1::Addresses::Tcp6(a) => ClientAddr::new(a.source_address.into()),
+                    ppp::v1::Addresses::Unknown => peer,
+                };
+                return Ok(Accepted::Peer(peer));
+            }
+            Err(e) if ppp::PartialResult::is_incomplete(&e) && len + n < V1_MAX => {
+                // All of it is the line so far: take it, and wait for more.
+                tcp.read_exact(&mut line[len..len + n]).await?;
+                len += n;
+            }
+            Err(_) => return Ok(Accepted::Rejected(Rejection::Malformed)),
+        }
+    }
+}
+
+/// The rest of a version 2 header after its `fixed` 16 bytes (already read): exactly the
+/// length they give.
+async fn read_v2(
+    tcp: &mut TcpStream,
+    fixed: &[u8; V2_FIXED],
+    peer: ClientAddr,
+) -> io::Result<Accepted> {
+    let total = match ppp::v2::Header::try_from(&fixed[..]) {
+        Err(ppp::v2::ParseError::Partial(_, length)) => V2_FIXED + length,
+        // Addresses only (LOCAL with no address block has length 0).
+        Ok(header) => return Ok(Accepted::Peer(v2_peer(&header, peer))),
+        Err(_) => return Ok(Accepted::Rejected(Rejection::Malformed)),
+    };
+    let mut inline = [0u8; V2_INLINE];
+    let mut allocated;
+    let whole: &mut [u8] = if total <= V2_INLINE {
+        &mut inline[..total]
+    } else {
+        allocated = vec![0u8; total];
+        &mut allocated
+    };
+    whole[..V2_FIXED].copy_from_slice(fixed);
+    match tcp.read_exact(&mut whole[V2_FIXED..]).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            return Ok(Accepted::Rejected(Rejection::Malformed));
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(match ppp::v2::Header::try_from(&whole[..]) {
+        Ok(header) => Accepted::Peer(v2_peer(&header, peer)),
+        Err(_) => Accepted::Rejected(Rejection::Malformed),
+    })
+}
+
+/// The connection's peer after a version 2 header: its source for `PROXY` over IPv4 or IPv6,
+/// else (`LOCAL`, `UNSPEC`, `AF_UNIX`) the socket's `peer`. The TLVs are never looked at.
+fn v2_peer(header: &ppp::v2::Header<'_>, peer: ClientAddr) -> ClientAddr {
+    if header.command != ppp::v2::Command::Proxy {
+        return peer;
+    }
+    match header.addresses {
+        ppp::v2::Addresses::IPv4(a) => ClientAddr::new(a.source_address.into()),
+        ppp::v2::Addresses::IPv6(a) => ClientAddr::new(a.source_address.into()),
+        ppp::v2::Addresses::Unspecified | ppp::v2::Addresses::Unix(_) => peer,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_is_told_by_its_signature_alone() {
+        let rows: [(&[u8], Start); 12] = [
+            (b"", Start::Undecided),
+            (b"P", Start::Undecided),
+            (b"PROXY", Start::Undecided),
+            (b"PROXY ", Start::V1),
+            (b"PROXY TCP4 ", Start::V1),
+            (b"PROXYTCP4", Start::Other),
+            (b"POST / HTTP/1.1", Start::Other),
+            (b"PRI * HTTP/2.0", Start::Other),
+            (b"\x16\x03\x01", Start::Other),
+            (b"\r\n\r\n\0\r\nQUI", Start::Undecided),
+            (b"\r\n\r\n\0\r\nQUIT\n", Start::V2),
+            (b"\r\n\r\n\0\r\nQUIT\r", Start::Other),
+        ];
+        for (first, want) in rows {
+            assert_eq!(classify(first), want, "{first:?}");
+        }
+    }
+
+    #[test]
+    fn off_reads_no_header() {
+        assert!(ProxyProtocol::new(config::ProxyProtocol::Off, &[]).is_none());
+        for mode in [
+            config::ProxyProtocol::V1,
+            config::ProxyProtocol::V2,
+            config::ProxyProtocol::Any,
+        ] {
+            assert!(ProxyProtocol::new(mode, &[]).is_some(), "{mode:?}");
+        }
+    }
+}
