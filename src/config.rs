@@ -1155,7 +1155,10 @@ mod tests {
             ("[server]\nproxy_protocol = \"v3\"", "server.proxy_protocol"),
             ("[server]\nproxy_protocol = \"V1\"", "server.proxy_protocol"),
             ("[server]\nproxy_protocol = true", "server.proxy_protocol"),
-            ("[server]\nproxy_protocol = \"any\"", "server.proxy_protocol"),
+            (
+                "[server]\nproxy_protocol = \"any\"",
+                "server.proxy_protocol",
+            ),
             ("[upstream]\nservers = [\"ftp://x\"]", "upstream.servers[0]"),
             ("[upstream]\nservers = []", "upstream.servers"),
             ("[privacy]\nipv4_prefix = 40", "privacy.ipv4_prefix"),

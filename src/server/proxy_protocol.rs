@@ -22,7 +22,8 @@
 //!   from an untrusted peer), `missing` (a trusted peer began with anything but a signature),
 //!   `malformed` (the header does not parse, is cut short by the peer closing, or a version 1
 //!   line passes 107 bytes), `version` (a version not allowed) and `timeout` (not in by the
-//!   deadline). A trusted peer that closes before sending a byte is not counted.
+//!   deadline). A trusted peer that closes (or resets) before sending a byte, as a balancer's
+//!   connect-only health check does, is not counted.
 //!
 //! Exactly the header's bytes are taken from the socket (version 2: the 16 fixed bytes, then
 //! the length they give; version 1: what a peek shows up to the line's end, at most 107
@@ -147,7 +148,12 @@ impl ProxyProtocol {
                 // Nothing yet, or the first bytes of `PROXY `: no header is shorter than this.
                 _ => V1_SIGNATURE.len(),
             };
-            let n = tcp.read(&mut fixed[len..want]).await?;
+            let n = match tcp.read(&mut fixed[len..want]).await {
+                Ok(n) => n,
+                // A balancer's connect-only health check may end with a reset.
+                Err(_) if len == 0 => return Ok(Accepted::Gone),
+                Err(e) => return Err(e),
+            };
             if n == 0 {
                 return Ok(match len {
                     0 => Accepted::Gone,
