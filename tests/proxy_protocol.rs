@@ -101,6 +101,15 @@ fn v2_unspec(command: ppp::v2::Command) -> Vec<u8> {
     .unwrap()
 }
 
+/// A version 2 `PROXY` header for a Unix socket client (`AF_UNIX`).
+fn v2_unix() -> Vec<u8> {
+    use ppp::v2::{Builder, Command, Protocol, Unix, Version};
+    let addresses = Unix::new([b'/'; 108], [b'/'; 108]);
+    Builder::with_addresses(Version::Two | Command::Proxy, Protocol::Stream, addresses)
+        .build()
+        .unwrap()
+}
+
 /// How a request goes after the header.
 #[derive(Clone, Copy, Debug)]
 enum Via {
@@ -198,157 +207,49 @@ fn rejected(metrics: &str, reason: &str) -> f64 {
     )
 }
 
+/// (who connects, header, listener, `X-Forwarded-For`, the client the record must name:
+/// (address for the pseudonym, `net`, `country`)).
+type ClientRow<'a> = (
+    &'a str,
+    Vec<u8>,
+    Via,
+    Option<&'a str>,
+    (&'a str, &'a str, &'a str),
+);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_header_address_is_the_client_of_the_record_on_both_listeners() {
     let up = Upstream::start().await;
     let proxy = proxy_with(&up, "any", |c| unlimited(&c)).await;
     let canary = "CANARYTLVAUTHORITY.example";
     let big_tlv = vec![b'Z'; 600];
-    // (who connects, header, listener, X-Forwarded-For, the client the record must name:
-    // (address for the pseudonym, net, country)).
-    #[allow(clippy::type_complexity)]
-    let rows: Vec<(&str, Vec<u8>, Via, Option<&str>, (&str, &str, &str))> = vec![
-        (
-            BALANCER,
-            v1("198.51.100.7"),
-            Via::TlsH1,
-            None,
-            ("198.51.100.7", "198.51.100.0/24", "AL"),
-        ),
-        (
-            BALANCER,
-            v1("198.51.100.7"),
-            Via::TlsH2,
-            None,
-            ("198.51.100.7", "198.51.100.0/24", "AL"),
-        ),
-        (
-            BALANCER,
-            v1("203.0.113.9"),
-            Via::PlainH1,
-            None,
-            ("203.0.113.9", "203.0.113.0/24", "XK"),
-        ),
-        (
-            BALANCER,
-            v1("2001:db8:1:2::5"),
-            Via::TlsH1,
-            None,
-            ("2001:db8:1:2::5", "2001:db8:1::/48", "AL"),
-        ),
+    #[rustfmt::skip]
+    let rows: Vec<ClientRow> = vec![
+        (BALANCER, v1("198.51.100.7"), Via::TlsH1, None, ("198.51.100.7", "198.51.100.0/24", "AL")),
+        (BALANCER, v1("198.51.100.7"), Via::TlsH2, None, ("198.51.100.7", "198.51.100.0/24", "AL")),
+        (BALANCER, v1("203.0.113.9"), Via::PlainH1, None, ("203.0.113.9", "203.0.113.0/24", "XK")),
+        (BALANCER, v1("2001:db8:1:2::5"), Via::TlsH1, None, ("2001:db8:1:2::5", "2001:db8:1::/48", "AL")),
         // IPv4-mapped IPv6: the IPv4 client, one pseudonym with its IPv4 spelling.
-        (
-            BALANCER,
-            v1("::ffff:203.0.113.9"),
-            Via::TlsH1,
-            None,
-            ("203.0.113.9", "203.0.113.0/24", "XK"),
-        ),
-        (
-            BALANCER,
-            v2("198.51.100.8"),
-            Via::TlsH1,
-            None,
-            ("198.51.100.8", "198.51.100.0/24", "AL"),
-        ),
-        (
-            BALANCER,
-            v2("198.51.100.8"),
-            Via::TlsH2,
-            None,
-            ("198.51.100.8", "198.51.100.0/24", "AL"),
-        ),
-        (
-            BALANCER,
-            v2("203.0.113.9"),
-            Via::PlainH1,
-            None,
-            ("203.0.113.9", "203.0.113.0/24", "XK"),
-        ),
-        (
-            BALANCER,
-            v2("2001:db8:1:3::7"),
-            Via::PlainH1,
-            None,
-            ("2001:db8:1:3::7", "2001:db8:1::/48", "AL"),
-        ),
-        (
-            BALANCER,
-            v2("::ffff:198.51.100.8"),
-            Via::TlsH1,
-            None,
-            ("198.51.100.8", "198.51.100.0/24", "AL"),
-        ),
+        (BALANCER, v1("::ffff:203.0.113.9"), Via::TlsH1, None, ("203.0.113.9", "203.0.113.0/24", "XK")),
+        (BALANCER, v2("198.51.100.8"), Via::TlsH1, None, ("198.51.100.8", "198.51.100.0/24", "AL")),
+        (BALANCER, v2("198.51.100.8"), Via::TlsH2, None, ("198.51.100.8", "198.51.100.0/24", "AL")),
+        (BALANCER, v2("203.0.113.9"), Via::PlainH1, None, ("203.0.113.9", "203.0.113.0/24", "XK")),
+        (BALANCER, v2("2001:db8:1:3::7"), Via::PlainH1, None, ("2001:db8:1:3::7", "2001:db8:1::/48", "AL")),
+        (BALANCER, v2("::ffff:198.51.100.8"), Via::TlsH1, None, ("198.51.100.8", "198.51.100.0/24", "AL")),
         // TLVs are skipped, never logged: inline (short) and allocated (over 256 bytes).
-        (
-            BALANCER,
-            v2_with_tlvs("198.51.100.9", &[(0x02, canary.as_bytes())]),
-            Via::TlsH1,
-            None,
-            ("198.51.100.9", "198.51.100.0/24", "AL"),
-        ),
-        (
-            BALANCER,
-            v2_with_tlvs(
-                "198.51.100.9",
-                &[(0xE0, &big_tlv), (0x02, canary.as_bytes())],
-            ),
-            Via::PlainH1,
-            None,
-            ("198.51.100.9", "198.51.100.0/24", "AL"),
-        ),
+        (BALANCER, v2_with_tlvs("198.51.100.9", &[(0x02, canary.as_bytes())]), Via::TlsH1, None, ("198.51.100.9", "198.51.100.0/24", "AL")),
+        (BALANCER, v2_with_tlvs("198.51.100.9", &[(0xE0, &big_tlv), (0x02, canary.as_bytes())]), Via::PlainH1, None, ("198.51.100.9", "198.51.100.0/24", "AL")),
         // No client named: the balancer is the peer.
-        (
-            BALANCER,
-            v2_unspec(ppp::v2::Command::Local),
-            Via::TlsH1,
-            None,
-            (BALANCER, "127.0.0.0/24", "null"),
-        ),
-        (
-            BALANCER,
-            v2_unspec(ppp::v2::Command::Proxy),
-            Via::PlainH1,
-            None,
-            (BALANCER, "127.0.0.0/24", "null"),
-        ),
-        (
-            BALANCER,
-            b"PROXY UNKNOWN\r\n".to_vec(),
-            Via::TlsH1,
-            None,
-            (BALANCER, "127.0.0.0/24", "null"),
-        ),
+        (BALANCER, v2_unspec(ppp::v2::Command::Local), Via::TlsH1, None, (BALANCER, "127.0.0.0/24", "null")),
+        (BALANCER, v2_unspec(ppp::v2::Command::Proxy), Via::PlainH1, None, (BALANCER, "127.0.0.0/24", "null")),
+        (BALANCER, v2_unix(), Via::TlsH2, None, (BALANCER, "127.0.0.0/24", "null")),
+        (BALANCER, b"PROXY UNKNOWN\r\n".to_vec(), Via::TlsH1, None, (BALANCER, "127.0.0.0/24", "null")),
         // X-Forwarded-For is believed after the header only from a trusted address.
-        (
-            BALANCER,
-            v1("198.51.100.7"),
-            Via::TlsH1,
-            Some("203.0.113.9"),
-            ("198.51.100.7", "198.51.100.0/24", "AL"),
-        ),
-        (
-            BALANCER,
-            v2("10.1.2.3"),
-            Via::TlsH2,
-            Some("203.0.113.9"),
-            ("203.0.113.9", "203.0.113.0/24", "XK"),
-        ),
+        (BALANCER, v1("198.51.100.7"), Via::TlsH1, Some("203.0.113.9"), ("198.51.100.7", "198.51.100.0/24", "AL")),
+        (BALANCER, v2("10.1.2.3"), Via::TlsH2, Some("203.0.113.9"), ("203.0.113.9", "203.0.113.0/24", "XK")),
         // An untrusted peer without a signature is a direct client, on both listeners.
-        (
-            STRANGER,
-            Vec::new(),
-            Via::TlsH1,
-            None,
-            (STRANGER, "127.0.0.0/24", "null"),
-        ),
-        (
-            STRANGER,
-            Vec::new(),
-            Via::PlainH1,
-            None,
-            (STRANGER, "127.0.0.0/24", "null"),
-        ),
+        (STRANGER, Vec::new(), Via::TlsH1, None, (STRANGER, "127.0.0.0/24", "null")),
+        (STRANGER, Vec::new(), Via::PlainH1, None, (STRANGER, "127.0.0.0/24", "null")),
     ];
     for (i, (from, header, via, xff, _)) in rows.iter().enumerate() {
         let status = get_after(&proxy, from, header, *via, &format!("/pp/{i:02}"), *xff).await;
@@ -408,6 +309,9 @@ enum Then {
     Wait,
 }
 
+/// (`server.proxy_protocol`, who connects, listener, first bytes, then, the reason counted).
+type RejectRow<'a> = (&'a str, &'a str, Via, Vec<u8>, Then, &'a str);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_start_closes_the_connection_counted_by_reason_and_the_proxy_serves_on() {
     let up = Upstream::start().await;
@@ -430,209 +334,36 @@ async fn a_bad_start_closes_the_connection_counted_by_reason_and_the_proxy_serve
         "4".repeat(100)
     );
     let hello = b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03".to_vec();
-    // (mode, who connects, listener, first bytes, then, reason).
-    let rows: Vec<(&str, &str, Via, Vec<u8>, Then, &str)> = vec![
-        (
-            "any",
-            STRANGER,
-            Via::TlsH1,
-            v1("198.51.100.7"),
-            Then::Close,
-            "untrusted",
-        ),
-        (
-            "any",
-            STRANGER,
-            Via::PlainH1,
-            v2("198.51.100.7"),
-            Then::Close,
-            "untrusted",
-        ),
-        (
-            "v1",
-            STRANGER_2,
-            Via::TlsH1,
-            v2("198.51.100.7"),
-            Then::Close,
-            "untrusted",
-        ),
-        (
-            "v2",
-            STRANGER,
-            Via::PlainH1,
-            v1("198.51.100.7"),
-            Then::Wait,
-            "untrusted",
-        ),
-        (
-            "any",
-            BALANCER,
-            Via::TlsH1,
-            b"PROXY TCP4 198.51.100.7 127.0".to_vec(),
-            Then::Close,
-            "malformed",
-        ),
-        (
-            "any",
-            BALANCER,
-            Via::PlainH1,
-            b"PROXY garbage here\r\n".to_vec(),
-            Then::Wait,
-            "malformed",
-        ),
-        (
-            "v1",
-            BALANCER,
-            Via::TlsH1,
-            b"PROXY TCP4 198.51.100.999 127.0.0.1 1 2\r\n".to_vec(),
-            Then::Wait,
-            "malformed",
-        ),
-        (
-            "v1",
-            BALANCER,
-            Via::TlsH1,
-            b"PROXY TCP4 2001:db8::1 127.0.0.1 1 2\r\n".to_vec(),
-            Then::Wait,
-            "malformed",
-        ),
-        (
-            "v1",
-            BALANCER,
-            Via::TlsH1,
-            b"PROXY TCP4 198.51.100.7 127.0.0.1 040000 2\r\n".to_vec(),
-            Then::Wait,
-            "malformed",
-        ),
-        (
-            "v1",
-            BALANCER,
-            Via::TlsH1,
-            b"PROXY TCP4 \xff\xfe\xfd 127.0.0.1 1 2\r\n".to_vec(),
-            Then::Wait,
-            "malformed",
-        ),
-        (
-            "v1",
-            BALANCER,
-            Via::PlainH1,
-            b"PROXY TCP4 198.51.100.7 127.0.0.1 1 2\n".to_vec(),
-            Then::Wait,
-            "malformed",
-        ),
-        (
-            "any",
-            BALANCER,
-            Via::TlsH1,
-            too_long.into_bytes(),
-            Then::Wait,
-            "malformed",
-        ),
-        (
-            "any",
-            BALANCER,
-            Via::TlsH1,
-            good[..20].to_vec(),
-            Then::Close,
-            "malformed",
-        ),
-        (
-            "v2",
-            BALANCER,
-            Via::PlainH1,
-            good[..8].to_vec(),
-            Then::Close,
-            "malformed",
-        ),
-        (
-            "v2",
-            BALANCER,
-            Via::TlsH1,
-            v2_bad_version,
-            Then::Wait,
-            "malformed",
-        ),
-        (
-            "any",
-            BALANCER,
-            Via::TlsH1,
-            v2_bad_command,
-            Then::Wait,
-            "malformed",
-        ),
-        (
-            "v2",
-            BALANCER,
-            Via::PlainH1,
-            v2_short_length,
-            Then::Wait,
-            "malformed",
-        ),
-        (
-            "v2",
-            BALANCER,
-            Via::TlsH1,
-            v2_bad_family,
-            Then::Wait,
-            "malformed",
-        ),
-        (
-            "v2",
-            BALANCER,
-            Via::TlsH1,
-            v1("198.51.100.7"),
-            Then::Wait,
-            "version",
-        ),
-        (
-            "v1",
-            BALANCER,
-            Via::PlainH1,
-            v2("198.51.100.7"),
-            Then::Wait,
-            "version",
-        ),
-        (
-            "any",
-            BALANCER,
-            Via::TlsH1,
-            b"PROXY TCP4 198.51.100.7 ".to_vec(),
-            Then::Wait,
-            "timeout",
-        ),
-        (
-            "v2",
-            BALANCER,
-            Via::PlainH1,
-            good[..14].to_vec(),
-            Then::Wait,
-            "timeout",
-        ),
-        (
-            "any",
-            BALANCER,
-            Via::TlsH1,
-            Vec::new(),
-            Then::Wait,
-            "timeout",
-        ),
+    #[rustfmt::skip]
+    let rows: Vec<RejectRow> = vec![
+        ("any", STRANGER, Via::TlsH1, v1("198.51.100.7"), Then::Close, "untrusted"),
+        ("any", STRANGER, Via::PlainH1, v2("198.51.100.7"), Then::Close, "untrusted"),
+        ("v1", STRANGER_2, Via::TlsH1, v2("198.51.100.7"), Then::Close, "untrusted"),
+        ("v2", STRANGER, Via::PlainH1, v1("198.51.100.7"), Then::Wait, "untrusted"),
+        ("any", BALANCER, Via::TlsH1, b"PROXY TCP4 198.51.100.7 127.0".to_vec(), Then::Close, "malformed"),
+        ("any", BALANCER, Via::PlainH1, b"PROXY garbage here\r\n".to_vec(), Then::Wait, "malformed"),
+        ("v1", BALANCER, Via::TlsH1, b"PROXY TCP4 198.51.100.999 127.0.0.1 1 2\r\n".to_vec(), Then::Wait, "malformed"),
+        ("v1", BALANCER, Via::TlsH1, b"PROXY TCP4 2001:db8::1 127.0.0.1 1 2\r\n".to_vec(), Then::Wait, "malformed"),
+        ("v1", BALANCER, Via::TlsH1, b"PROXY TCP4 198.51.100.7 127.0.0.1 040000 2\r\n".to_vec(), Then::Wait, "malformed"),
+        ("v1", BALANCER, Via::TlsH1, b"PROXY TCP4 \xff\xfe\xfd 127.0.0.1 1 2\r\n".to_vec(), Then::Wait, "malformed"),
+        ("v1", BALANCER, Via::PlainH1, b"PROXY TCP4 198.51.100.7 127.0.0.1 1 2\n".to_vec(), Then::Wait, "malformed"),
+        ("any", BALANCER, Via::TlsH1, too_long.into_bytes(), Then::Wait, "malformed"),
+        ("any", BALANCER, Via::TlsH1, good[..20].to_vec(), Then::Close, "malformed"),
+        ("v2", BALANCER, Via::PlainH1, good[..8].to_vec(), Then::Close, "malformed"),
+        ("v2", BALANCER, Via::TlsH1, v2_bad_version, Then::Wait, "malformed"),
+        ("any", BALANCER, Via::TlsH1, v2_bad_command, Then::Wait, "malformed"),
+        ("v2", BALANCER, Via::PlainH1, v2_short_length, Then::Wait, "malformed"),
+        ("v2", BALANCER, Via::TlsH1, v2_bad_family, Then::Wait, "malformed"),
+        ("v2", BALANCER, Via::TlsH1, v1("198.51.100.7"), Then::Wait, "version"),
+        ("v1", BALANCER, Via::PlainH1, v2("198.51.100.7"), Then::Wait, "version"),
+        ("any", BALANCER, Via::TlsH1, b"PROXY TCP4 198.51.100.7 ".to_vec(), Then::Wait, "timeout"),
+        ("v1", BALANCER, Via::PlainH1, b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 ".to_vec(), Then::Wait, "timeout"),
+        ("any", BALANCER, Via::TlsH1, b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 443\r".to_vec(), Then::Wait, "timeout"),
+        ("v2", BALANCER, Via::PlainH1, good[..14].to_vec(), Then::Wait, "timeout"),
+        ("any", BALANCER, Via::TlsH1, Vec::new(), Then::Wait, "timeout"),
         ("any", BALANCER, Via::TlsH1, hello, Then::Wait, "missing"),
-        (
-            "v1",
-            BALANCER,
-            Via::PlainH1,
-            b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(),
-            Then::Wait,
-            "missing",
-        ),
-        (
-            "v2",
-            BALANCER,
-            Via::PlainH1,
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
-            Then::Wait,
-            "missing",
-        ),
+        ("v1", BALANCER, Via::PlainH1, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(), Then::Wait, "missing"),
+        ("v2", BALANCER, Via::PlainH1, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(), Then::Wait, "missing"),
     ];
     for (i, (mode, from, via, start, then, reason)) in rows.iter().enumerate() {
         let proxy = &proxies.iter().find(|(m, _)| m == mode).unwrap().1;

@@ -27,7 +27,7 @@
 //!
 //! Exactly the header's bytes are taken from the socket (version 2: the 16 fixed bytes, then
 //! the length they give; version 1: what a peek shows up to the line's end, at most 107
-//! bytes), so the TLS ClientHello or the HTTP bytes after it reach the TLS or HTTP layer intact,
+//! bytes, `\r\n` included), so the TLS ClientHello or the HTTP bytes after it reach the TLS or HTTP layer intact,
 //! and plain HTTP on the TLS port is still recognised after a header.
 //!
 //! What it must never do: log, keep or count anything the header carries (addresses, TLVs) or
@@ -193,7 +193,9 @@ async fn untrusted(tcp: &TcpStream, peer: ClientAddr, by: Instant) -> Accepted {
 }
 
 /// The rest of a version 1 line after `start` (the signature, already read): peeks, and takes
-/// only up to the line's end (`\r\n`), at most [`V1_MAX`] bytes in all.
+/// only up to the line's end (its first `\n`), at most [`V1_MAX`] bytes in all; then `ppp`
+/// parses the whole line (which must end in `\r\n`). The line is framed here, not by `ppp`,
+/// whose parser takes some cut-short lines for bad ones (`... 40000 ` then `443\r\n`).
 async fn read_v1(tcp: &mut TcpStream, start: &[u8], peer: ClientAddr) -> io::Result<Accepted> {
     let mut line = [0u8; V1_MAX];
     line[..start.len()].copy_from_slice(start);
@@ -203,26 +205,27 @@ async fn read_v1(tcp: &mut TcpStream, start: &[u8], peer: ClientAddr) -> io::Res
         if n == 0 {
             return Ok(Accepted::Rejected(Rejection::Malformed));
         }
-        match ppp::v1::Header::try_from(&line[..len + n]) {
-            Ok(header) => {
-                let end = header.header.len();
-                let addresses = header.addresses;
-                // What the peek showed of the line, and not a byte after it.
-                tcp.read_exact(&mut line[len..end]).await?;
-                let peer = match addresses {
-                    ppp::v1::Addresses::Tcp4(a) => ClientAddr::new(a.source_address.into()),
-                    ppp::v1::Addresses::Tcp6(a) => ClientAddr::new(a.source_address.into()),
-                    ppp::v1::Addresses::Unknown => peer,
-                };
-                return Ok(Accepted::Peer(peer));
-            }
-            Err(e) if ppp::PartialResult::is_incomplete(&e) && len + n < V1_MAX => {
-                // All of it is the line so far: take it, and wait for more.
-                tcp.read_exact(&mut line[len..len + n]).await?;
-                len += n;
-            }
-            Err(_) => return Ok(Accepted::Rejected(Rejection::Malformed)),
+        if let Some(at) = memchr::memchr(b'\n', &line[len..len + n]) {
+            let end = len + at + 1;
+            // What the peek showed of the line, and not a byte after it.
+            tcp.read_exact(&mut line[len..end]).await?;
+            return Ok(match ppp::v1::Header::try_from(&line[..end]) {
+                Ok(header) if header.header.len() == end => {
+                    Accepted::Peer(match header.addresses {
+                        ppp::v1::Addresses::Tcp4(a) => ClientAddr::new(a.source_address.into()),
+                        ppp::v1::Addresses::Tcp6(a) => ClientAddr::new(a.source_address.into()),
+                        ppp::v1::Addresses::Unknown => peer,
+                    })
+                }
+                _ => Accepted::Rejected(Rejection::Malformed),
+            });
         }
+        if len + n == V1_MAX {
+            return Ok(Accepted::Rejected(Rejection::Malformed));
+        }
+        // All of it is the line so far: take it, and wait for more.
+        tcp.read_exact(&mut line[len..len + n]).await?;
+        len += n;
     }
 }
 
@@ -296,6 +299,93 @@ mod tests {
         ];
         for (first, want) in rows {
             assert_eq!(classify(first), want, "{first:?}");
+        }
+    }
+
+    /// A trusted connection that writes `sent` in pieces of `piece` bytes, the first ones
+    /// milliseconds apart, then closes: what `accept` decides, and the bytes the socket still holds.
+    async fn accept_trickled(
+        mode: config::ProxyProtocol,
+        sent: &[u8],
+        piece: usize,
+    ) -> (Option<std::net::IpAddr>, Vec<u8>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let sent = sent.to_vec();
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            for (i, chunk) in sent.chunks(piece).enumerate() {
+                tcp.write_all(chunk).await.unwrap();
+                // Apart, so that each is read on its own (the first 64: a long header's rest
+                // comes at once).
+                if i < 64 {
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+            }
+        });
+        let (mut tcp, from) = listener.accept().await.unwrap();
+        let cidrs = [Cidr("127.0.0.1/32".parse().unwrap())];
+        let rules = ProxyProtocol::new(mode, &cidrs).unwrap();
+        let by = Instant::now() + std::time::Duration::from_secs(5);
+        let peer = match rules.accept(&mut tcp, ClientAddr::new(from.ip()), by).await {
+            Accepted::Peer(peer) => Some(peer.ip()),
+            _ => None,
+        };
+        writer.await.unwrap();
+        let mut rest = Vec::new();
+        tcp.read_to_end(&mut rest).await.unwrap();
+        (peer, rest)
+    }
+
+    #[tokio::test]
+    async fn exactly_the_header_is_taken_from_the_socket_however_it_arrives() {
+        use ppp::v2::{Builder, Command, Protocol, Version};
+        let v2 = |src: &str, tlv: usize| {
+            let src: std::net::SocketAddr = src.parse().unwrap();
+            let dst: std::net::SocketAddr = match src {
+                std::net::SocketAddr::V4(_) => "127.0.0.1:443".parse().unwrap(),
+                std::net::SocketAddr::V6(_) => "[::1]:443".parse().unwrap(),
+            };
+            let mut b = Builder::with_addresses(
+                Version::Two | Command::Proxy,
+                Protocol::Stream,
+                (src, dst),
+            );
+            if tlv > 0 {
+                b = b.write_tlv(0xE0, &vec![b'T'; tlv]).unwrap();
+            }
+            b.build().unwrap()
+        };
+        let after = b"\x16\x03\x01\x00\x05GET / HTTP/1.1\r\n\r\nPROXY TCP4 1.1.1.1 1.1.1.1 1 1\r\n";
+        // (header, the peer it names).
+        let rows: Vec<(Vec<u8>, &str)> = vec![
+            (b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 443\r\n".to_vec(), "198.51.100.7"),
+            (b"PROXY TCP6 2001:db8::7 ::1 40000 443\r\n".to_vec(), "2001:db8::7"),
+            (b"PROXY TCP6 ::ffff:198.51.100.7 ::1 40000 443\r\n".to_vec(), "198.51.100.7"),
+            (b"PROXY UNKNOWN\r\n".to_vec(), "127.0.0.1"),
+            (b"PROXY UNKNOWN ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n".to_vec(), "127.0.0.1"),
+            (v2("198.51.100.7:40000", 0), "198.51.100.7"),
+            (v2("[2001:db8::7]:40000", 0), "2001:db8::7"),
+            (v2("198.51.100.7:40000", 240), "198.51.100.7"),
+            (v2("198.51.100.7:40000", 4000), "198.51.100.7"),
+        ];
+        for (header, want) in rows {
+            for piece in [1, 5, 16, 4096] {
+                let mut sent = header.clone();
+                sent.extend_from_slice(after);
+                let (peer, rest) = accept_trickled(config::ProxyProtocol::Any, &sent, piece).await;
+                let name = String::from_utf8_lossy(&header[..header.len().min(40)]).into_owned();
+                assert_eq!(
+                    peer,
+                    Some(want.parse().unwrap()),
+                    "{name:?} in pieces of {piece}"
+                );
+                assert_eq!(
+                    rest, after,
+                    "{name:?} in pieces of {piece}: bytes after the header"
+                );
+            }
         }
     }
 
