@@ -56,8 +56,13 @@ const V2_FIXED: usize = 16;
 /// one (many TLVs) into one allocated for it.
 const V2_INLINE: usize = 256;
 /// How long to wait before looking again at an untrusted peer whose first bytes are a strict
-/// prefix of a signature (`P`, `PRO`): no client sends its first bytes so, so this is rare.
-const UNDECIDED_RETRY: std::time::Duration = std::time::Duration::from_millis(10);
+/// prefix of a signature (`P`, `PRO`; no client sends its first bytes so, so this is rare): a
+/// peek cannot wait for more bytes, only look again. Doubled each time, up to
+/// [`UNDECIDED_RETRY_MAX`], so that a peer stopping there costs a few wake-ups, not a hundred a
+/// second.
+const UNDECIDED_RETRY: std::time::Duration = std::time::Duration::from_millis(5);
+/// The longest wait between two looks.
+const UNDECIDED_RETRY_MAX: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How a connection's first bytes begin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,6 +181,7 @@ impl ProxyProtocol {
 /// nothing is taken from the socket.
 async fn untrusted(tcp: &TcpStream, peer: ClientAddr, by: Instant) -> Accepted {
     let mut first = [0u8; V2_SIGNATURE.len()];
+    let mut retry = UNDECIDED_RETRY;
     loop {
         // A timeout, the peer gone or an error: the TLS or HTTP layer finds the same and
         // handles it as for any direct client.
@@ -185,7 +191,8 @@ async fn untrusted(tcp: &TcpStream, peer: ClientAddr, by: Instant) -> Accepted {
         match classify(&first[..n]) {
             Start::V1 | Start::V2 => return Accepted::Rejected(Rejection::Untrusted),
             Start::Undecided if n > 0 && Instant::now() < by => {
-                tokio::time::sleep(UNDECIDED_RETRY).await;
+                tokio::time::sleep_until(by.min(Instant::now() + retry)).await;
+                retry = (retry * 2).min(UNDECIDED_RETRY_MAX);
             }
             _ => return Accepted::Peer(peer),
         }
@@ -302,13 +309,18 @@ mod tests {
         }
     }
 
-    /// A trusted connection that writes `sent` in pieces of `piece` bytes, the first ones
-    /// milliseconds apart, then closes: what `accept` decides, and the bytes the socket still holds.
-    async fn accept_trickled(
+    /// What `accept` decided: the peer, or the reason for closing (`None`: gone).
+    type Decision = Result<std::net::IpAddr, Option<Rejection>>;
+
+    /// A connection from 127.0.0.1, `trusted` or not, that writes `sent` in pieces of `piece`
+    /// bytes, the first ones milliseconds apart, then closes: what `accept` decides (within
+    /// 2 s), and the bytes the socket still holds.
+    async fn accept_from(
+        trusted: bool,
         mode: config::ProxyProtocol,
         sent: &[u8],
         piece: usize,
-    ) -> (Option<std::net::IpAddr>, Vec<u8>) {
+    ) -> (Decision, Vec<u8>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let sent = sent.to_vec();
@@ -325,17 +337,80 @@ mod tests {
             }
         });
         let (mut tcp, from) = listener.accept().await.unwrap();
-        let cidrs = [Cidr("127.0.0.1/32".parse().unwrap())];
+        let trusted = if trusted {
+            "127.0.0.1/32"
+        } else {
+            "10.0.0.0/8"
+        };
+        let cidrs = [Cidr(trusted.parse().unwrap())];
         let rules = ProxyProtocol::new(mode, &cidrs).unwrap();
-        let by = Instant::now() + std::time::Duration::from_secs(5);
-        let peer = match rules.accept(&mut tcp, ClientAddr::new(from.ip()), by).await {
-            Accepted::Peer(peer) => Some(peer.ip()),
-            _ => None,
+        let by = Instant::now() + std::time::Duration::from_secs(2);
+        let decision = match rules.accept(&mut tcp, ClientAddr::new(from.ip()), by).await {
+            Accepted::Peer(peer) => Ok(peer.ip()),
+            Accepted::Rejected(reason) => Err(Some(reason)),
+            Accepted::Gone => Err(None),
         };
         writer.await.unwrap();
         let mut rest = Vec::new();
         tcp.read_to_end(&mut rest).await.unwrap();
-        (peer, rest)
+        (decision, rest)
+    }
+
+    /// As [`accept_from`] a trusted peer: the peer, if accepted.
+    async fn accept_trickled(
+        mode: config::ProxyProtocol,
+        sent: &[u8],
+        piece: usize,
+    ) -> (Option<std::net::IpAddr>, Vec<u8>) {
+        let (decision, rest) = accept_from(true, mode, sent, piece).await;
+        (decision.ok(), rest)
+    }
+
+    #[tokio::test]
+    async fn an_untrusted_peer_is_refused_for_a_signature_however_slow_and_else_left_untouched() {
+        let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let untrusted = Err(Some(Rejection::Untrusted));
+        let v1 = b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 443\r\n\x16\x03\x01".to_vec();
+        let v2 = [V2_SIGNATURE, b"\x21\x11\x00\x0c"].concat();
+        // (first bytes, pieces, decision, whether every byte is left for TLS or HTTP).
+        let rows: Vec<(Vec<u8>, usize, Decision, bool)> = vec![
+            (v1.clone(), 4096, untrusted, false),
+            (v1, 1, untrusted, false),
+            (v2.clone(), 4096, untrusted, false),
+            (v2, 1, untrusted, false),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+                4096,
+                Ok(local),
+                true,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+                1,
+                Ok(local),
+                true,
+            ),
+            (
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+                1,
+                Ok(local),
+                true,
+            ),
+            (b"\x16\x03\x01\x00\xa5\x01\x00".to_vec(), 1, Ok(local), true),
+            (b"\r\n\r\nGET".to_vec(), 1, Ok(local), true),
+            // Cut short inside a signature: served (and failed by TLS) at the deadline.
+            (b"PROX".to_vec(), 1, Ok(local), true),
+            (Vec::new(), 1, Ok(local), true),
+        ];
+        for (sent, piece, want, untouched) in rows {
+            let (decision, rest) =
+                accept_from(false, config::ProxyProtocol::Any, &sent, piece).await;
+            let name = String::from_utf8_lossy(&sent).into_owned();
+            assert_eq!(decision, want, "{name:?} in pieces of {piece}");
+            if untouched {
+                assert_eq!(rest, sent, "{name:?} in pieces of {piece}: every byte left");
+            }
+        }
     }
 
     #[tokio::test]
@@ -385,6 +460,61 @@ mod tests {
                     rest, after,
                     "{name:?} in pieces of {piece}: bytes after the header"
                 );
+            }
+        }
+    }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn config() -> ProptestConfig {
+            let cases = std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(128);
+            ProptestConfig {
+                cases,
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            }
+        }
+
+        /// Starts a header could have: none, a signature, or a signature and a first field.
+        fn start() -> impl Strategy<Value = Vec<u8>> {
+            prop::sample::select(vec![
+                Vec::new(),
+                b"PROXY ".to_vec(),
+                b"PROXY TCP4 198.51.100.7 ".to_vec(),
+                b"PROXY TCP6 ".to_vec(),
+                b"PROXY UNKNOWN".to_vec(),
+                V2_SIGNATURE.to_vec(),
+                [V2_SIGNATURE, b"\x21\x11\x00"].concat(),
+                [V2_SIGNATURE, b"\x20\x00\x00\x00"].concat(),
+            ])
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn any_start_is_judged_without_a_panic_and_leaves_what_follows_the_header(
+                start in start(),
+                rest in prop::collection::vec(any::<u8>(), 0..160),
+                piece in prop::sample::select(vec![1usize, 7, 4096]),
+            ) {
+                let sent = [start, rest].concat();
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let (peer, left) = rt.block_on(accept_trickled(config::ProxyProtocol::Any, &sent, piece));
+                // Whatever was decided, nothing but a leading part was taken.
+                prop_assert!(sent.ends_with(&left));
+                if peer.is_some() {
+                    let taken = &sent[..sent.len() - left.len()];
+                    prop_assert!(taken.starts_with(V1_SIGNATURE) || taken.starts_with(V2_SIGNATURE));
+                    if taken.starts_with(V1_SIGNATURE) {
+                        prop_assert!(taken.len() <= V1_MAX && taken.ends_with(b"\r\n"));
+                    }
+                }
             }
         }
     }
