@@ -698,13 +698,6 @@ impl Config {
                 ),
             ));
         }
-        if s.proxy_protocol != ProxyProtocol::Off && self.client_ip.trusted_proxies.is_empty() {
-            return Err(ConfigError::invalid(
-                "server.proxy_protocol",
-                "a header is accepted only from client_ip.trusted_proxies, which is empty: \
-                 list the load balancers' addresses there",
-            ));
-        }
         for (i, host) in s.hosts.iter().enumerate() {
             if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
                 return Err(ConfigError::invalid(
@@ -851,6 +844,15 @@ impl Config {
                     r.burst,
                 )?;
             }
+        }
+        // Rules across keys last: a value wrong in itself is named first, not a good one that
+        // another key makes unusable.
+        if s.proxy_protocol != ProxyProtocol::Off && self.client_ip.trusted_proxies.is_empty() {
+            return Err(ConfigError::invalid(
+                "server.proxy_protocol",
+                "a header is accepted only from client_ip.trusted_proxies, which is empty: \
+                 list the load balancers' addresses there",
+            ));
         }
         Ok(())
     }
@@ -1137,6 +1139,21 @@ mod tests {
         assert_eq!(c.upstream.max_connections, 1024);
         assert_eq!(c.upstream.max_queued_requests, 1024);
         assert_eq!(c.upstream.queue_timeout.0, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn proxy_protocol_takes_each_mode_with_trusted_proxies() {
+        let rows = [
+            ("", ProxyProtocol::Off),
+            ("proxy_protocol = \"off\"", ProxyProtocol::Off),
+            ("proxy_protocol = \"v1\"", ProxyProtocol::V1),
+            ("proxy_protocol = \"v2\"", ProxyProtocol::V2),
+            ("proxy_protocol = \"any\"", ProxyProtocol::Any),
+        ];
+        for (line, want) in rows {
+            let text = format!("[server]\n{line}\n[client_ip]\ntrusted_proxies = [\"10.0.0.0/8\"]");
+            assert_eq!(parse(&text).unwrap().server.proxy_protocol, want, "{line}");
+        }
     }
 
     #[test]
