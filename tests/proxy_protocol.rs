@@ -462,6 +462,55 @@ async fn the_rate_limiter_keys_on_the_header_address() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_before_its_first_byte_is_no_failed_handshake_nor_a_rejection() {
+    let up = Upstream::start().await;
+    let proxy = proxy_with(&up, "any", |c| unlimited(&c)).await;
+    // (who connects, the header it sends before closing).
+    let rows: [(&str, Vec<u8>); 4] = [
+        (BALANCER, Vec::new()),
+        (BALANCER, v2_unspec(ppp::v2::Command::Local)),
+        (BALANCER, v1("198.51.100.7")),
+        (STRANGER, Vec::new()),
+    ];
+    for (i, (from, header)) in rows.iter().enumerate() {
+        let mut tcp = connect_from(from, proxy.tls_addr).await;
+        tcp.write_all(header).await.unwrap();
+        tcp.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut got)).await;
+        assert!(read.is_ok() && got.is_empty(), "row {i}: {got:?}");
+    }
+    // A failed handshake on the same port is still one.
+    let mut tcp = connect_from(STRANGER, proxy.tls_addr).await;
+    tcp.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28])
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut got)).await;
+    let metrics = eventually(
+        Duration::from_secs(5),
+        Duration::from_millis(50),
+        async || {
+            let metrics = proxy.admin_get("/metrics").await.1;
+            (metric_sum(&metrics, "webprom_edge_tls_handshake_errors_total") > 0.0)
+                .then_some(metrics)
+        },
+        || "the failed handshake was not counted".to_owned(),
+    )
+    .await;
+    assert_eq!(
+        metric_sum(&metrics, "webprom_edge_tls_handshake_errors_total"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sum(&metrics, "webprom_edge_proxy_protocol_rejected_total"),
+        0.0,
+        "{metrics}"
+    );
+}
+
 /// The HAProxy configuration the README's "Behind a load balancer" shows, run by the test below
 /// with its addresses replaced by the test's.
 const README_HAPROXY: &str = "\
@@ -607,11 +656,16 @@ async fn behind_haproxy_the_record_and_the_limiter_see_the_client_haproxy_was_to
         assert_eq!(field(record, "country"), country, "{record}");
         assert_eq!(field(record, "client"), pseudonym(&proxy, ip), "{record}");
     }
-    // HAProxy's health checks (version 2 LOCAL, version 1 with its own addresses) were
-    // accepted: nothing was rejected.
+    // HAProxy's health checks (version 2 LOCAL, version 1 with its own addresses, each then
+    // closed) were accepted, and are no failed TLS handshakes: nothing was rejected.
     let metrics = proxy.admin_get("/metrics").await.1;
     assert_eq!(
         metric_sum(&metrics, "webprom_edge_proxy_protocol_rejected_total"),
+        0.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sum(&metrics, "webprom_edge_tls_handshake_errors_total"),
         0.0,
         "{metrics}"
     );

@@ -152,7 +152,13 @@ pub async fn serve_tls(
             tracing::debug!("TLS handshake timed out");
             return;
         }
-        // A TLS record, something else (rustls refuses it), or the client gone.
+        // Closed (or reset) before its first byte: no handshake was tried (a balancer's
+        // connect-only health check, or its PROXY protocol `LOCAL` check), so none failed.
+        Ok(Ok(0) | Err(_)) => {
+            tracing::debug!("connection closed before its first byte");
+            return;
+        }
+        // A TLS record, or something else (rustls refuses it).
         _ => {}
     }
     let stream = match tokio::time::timeout_at(first_head_by, acceptor.accept(tcp)).await {
