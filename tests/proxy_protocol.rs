@@ -116,6 +116,8 @@ enum Via {
     TlsH1,
     TlsH2,
     PlainH1,
+    /// h2c by prior knowledge.
+    PlainH2,
 }
 
 /// Opens an HTTP connection over `tcp`, already past its header: TLS (trusting the proxy's
@@ -128,6 +130,14 @@ async fn http_over(tcp: TcpStream, via: Via, cert: &Path) -> Conn {
                 .unwrap();
             tokio::spawn(conn);
             Conn::H1(send)
+        }
+        Via::PlainH2 => {
+            let (send, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                    .await
+                    .unwrap();
+            tokio::spawn(conn);
+            Conn::H2(send)
         }
         Via::TlsH1 | Via::TlsH2 => {
             let h2 = matches!(via, Via::TlsH2);
@@ -166,7 +176,7 @@ fn get_with(path: &str, xff: Option<&str>) -> Request<ReqBody> {
 /// The listener `via` speaks to.
 fn listener(proxy: &Proxy, via: Via) -> SocketAddr {
     match via {
-        Via::PlainH1 => proxy.plain_addr.expect("a cleartext listener"),
+        Via::PlainH1 | Via::PlainH2 => proxy.plain_addr.expect("a cleartext listener"),
         Via::TlsH1 | Via::TlsH2 => proxy.tls_addr,
     }
 }
@@ -235,6 +245,8 @@ async fn the_header_address_is_the_client_of_the_record_on_both_listeners() {
         (BALANCER, v2("198.51.100.8"), Via::TlsH2, None, ("198.51.100.8", "198.51.100.0/24", "AL")),
         (BALANCER, v2("203.0.113.9"), Via::PlainH1, None, ("203.0.113.9", "203.0.113.0/24", "XK")),
         (BALANCER, v2("2001:db8:1:3::7"), Via::PlainH1, None, ("2001:db8:1:3::7", "2001:db8:1::/48", "AL")),
+        (BALANCER, v2("198.51.100.8"), Via::PlainH2, None, ("198.51.100.8", "198.51.100.0/24", "AL")),
+        (BALANCER, v1("203.0.113.9"), Via::PlainH2, None, ("203.0.113.9", "203.0.113.0/24", "XK")),
         (BALANCER, v2("::ffff:198.51.100.8"), Via::TlsH1, None, ("198.51.100.8", "198.51.100.0/24", "AL")),
         // TLVs are skipped, never logged: inline (short) and allocated (over 256 bytes).
         (BALANCER, v2_with_tlvs("198.51.100.9", &[(0x02, canary.as_bytes())]), Via::TlsH1, None, ("198.51.100.9", "198.51.100.0/24", "AL")),
