@@ -128,6 +128,26 @@ pub struct Server {
     pub body_buffer_bytes: Option<u64>,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Dur,
+    /// Whether connections from `client_ip.trusted_proxies` begin with a PROXY protocol
+    /// header (HAProxy's PROXY protocol, versions 1 and 2), on both listeners.
+    pub proxy_protocol: ProxyProtocol,
+}
+
+/// `server.proxy_protocol`: which PROXY protocol header versions a connection from a trusted
+/// proxy must begin with (HAProxy's "The PROXY protocol", versions 1 and 2). See
+/// [`crate::server::proxy_protocol`] for the rules.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    /// No header is read: every connection is a direct client.
+    #[default]
+    Off,
+    /// The text header (version 1) only.
+    V1,
+    /// The binary header (version 2) only.
+    V2,
+    /// Either version.
+    Any,
 }
 
 /// The smallest `server.max_header_fields`: room for `Host` and the fields every client sends.
@@ -158,6 +178,7 @@ impl Default for Server {
             body_read_timeout: Dur::secs(10),
             body_buffer_bytes: None,
             shutdown_grace: Dur::secs(10),
+            proxy_protocol: ProxyProtocol::Off,
         }
     }
 }
@@ -1176,6 +1197,15 @@ impl Config {
                 )?;
             }
         }
+        // Rules across keys last: a value wrong in itself is named first, not a good one that
+        // another key makes unusable.
+        if s.proxy_protocol != ProxyProtocol::Off && self.client_ip.trusted_proxies.is_empty() {
+            return Err(ConfigError::invalid(
+                "server.proxy_protocol",
+                "a header is accepted only from client_ip.trusted_proxies, which is empty: \
+                 list the load balancers' addresses there",
+            ));
+        }
         Ok(())
     }
 
@@ -1464,6 +1494,21 @@ mod tests {
     }
 
     #[test]
+    fn proxy_protocol_takes_each_mode_with_trusted_proxies() {
+        let rows = [
+            ("", ProxyProtocol::Off),
+            ("proxy_protocol = \"off\"", ProxyProtocol::Off),
+            ("proxy_protocol = \"v1\"", ProxyProtocol::V1),
+            ("proxy_protocol = \"v2\"", ProxyProtocol::V2),
+            ("proxy_protocol = \"any\"", ProxyProtocol::Any),
+        ];
+        for (line, want) in rows {
+            let text = format!("[server]\n{line}\n[client_ip]\ntrusted_proxies = [\"10.0.0.0/8\"]");
+            assert_eq!(parse(&text).unwrap().server.proxy_protocol, want, "{line}");
+        }
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         let cases = [
             ("[server]\nlisten = \"nope\"", "server.listen"),
@@ -1475,6 +1520,13 @@ mod tests {
             (
                 "[client_ip]\ntrusted_proxies = [\"10.0.0.0/33\"]",
                 "client_ip.trusted_proxies[0]",
+            ),
+            ("[server]\nproxy_protocol = \"v3\"", "server.proxy_protocol"),
+            ("[server]\nproxy_protocol = \"V1\"", "server.proxy_protocol"),
+            ("[server]\nproxy_protocol = true", "server.proxy_protocol"),
+            (
+                "[server]\nproxy_protocol = \"any\"",
+                "server.proxy_protocol",
             ),
             ("[upstream]\nservers = [\"ftp://x\"]", "upstream.servers[0]"),
             ("[upstream]\nservers = []", "upstream.servers"),

@@ -128,6 +128,44 @@ pub enum QueueRejection {
     Timeout,
 }
 
+/// Why a connection was closed at its PROXY protocol header (the `reason` label of
+/// `proxy_protocol_rejected_total`; see [`crate::server::proxy_protocol`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyProtocolRejection {
+    /// A peer outside `client_ip.trusted_proxies` began with a PROXY protocol signature.
+    Untrusted,
+    /// A trusted peer began with something else.
+    Missing,
+    /// The header did not parse, was cut short, or was too long.
+    Malformed,
+    /// A header of a version `server.proxy_protocol` does not allow.
+    Version,
+    /// The header was not in within `server.header_read_timeout` of accept.
+    Timeout,
+}
+
+impl ProxyProtocolRejection {
+    /// Every reason, in label order.
+    pub const ALL: [ProxyProtocolRejection; 5] = [
+        ProxyProtocolRejection::Untrusted,
+        ProxyProtocolRejection::Missing,
+        ProxyProtocolRejection::Malformed,
+        ProxyProtocolRejection::Version,
+        ProxyProtocolRejection::Timeout,
+    ];
+
+    /// The label value: `untrusted`, `missing`, `malformed`, `version` or `timeout`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyProtocolRejection::Untrusted => "untrusted",
+            ProxyProtocolRejection::Missing => "missing",
+            ProxyProtocolRejection::Malformed => "malformed",
+            ProxyProtocolRejection::Version => "version",
+            ProxyProtocolRejection::Timeout => "timeout",
+        }
+    }
+}
+
 /// What became of an upstream exchange whose client left before its response was read to the
 /// end (the `result` label of `upstream_drained_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,6 +268,7 @@ pub struct Metrics {
     upstream_pool: UpstreamPool,
     tls_handshakes: [[IntCounter; 3]; 2],
     tls_handshake_errors: IntCounter,
+    proxy_protocol_rejected: [IntCounter; 5],
     /// Open client connections, upgraded tunnels included.
     pub connections_open: IntGauge,
     /// Open upgraded tunnels (WebSocket and other `101 Switching Protocols`).
@@ -523,6 +562,21 @@ impl Metrics {
         .expect("valid metric");
         reg(Box::new(tls_handshake_errors.clone()));
 
+        let pp_vec = IntCounterVec::new(
+            opts(
+                "proxy_protocol_rejected_total",
+                "Connections closed at their PROXY protocol header, before TLS or HTTP: a \
+                 header from an untrusted peer (untrusted), none from a trusted proxy (missing), \
+                 one that does not parse (malformed), of a version not allowed (version), or not \
+                 in within server.header_read_timeout (timeout).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let proxy_protocol_rejected =
+            ProxyProtocolRejection::ALL.map(|r| pp_vec.with_label_values(&[r.as_str()]));
+        reg(Box::new(pp_vec));
+
         let connections_open =
             IntGauge::with_opts(opts("connections_open", "Open client connections."))
                 .expect("valid metric");
@@ -589,6 +643,7 @@ impl Metrics {
             upstream_pool,
             tls_handshakes,
             tls_handshake_errors,
+            proxy_protocol_rejected,
             connections_open,
             tunnels_open,
             log,
@@ -688,6 +743,11 @@ impl Metrics {
     /// Counts a failed handshake.
     pub fn tls_handshake_error(&self) {
         self.tls_handshake_errors.inc();
+    }
+
+    /// Counts a connection closed at its PROXY protocol header for `reason`.
+    pub fn proxy_protocol_rejected(&self, reason: ProxyProtocolRejection) {
+        self.proxy_protocol_rejected[reason as usize].inc();
     }
 
     /// Starts a new distinct-visitor window (at the key epoch rollover).

@@ -1527,6 +1527,7 @@ const KEYS: &[(&str, &str, &str)] = &[
     ("server", "max_header_bytes", "16384"),
     ("server", "max_body_bytes", "1024"),
     ("server", "shutdown_grace", "\"1s\""),
+    ("server", "proxy_protocol", "\"off\""),
     ("upstream", "servers", "[\"http://127.0.0.1:8080\"]"),
     ("upstream", "connect_timeout", "\"1s\""),
     ("upstream", "request_timeout", "\"30s\""),

@@ -10,6 +10,10 @@
 //!   [`super::h2`]), and a graceful close (idle, drain, GOAWAY) during which no byte moves that
 //!   long, with no request waiting for its upstream, is turned into a hard close (`drive`).
 //!
+//! When `server.proxy_protocol` is on, a connection's PROXY protocol header is read first
+//! ([`super::proxy_protocol`]), within the same `header_read_timeout`; its source becomes the
+//! connection's peer.
+//!
 //! Plain HTTP sent to the TLS port is answered with a fixed 400 in plain HTTP and closed
 //! (`refuse_plain_http`), as nginx does, rather than with a TLS alert a browser or curl
 //! cannot show.
@@ -36,6 +40,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 
 use super::h2;
+use super::proxy_protocol::{Accepted, ProxyProtocol};
 use crate::client_ip::ClientAddr;
 use crate::config;
 use crate::metrics::Metrics;
@@ -60,6 +65,8 @@ pub struct ConnShared {
     header_read_timeout: Duration,
     idle_timeout: Duration,
     send_timeout: Duration,
+    /// The PROXY protocol header's rules; `None` when `server.proxy_protocol` is off.
+    proxy_protocol: Option<ProxyProtocol>,
     /// Flips to `true` when the process starts draining.
     pub shutdown: watch::Receiver<bool>,
     /// Never sent on: the drain waits until every holder of this `ConnShared` (each
@@ -69,9 +76,11 @@ pub struct ConnShared {
 
 impl ConnShared {
     /// Connection settings from `[server]`; `capture` and `sinks` record what the protocol
-    /// layer refuses before `proxy` sees it.
+    /// layer refuses before `proxy` sees it; `proxy_protocol` reads the PROXY protocol header
+    /// (`None`: off).
     pub fn new(
         cfg: &config::Server,
+        proxy_protocol: Option<ProxyProtocol>,
         proxy: Arc<Proxy>,
         capture: Arc<Capture>,
         sinks: Arc<Sinks>,
@@ -98,6 +107,7 @@ impl ConnShared {
             header_read_timeout: cfg.header_read_timeout.0,
             idle_timeout: cfg.idle_timeout.0,
             send_timeout: cfg.send_timeout.0,
+            proxy_protocol,
             shutdown,
             _tracker: tracker,
         }
@@ -120,7 +130,7 @@ pub fn protocol_head_cap(max_header_bytes: usize) -> usize {
 /// Completes the TLS handshake and serves the connection; the handshake and the first request
 /// head must both be done within `header_read_timeout` of now.
 pub async fn serve_tls(
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     peer: ClientAddr,
     acceptor: TlsAcceptor,
     shared: Arc<ConnShared>,
@@ -128,6 +138,9 @@ pub async fn serve_tls(
     let first_head_by = Instant::now() + shared.header_read_timeout;
     let metrics = &shared.sinks.metrics;
     let _open = OpenConnection::new(metrics);
+    let Some(peer) = proxy_header(&mut tcp, peer, first_head_by, &shared).await else {
+        return;
+    };
     let mut first = [0u8; 1];
     match tokio::time::timeout_at(first_head_by, tcp.peek(&mut first)).await {
         Ok(Ok(1)) if is_plain_http_start(first[0]) => {
@@ -139,7 +152,13 @@ pub async fn serve_tls(
             tracing::debug!("TLS handshake timed out");
             return;
         }
-        // A TLS record, something else (rustls refuses it), or the client gone.
+        // Closed (or reset) before its first byte: no handshake was tried (a balancer's
+        // connect-only health check, or its PROXY protocol `LOCAL` check), so none failed.
+        Ok(Ok(0) | Err(_)) => {
+            tracing::debug!("connection closed before its first byte");
+            return;
+        }
+        // A TLS record, or something else (rustls refuses it).
         _ => {}
     }
     let stream = match tokio::time::timeout_at(first_head_by, acceptor.accept(tcp)).await {
@@ -165,6 +184,35 @@ pub async fn serve_tls(
         serve_h2(stream, peer, true, first_head_by, &shared).await;
     } else {
         serve_http(stream, peer, true, first_head_by, &shared).await;
+    }
+}
+
+/// The connection's peer after its PROXY protocol header, when `server.proxy_protocol` is on
+/// ([`super::proxy_protocol`]); `None` when the connection is to be closed (a rejection is
+/// counted and logged by its reason, nothing from the wire).
+async fn proxy_header(
+    tcp: &mut TcpStream,
+    peer: ClientAddr,
+    by: Instant,
+    shared: &ConnShared,
+) -> Option<ClientAddr> {
+    let Some(rules) = &shared.proxy_protocol else {
+        return Some(peer);
+    };
+    match rules.accept(tcp, peer, by).await {
+        Accepted::Peer(peer) => Some(peer),
+        Accepted::Rejected(reason) => {
+            shared.sinks.metrics.proxy_protocol_rejected(reason);
+            tracing::debug!(
+                reason = reason.as_str(),
+                "PROXY protocol header refused: connection closed"
+            );
+            None
+        }
+        Accepted::Gone => {
+            tracing::debug!("connection closed before its PROXY protocol header");
+            None
+        }
     }
 }
 
@@ -242,9 +290,12 @@ async fn refuse_plain_http(
 /// Serves a cleartext connection: h2c when it opens with the HTTP/2 preface (prior knowledge,
 /// RFC 9113 §3.3), HTTP/1.1 otherwise. The first request head is due within
 /// `header_read_timeout` of now, the preface included.
-pub async fn serve_plain(tcp: TcpStream, peer: ClientAddr, shared: Arc<ConnShared>) {
+pub async fn serve_plain(mut tcp: TcpStream, peer: ClientAddr, shared: Arc<ConnShared>) {
     let first_head_by = Instant::now() + shared.header_read_timeout;
     let _open = OpenConnection::new(&shared.sinks.metrics);
+    let Some(peer) = proxy_header(&mut tcp, peer, first_head_by, &shared).await else {
+        return;
+    };
     let sniffed = tokio::time::timeout_at(first_head_by, h2::sniff_preface(tcp)).await;
     match sniffed {
         Ok(Ok((true, io))) => serve_h2(io, peer, false, first_head_by, &shared).await,

@@ -13,6 +13,7 @@
 pub mod conn;
 pub mod h2;
 pub mod preflight;
+pub mod proxy_protocol;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -104,6 +105,10 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), preflight::
     let (tracker, mut drained) = mpsc::channel::<()>(1);
     let shared = Arc::new(ConnShared::new(
         &config.server,
+        proxy_protocol::ProxyProtocol::new(
+            config.server.proxy_protocol,
+            &config.client_ip.trusted_proxies,
+        ),
         proxy,
         capture.clone(),
         sinks.clone(),
