@@ -91,7 +91,11 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), preflight::
         log,
         metrics: metrics.clone(),
     });
-    let upstreams = Arc::new(Upstreams::new(&config.upstream, metrics.upstream_pool()));
+    let upstreams = Arc::new(Upstreams::with_tls(
+        &config.upstream,
+        metrics.upstream_pool(),
+        checked.upstream_tls.as_ref(),
+    ));
     let proxy = Arc::new(Proxy::new(
         &config,
         capture.clone(),
