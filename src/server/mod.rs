@@ -518,6 +518,8 @@ mod tests {
             ("server.hosts_extra", false),
             ("tlsx.cert", false),
             ("upstream.servers", false),
+            ("upstream.ca_roots", false),
+            ("upstream.tls_server_name", false),
             ("access_log.dir", false),
             ("admin.listen", false),
             ("privacy.key_dir", false),

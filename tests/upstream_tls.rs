@@ -1,0 +1,657 @@
+//! `https://` upstreams: a real TLS upstream on loopback with a certificate from a test CA made
+//! at test time (rcgen; no key is committed), reached through the real proxy process.
+//!
+//! Reached and verified: against `upstream.ca_roots`, or the system's roots (played by
+//! `SSL_CERT_FILE`, which rustls-native-certs reads as the system store); SNI is the host, none
+//! for an IP address, or `upstream.tls_server_name`; ALPN `http/1.1`; one connection reused.
+//! Refused: every certificate that does not verify, and servers that do not speak TLS, give the
+//! client 502 and a warning naming the upstream's authority and rustls's reason, never the
+//! request; nothing reaches the upstream. A `ca_roots` that cannot be used stops the start
+//! with exit status 2, naming the key and the file.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{BOTH, Proto, Proxy, Upstream, base_config, bin, set, upstream_errors};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+/// What the test upstream answers: the request target it saw, after this prefix.
+const SAW: &str = "tls upstream saw ";
+
+/// A certificate authority made at test time.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        Ca { cert, key }
+    }
+
+    /// An intermediate CA signed by this one.
+    fn intermediate(&self, name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        Ca { cert, key }
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses), valid in `when`.
+    fn issue(&self, names: &[&str], when: Validity) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(DnType::CommonName, "upstream");
+        match when {
+            Validity::Now => {}
+            Validity::Expired => {
+                params.not_before = rcgen::date_time_ymd(2001, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2002, 1, 1);
+            }
+            Validity::NotYet => {
+                params.not_before = rcgen::date_time_ymd(2200, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2201, 1, 1);
+            }
+        }
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        Leaf {
+            chain: vec![cert.der().clone()],
+            key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+        }
+    }
+
+    fn pem(&self) -> String {
+        self.cert.pem()
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Validity {
+    Now,
+    Expired,
+    NotYet,
+}
+
+/// A server certificate chain and its key.
+struct Leaf {
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl Leaf {
+    /// A self-signed certificate for `names`, no CA behind it.
+    fn self_signed(names: &[&str]) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Leaf {
+            chain: vec![cert.der().clone()],
+            key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+        }
+    }
+}
+
+/// A real HTTP/1.1-over-TLS upstream on 127.0.0.1:0 that records, per connection, the SNI and
+/// ALPN of its handshake, and answers every request with its target.
+struct TlsUpstream {
+    addr: SocketAddr,
+    /// TCP connections accepted.
+    connections: Arc<AtomicUsize>,
+    /// (SNI, ALPN) of each handshake that completed.
+    handshakes: Arc<Mutex<Vec<(Option<String>, Option<Vec<u8>>)>>>,
+    /// The request targets it answered.
+    targets: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TlsUpstream {
+    async fn start(leaf: Leaf) -> TlsUpstream {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(leaf.chain, leaf.key)
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let handshakes = Arc::new(Mutex::new(Vec::new()));
+        let targets = Arc::new(Mutex::new(Vec::new()));
+        let (c, h, t) = (connections.clone(), handshakes.clone(), targets.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                c.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, h, t) = (acceptor.clone(), h.clone(), t.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let session = tls.get_ref().1;
+                    h.lock().unwrap().push((
+                        session.server_name().map(str::to_owned),
+                        session.alpn_protocol().map(<[u8]>::to_vec),
+                    ));
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let target = req.uri().to_string();
+                        t.lock().unwrap().push(target.clone());
+                        async move {
+                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                Bytes::from(format!("{SAW}{target}")),
+                            )))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        TlsUpstream {
+            addr,
+            connections,
+            handshakes,
+            targets,
+            task,
+        }
+    }
+
+    fn handshakes(&self) -> Vec<(Option<String>, Option<Vec<u8>>)> {
+        self.handshakes.lock().unwrap().clone()
+    }
+
+    fn targets(&self) -> Vec<String> {
+        self.targets.lock().unwrap().clone()
+    }
+}
+
+/// Where the proxy finds its roots.
+#[derive(Clone, Copy, Debug)]
+struct Roots<'a> {
+    /// `upstream.ca_roots` = this PEM, or unset.
+    ca_roots: Option<&'a str>,
+    /// The system store (`SSL_CERT_FILE`) = this PEM.
+    system: &'a str,
+}
+
+/// `upstream.ca_roots` = `pem`; nothing in the system store.
+fn ca_roots(pem: &str) -> Roots<'_> {
+    Roots {
+        ca_roots: Some(pem),
+        system: "",
+    }
+}
+
+/// No `upstream.ca_roots`; the system store holds `pem`.
+fn system(pem: &str) -> Roots<'_> {
+    Roots {
+        ca_roots: None,
+        system: pem,
+    }
+}
+
+/// Starts the proxy for the one `server`, with `roots` and `upstream.tls_server_name`.
+async fn proxy(server: &str, roots: Roots<'_>, name: Option<&str>) -> Proxy {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = base_config(dir.path(), server);
+    config = set(&config, "upstream", "connect_timeout", "\"1s\"");
+    let system = dir.path().join("system.pem");
+    std::fs::write(&system, roots.system).unwrap();
+    if let Some(text) = roots.ca_roots {
+        let pem = dir.path().join("roots.pem");
+        std::fs::write(&pem, text).unwrap();
+        config = set(&config, "upstream", "ca_roots", &format!("{:?}", pem.display()));
+    }
+    if let Some(name) = name {
+        config = set(&config, "upstream", "tls_server_name", &format!("{name:?}"));
+    }
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    Proxy::spawn_with(dir, |cmd| {
+        cmd.env("SSL_CERT_FILE", &system).env_remove("SSL_CERT_DIR");
+    })
+    .await
+}
+
+async fn metrics(proxy: &Proxy) -> String {
+    proxy.admin_get("/metrics").await.1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_is_reached_verified_with_its_name_as_sni_over_one_reused_connection() {
+    let ca = Ca::new("webprom-edge test CA");
+    let other_ca = Ca::new("another CA");
+    let middle = ca.intermediate("webprom-edge test intermediate");
+    let both = format!("{}{}", other_ca.pem(), ca.pem());
+    // (what, the certificate's chain, its names, the server's host, ca_roots or system,
+    //  tls_server_name, the SNI the upstream must see)
+    struct Row<'a> {
+        what: &'a str,
+        via_intermediate: bool,
+        names: &'a [&'a str],
+        host: &'a str,
+        roots: Roots<'a>,
+        name: Option<&'a str>,
+        sni: Option<&'a str>,
+    }
+    let ca_pem = ca.pem();
+    let rows = [
+        Row {
+            what: "a DNS name verified against ca_roots",
+            via_intermediate: false,
+            names: &["localhost"],
+            host: "localhost",
+            roots: ca_roots(&ca_pem),
+            name: None,
+            sni: Some("localhost"),
+        },
+        Row {
+            what: "the system's roots when ca_roots is unset",
+            via_intermediate: false,
+            names: &["localhost"],
+            host: "localhost",
+            roots: system(&ca_pem),
+            name: None,
+            sni: Some("localhost"),
+        },
+        Row {
+            what: "a ca_roots bundle whose second certificate is the issuer",
+            via_intermediate: false,
+            names: &["localhost"],
+            host: "localhost",
+            roots: ca_roots(&both),
+            name: None,
+            sni: Some("localhost"),
+        },
+        Row {
+            what: "a chain through an intermediate sent by the server",
+            via_intermediate: true,
+            names: &["localhost"],
+            host: "localhost",
+            roots: ca_roots(&ca_pem),
+            name: None,
+            sni: Some("localhost"),
+        },
+        Row {
+            what: "an IPv4 literal verified against the IP address, no SNI",
+            via_intermediate: false,
+            names: &["127.0.0.1"],
+            host: "127.0.0.1",
+            roots: ca_roots(&ca_pem),
+            name: None,
+            sni: None,
+        },
+        Row {
+            what: "tls_server_name makes a certificate for another name verify",
+            via_intermediate: false,
+            names: &["origin.test"],
+            host: "localhost",
+            roots: ca_roots(&ca_pem),
+            name: Some("origin.test"),
+            sni: Some("origin.test"),
+        },
+        Row {
+            what: "tls_server_name as an IP address: verified against it, no SNI",
+            via_intermediate: false,
+            names: &["127.0.0.1"],
+            host: "localhost",
+            roots: ca_roots(&ca_pem),
+            name: Some("127.0.0.1"),
+            sni: None,
+        },
+    ];
+    for row in rows {
+        let what = row.what;
+        let leaf = if row.via_intermediate {
+            let mut leaf = middle.issue(row.names, Validity::Now);
+            leaf.chain.push(middle.cert.der().clone());
+            leaf
+        } else {
+            ca.issue(row.names, Validity::Now)
+        };
+        let up = TlsUpstream::start(leaf).await;
+        let server = format!("https://{}:{}", row.host, up.addr.port());
+        let proxy = proxy(&server, row.roots, row.name).await;
+        let client = proxy.client();
+        for (i, proto) in BOTH.iter().chain(BOTH.iter()).enumerate() {
+            let path = format!("/page/{i}?q={i}");
+            let resp = client.get(*proto, &path).await;
+            assert_eq!(resp.status, StatusCode::OK, "{what}: {}", proxy.output());
+            assert_eq!(resp.text(), format!("{SAW}{path}"), "{what}");
+        }
+        assert_eq!(up.targets().len(), 4, "{what}");
+        assert_eq!(
+            up.connections.load(Ordering::SeqCst),
+            1,
+            "{what}: one connection, reused"
+        );
+        let expected = (row.sni.map(str::to_owned), Some(b"http/1.1".to_vec()));
+        assert_eq!(up.handshakes(), [expected], "{what}");
+        assert_eq!(upstream_errors(&metrics(&proxy).await, "connect"), 0.0, "{what}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_that_does_not_verify_gives_502_and_a_warning_naming_the_upstream_never_the_request()
+ {
+    let ca = Ca::new("webprom-edge test CA");
+    let other_ca = Ca::new("another CA");
+    let ca_pem = ca.pem();
+    let other_pem = other_ca.pem();
+    // (what, the upstream's certificate, the server's host, roots, tls_server_name, rustls's
+    //  reason in the warning)
+    let rows: [(&str, Leaf, &str, Roots, Option<&str>, &str); 10] = [
+        (
+            "an issuer not in ca_roots",
+            other_ca.issue(&["localhost"], Validity::Now),
+            "localhost",
+            ca_roots(&ca_pem),
+            None,
+            "UnknownIssuer",
+        ),
+        (
+            "an issuer only in the system's roots while ca_roots is set",
+            other_ca.issue(&["localhost"], Validity::Now),
+            "localhost",
+            Roots {
+                ca_roots: Some(&ca_pem),
+                system: &other_pem,
+            },
+            None,
+            "UnknownIssuer",
+        ),
+        (
+            "an issuer not in the system's roots",
+            ca.issue(&["localhost"], Validity::Now),
+            "localhost",
+            system(&other_pem),
+            None,
+            "UnknownIssuer",
+        ),
+        (
+            "a self-signed certificate",
+            Leaf::self_signed(&["localhost"]),
+            "localhost",
+            ca_roots(&ca_pem),
+            None,
+            "UnknownIssuer",
+        ),
+        (
+            "a certificate for another name",
+            ca.issue(&["other.test"], Validity::Now),
+            "localhost",
+            ca_roots(&ca_pem),
+            None,
+            "not valid for name",
+        ),
+        (
+            "a tls_server_name the certificate is not for",
+            ca.issue(&["localhost"], Validity::Now),
+            "localhost",
+            ca_roots(&ca_pem),
+            Some("other.test"),
+            "not valid for name",
+        ),
+        (
+            "an IP address the certificate does not name",
+            ca.issue(&["localhost"], Validity::Now),
+            "127.0.0.1",
+            ca_roots(&ca_pem),
+            None,
+            "not valid for name",
+        ),
+        (
+            "a DNS name where the certificate has only the IP address",
+            ca.issue(&["127.0.0.1"], Validity::Now),
+            "localhost",
+            ca_roots(&ca_pem),
+            None,
+            "not valid for name",
+        ),
+        (
+            "an expired certificate",
+            ca.issue(&["localhost"], Validity::Expired),
+            "localhost",
+            ca_roots(&ca_pem),
+            None,
+            "expired",
+        ),
+        (
+            "a certificate not yet valid",
+            ca.issue(&["localhost"], Validity::NotYet),
+            "localhost",
+            ca_roots(&ca_pem),
+            None,
+            "not valid yet",
+        ),
+    ];
+    for (what, leaf, host, roots, name, reason) in rows {
+        let up = TlsUpstream::start(leaf).await;
+        let authority = format!("{host}:{}", up.addr.port());
+        let proxy = proxy(&format!("https://{authority}"), roots, name).await;
+        refused(&proxy, what, &authority, &["TLS handshake failed", reason]).await;
+        assert_eq!(up.targets(), Vec::<String>::new(), "{what}: nothing sent");
+        assert_eq!(up.handshakes().len(), 0, "{what}: no handshake completed");
+    }
+}
+
+/// Asks `proxy` for a private path and query (once per HTTP version): each gets 502, counted as
+/// a connect error; the proxy's output names `authority` with each of `says`, and never the
+/// path or the query.
+async fn refused(proxy: &Proxy, what: &str, authority: &str, says: &[&str]) {
+    let client = proxy.client();
+    for proto in BOTH {
+        let resp = client.get(proto, "/private-path?private-query=1").await;
+        assert_eq!(
+            resp.status,
+            StatusCode::BAD_GATEWAY,
+            "{what} {proto:?}: {}",
+            proxy.output()
+        );
+    }
+    let metrics = metrics(proxy).await;
+    assert_eq!(upstream_errors(&metrics, "connect"), 2.0, "{what}");
+    let output = proxy.output();
+    let warning = output
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("upstream connect failed"))
+        .unwrap_or_else(|| panic!("{what}: no warning in\n{output}"));
+    let named = format!("{authority}: ");
+    assert!(warning.contains(&named), "{what}: {warning}");
+    for said in says {
+        assert!(warning.contains(said), "{what}: {said:?} not in {warning}");
+    }
+    for private in ["private-path", "private-query"] {
+        assert!(!output.contains(private), "{what}: {private} in\n{output}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_does_not_speak_tls_behind_https_gives_502_within_the_connect_timeout() {
+    let ca = Ca::new("webprom-edge test CA");
+    let ca_pem = ca.pem();
+    // A cleartext HTTP/1.1 server (it answers the ClientHello with a 400).
+    let cleartext = Upstream::start().await;
+    // A server that accepts and never says a word, holding the connection.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    let silent_task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            held.push(tcp);
+        }
+    });
+    // A server that closes each connection at once.
+    let closing = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closing_addr = closing.local_addr().unwrap();
+    let closing_task = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = closing.accept().await {
+            let _ = tcp.shutdown().await;
+        }
+    });
+    // (what, its address, what the warning says besides the authority)
+    let rows: [(&str, SocketAddr, &[&str]); 3] = [
+        (
+            "a cleartext HTTP server",
+            cleartext.addr,
+            &["TLS handshake failed"],
+        ),
+        (
+            "a server that never answers",
+            silent_addr,
+            &["no connection within 1s"],
+        ),
+        (
+            "a server that closes at once",
+            closing_addr,
+            &["TLS handshake failed"],
+        ),
+    ];
+    for (what, addr, says) in rows {
+        let authority = format!("localhost:{}", addr.port());
+        let proxy = proxy(&format!("https://{authority}"), ca_roots(&ca_pem), None).await;
+        // Not a hang until request_timeout (30 s, a 504): connect_timeout (1 s) ends it.
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            refused(&proxy, what, &authority, says),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within 10 s"));
+    }
+    assert!(
+        cleartext.seen.lock().unwrap().is_empty(),
+        "the cleartext server saw no request"
+    );
+    silent_task.abort();
+    closing_task.abort();
+}
+
+/// `webprom-edge run` with `config`, in `dir`, with `SSL_CERT_FILE` as given: (exit status,
+/// stderr).
+fn run_exits(dir: &Path, config: &str, cert_file: Option<&Path>) -> (i32, String) {
+    std::fs::write(dir.join("config.toml"), config).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(["run", "--config"])
+        .arg(dir.join("config.toml"))
+        .current_dir(dir)
+        .env_remove("SSL_CERT_DIR");
+    match cert_file {
+        Some(file) => cmd.env("SSL_CERT_FILE", file),
+        None => cmd.env_remove("SSL_CERT_FILE"),
+    };
+    let (code, _, stderr) = common::output_text(&mut cmd);
+    (code, stderr)
+}
+
+#[test]
+fn roots_that_cannot_be_used_stop_the_start_with_status_2_naming_the_key_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    common::write_test_geo(dir.path());
+    let base = base_config(dir.path(), "https://origin.test");
+    let file = |name: &str, text: &str| -> PathBuf {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let key_only = KeyPair::generate().unwrap().serialize_pem();
+    let not_der = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    // (what, ca_roots, what stderr says)
+    let rows: [(&str, PathBuf, &str); 5] = [
+        ("absent", dir.path().join("absent.pem"), "No such file"),
+        ("empty", file("empty.pem", ""), "no PEM CERTIFICATE"),
+        ("a key only", file("key.pem", &key_only), "no PEM CERTIFICATE"),
+        ("not a certificate", file("junk.pem", not_der), "not usable"),
+        ("a directory", dir.path().to_owned(), "not a regular file"),
+    ];
+    for (what, path, says) in rows {
+        let config = set(&base, "upstream", "ca_roots", &format!("{:?}", path.display()));
+        let (code, stderr) = run_exits(dir.path(), &config, None);
+        assert_eq!(code, 2, "{what}: {stderr}");
+        assert!(stderr.contains("upstream.ca_roots"), "{what}: {stderr}");
+        assert!(
+            stderr.contains(&path.display().to_string()),
+            "{what}: {stderr}"
+        );
+        assert!(stderr.contains(says), "{what}: {stderr}");
+    }
+    // No ca_roots, and no system root to be found.
+    let (code, stderr) = run_exits(
+        dir.path(),
+        &base,
+        Some(&dir.path().join("no-system-roots.pem")),
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("upstream.ca_roots"), "{stderr}");
+    // A bad ca_roots is found even with no https:// server.
+    let cleartext = base_config(dir.path(), "http://127.0.0.1:8080");
+    let config = set(&cleartext, "upstream", "ca_roots", "\"empty.pem\"");
+    let (code, stderr) = run_exits(dir.path(), &config, None);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("upstream.ca_roots"), "{stderr}");
+    // Nothing was started.
+    assert!(!dir.path().join("logs").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_server_beside_a_refusing_one_gets_the_request_and_the_readiness_probe_is_a_tcp_connect()
+ {
+    let ca = Ca::new("webprom-edge test CA");
+    let up = TlsUpstream::start(ca.issue(&["localhost"], Validity::Now)).await;
+    // Round robin starts at the first server; it refuses, so the https one gets the request.
+    let dead = common::dead_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = base_config(dir.path(), "x");
+    config = set(
+        &config,
+        "upstream",
+        "servers",
+        &format!(
+            "[\"https://localhost:{}\", \"https://localhost:{}\"]",
+            dead.port(),
+            up.addr.port()
+        ),
+    );
+    let pem = dir.path().join("ca.pem");
+    std::fs::write(&pem, ca.pem()).unwrap();
+    config = set(&config, "upstream", "ca_roots", &format!("{:?}", pem.display()));
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let proxy = Proxy::spawn(dir).await;
+    let resp = proxy.client().get(Proto::H1, "/first").await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", proxy.output());
+    assert_eq!(up.targets(), ["/first"]);
+    let (status, body) = proxy.admin_get("/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
