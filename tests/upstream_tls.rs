@@ -65,7 +65,9 @@ impl Ca {
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
-        params.distinguished_name.push(DnType::CommonName, "upstream");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "upstream");
         match when {
             Validity::Now => {}
             Validity::Expired => {
@@ -234,7 +236,12 @@ async fn proxy(server: &str, roots: Roots<'_>, name: Option<&str>) -> Proxy {
     if let Some(text) = roots.ca_roots {
         let pem = dir.path().join("roots.pem");
         std::fs::write(&pem, text).unwrap();
-        config = set(&config, "upstream", "ca_roots", &format!("{:?}", pem.display()));
+        config = set(
+            &config,
+            "upstream",
+            "ca_roots",
+            &format!("{:?}", pem.display()),
+        );
     }
     if let Some(name) = name {
         config = set(&config, "upstream", "tls_server_name", &format!("{name:?}"));
@@ -360,7 +367,11 @@ async fn an_https_upstream_is_reached_verified_with_its_name_as_sni_over_one_reu
         );
         let expected = (row.sni.map(str::to_owned), Some(b"http/1.1".to_vec()));
         assert_eq!(up.handshakes(), [expected], "{what}");
-        assert_eq!(upstream_errors(&metrics(&proxy).await, "connect"), 0.0, "{what}");
+        assert_eq!(
+            upstream_errors(&metrics(&proxy).await, "connect"),
+            0.0,
+            "{what}"
+        );
     }
 }
 
@@ -592,12 +603,21 @@ fn roots_that_cannot_be_used_stop_the_start_with_status_2_naming_the_key_and_the
     let rows: [(&str, PathBuf, &str); 5] = [
         ("absent", dir.path().join("absent.pem"), "No such file"),
         ("empty", file("empty.pem", ""), "no PEM CERTIFICATE"),
-        ("a key only", file("key.pem", &key_only), "no PEM CERTIFICATE"),
+        (
+            "a key only",
+            file("key.pem", &key_only),
+            "no PEM CERTIFICATE",
+        ),
         ("not a certificate", file("junk.pem", not_der), "not usable"),
         ("a directory", dir.path().to_owned(), "not a regular file"),
     ];
     for (what, path, says) in rows {
-        let config = set(&base, "upstream", "ca_roots", &format!("{:?}", path.display()));
+        let config = set(
+            &base,
+            "upstream",
+            "ca_roots",
+            &format!("{:?}", path.display()),
+        );
         let (code, stderr) = run_exits(dir.path(), &config, None);
         assert_eq!(code, 2, "{what}: {stderr}");
         assert!(stderr.contains("upstream.ca_roots"), "{what}: {stderr}");
@@ -646,7 +666,12 @@ async fn an_https_server_beside_a_refusing_one_gets_the_request_and_the_readines
     );
     let pem = dir.path().join("ca.pem");
     std::fs::write(&pem, ca.pem()).unwrap();
-    config = set(&config, "upstream", "ca_roots", &format!("{:?}", pem.display()));
+    config = set(
+        &config,
+        "upstream",
+        "ca_roots",
+        &format!("{:?}", pem.display()),
+    );
     std::fs::write(dir.path().join("config.toml"), config).unwrap();
     let proxy = Proxy::spawn(dir).await;
     let resp = proxy.client().get(Proto::H1, "/first").await;
@@ -654,4 +679,105 @@ async fn an_https_server_beside_a_refusing_one_gets_the_request_and_the_readines
     assert_eq!(up.targets(), ["/first"]);
     let (status, body) = proxy.admin_get("/readyz").await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+/// A hand-written HTTP/1.1-over-TLS upstream that answers the first request of each connection
+/// (keep-alive) and, on reading the second, ends the connection the TLS way (close_notify,
+/// then FIN) without answering: a reused connection the upstream closed while a request was on
+/// its way. Counts the request heads it read.
+async fn closing_tls_upstream(
+    leaf: Leaf,
+) -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncReadExt;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(leaf.chain, leaf.key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(AtomicUsize::new(0));
+    let counted = heads.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, counted) = (acceptor.clone(), counted.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                for answered in [true, false] {
+                    // The head, then its body by Content-Length.
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < end + len {
+                        let mut chunk = [0u8; 4096];
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..end + len);
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    if answered {
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if tls.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                // close_notify, then FIN: bytes arrive, but none of a response.
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (addr, heads, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_lost_on_a_reused_tls_connection_is_sent_again_only_when_it_may_be_sent_twice() {
+    let ca = Ca::new("webprom-edge test CA");
+    let ca_pem = ca.pem();
+    // (method, body, answer, request heads the upstream read)
+    let rows = [
+        ("GET", "", StatusCode::OK, 3),
+        ("DELETE", "", StatusCode::OK, 3),
+        ("POST", "", StatusCode::BAD_GATEWAY, 2),
+        ("PUT", "payload", StatusCode::BAD_GATEWAY, 2),
+    ];
+    for (method, content, status, read) in rows {
+        let (addr, heads, task) =
+            closing_tls_upstream(ca.issue(&["localhost"], Validity::Now)).await;
+        let server = format!("https://localhost:{}", addr.port());
+        let proxy = proxy(&server, ca_roots(&ca_pem), None).await;
+        let client = proxy.client();
+        // The first exchange leaves the connection idle in the pool.
+        assert_eq!(client.get(Proto::H1, "/first").await.status, StatusCode::OK);
+        let req = Request::builder()
+            .method(method)
+            .uri("https://localhost/second")
+            .body(common::body(content))
+            .unwrap();
+        let resp = client.request(Proto::H1, req).await;
+        assert_eq!(resp.status, status, "{method}: {}", proxy.output());
+        assert_eq!(heads.load(Ordering::SeqCst), read, "{method}");
+        task.abort();
+    }
 }
