@@ -98,6 +98,13 @@ enum Validity {
     NotYet,
 }
 
+/// The SNI and the ALPN protocol of one TLS handshake.
+type Handshake = (Option<String>, Option<Vec<u8>>);
+
+/// One refused row: what, the upstream's certificate, the server's host, the roots, the
+/// `tls_server_name`, rustls's reason in the warning.
+type RefusedRow<'a> = (&'a str, Leaf, &'a str, Roots<'a>, Option<&'a str>, &'a str);
+
 /// A server certificate chain and its key.
 struct Leaf {
     chain: Vec<CertificateDer<'static>>,
@@ -126,7 +133,7 @@ struct TlsUpstream {
     /// TCP connections accepted.
     connections: Arc<AtomicUsize>,
     /// (SNI, ALPN) of each handshake that completed.
-    handshakes: Arc<Mutex<Vec<(Option<String>, Option<Vec<u8>>)>>>,
+    handshakes: Arc<Mutex<Vec<Handshake>>>,
     /// The request targets it answered.
     targets: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
@@ -192,7 +199,7 @@ impl TlsUpstream {
         }
     }
 
-    fn handshakes(&self) -> Vec<(Option<String>, Option<Vec<u8>>)> {
+    fn handshakes(&self) -> Vec<Handshake> {
         self.handshakes.lock().unwrap().clone()
     }
 
@@ -384,7 +391,7 @@ async fn a_certificate_that_does_not_verify_gives_502_and_a_warning_naming_the_u
     let other_pem = other_ca.pem();
     // (what, the upstream's certificate, the server's host, roots, tls_server_name, rustls's
     //  reason in the warning)
-    let rows: [(&str, Leaf, &str, Roots, Option<&str>, &str); 10] = [
+    let rows: [RefusedRow; 10] = [
         (
             "an issuer not in ca_roots",
             other_ca.issue(&["localhost"], Validity::Now),

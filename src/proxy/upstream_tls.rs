@@ -235,9 +235,7 @@ mod tests {
             assert!(e.contains(says), "{name}: {e}");
         }
         // A directory is not a roots file.
-        let e = load_roots(dir.path())
-            .err()
-            .expect("a directory is refused");
+        let e = load_roots(dir.path()).expect_err("a directory is refused");
         assert!(e.starts_with(&dir.path().display().to_string()), "{e}");
     }
 
