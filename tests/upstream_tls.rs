@@ -126,12 +126,16 @@ impl Leaf {
     }
 }
 
-/// A real HTTP/1.1-over-TLS upstream on 127.0.0.1:0 that records, per connection, the SNI and
-/// ALPN of its handshake, and answers every request with its target.
+/// A real HTTP/1.1-over-TLS upstream on loopback that records, per connection, the SNI and
+/// ALPN of its handshake. Routes: `/echo` (the body echoed, streaming), `/big?bytes=N` (N
+/// bytes of [`common::pattern`]), `/ws` (101, then bytes echoed), anything else: its target
+/// after [`SAW`].
 struct TlsUpstream {
     addr: SocketAddr,
     /// TCP connections accepted.
     connections: Arc<AtomicUsize>,
+    /// Handshakes that resumed an earlier session.
+    resumed: Arc<AtomicUsize>,
     /// (SNI, ALPN) of each handshake that completed.
     handshakes: Arc<Mutex<Vec<Handshake>>>,
     /// The request targets it answered.
@@ -147,6 +151,10 @@ impl Drop for TlsUpstream {
 
 impl TlsUpstream {
     async fn start(leaf: Leaf) -> TlsUpstream {
+        Self::start_at(leaf, "127.0.0.1:0").await
+    }
+
+    async fn start_at(leaf: Leaf, bind: &str) -> TlsUpstream {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -156,16 +164,22 @@ impl TlsUpstream {
             .unwrap();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
+        let resumed = Arc::new(AtomicUsize::new(0));
         let handshakes = Arc::new(Mutex::new(Vec::new()));
         let targets = Arc::new(Mutex::new(Vec::new()));
-        let (c, h, t) = (connections.clone(), handshakes.clone(), targets.clone());
+        let (c, r, h, t) = (
+            connections.clone(),
+            resumed.clone(),
+            handshakes.clone(),
+            targets.clone(),
+        );
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 c.fetch_add(1, Ordering::SeqCst);
-                let (acceptor, h, t) = (acceptor.clone(), h.clone(), t.clone());
+                let (acceptor, r, h, t) = (acceptor.clone(), r.clone(), h.clone(), t.clone());
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
@@ -175,17 +189,16 @@ impl TlsUpstream {
                         session.server_name().map(str::to_owned),
                         session.alpn_protocol().map(<[u8]>::to_vec),
                     ));
+                    if session.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                        r.fetch_add(1, Ordering::SeqCst);
+                    }
                     let service = service_fn(move |req: Request<Incoming>| {
-                        let target = req.uri().to_string();
-                        t.lock().unwrap().push(target.clone());
-                        async move {
-                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                                Bytes::from(format!("{SAW}{target}")),
-                            )))
-                        }
+                        t.lock().unwrap().push(req.uri().to_string());
+                        async move { Ok::<_, std::convert::Infallible>(tls_route(req).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tls), service)
+                        .with_upgrades()
                         .await;
                 });
             }
@@ -193,6 +206,7 @@ impl TlsUpstream {
         TlsUpstream {
             addr,
             connections,
+            resumed,
             handshakes,
             targets,
             task,
@@ -205,6 +219,50 @@ impl TlsUpstream {
 
     fn targets(&self) -> Vec<String> {
         self.targets.lock().unwrap().clone()
+    }
+}
+
+type TlsBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+async fn tls_route(mut req: Request<Incoming>) -> Response<TlsBody> {
+    use http_body_util::BodyExt;
+    use tokio::io::AsyncReadExt;
+    let full = |b: Bytes| Full::new(b).map_err(|never| match never {}).boxed();
+    match req.uri().path() {
+        "/echo" => Response::new(req.into_body().boxed()),
+        "/big" => {
+            let n = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("bytes="))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1024);
+            Response::new(full(Bytes::from(common::pattern(n))))
+        }
+        "/ws" => {
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = on_upgrade.await {
+                    let mut io = TokioIo::new(upgraded);
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = io.read(&mut buf).await {
+                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "upgrade")
+                .header("upgrade", "echo")
+                .body(full(Bytes::new()))
+                .unwrap()
+        }
+        _ => {
+            let target = req.uri().to_string();
+            Response::new(full(Bytes::from(format!("{SAW}{target}"))))
+        }
     }
 }
 
@@ -274,6 +332,7 @@ async fn an_https_upstream_is_reached_verified_with_its_name_as_sni_over_one_reu
     //  tls_server_name, the SNI the upstream must see)
     struct Row<'a> {
         what: &'a str,
+        bind: &'a str,
         via_intermediate: bool,
         names: &'a [&'a str],
         host: &'a str,
@@ -284,6 +343,7 @@ async fn an_https_upstream_is_reached_verified_with_its_name_as_sni_over_one_reu
     let ca_pem = ca.pem();
     let rows = [
         Row {
+            bind: "127.0.0.1:0",
             what: "a DNS name verified against ca_roots",
             via_intermediate: false,
             names: &["localhost"],
@@ -293,6 +353,7 @@ async fn an_https_upstream_is_reached_verified_with_its_name_as_sni_over_one_reu
             sni: Some("localhost"),
         },
         Row {
+            bind: "127.0.0.1:0",
             what: "the system's roots when ca_roots is unset",
             via_intermediate: false,
             names: &["localhost"],
@@ -302,6 +363,7 @@ async fn an_https_upstream_is_reached_verified_with_its_name_as_sni_over_one_reu
             sni: Some("localhost"),
         },
         Row {
+            bind: "127.0.0.1:0",
             what: "a ca_roots bundle whose second certificate is the issuer",
             via_intermediate: false,
             names: &["localhost"],
@@ -311,6 +373,7 @@ async fn an_https_upstream_is_reached_verified_with_its_name_as_sni_over_one_reu
             sni: Some("localhost"),
         },
         Row {
+            bind: "127.0.0.1:0",
             what: "a chain through an intermediate sent by the server",
             via_intermediate: true,
             names: &["localhost"],
@@ -320,6 +383,7 @@ async fn an_https_upstream_is_reached_verified_with_its_name_as_sni_over_one_reu
             sni: Some("localhost"),
         },
         Row {
+            bind: "127.0.0.1:0",
             what: "an IPv4 literal verified against the IP address, no SNI",
             via_intermediate: false,
             names: &["127.0.0.1"],
@@ -329,6 +393,7 @@ async fn an_https_upstream_is_reached_verified_with_its_name_as_sni_over_one_reu
             sni: None,
         },
         Row {
+            bind: "127.0.0.1:0",
             what: "tls_server_name makes a certificate for another name verify",
             via_intermediate: false,
             names: &["origin.test"],
@@ -338,12 +403,23 @@ async fn an_https_upstream_is_reached_verified_with_its_name_as_sni_over_one_reu
             sni: Some("origin.test"),
         },
         Row {
+            bind: "127.0.0.1:0",
             what: "tls_server_name as an IP address: verified against it, no SNI",
             via_intermediate: false,
             names: &["127.0.0.1"],
             host: "localhost",
             roots: ca_roots(&ca_pem),
             name: Some("127.0.0.1"),
+            sni: None,
+        },
+        Row {
+            bind: "[::1]:0",
+            what: "an IPv6 literal verified against the IP address, no SNI",
+            via_intermediate: false,
+            names: &["::1"],
+            host: "[::1]",
+            roots: ca_roots(&ca_pem),
+            name: None,
             sni: None,
         },
     ];
@@ -356,7 +432,7 @@ async fn an_https_upstream_is_reached_verified_with_its_name_as_sni_over_one_reu
         } else {
             ca.issue(row.names, Validity::Now)
         };
-        let up = TlsUpstream::start(leaf).await;
+        let up = TlsUpstream::start_at(leaf, row.bind).await;
         let server = format!("https://{}:{}", row.host, up.addr.port());
         let proxy = proxy(&server, row.roots, row.name).await;
         let client = proxy.client();
@@ -787,4 +863,90 @@ async fn a_request_lost_on_a_reused_tls_connection_is_sent_again_only_when_it_ma
         assert_eq!(heads.load(Ordering::SeqCst), read, "{method}");
         task.abort();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_stream_both_ways_and_an_upgrade_tunnels_through_an_https_upstream() {
+    use tokio::io::AsyncReadExt;
+    let ca = Ca::new("webprom-edge test CA");
+    let ca_pem = ca.pem();
+    let up = TlsUpstream::start(ca.issue(&["localhost"], Validity::Now)).await;
+    let server = format!("https://localhost:{}", up.addr.port());
+    let proxy = proxy(&server, ca_roots(&ca_pem), None).await;
+    let client = proxy.client();
+    let upload = common::pattern(3 << 20);
+    for proto in BOTH {
+        // An upload with no declared length, echoed back.
+        let req = Request::post("https://localhost/echo")
+            .body(common::chunked_body(upload.clone()))
+            .unwrap();
+        let resp = client.request(proto, req).await;
+        assert_eq!(resp.status, StatusCode::OK, "{proto:?}");
+        assert!(
+            resp.body == upload,
+            "{proto:?}: echo of {} bytes",
+            resp.body.len()
+        );
+        // A download larger than any buffer on the way.
+        let resp = client.get(proto, "/big?bytes=5242880").await;
+        assert_eq!(resp.status, StatusCode::OK, "{proto:?}");
+        assert!(resp.body == common::pattern(5 << 20), "{proto:?}: download");
+    }
+    // An HTTP/1.1 upgrade: bytes both ways over the upstream's TLS connection.
+    let common::Conn::H1(mut send) = client.connect(Proto::H1).await else {
+        unreachable!()
+    };
+    let req = Request::get("/ws")
+        .header("host", "localhost")
+        .header("connection", "upgrade")
+        .header("upgrade", "echo")
+        .body(common::body(Bytes::new()))
+        .unwrap();
+    send.ready().await.unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let mut io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    for msg in [&b"ping"[..], b"through TLS", &[0u8, 255, 7]] {
+        io.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut got))
+            .await
+            .expect("echoed in time")
+            .unwrap();
+        assert_eq!(got, msg);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_connection_to_an_https_upstream_resumes_the_tls_session_of_an_earlier_one() {
+    let ca = Ca::new("webprom-edge test CA");
+    let ca_pem = ca.pem();
+    let up = TlsUpstream::start(ca.issue(&["localhost"], Validity::Now)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = format!("https://localhost:{}", up.addr.port());
+    let mut config = base_config(dir.path(), &server);
+    let pem = dir.path().join("ca.pem");
+    std::fs::write(&pem, &ca_pem).unwrap();
+    config = set(
+        &config,
+        "upstream",
+        "ca_roots",
+        &format!("{:?}", pem.display()),
+    );
+    config = set(&config, "upstream", "idle_timeout", "\"200ms\"");
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let proxy = Proxy::spawn(dir).await;
+    let client = proxy.client();
+    for i in 0..3 {
+        let resp = client.get(Proto::H1, &format!("/r{i}")).await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", proxy.output());
+        // Past idle_timeout: the pooled connection is closed, the next one is new.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    assert_eq!(up.connections.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        up.resumed.load(Ordering::SeqCst),
+        2,
+        "the second and third connections resume"
+    );
 }
