@@ -851,6 +851,20 @@ impl Upstreams {
         })
     }
 
+    /// A new HTTP/1.1 connection to the server at `index` (in `upstream.servers` order), ready
+    /// for a request, outside the pool and its cap: for requests that are not clients' (health
+    /// checks). Opened as the pool opens its own ([`Upstreams::open`]): `https://` servers over
+    /// verified TLS, within `upstream.connect_timeout`.
+    pub async fn connect_to(
+        &self,
+        index: usize,
+    ) -> Result<http1::SendRequest<RequestBody>, SendError> {
+        let Some(peer) = self.peers.get(index) else {
+            return Err(SendError::Connect(format!("no upstream server {index}")));
+        };
+        Ok(self.open(peer).await?.0)
+    }
+
     /// Opens a new HTTP/1.1 connection to `peer`, ready for a request: the TCP connect and, for
     /// an `https://` server, the TLS handshake (see [`upstream_tls`]), both within
     /// `upstream.connect_timeout`. Returns the request side and the count of bytes read from
@@ -1504,6 +1518,27 @@ mod pool_tests {
             2,
             "a new connection"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_opened_outside_the_pool_is_ready_and_takes_no_place() {
+        let server = Server::start().await;
+        let (up, _metrics) = pool(server.addr, |c| c.max_connections = 1);
+        let mut sender = up.connect_to(0).await.expect("connected");
+        sender.ready().await.expect("ready");
+        let resp = sender
+            .send_request(request(Method::GET, "/outside", b""))
+            .await
+            .expect("answered");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(server.seen(), ["/outside"]);
+        // The pool's one place is still free.
+        assert_eq!(up.metrics.busy.get(), 0);
+        exchange(&up, "/pooled").await.expect("answered");
+        assert!(matches!(
+            up.connect_to(1).await,
+            Err(SendError::Connect(why)) if why == "no upstream server 1"
+        ));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
