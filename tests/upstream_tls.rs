@@ -575,6 +575,8 @@ async fn refused(proxy: &Proxy, what: &str, authority: &str, says: &[&str]) {
             "{what} {proto:?}: {}",
             proxy.output()
         );
+        // The client learns nothing of the upstream or of why.
+        assert_eq!(resp.text(), "bad gateway\n", "{what} {proto:?}");
     }
     let metrics = metrics(proxy).await;
     assert_eq!(upstream_errors(&metrics, "connect"), 2.0, "{what}");
@@ -726,6 +728,20 @@ fn roots_that_cannot_be_used_stop_the_start_with_status_2_naming_the_key_and_the
     assert!(stderr.contains("upstream.ca_roots"), "{stderr}");
     // Nothing was started.
     assert!(!dir.path().join("logs").exists());
+    // Good roots and a name with no https:// server: accepted, and said to be unused.
+    let ca = Ca::new("webprom-edge test CA");
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+    let config = set(&cleartext, "upstream", "ca_roots", "\"ca.pem\"");
+    let config = set(&config, "upstream", "tls_server_name", "\"origin.test\"");
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let (code, stdout, stderr) =
+        common::output_text(&mut common::tool_command(dir.path(), "check-config", &[]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("ca_roots = \"ca.pem\""), "{stdout}");
+    assert!(
+        stderr.contains("no server in upstream.servers is https://"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

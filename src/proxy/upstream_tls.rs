@@ -54,6 +54,11 @@ impl TlsClient {
             None => None,
         };
         if !cfg.servers.iter().any(|s| s.tls) {
+            if cfg.ca_roots.is_some() || cfg.tls_server_name.is_some() {
+                tracing::warn!(
+                    "upstream.ca_roots or upstream.tls_server_name is set, but no server in upstream.servers is https://: unused"
+                );
+            }
             return Ok(None);
         }
         let roots = match configured {
