@@ -745,39 +745,82 @@ fn roots_that_cannot_be_used_stop_the_start_with_status_2_naming_the_key_and_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_https_server_beside_a_refusing_one_gets_the_request_and_the_readiness_probe_is_a_tcp_connect()
+async fn a_server_that_cannot_be_reached_over_tls_passes_the_request_to_the_next_and_readiness_is_a_tcp_connect()
  {
     let ca = Ca::new("webprom-edge test CA");
-    let up = TlsUpstream::start(ca.issue(&["localhost"], Validity::Now)).await;
-    // Round robin starts at the first server; it refuses, so the https one gets the request.
-    let dead = common::dead_addr();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = base_config(dir.path(), "x");
-    config = set(
-        &config,
-        "upstream",
-        "servers",
-        &format!(
-            "[\"https://localhost:{}\", \"https://localhost:{}\"]",
-            dead.port(),
-            up.addr.port()
+    let other_ca = Ca::new("another CA");
+    let good = TlsUpstream::start(ca.issue(&["localhost"], Validity::Now)).await;
+    let untrusted = TlsUpstream::start(other_ca.issue(&["localhost"], Validity::Now)).await;
+    let cleartext = Upstream::start().await;
+    // (what the first server is, its port, what the warning says)
+    let rows = [
+        (
+            "a server that refuses connections",
+            common::dead_addr().port(),
+            "refused",
         ),
-    );
-    let pem = dir.path().join("ca.pem");
-    std::fs::write(&pem, ca.pem()).unwrap();
-    config = set(
-        &config,
-        "upstream",
-        "ca_roots",
-        &format!("{:?}", pem.display()),
-    );
-    std::fs::write(dir.path().join("config.toml"), config).unwrap();
-    let proxy = Proxy::spawn(dir).await;
-    let resp = proxy.client().get(Proto::H1, "/first").await;
-    assert_eq!(resp.status, StatusCode::OK, "{}", proxy.output());
-    assert_eq!(up.targets(), ["/first"]);
-    let (status, body) = proxy.admin_get("/readyz").await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+        (
+            "a certificate with an unknown issuer",
+            untrusted.addr.port(),
+            "UnknownIssuer",
+        ),
+        (
+            "a cleartext server",
+            cleartext.addr.port(),
+            "TLS handshake failed",
+        ),
+    ];
+    for (what, port, says) in rows {
+        let dir = tempfile::tempdir().unwrap();
+        let servers = format!(
+            "[\"https://localhost:{port}\", \"https://localhost:{}\"]",
+            good.addr.port()
+        );
+        let mut config = set(
+            &base_config(dir.path(), "x"),
+            "upstream",
+            "servers",
+            &servers,
+        );
+        let pem = dir.path().join("ca.pem");
+        std::fs::write(&pem, ca.pem()).unwrap();
+        config = set(
+            &config,
+            "upstream",
+            "ca_roots",
+            &format!("{:?}", pem.display()),
+        );
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        let proxy = Proxy::spawn(dir).await;
+        let before = good.targets().len();
+        // Round robin starts at the first server; it fails, so the second gets the request.
+        let resp = proxy.client().get(Proto::H1, "/first?n=1").await;
+        assert_eq!(resp.status, StatusCode::OK, "{what}: {}", proxy.output());
+        assert_eq!(good.targets().len(), before + 1, "{what}");
+        let metrics = metrics(&proxy).await;
+        let retries = "webprom_edge_upstream_retries_total{reason=\"connect\"}";
+        assert_eq!(common::sample(&metrics, retries), 1.0, "{what}");
+        assert_eq!(upstream_errors(&metrics, "connect"), 0.0, "{what}");
+        let output = proxy.output();
+        let warning = output
+            .lines()
+            .find(|l| l.contains("trying the next server"))
+            .unwrap_or_else(|| panic!("{what}: no warning in\n{output}"));
+        assert!(
+            warning.contains(&format!("localhost:{port}: ")),
+            "{what}: {warning}"
+        );
+        assert!(warning.contains(says), "{what}: {warning}");
+        assert!(
+            !output.contains("/first") && !output.contains("n=1"),
+            "{what}"
+        );
+        // The readiness probe is a TCP connect: a server that accepts one is enough.
+        let (status, body) = proxy.admin_get("/readyz").await;
+        assert_eq!(status, StatusCode::OK, "{what}: {body}");
+    }
+    assert!(untrusted.targets().is_empty());
+    assert!(cleartext.seen.lock().unwrap().is_empty());
 }
 
 /// A hand-written HTTP/1.1-over-TLS upstream that answers the first request of each connection
