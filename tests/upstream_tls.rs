@@ -1009,3 +1009,49 @@ async fn a_new_connection_to_an_https_upstream_resumes_the_tls_session_of_an_ear
         "the second and third connections resume"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_roots_a_restart_would_refuse_says_so_and_keeps_the_roots_in_use() {
+    let ca = Ca::new("webprom-edge test CA");
+    let ca_pem = ca.pem();
+    let up = TlsUpstream::start(ca.issue(&["localhost"], Validity::Now)).await;
+    let server = format!("https://localhost:{}", up.addr.port());
+    let proxy = proxy(&server, ca_roots(&ca_pem), None).await;
+    let started = std::fs::read_to_string(proxy.path("config.toml")).unwrap();
+    let empty = proxy.path("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    // (ca_roots after SIGHUP, what the error says)
+    let rows = [
+        (proxy.path("absent.pem"), "No such file"),
+        (empty, "no PEM CERTIFICATE"),
+    ];
+    for (path, says) in rows {
+        let config = set(
+            &started,
+            "upstream",
+            "ca_roots",
+            &format!("{:?}", path.display()),
+        );
+        std::fs::write(proxy.path("config.toml"), config).unwrap();
+        let before = proxy.output().len();
+        proxy.signal("HUP");
+        let line = common::eventually(
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            async || {
+                proxy.output()[before..]
+                    .lines()
+                    .find(|l| l.contains("a restart with this config would fail"))
+                    .map(str::to_owned)
+            },
+            || format!("not reported:\n{}", proxy.output()),
+        )
+        .await;
+        assert!(line.contains("upstream.ca_roots"), "{line}");
+        assert!(line.contains(&path.display().to_string()), "{line}");
+        assert!(line.contains(says), "{line}");
+        // Still verifying with the roots it started with.
+        let resp = proxy.client().get(Proto::H1, "/after-hup").await;
+        assert_eq!(resp.status, StatusCode::OK, "{}", proxy.output());
+    }
+}
