@@ -247,7 +247,8 @@ pub struct Upstream {
     pub health_check: Option<HealthCheck>,
     /// `[upstream.outlier_detection]`: passive ejection of a failing server.
     pub outlier_detection: OutlierDetection,
-    /// Time allowed to open a TCP connection to an upstream.
+    /// Time allowed to open a connection to an upstream: the TCP connect and, for an
+    /// `https://` server, the TLS handshake.
     pub connect_timeout: Dur,
     /// Time allowed from sending the request to receiving the response head.
     pub request_timeout: Dur,
@@ -266,6 +267,12 @@ pub struct Upstream {
     pub max_queued_requests: usize,
     /// Longest wait in the queue; then the request gets 503.
     pub queue_timeout: Dur,
+    /// The CA certificates (PEM) that `https://` servers are verified against, instead of the
+    /// system's roots. Read once at start.
+    pub ca_roots: Option<PathBuf>,
+    /// The name sent as SNI to `https://` servers and verified in their certificates, instead
+    /// of each server's host (a DNS name or an IP address).
+    pub tls_server_name: Option<String>,
 }
 
 impl Upstream {
@@ -415,6 +422,8 @@ impl Default for Upstream {
             max_connections: 1024,
             max_queued_requests: 1024,
             queue_timeout: Dur::secs(5),
+            ca_roots: None,
+            tls_server_name: None,
         }
     }
 }
@@ -1120,6 +1129,14 @@ impl Config {
         }
         let u = &self.upstream;
         u.validate_balancing()?;
+        if let Some(name) = &u.tls_server_name
+            && rustls_pki_types::ServerName::try_from(name.as_str()).is_err()
+        {
+            return Err(ConfigError::invalid(
+                "upstream.tls_server_name",
+                format!("{name:?} is not a DNS name or an IP address"),
+            ));
+        }
         if u.max_connections > 65535 {
             return Err(ConfigError::invalid(
                 "upstream.max_connections",
@@ -1413,11 +1430,31 @@ impl Serialize for Cidr {
     }
 }
 
-/// An upstream server: `http://host:port` (no path).
+/// An upstream server: `http://host[:port]` or `https://host[:port]` (no path); the port
+/// defaults to 80 and 443 (RFC 9110 §4.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamUrl {
-    /// `host:port` as written.
+    /// `host:port` as written (the port may be absent).
     pub authority: http::uri::Authority,
+    /// `https://`: reached over TLS, verified (see `upstream.ca_roots`).
+    pub tls: bool,
+}
+
+impl UpstreamUrl {
+    /// The host, an IPv6 literal without its brackets.
+    pub fn host(&self) -> &str {
+        let host = self.authority.host();
+        host.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+    }
+
+    /// The port as written, else the scheme's (80 for `http`, 443 for `https`).
+    pub fn port(&self) -> u16 {
+        self.authority
+            .port_u16()
+            .unwrap_or(if self.tls { 443 } else { 80 })
+    }
 }
 
 impl FromStr for UpstreamUrl {
@@ -1426,11 +1463,13 @@ impl FromStr for UpstreamUrl {
         let uri: http::Uri = s.parse().map_err(|e| {
             format!("invalid URL {s:?}: {e} (write e.g. \"http://127.0.0.1:8080\")")
         })?;
-        if uri.scheme_str() != Some("http") {
-            return Err(format!(
-                "{s:?}: only http:// upstreams are supported (TLS ends at this proxy)"
-            ));
-        }
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => {
+                return Err(format!("{s:?}: an upstream is an http:// or https:// URL"));
+            }
+        };
         let authority = uri
             .authority()
             .cloned()
@@ -1443,7 +1482,13 @@ impl FromStr for UpstreamUrl {
                 "{s:?}: an upstream is a server, without a path or query"
             ));
         }
-        Ok(UpstreamUrl { authority })
+        let url = UpstreamUrl { authority, tls };
+        if tls && rustls_pki_types::ServerName::try_from(url.host()).is_err() {
+            return Err(format!(
+                "{s:?}: the host is not a name a TLS certificate can be verified for"
+            ));
+        }
+        Ok(url)
     }
 }
 
@@ -1457,7 +1502,8 @@ impl<'de> Deserialize<'de> for UpstreamUrl {
 
 impl Serialize for UpstreamUrl {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("http://{}", self.authority))
+        let scheme = if self.tls { "https" } else { "http" };
+        s.collect_str(&format_args!("{scheme}://{}", self.authority))
     }
 }
 
@@ -1529,6 +1575,47 @@ mod tests {
                 "server.proxy_protocol",
             ),
             ("[upstream]\nservers = [\"ftp://x\"]", "upstream.servers[0]"),
+            (
+                "[upstream]\nservers = [\"http://a\", \"wss://b\"]",
+                "upstream.servers[1]",
+            ),
+            (
+                "[upstream]\nservers = [\"https://u:p@origin.test\"]",
+                "upstream.servers[0]",
+            ),
+            (
+                "[upstream]\nservers = [\"https://origin.test/app\"]",
+                "upstream.servers[0]",
+            ),
+            (
+                "[upstream]\nservers = [\"https://origin.test?x=1\"]",
+                "upstream.servers[0]",
+            ),
+            (
+                "[upstream]\nservers = [\"https://\"]",
+                "upstream.servers[0]",
+            ),
+            (
+                "[upstream]\nservers = [\"https://-bad-.test\"]",
+                "upstream.servers[0]",
+            ),
+            (
+                "[upstream]\ntls_server_name = \"\"",
+                "upstream.tls_server_name",
+            ),
+            (
+                "[upstream]\ntls_server_name = \"two words\"",
+                "upstream.tls_server_name",
+            ),
+            (
+                "[upstream]\ntls_server_name = \"-bad-.test\"",
+                "upstream.tls_server_name",
+            ),
+            (
+                "[upstream]\ntls_server_name = 443",
+                "upstream.tls_server_name",
+            ),
+            ("[upstream]\nca_roots = 1", "upstream.ca_roots"),
             ("[upstream]\nservers = []", "upstream.servers"),
             ("[privacy]\nipv4_prefix = 40", "privacy.ipv4_prefix"),
             ("[access_log]\nretention = \"100d\"", "access_log.retention"),
@@ -1889,6 +1976,61 @@ mod tests {
                 "{lines}"
             );
             assert_eq!(again.upstream.balance, c.upstream.balance, "{lines}");
+        }
+    }
+
+    #[test]
+    fn an_upstream_url_gives_its_scheme_host_and_port_and_is_shown_as_written() {
+        // (server, tls, host, port)
+        let rows = [
+            ("http://origin.test", false, "origin.test", 80),
+            ("http://origin.test:8080", false, "origin.test", 8080),
+            ("https://origin.test", true, "origin.test", 443),
+            ("https://origin.test/", true, "origin.test", 443),
+            ("https://origin.test:8443", true, "origin.test", 8443),
+            ("https://127.0.0.1", true, "127.0.0.1", 443),
+            ("https://[::1]:8443", true, "::1", 8443),
+            ("https://[2001:db8::1]", true, "2001:db8::1", 443),
+            ("HTTPS://origin.test", true, "origin.test", 443),
+            ("https://origin_a.test", true, "origin_a.test", 443),
+        ];
+        for (server, tls, host, port) in rows {
+            let c = parse(&format!("[upstream]\nservers = [\"{server}\"]")).expect(server);
+            let url = &c.upstream.servers[0].url;
+            assert_eq!(
+                (url.tls, url.host(), url.port()),
+                (tls, host, port),
+                "{server}"
+            );
+            let shown = toml::to_string(&c).unwrap();
+            let again = parse(&shown).expect(server);
+            assert_eq!(
+                &again.upstream.servers[0].url, url,
+                "{server} shown as {shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_upstream_tls_keys_are_read_as_written() {
+        let c = parse("").unwrap();
+        assert_eq!(c.upstream.ca_roots, None);
+        assert_eq!(c.upstream.tls_server_name, None);
+        // (tls_server_name)
+        let rows = [
+            "origin.test",
+            "ORIGIN.test",
+            "xn--bcher-kva.test",
+            "10.0.0.1",
+            "::1",
+        ];
+        for name in rows {
+            let c = parse(&format!(
+                "[upstream]\nca_roots = \"ca.pem\"\ntls_server_name = \"{name}\""
+            ))
+            .expect(name);
+            assert_eq!(c.upstream.ca_roots.as_deref(), Some(Path::new("ca.pem")));
+            assert_eq!(c.upstream.tls_server_name.as_deref(), Some(name));
         }
     }
 

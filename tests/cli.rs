@@ -100,7 +100,7 @@ fn bad_configs_exit_2_and_name_the_key() {
         ),
         (
             "bad upstream",
-            set(&base, "upstream", "servers", "[\"https://x:1\"]"),
+            set(&base, "upstream", "servers", "[\"ftp://x:1\"]"),
             "upstream.servers[0]",
         ),
         (

@@ -42,6 +42,7 @@ pub mod logging;
 pub mod recv;
 pub mod tunnel;
 pub mod upstream;
+pub mod upstream_tls;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};

@@ -75,6 +75,7 @@ use tokio::sync::oneshot;
 
 use super::balance::{Balancer, View};
 use super::body::RequestBody;
+use super::upstream_tls::{self, TlsClient, Transport};
 use crate::config;
 use crate::metrics::{Drained, QueueRejection, RetryReason, ServerMetrics, UpstreamPool};
 
@@ -189,6 +190,10 @@ pub(super) struct Peer {
     max_connections: usize,
     max_queued: usize,
     metrics: UpstreamPool,
+    /// The port connected to: as written, else the scheme's.
+    port: u16,
+    /// Cleartext, or TLS with the name verified.
+    transport: Transport,
 }
 
 impl Peer {
@@ -581,8 +586,24 @@ pub struct Pick {
 }
 
 impl Upstreams {
-    /// A pool for the configured servers, counting in `metrics`.
+    /// A pool for the configured servers, counting in `metrics`, with the TLS client for the
+    /// `https://` servers built from `cfg` (use [`Upstreams::with_tls`] with the one start-up
+    /// checked, to build it once). If that fails, connections to `https://` servers fail.
     pub fn new(cfg: &config::Upstream, metrics: UpstreamPool) -> Upstreams {
+        let tls = TlsClient::for_upstreams(cfg).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "https:// upstreams cannot be reached");
+            None
+        });
+        Upstreams::with_tls(cfg, metrics, tls.as_ref())
+    }
+
+    /// A pool for the configured servers, counting in `metrics`; `tls` (from
+    /// [`TlsClient::for_upstreams`]) connects to the `https://` ones.
+    pub fn with_tls(
+        cfg: &config::Upstream,
+        metrics: UpstreamPool,
+        tls: Option<&TlsClient>,
+    ) -> Upstreams {
         let weights: Vec<u32> = cfg.servers.iter().map(|s| s.weight).collect();
         Upstreams {
             peers: cfg
@@ -607,6 +628,8 @@ impl Upstreams {
                         max_connections: cfg.connection_cap(),
                         max_queued: cfg.max_queued_requests,
                         metrics: metrics.clone(),
+                        port: s.url.port(),
+                        transport: Transport::for_server(&s.url, tls),
                     })
                 })
                 .collect(),
@@ -761,7 +784,8 @@ impl Upstreams {
     /// Opens, and at once closes, one TCP connection to every server together, each within
     /// `upstream.connect_timeout`: `Ok` as soon as one accepts, else each server's failure
     /// (`authority: reason`, joined by `; `). A TCP connect, not an HTTP request, so that a
-    /// readiness probe costs the upstream no request and no log line.
+    /// readiness probe costs the upstream no request and no log line; for an `https://` server
+    /// too (no TLS handshake: a certificate problem shows in the requests' errors instead).
     pub async fn probe(&self) -> Result<(), String> {
         let mut tries = tokio::task::JoinSet::new();
         for peer in self.peers.iter() {
@@ -772,8 +796,7 @@ impl Upstreams {
                     .host()
                     .trim_start_matches('[')
                     .trim_end_matches(']');
-                let port = peer.authority.port_u16().unwrap_or(80);
-                match tokio::time::timeout(limit, TcpStream::connect((host, port))).await {
+                match tokio::time::timeout(limit, TcpStream::connect((host, peer.port))).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) => Err(format!("{}: {e}", peer.authority)),
                     Err(_) => Err(format!(
@@ -997,44 +1020,89 @@ impl Upstreams {
     }
 
     pub(super) async fn connect(&self, peer: &Peer, slot: Slot) -> Result<Conn, SendError> {
-        let host = peer
-            .authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let port = peer.authority.port_u16().unwrap_or(80);
-        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
-            .await
-        {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => return Err(SendError::Connect(e.to_string())),
-            Err(_) => {
-                return Err(SendError::Connect(format!(
-                    "no connection within {:?}",
-                    self.connect_timeout
-                )));
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let received = Arc::new(AtomicU64::new(0));
-        let io = Counted {
-            tcp,
-            received: received.clone(),
-        };
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| SendError::Connect(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
+        let (sender, received) = self.open(peer).await?;
         Ok(Conn {
             sender,
             received,
             slot,
         })
+    }
+
+    /// A new HTTP/1.1 connection to the server at `index` (in `upstream.servers` order), ready
+    /// for a request, outside the pool and its cap: for requests that are not clients' (health
+    /// checks). Opened as the pool opens its own ([`Upstreams::open`]): `https://` servers over
+    /// verified TLS, within `upstream.connect_timeout`.
+    pub async fn connect_to(
+        &self,
+        index: usize,
+    ) -> Result<http1::SendRequest<RequestBody>, SendError> {
+        let Some(peer) = self.peers.get(index) else {
+            return Err(SendError::Connect(format!("no upstream server {index}")));
+        };
+        Ok(self.open(peer).await?.0)
+    }
+
+    /// Opens a new HTTP/1.1 connection to `peer`, ready for a request: the TCP connect and, for
+    /// an `https://` server, the TLS handshake (see [`upstream_tls`]), both within
+    /// `upstream.connect_timeout`. Returns the request side and the count of bytes read from
+    /// the upstream (above TLS: response bytes only). The error ([`SendError::Connect`]) names
+    /// the server's authority and the reason, nothing from a request.
+    async fn open(&self, peer: &Peer) -> Result<(Sender, Arc<AtomicU64>), SendError> {
+        let failed =
+            |why: &dyn std::fmt::Display| SendError::Connect(format!("{}: {why}", peer.authority));
+        if let Transport::Unusable(why) = &peer.transport {
+            return Err(failed(why));
+        }
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let late = || {
+            failed(&format_args!(
+                "no connection within {:?}",
+                self.connect_timeout
+            ))
+        };
+        let host = peer
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let tcp =
+            match tokio::time::timeout_at(deadline, TcpStream::connect((host, peer.port))).await {
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(e)) => return Err(failed(&e)),
+                Err(_) => return Err(late()),
+            };
+        let _ = tcp.set_nodelay(true);
+        let received = Arc::new(AtomicU64::new(0));
+        let sender = match &peer.transport {
+            Transport::Tls { client, name } => {
+                let tls = match tokio::time::timeout_at(
+                    deadline,
+                    upstream_tls::handshake(client, name, tcp),
+                )
+                .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        return Err(failed(&format_args!("TLS handshake failed: {e}")));
+                    }
+                    Err(_) => return Err(late()),
+                };
+                start_http1(Counted {
+                    io: tls,
+                    received: received.clone(),
+                })
+                .await
+            }
+            _ => {
+                start_http1(Counted {
+                    io: tcp,
+                    received: received.clone(),
+                })
+                .await
+            }
+        };
+        let sender = sender.map_err(|e| failed(&e))?;
+        Ok((sender, received))
     }
 
     /// Closes the pooled connections idle for `upstream.idle_timeout` or longer, so that the
@@ -1110,6 +1178,20 @@ fn ejection_length(cfg: &config::OutlierDetection, times: u32) -> Duration {
         .min(cfg.max_ejection_time.0)
 }
 
+/// Starts hyper's HTTP/1.1 client on `io`, its connection driven by a task of its own.
+async fn start_http1<S>(io: Counted<S>) -> Result<Sender, hyper::Error>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
 /// A failure for a state the exchange cannot reach.
 fn lost() -> Failure {
     Failure::Exchange(SendError::Connect("upstream connection lost".into()))
@@ -1147,16 +1229,17 @@ pub fn copy_head(req: &Request<RequestBody>) -> Request<RequestBody> {
 }
 
 pin_project_lite::pin_project! {
-    /// An upstream TCP stream that counts the bytes read from it, so that a failed exchange
-    /// can tell whether any of the response had arrived.
-    struct Counted {
+    /// An upstream stream (TCP, or TLS over it) that counts the bytes read from it, so that a
+    /// failed exchange can tell whether any of the response had arrived. Over TLS it counts
+    /// the plaintext: a session ticket or an alert is not a response byte.
+    struct Counted<S> {
         #[pin]
-        tcp: TcpStream,
+        io: S,
         received: Arc<AtomicU64>,
     }
 }
 
-impl AsyncRead for Counted {
+impl<S: AsyncRead> AsyncRead for Counted<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -1164,7 +1247,7 @@ impl AsyncRead for Counted {
     ) -> Poll<io::Result<()>> {
         let this = self.project();
         let before = buf.filled().len();
-        let res = this.tcp.poll_read(cx, buf);
+        let res = this.io.poll_read(cx, buf);
         let read = buf.filled().len() - before;
         if read > 0 {
             this.received.fetch_add(read as u64, Ordering::Relaxed);
@@ -1173,13 +1256,13 @@ impl AsyncRead for Counted {
     }
 }
 
-impl AsyncWrite for Counted {
+impl<S: AsyncWrite> AsyncWrite for Counted<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.project().tcp.poll_write(cx, buf)
+        self.project().io.poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -1187,19 +1270,19 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().tcp.poll_write_vectored(cx, bufs)
+        self.project().io.poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().tcp.poll_flush(cx)
+        self.project().io.poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().tcp.poll_shutdown(cx)
+        self.project().io.poll_shutdown(cx)
     }
 }
 
@@ -1670,6 +1753,27 @@ mod pool_tests {
             2,
             "a new connection"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_opened_outside_the_pool_is_ready_and_takes_no_place() {
+        let server = Server::start().await;
+        let (up, _metrics) = pool(server.addr, |c| c.max_connections = 1);
+        let mut sender = up.connect_to(0).await.expect("connected");
+        sender.ready().await.expect("ready");
+        let resp = sender
+            .send_request(request(Method::GET, "/outside", b""))
+            .await
+            .expect("answered");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(server.seen(), ["/outside"]);
+        // The pool's one place is still free.
+        assert_eq!(up.metrics.busy.get(), 0);
+        exchange(&up, "/pooled").await.expect("answered");
+        assert!(matches!(
+            up.connect_to(1).await,
+            Err(SendError::Connect(why)) if why == "no upstream server 1"
+        ));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,7 +92,11 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), preflight::
         log,
         metrics: metrics.clone(),
     });
-    let upstreams = Arc::new(Upstreams::new(&config.upstream, metrics.upstream_pool()));
+    let upstreams = Arc::new(Upstreams::with_tls(
+        &config.upstream,
+        metrics.upstream_pool(),
+        checked.upstream_tls.as_ref(),
+    ));
     let proxy = Arc::new(Proxy::new(
         &config,
         capture.clone(),
@@ -318,7 +322,8 @@ fn same_mode(a: &str, b: &str) -> bool {
 /// the host names recorded, the certificates, the country database and the rate-limit quotas.
 /// Each part that fails keeps its old state and says why; each other key that differs from the
 /// config the process `started` with is named in a warning (its name only, never its value);
-/// a changed `access_log.group` that a start would refuse is reported as an error.
+/// a changed `access_log.group`, or `upstream` roots, that a start would refuse are reported as
+/// errors.
 fn reload(
     path: &Path,
     started: &Config,
@@ -341,6 +346,12 @@ fn reload(
             // What only start checks against the system: said now, not at the next restart.
             if keys.iter().any(|k| k == "access_log.group")
                 && let Err(e) = crate::accesslog::files::Ownership::of(&config.access_log)
+            {
+                tracing::error!(error = %e, "a restart with this config would fail");
+            }
+            if keys.iter().any(|k| k.starts_with("upstream."))
+                && let Err(e) =
+                    crate::proxy::upstream_tls::TlsClient::for_upstreams(&config.upstream)
             {
                 tracing::error!(error = %e, "a restart with this config would fail");
             }
@@ -520,6 +531,8 @@ mod tests {
             ("server.hosts_extra", false),
             ("tlsx.cert", false),
             ("upstream.servers", false),
+            ("upstream.ca_roots", false),
+            ("upstream.tls_server_name", false),
             ("access_log.dir", false),
             ("admin.listen", false),
             ("privacy.key_dir", false),

@@ -1,7 +1,8 @@
 //! The check of every file and directory the configuration names, run by `check-config` and
 //! as the first step of `run`, before anything is written: the certificates (or, when they are
 //! to be generated, the directories they go to), the GeoIP database, the pseudonym key
-//! directory and its key files, the access-log directory, and the group its day files get.
+//! directory and its key files, the access-log directory, the group its day files get, and the
+//! CA roots for `https://` upstreams (`upstream.ca_roots`, else the system's).
 //!
 //! Must never write, create or generate anything (a directory is tried with a probe file that is
 //! removed at once). Every error of the check is a [`ConfigError`] naming the config key, the
@@ -16,6 +17,7 @@ use crate::files::{self, FileError};
 use crate::privacy::capture::open_geo;
 use crate::privacy::geo::GeoDb;
 use crate::privacy::keys::{KeyError, KeyStore};
+use crate::proxy::upstream_tls::TlsClient;
 use crate::server::tls::{self, CertResolver, TlsError};
 
 /// Why `run` failed, by kind, so the command line gives the exit status without looking inside
@@ -47,6 +49,8 @@ pub struct Checked {
     pub certs: Option<CertResolver>,
     /// The country database; `None` when `geoip.database` is empty.
     pub geo: Option<GeoDb>,
+    /// The TLS client for `https://` upstreams; `None` when there is none.
+    pub upstream_tls: Option<TlsClient>,
 }
 
 /// Checks every file and directory of `config` without writing anything.
@@ -63,7 +67,12 @@ pub fn check(config: &Config) -> Result<Checked, ConfigError> {
     .map_err(|e| ConfigError::invalid("privacy.key_dir", e.to_string()))?;
     check_dir("access_log.dir", &config.access_log.dir)?;
     crate::accesslog::files::Ownership::of(&config.access_log)?;
-    Ok(Checked { certs, geo })
+    let upstream_tls = TlsClient::for_upstreams(&config.upstream)?;
+    Ok(Checked {
+        certs,
+        geo,
+        upstream_tls,
+    })
 }
 
 /// Whether `run` will generate a self-signed certificate (`tls.self_signed` and the default
