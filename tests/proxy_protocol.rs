@@ -525,16 +525,23 @@ async fn a_connection_closed_before_its_first_byte_is_no_failed_handshake_nor_a_
 
 /// The HAProxy configuration the README's "Behind a load balancer" shows, run by the test below
 /// with its addresses replaced by the test's.
-const README_HAPROXY: &str = "\
-frontend https
-    mode tcp
-    bind :443
-    default_backend edge
-
-backend edge
-    mode tcp
-    server edge1 10.0.0.11:8443 send-proxy-v2 check check-send-proxy
-";
+/// The HAProxy configuration the README's "Behind a load balancer" section shows: the first
+/// code block there that starts with `frontend`, read from README.md so that the two cannot
+/// drift apart.
+fn readme_haproxy() -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let section = readme
+        .split_once("## Behind a load balancer")
+        .expect("README has a \"Behind a load balancer\" section")
+        .1;
+    let block = section
+        .split_once("```\nfrontend ")
+        .expect("the section shows a HAProxy configuration")
+        .1;
+    let block = block.split_once("```").expect("the block ends").0;
+    format!("frontend {block}")
+}
 
 /// A real HAProxy, killed when dropped.
 struct Haproxy {
@@ -554,7 +561,7 @@ impl Drop for Haproxy {
 /// one from 127.0.0.3 203.0.113.9 (`tcp-request connection set-src`).
 async fn haproxy(listen: SocketAddr, edge: SocketAddr, v2: bool) -> Haproxy {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = README_HAPROXY
+    let mut config = readme_haproxy()
         .replace("bind :443", &format!("bind {listen}"))
         .replace("10.0.0.11:8443", &edge.to_string())
         .replace(

@@ -1055,3 +1055,88 @@ async fn sighup_with_roots_a_restart_would_refuse_says_so_and_keeps_the_roots_in
         assert_eq!(resp.status, StatusCode::OK, "{}", proxy.output());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_reach_an_https_server_over_verified_tls_and_take_an_unverifiable_one_out() {
+    let ca = Ca::new("webprom-edge test CA");
+    let other_ca = Ca::new("another CA");
+    let good = TlsUpstream::start(ca.issue(&["localhost"], Validity::Now)).await;
+    let untrusted = TlsUpstream::start(other_ca.issue(&["localhost"], Validity::Now)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let servers = format!(
+        "[\"https://localhost:{}\", \"https://localhost:{}\"]",
+        good.addr.port(),
+        untrusted.addr.port()
+    );
+    let mut config = set(
+        &base_config(dir.path(), "x"),
+        "upstream",
+        "servers",
+        &servers,
+    );
+    let pem = dir.path().join("ca.pem");
+    std::fs::write(&pem, ca.pem()).unwrap();
+    config = set(
+        &config,
+        "upstream",
+        "ca_roots",
+        &format!("{:?}", pem.display()),
+    );
+    config.push_str(
+        "\n[upstream.health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"1s\"\n\
+         healthy_threshold = 1\nunhealthy_threshold = 1\n",
+    );
+    std::fs::write(dir.path().join("config.toml"), config).unwrap();
+    let proxy = Proxy::spawn(dir).await;
+    let mut readyz = String::new();
+    for _ in 0..100 {
+        readyz = proxy.admin_get("/readyz").await.1;
+        if readyz.contains("1 of 2 healthy") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        readyz.contains("1 of 2 healthy"),
+        "{readyz}\n{}",
+        proxy.output()
+    );
+    // The good server was checked over TLS, with its name as SNI; the other never got a request.
+    assert!(
+        good.targets().iter().any(|t| t == "/healthz"),
+        "{:?}",
+        good.targets()
+    );
+    assert!(
+        good.handshakes()
+            .iter()
+            .all(|(sni, _)| sni.as_deref() == Some("localhost"))
+    );
+    assert!(untrusted.targets().is_empty());
+    let scraped = metrics(&proxy).await;
+    assert_eq!(
+        common::sample(&scraped, "webprom_edge_upstream_healthy{server=\"0\"}"),
+        1.0
+    );
+    assert_eq!(
+        common::sample(&scraped, "webprom_edge_upstream_healthy{server=\"1\"}"),
+        0.0
+    );
+    // Out of rotation: every request goes to the good server, none is retried.
+    for proto in BOTH {
+        for _ in 0..4 {
+            let resp = proxy.client().get(proto, "/after").await;
+            assert_eq!(resp.status, StatusCode::OK, "{}", proxy.output());
+        }
+    }
+    let scraped = metrics(&proxy).await;
+    let retries = "webprom_edge_upstream_retries_total{reason=\"connect\"}";
+    assert_eq!(common::sample(&scraped, retries), 0.0);
+    let warning = proxy.output();
+    assert!(
+        warning.contains(&format!("localhost:{}", untrusted.addr.port()))
+            && warning.contains("UnknownIssuer"),
+        "the check's warning names the server and the reason:\n{warning}"
+    );
+    assert!(untrusted.targets().is_empty());
+}
