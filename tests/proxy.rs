@@ -226,6 +226,14 @@ async fn upstream_down_gives_502_and_slow_gives_504() {
         let resp = proxy.client().get(proto, "/slow?ms=10").await;
         assert_eq!(resp.status, StatusCode::OK, "{proto:?}");
     }
+    // The warning names the server that did not answer, never the request.
+    let output = proxy.output();
+    let warning = format!("no response from {} within 300ms", up.addr);
+    assert!(output.contains(&warning), "{warning:?} not in\n{output}");
+    assert!(
+        !output.contains("/slow") && !output.contains("ms=3000"),
+        "{output}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

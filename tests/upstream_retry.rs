@@ -447,6 +447,7 @@ async fn a_failure_before_any_response_byte_is_retried_only_when_safe() {
     ];
     let up = Scripted::start(Behaviour::FailReusedByPath).await;
     let proxy = unlimited_proxy(&up.url(), |c| c).await;
+    let server = up.url().trim_start_matches("http://").to_owned();
     for (i, (failure, method, payload, status, times)) in rows.into_iter().enumerate() {
         let row = format!("{failure} {method} body={}", payload.len());
         let (_, before) = proxy.admin_get("/metrics").await;
@@ -480,6 +481,14 @@ async fn a_failure_before_any_response_byte_is_retried_only_when_safe() {
             total_upstream_errors(&before) + errors
         );
     }
+    // Each failure's warning names the server it failed on, never the request's path.
+    let output = proxy.output();
+    let warning = format!("upstream exchange with {server} failed");
+    assert!(output.contains(&warning), "{warning:?} not in\n{output}");
+    assert!(
+        !output.contains("/reset/") && !output.contains("/half/"),
+        "{output}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

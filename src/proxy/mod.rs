@@ -447,7 +447,7 @@ impl Proxy {
             }
             // The deadline passed while the upstream was waiting for body bytes the client had
             // not sent: the client is too slow, the upstream is not.
-            Err(SendError::Timeout(_)) if watch.is_some_and(BodyWatch::waiting_on_client) => {
+            Err(SendError::Timeout(..)) if watch.is_some_and(BodyWatch::waiting_on_client) => {
                 let kind = ClientError::BodyTimeout;
                 metrics.client_error(kind);
                 Err(Answer::local(client_failure(kind, version)))
@@ -460,9 +460,9 @@ impl Proxy {
                     "bad gateway\n",
                 )))
             }
-            Err(SendError::Timeout(timeout)) => {
+            Err(e @ SendError::Timeout(..)) => {
                 metrics.upstream_error(UpstreamError::Timeout);
-                tracing::warn!(?timeout, "upstream timed out");
+                tracing::warn!(error = %e, "upstream timed out");
                 Err(Answer::local(local(
                     StatusCode::GATEWAY_TIMEOUT,
                     "gateway timeout\n",

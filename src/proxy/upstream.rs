@@ -542,12 +542,14 @@ pub enum SendError {
     /// server tried.
     #[error("connecting to the upstream: {0}")]
     Connect(String),
-    /// The exchange broke (or the request body failed, e.g. over its size limit).
-    #[error("upstream exchange failed: {0}")]
-    Exchange(#[source] hyper::Error),
-    /// No response head within `upstream.request_timeout` (counted from leaving the queue).
-    #[error("no upstream response within {0:?}")]
-    Timeout(Duration),
+    /// The exchange with the server (`host:port`) broke (or the request body failed, e.g.
+    /// over its size limit).
+    #[error("upstream exchange with {0} failed")]
+    Exchange(Authority, #[source] hyper::Error),
+    /// No response head from the server (`host:port`) within `upstream.request_timeout`
+    /// (counted from leaving the queue).
+    #[error("no response from {0} within {1:?}")]
+    Timeout(Authority, Duration),
     /// The server was at `upstream.max_connections` and the request could not wait (queue
     /// full) or waited `upstream.queue_timeout` in vain; nothing was sent. Already counted in
     /// `upstream_queue_rejections_total`.
@@ -863,7 +865,10 @@ impl Upstreams {
             match tokio::time::timeout_at(deadline, attempt).await {
                 Err(_) => {
                     peer.server.request(None);
-                    return Err(SendError::Timeout(self.request_timeout));
+                    return Err(SendError::Timeout(
+                        peer.authority.clone(),
+                        self.request_timeout,
+                    ));
                 }
                 Ok(Ok((resp, lease))) => {
                     let status = resp.status().as_u16();
@@ -1002,7 +1007,10 @@ impl Upstreams {
                             peer.server.request(None);
                             copy
                         }
-                        _ => return Err(Failure::Exchange(SendError::Exchange(e.into_error()))),
+                        _ => {
+                            let e = SendError::Exchange(peer.authority.clone(), e.into_error());
+                            return Err(Failure::Exchange(e));
+                        }
                     };
                     tracing::debug!(
                         error = %e.error(),
@@ -1898,7 +1906,7 @@ mod pool_tests {
                 assert_eq!(retries, 1.0, "{row}");
             } else {
                 assert!(
-                    matches!(got, Err(SendError::Exchange(_))),
+                    matches!(got, Err(SendError::Exchange(..))),
                     "{row}: {:?}",
                     got.err()
                 );
