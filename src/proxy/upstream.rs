@@ -1027,6 +1027,8 @@ impl Upstreams {
         }
     }
 
+    /// A new connection to `peer` in `slot` (a place under its cap, or [`Slot::uncounted`] for
+    /// a health check's connection of its own), opened by [`Upstreams::open`].
     pub(super) async fn connect(&self, peer: &Peer, slot: Slot) -> Result<Conn, SendError> {
         let (sender, received) = self.open(peer).await?;
         Ok(Conn {
@@ -1034,20 +1036,6 @@ impl Upstreams {
             received,
             slot,
         })
-    }
-
-    /// A new HTTP/1.1 connection to the server at `index` (in `upstream.servers` order), ready
-    /// for a request, outside the pool and its cap: for requests that are not clients' (health
-    /// checks). Opened as the pool opens its own ([`Upstreams::open`]): `https://` servers over
-    /// verified TLS, within `upstream.connect_timeout`.
-    pub async fn connect_to(
-        &self,
-        index: usize,
-    ) -> Result<http1::SendRequest<RequestBody>, SendError> {
-        let Some(peer) = self.peers.get(index) else {
-            return Err(SendError::Connect(format!("no upstream server {index}")));
-        };
-        Ok(self.open(peer).await?.0)
     }
 
     /// Opens a new HTTP/1.1 connection to `peer`, ready for a request: the TCP connect and, for
@@ -1767,7 +1755,10 @@ mod pool_tests {
     async fn a_connection_opened_outside_the_pool_is_ready_and_takes_no_place() {
         let server = Server::start().await;
         let (up, _metrics) = pool(server.addr, |c| c.max_connections = 1);
-        let mut sender = up.connect_to(0).await.expect("connected");
+        // As a health check opens its own (`proxy/health.rs`).
+        let Ok(Conn { mut sender, .. }) = up.connect(&up.peers[0], Slot::uncounted()).await else {
+            panic!("not connected");
+        };
         sender.ready().await.expect("ready");
         let resp = sender
             .send_request(request(Method::GET, "/outside", b""))
@@ -1778,10 +1769,6 @@ mod pool_tests {
         // The pool's one place is still free.
         assert_eq!(up.metrics.busy.get(), 0);
         exchange(&up, "/pooled").await.expect("answered");
-        assert!(matches!(
-            up.connect_to(1).await,
-            Err(SendError::Connect(why)) if why == "no upstream server 1"
-        ));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
