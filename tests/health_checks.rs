@@ -259,6 +259,27 @@ async fn with_every_server_failing_its_checks_readyz_says_so_and_requests_still_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_server_out_of_rotation_a_refused_connection_still_fails_over_to_another() {
+    // `a` answers every request but fails its checks (200 where 204 is expected); `b` is
+    // stopped and refuses connections. Neither is in rotation, so both are used; a request
+    // whose turn gives it `b` goes on to `a` instead of getting a 502.
+    let (a, b) = (Origin::start().await, Origin::start().await);
+    let servers = named(&[&a, &b]);
+    let extra = checks("expect_status = \"204\"");
+    let proxy = unlimited_proxy(&a.url(), |cfg| with_servers(&cfg, &servers, &extra)).await;
+    b.stop();
+    healthy_becomes(&proxy, "a", 0.0).await;
+    healthy_becomes(&proxy, "b", 0.0).await;
+    let client = proxy.client();
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(client.get(Proto::H1, "/").await.status.as_u16());
+    }
+    assert_eq!(statuses, [200; 6], "{}", proxy.output());
+    assert_eq!(a.requests(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_health_check_is_a_get_of_its_path_with_its_own_user_agent_and_leaves_no_record() {
     let a = Origin::start().await;
     let servers = format!("[\"{}\"]", a.url());

@@ -685,13 +685,22 @@ impl Upstreams {
         Pick { index, uri }
     }
 
-    /// The first server after `index`, in round-robin order, that is not backing off.
+    /// The server a request goes to when the one at `index` could not be connected to: the
+    /// first after it, in round-robin order, that is in rotation; else (no other is, as
+    /// [`Upstreams::pick`] then uses every server) the first that is not backing off after a
+    /// failed connect of its own, whatever its health checks or ejection say.
     fn next_up(&self, index: usize) -> Option<usize> {
         let n = self.peers.len();
         let mut now = None;
-        (1..n)
-            .map(|i| (index + i) % n)
+        let after = || (1..n).map(|i| (index + i) % n);
+        after()
             .find(|&i| !self.is_down(&self.peers[i], &mut now))
+            .or_else(|| {
+                after().find(|&i| {
+                    let until = self.peers[i].down_until_ms.load(Ordering::Relaxed);
+                    until == 0 || until <= *now.get_or_insert_with(|| self.now_ms())
+                })
+            })
     }
 
     /// Records that the server at `index` refused or could not be reached: it is skipped for
@@ -1467,6 +1476,26 @@ mod tests {
         assert_eq!(up.next_up(0), None);
         assert!(!up.any_up());
         let _ = up.pick(None);
+    }
+
+    #[test]
+    fn with_no_other_server_in_rotation_failover_takes_one_out_of_rotation_but_not_one_refusing() {
+        let up = upstreams(3);
+        // Every server failing its health checks: none in rotation, every one used.
+        for peer in up.peers.iter() {
+            peer.passing.store(false, Ordering::Relaxed);
+        }
+        assert_eq!(up.next_up(0), Some(1));
+        up.mark_down(1);
+        assert_eq!(up.next_up(0), Some(2));
+        up.mark_down(2);
+        assert_eq!(up.next_up(0), None);
+        // One other server in rotation: it is taken before any out of rotation.
+        let up = upstreams(3);
+        up.peers[1].passing.store(false, Ordering::Relaxed);
+        assert_eq!(up.next_up(0), Some(2));
+        up.mark_down(2);
+        assert_eq!(up.next_up(0), Some(1));
     }
 
     #[test]
