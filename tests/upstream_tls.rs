@@ -556,7 +556,19 @@ async fn a_certificate_that_does_not_verify_gives_502_and_a_warning_naming_the_u
         let up = TlsUpstream::start(leaf).await;
         let authority = format!("{host}:{}", up.addr.port());
         let proxy = proxy(&format!("https://{authority}"), roots, name).await;
-        refused(&proxy, what, &authority, &["TLS handshake failed", reason]).await;
+        // The warning also says which key to look at, where there is one.
+        let hint = match reason {
+            "UnknownIssuer" => "upstream.ca_roots",
+            "not valid for name" => "upstream.tls_server_name",
+            _ => "TLS handshake failed",
+        };
+        refused(
+            &proxy,
+            what,
+            &authority,
+            &["TLS handshake failed", reason, hint],
+        )
+        .await;
         assert_eq!(up.targets(), Vec::<String>::new(), "{what}: nothing sent");
         assert_eq!(up.handshakes().len(), 0, "{what}: no handshake completed");
     }
@@ -623,7 +635,7 @@ async fn a_server_that_does_not_speak_tls_behind_https_gives_502_within_the_conn
         (
             "a cleartext HTTP server",
             cleartext.addr,
-            &["TLS handshake failed"],
+            &["TLS handshake failed", "does the server speak TLS?"],
         ),
         (
             "a server that never answers",
@@ -633,7 +645,7 @@ async fn a_server_that_does_not_speak_tls_behind_https_gives_502_within_the_conn
         (
             "a server that closes at once",
             closing_addr,
-            &["TLS handshake failed"],
+            &["TLS handshake failed", "does the server speak TLS?"],
         ),
     ];
     for (what, addr, says) in rows {

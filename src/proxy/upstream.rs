@@ -901,7 +901,7 @@ impl Upstreams {
                         return Err(e);
                     };
                     tracing::warn!(
-                        server = %peer.authority,
+                        server = %peer.label,
                         error = %e,
                         "upstream connect failed; trying the next server"
                     );
@@ -1088,7 +1088,8 @@ impl Upstreams {
                 {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
-                        return Err(failed(&format_args!("TLS handshake failed: {e}")));
+                        let hint = upstream_tls::hint(&e);
+                        return Err(failed(&format_args!("TLS handshake failed: {e}{hint}")));
                     }
                     Err(_) => return Err(late()),
                 };

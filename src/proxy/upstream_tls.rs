@@ -144,6 +144,29 @@ pub async fn handshake(
     client.connector.connect(name.clone(), tcp).await
 }
 
+/// What an operator can do about a failed handshake, for the warning that names it: `""`, or
+/// a sentence (with its leading space) naming the config key to change, for an unknown issuer,
+/// a certificate for another name, and a server that does not answer in TLS.
+pub fn hint(e: &io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    let inner = e.get_ref().and_then(|i| i.downcast_ref::<Error>());
+    match inner {
+        Some(Error::InvalidCertificate(CertificateError::UnknownIssuer)) => {
+            " (is the issuing CA in upstream.ca_roots, or in the system's roots when it is unset?)"
+        }
+        Some(Error::InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        )) => " (set upstream.tls_server_name to a name the certificate carries)",
+        Some(Error::InvalidMessage(_) | Error::InappropriateMessage { .. }) => {
+            " (does the server speak TLS? write http:// for a cleartext one)"
+        }
+        _ if e.kind() == io::ErrorKind::UnexpectedEof => {
+            " (does the server speak TLS? write http:// for a cleartext one)"
+        }
+        _ => "",
+    }
+}
+
 /// The roots in the PEM file at `path`: every `CERTIFICATE` in it, at least one, each a valid
 /// CA certificate. The error names the file and the reason.
 pub fn load_roots(path: &Path) -> Result<RootCertStore, String> {
