@@ -418,6 +418,25 @@ async fn a_bad_start_closes_the_connection_counted_by_reason_and_the_proxy_serve
             !proxy.output().contains("198.51.100"),
             "an address from the wire in the diagnostics"
         );
+        // Each reason met is warned about once (the rows come within a minute), at the level
+        // an operator sees by default, with the listener and the versions allowed.
+        let output = proxy.output();
+        for reason in ["untrusted", "missing", "malformed", "version", "timeout"] {
+            let met = rows
+                .iter()
+                .filter(|r| r.0 == *mode && r.5 == reason)
+                .count();
+            let warned = output
+                .lines()
+                .filter(|l| {
+                    l.contains("WARN")
+                        && l.contains("PROXY protocol header refused")
+                        && l.contains(&format!("reason=\"{reason}\""))
+                        && l.contains(&format!("allowed=\"{mode}\""))
+                })
+                .count();
+            assert_eq!(warned, met.min(1), "{mode} {reason}:\n{output}");
+        }
     }
     // A trusted peer that closes before its first byte (a connect-only health check) is not
     // counted.

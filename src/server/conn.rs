@@ -138,7 +138,8 @@ pub async fn serve_tls(
     let first_head_by = Instant::now() + shared.header_read_timeout;
     let metrics = &shared.sinks.metrics;
     let _open = OpenConnection::new(metrics);
-    let Some(peer) = proxy_header(&mut tcp, peer, first_head_by, &shared).await else {
+    let Some(peer) = proxy_header(&mut tcp, "server.listen", peer, first_head_by, &shared).await
+    else {
         return;
     };
     let mut first = [0u8; 1];
@@ -190,8 +191,10 @@ pub async fn serve_tls(
 /// The connection's peer after its PROXY protocol header, when `server.proxy_protocol` is on
 /// ([`super::proxy_protocol`]); `None` when the connection is to be closed (a rejection is
 /// counted and logged by its reason, nothing from the wire).
+/// `listener` is the config key of the listener: `server.listen` or `server.listen_plain`.
 async fn proxy_header(
     tcp: &mut TcpStream,
+    listener: &'static str,
     peer: ClientAddr,
     by: Instant,
     shared: &ConnShared,
@@ -203,10 +206,21 @@ async fn proxy_header(
         Accepted::Peer(peer) => Some(peer),
         Accepted::Rejected(reason) => {
             shared.sinks.metrics.proxy_protocol_rejected(reason);
-            tracing::debug!(
-                reason = reason.as_str(),
-                "PROXY protocol header refused: connection closed"
-            );
+            if rules.should_warn(reason) {
+                tracing::warn!(
+                    reason = reason.as_str(),
+                    listener,
+                    allowed = rules.allowed(),
+                    "PROXY protocol header refused: connection closed (logged once a minute \
+                     at most per reason; every one counted in proxy_protocol_rejected_total)"
+                );
+            } else {
+                tracing::debug!(
+                    reason = reason.as_str(),
+                    listener,
+                    "PROXY protocol header refused: connection closed"
+                );
+            }
             None
         }
         Accepted::Gone => {
@@ -293,7 +307,15 @@ async fn refuse_plain_http(
 pub async fn serve_plain(mut tcp: TcpStream, peer: ClientAddr, shared: Arc<ConnShared>) {
     let first_head_by = Instant::now() + shared.header_read_timeout;
     let _open = OpenConnection::new(&shared.sinks.metrics);
-    let Some(peer) = proxy_header(&mut tcp, peer, first_head_by, &shared).await else {
+    let Some(peer) = proxy_header(
+        &mut tcp,
+        "server.listen_plain",
+        peer,
+        first_head_by,
+        &shared,
+    )
+    .await
+    else {
         return;
     };
     let sniffed = tokio::time::timeout_at(first_head_by, h2::sniff_preface(tcp)).await;

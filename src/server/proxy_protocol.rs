@@ -35,6 +35,7 @@
 //! record is written for a connection closed here (like a failed TLS handshake).
 
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
@@ -106,7 +107,14 @@ pub struct ProxyProtocol {
     v1: bool,
     v2: bool,
     trusted: TrustedProxies,
+    /// When each reason (in [`Rejection::ALL`] order) was last logged as a warning:
+    /// milliseconds since `started`, plus one (0 = never).
+    warned_ms: [AtomicU64; 5],
+    started: std::time::Instant,
 }
+
+/// How often, at most, a rejection of one reason is logged as a warning (the first at once).
+pub const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl ProxyProtocol {
     /// From `server.proxy_protocol` and `client_ip.trusted_proxies`; `None` when off.
@@ -121,7 +129,36 @@ impl ProxyProtocol {
             v1,
             v2,
             trusted: TrustedProxies::new(trusted),
+            warned_ms: Default::default(),
+            started: std::time::Instant::now(),
         })
+    }
+
+    /// The versions allowed, as `server.proxy_protocol` names them: `"v1"`, `"v2"` or `"any"`.
+    pub fn allowed(&self) -> &'static str {
+        match (self.v1, self.v2) {
+            (true, true) => "any",
+            (true, false) => "v1",
+            _ => "v2",
+        }
+    }
+
+    /// Whether a rejection for `reason` now should be logged as a warning: the first of each
+    /// reason, then at most one per [`WARN_EVERY`] (the rest at debug level), so that a
+    /// misconfigured balancer is seen at the default log level and a flood does not flood the
+    /// log.
+    pub fn should_warn(&self, reason: Rejection) -> bool {
+        let Some(i) = Rejection::ALL.iter().position(|r| *r == reason) else {
+            return false;
+        };
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        let last = self.warned_ms[i].load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < WARN_EVERY.as_millis() as u64 {
+            return false;
+        }
+        self.warned_ms[i]
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Reads and judges the header at the start of `tcp`, accepted from `peer`, by `by` (accept
@@ -287,6 +324,44 @@ fn v2_peer(header: &ppp::v2::Header<'_>, peer: ClientAddr) -> ClientAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rejection_is_warned_the_first_time_for_each_reason_then_at_most_once_a_minute() {
+        let rules = ProxyProtocol::new(config::ProxyProtocol::V2, &[]).unwrap();
+        assert_eq!(rules.allowed(), "v2");
+        // (reason, warned)
+        let rows = [
+            (Rejection::Missing, true),
+            (Rejection::Missing, false),
+            (Rejection::Version, true),
+            (Rejection::Missing, false),
+            (Rejection::Version, false),
+            (Rejection::Untrusted, true),
+            (Rejection::Malformed, true),
+            (Rejection::Timeout, true),
+            (Rejection::Timeout, false),
+        ];
+        for (i, (reason, warned)) in rows.into_iter().enumerate() {
+            assert_eq!(rules.should_warn(reason), warned, "row {i}: {reason:?}");
+        }
+        // A minute on (the clock it reads moved back a minute), each reason is warned once more.
+        if let Some(earlier) = rules.started.checked_sub(WARN_EVERY) {
+            let later = ProxyProtocol {
+                started: earlier,
+                ..rules
+            };
+            assert!(later.should_warn(Rejection::Missing));
+            assert!(!later.should_warn(Rejection::Missing));
+            assert!(later.should_warn(Rejection::Timeout));
+        }
+        let modes = [
+            (config::ProxyProtocol::V1, "v1"),
+            (config::ProxyProtocol::Any, "any"),
+        ];
+        for (mode, name) in modes {
+            assert_eq!(ProxyProtocol::new(mode, &[]).unwrap().allowed(), name);
+        }
+    }
 
     #[test]
     fn a_start_is_told_by_its_signature_alone() {
