@@ -762,10 +762,15 @@ impl Upstreams {
             ejection = ?length,
             "upstream server ejected: consecutive failures (connect failures or 5xx)"
         );
-        // Its gauge comes back with it.
+        // Its gauge comes back with it: at the end counted from now (not from when the task
+        // first runs), unless a later ejection has taken its place (whose own task says when).
         let peer = peer.clone();
+        let end = tokio::time::Instant::now() + length;
         spawn_from_drop(async move {
-            tokio::time::sleep(length).await;
+            tokio::time::sleep_until(end).await;
+            if peer.ejected_until_ms.load(Ordering::Relaxed) != until {
+                return;
+            }
             tracing::info!(
                 server = %peer.label,
                 authority = %peer.authority,
