@@ -708,3 +708,50 @@ async fn behind_haproxy_the_record_and_the_limiter_see_the_client_haproxy_was_to
         "{metrics}"
     );
 }
+
+/// The proxy's resident memory, in bytes (Linux).
+fn resident(proxy: &Proxy) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.child.id())).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_header_costs_memory_for_the_bytes_sent_not_the_length_it_announces() {
+    const CONNECTIONS: usize = 500;
+    // What a connection that stalls costs at most (a task, its buffers), far under the
+    // 64 KiB the largest header may announce.
+    const MOST_EACH: u64 = 24 << 10;
+    let up = Upstream::start().await;
+    // (length announced, bytes of it sent before the connection stalls)
+    let rows: [(u16, usize); 4] = [(12, 4), (12, 12), (65535, 12), (20000, 200)];
+    for (announced, sent) in rows {
+        let proxy = proxy_with(&up, "v2", |c| {
+            set(&unlimited(&c), "server", "header_read_timeout", "\"30s\"")
+        })
+        .await;
+        let to = listener(&proxy, Via::PlainH1);
+        let mut start = ppp::v2::PROTOCOL_PREFIX.to_vec();
+        start.extend_from_slice(&[0x21, 0x11]);
+        start.extend_from_slice(&announced.to_be_bytes());
+        start.extend_from_slice(&vec![7u8; sent]);
+        let before = resident(&proxy);
+        let mut stalled = Vec::with_capacity(CONNECTIONS);
+        for _ in 0..CONNECTIONS {
+            let mut tcp = connect_from(BALANCER, to).await;
+            tcp.write_all(&start).await.unwrap();
+            stalled.push(tcp);
+        }
+        // Every header read as far as it came.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let each = resident(&proxy).saturating_sub(before) / CONNECTIONS as u64;
+        assert!(
+            each < MOST_EACH,
+            "{announced} announced, {sent} sent: {each} bytes resident per connection"
+        );
+    }
+}

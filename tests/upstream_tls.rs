@@ -1032,12 +1032,26 @@ async fn sighup_with_roots_a_restart_would_refuse_says_so_and_keeps_the_roots_in
     let started = std::fs::read_to_string(proxy.path("config.toml")).unwrap();
     let empty = proxy.path("empty.pem");
     std::fs::write(&empty, "").unwrap();
-    // (ca_roots after SIGHUP, what the error says)
-    let rows = [
-        (proxy.path("absent.pem"), "No such file"),
-        (empty, "no PEM CERTIFICATE"),
+    let roots = proxy.path("roots.pem");
+    // (ca_roots after SIGHUP, what its file then holds (`None`: removed; unchanged if the key
+    // names another file), what the error says). The last rows change no key: the file the
+    // proxy started with is emptied, replaced or removed under it.
+    let rows: [(PathBuf, Option<&str>, &str); 5] = [
+        (proxy.path("absent.pem"), Some(&ca_pem), "No such file"),
+        (empty, Some(&ca_pem), "no PEM CERTIFICATE"),
+        (roots.clone(), Some(""), "no PEM CERTIFICATE"),
+        (
+            roots.clone(),
+            Some("not a certificate\n"),
+            "no PEM CERTIFICATE",
+        ),
+        (roots.clone(), None, "No such file"),
     ];
-    for (path, says) in rows {
+    for (path, file, says) in rows {
+        match file {
+            Some(text) => std::fs::write(&roots, text).unwrap(),
+            None => std::fs::remove_file(&roots).unwrap(),
+        }
         let config = set(
             &started,
             "upstream",

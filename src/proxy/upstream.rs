@@ -771,10 +771,15 @@ impl Upstreams {
             ejection = ?length,
             "upstream server ejected: consecutive failures (connect failures or 5xx)"
         );
-        // Its gauge comes back with it.
+        // Its gauge comes back with it: at the end counted from now (not from when the task
+        // first runs), unless a later ejection has taken its place (whose own task says when).
         let peer = peer.clone();
+        let end = tokio::time::Instant::now() + length;
         spawn_from_drop(async move {
-            tokio::time::sleep(length).await;
+            tokio::time::sleep_until(end).await;
+            if peer.ejected_until_ms.load(Ordering::Relaxed) != until {
+                return;
+            }
             tracing::info!(
                 server = %peer.label,
                 authority = %peer.authority,
@@ -1320,6 +1325,68 @@ mod tests {
                 ejection_length(&cfg, times),
                 Duration::from_secs(want),
                 "{base}s × {times} up to {most}s"
+            );
+        }
+    }
+
+    /// What happens once a server's first ejection is over, before its end is seen.
+    #[derive(Debug)]
+    enum AfterEjection {
+        /// Nothing: it is back in rotation.
+        Nothing,
+        /// It fails again and is ejected a second time.
+        EjectedAgain,
+        /// It fails its health checks.
+        FailsChecks,
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_healthy_gauge_says_what_the_rotation_does_when_an_ejection_ends() {
+        use AfterEjection::*;
+        // (what happens, whether the task that marks the ejection's end runs at once or only
+        // after the ejection is over)
+        let rows = [
+            (Nothing, true),
+            (Nothing, false),
+            (EjectedAgain, true),
+            (FailsChecks, true),
+        ];
+        for (then, at_once) in rows {
+            let cfg = config::Upstream {
+                servers: (0..2)
+                    .map(|i| format!("http://127.0.0.1:{}", 8080 + i).parse().unwrap())
+                    .collect(),
+                outlier_detection: config::OutlierDetection {
+                    consecutive_failures: 1,
+                    base_ejection_time: Duration::from_millis(40).into(),
+                    max_ejection_time: Duration::from_secs(1).into(),
+                },
+                ..Default::default()
+            };
+            let up = Upstreams::new(&cfg, Metrics::new(&[]).upstream_pool());
+            let peer = up.peers[0].clone();
+            up.outcome(0, true);
+            assert_eq!(peer.server.healthy.get(), 0, "{then:?}: ejected");
+            if at_once {
+                tokio::task::yield_now().await;
+            }
+            // The ejection is over; the task that marks its end has not run since (one thread,
+            // not yielded to), as when it is woken a little late.
+            std::thread::sleep(Duration::from_millis(60));
+            match then {
+                Nothing => {}
+                EjectedAgain => up.outcome(0, true),
+                FailsChecks => {
+                    peer.passing.store(false, Ordering::Relaxed);
+                    peer.server.healthy.set(0);
+                }
+            }
+            // The first ejection's end is seen.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert_eq!(
+                peer.server.healthy.get() == 1,
+                up.is_healthy(&peer),
+                "{then:?}, task at once: {at_once}: the gauge and the rotation"
             );
         }
     }

@@ -322,8 +322,8 @@ fn same_mode(a: &str, b: &str) -> bool {
 /// the host names recorded, the certificates, the country database and the rate-limit quotas.
 /// Each part that fails keeps its old state and says why; each other key that differs from the
 /// config the process `started` with is named in a warning (its name only, never its value);
-/// a changed `access_log.group`, or `upstream` roots, that a start would refuse are reported as
-/// errors.
+/// a changed `access_log.group`, or `upstream` roots (read again at each SIGHUP, as the file may
+/// have changed under its key), that a start would refuse are reported as errors.
 fn reload(
     path: &Path,
     started: &Config,
@@ -349,7 +349,9 @@ fn reload(
             {
                 tracing::error!(error = %e, "a restart with this config would fail");
             }
-            if keys.iter().any(|k| k.starts_with("upstream."))
+            // The roots' file may have changed under an unchanged key: read it again too.
+            if (keys.iter().any(|k| k.starts_with("upstream."))
+                || config.upstream.ca_roots.is_some())
                 && let Err(e) =
                     crate::proxy::upstream_tls::TlsClient::for_upstreams(&config.upstream)
             {

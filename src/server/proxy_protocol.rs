@@ -54,7 +54,7 @@ const V1_MAX: usize = 107;
 /// Version 2's fixed part: the signature, version and command, family and protocol, length.
 const V2_FIXED: usize = 16;
 /// A version 2 header up to this long is read into the connection task's own buffer; a longer
-/// one (many TLVs) into one allocated for it.
+/// one (many TLVs) into one allocated for it, grown as its bytes arrive.
 const V2_INLINE: usize = 256;
 /// How long to wait before looking again at an untrusted peer whose first bytes are a strict
 /// prefix of a signature (`P`, `PRO`; no client sends its first bytes so, so this is rare): a
@@ -288,21 +288,29 @@ async fn read_v2(
     };
     let mut inline = [0u8; V2_INLINE];
     let mut allocated;
-    let whole: &mut [u8] = if total <= V2_INLINE {
-        &mut inline[..total]
+    let whole: &[u8] = if total <= V2_INLINE {
+        let whole = &mut inline[..total];
+        whole[..V2_FIXED].copy_from_slice(fixed);
+        match tcp.read_exact(&mut whole[V2_FIXED..]).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Ok(Accepted::Rejected(Rejection::Malformed));
+            }
+            Err(e) => return Err(e),
+        }
+        whole
     } else {
-        allocated = vec![0u8; total];
-        &mut allocated
-    };
-    whole[..V2_FIXED].copy_from_slice(fixed);
-    match tcp.read_exact(&mut whole[V2_FIXED..]).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+        // Grown as the bytes come, not to the length announced: a peer that announces 64 KiB
+        // and stalls holds no more than it sent.
+        allocated = Vec::with_capacity(2 * V2_INLINE);
+        allocated.extend_from_slice(fixed);
+        let rest = (total - V2_FIXED) as u64;
+        if (&mut *tcp).take(rest).read_to_end(&mut allocated).await? as u64 != rest {
             return Ok(Accepted::Rejected(Rejection::Malformed));
         }
-        Err(e) => return Err(e),
-    }
-    Ok(match ppp::v2::Header::try_from(&whole[..]) {
+        &allocated
+    };
+    Ok(match ppp::v2::Header::try_from(whole) {
         Ok(header) => Accepted::Peer(v2_peer(&header, peer)),
         Err(_) => Accepted::Rejected(Rejection::Malformed),
     })
