@@ -256,6 +256,12 @@ async fn the_header_address_is_the_client_of_the_record_on_both_listeners() {
         (BALANCER, v2_unspec(ppp::v2::Command::Proxy), Via::PlainH1, None, (BALANCER, "127.0.0.0/24", "null")),
         (BALANCER, v2_unix(), Via::TlsH2, None, (BALANCER, "127.0.0.0/24", "null")),
         (BALANCER, b"PROXY UNKNOWN\r\n".to_vec(), Via::TlsH1, None, (BALANCER, "127.0.0.0/24", "null")),
+        // ... and names no one either by X-Forwarded-For: the bytes after such a header are not
+        // the balancer's own, so a client cannot choose its pseudonym, network or bucket.
+        (BALANCER, v2_unspec(ppp::v2::Command::Local), Via::TlsH2, Some("203.0.113.9"), (BALANCER, "127.0.0.0/24", "null")),
+        (BALANCER, v2_unspec(ppp::v2::Command::Proxy), Via::TlsH1, Some("203.0.113.9"), (BALANCER, "127.0.0.0/24", "null")),
+        (BALANCER, v2_unix(), Via::PlainH1, Some("203.0.113.9"), (BALANCER, "127.0.0.0/24", "null")),
+        (BALANCER, b"PROXY UNKNOWN\r\n".to_vec(), Via::PlainH2, Some("203.0.113.9"), (BALANCER, "127.0.0.0/24", "null")),
         // X-Forwarded-For is believed after the header only from a trusted address.
         (BALANCER, v1("198.51.100.7"), Via::TlsH1, Some("203.0.113.9"), ("198.51.100.7", "198.51.100.0/24", "AL")),
         (BALANCER, v2("10.1.2.3"), Via::TlsH2, Some("203.0.113.9"), ("203.0.113.9", "203.0.113.0/24", "XK")),

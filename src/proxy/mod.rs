@@ -75,16 +75,21 @@ pub struct ConnInfo {
     pub peer: ClientAddr,
     /// Whether the connection is TLS (for `X-Forwarded-Proto`).
     pub tls: bool,
+    /// Whether `X-Forwarded-For` / `Forwarded` may name the client, when `peer` is a trusted
+    /// proxy: false on a connection whose PROXY protocol header named no client (`LOCAL`,
+    /// `UNKNOWN`, a Unix socket), where `peer` is the balancer but the bytes are not its own.
+    pub forwarded: bool,
     /// The facts derived from the client address, kept for the connection's next request.
     pub memo: ClientMemo,
 }
 
 impl ConnInfo {
-    /// A connection from `peer`.
-    pub fn new(peer: ClientAddr, tls: bool) -> ConnInfo {
+    /// A connection from `peer`; `forwarded` as [`ConnInfo::forwarded`] says.
+    pub fn new(peer: ClientAddr, tls: bool, forwarded: bool) -> ConnInfo {
         ConnInfo {
             peer,
             tls,
+            forwarded,
             memo: ClientMemo::default(),
         }
     }
@@ -187,7 +192,10 @@ impl Proxy {
         mut req: Request<ClientBody>,
         conn: &ConnInfo,
     ) -> Response<CapturedBody> {
-        let client = self.trusted.resolve(conn.peer, req.headers());
+        let client = match conn.forwarded {
+            true => self.trusted.resolve(conn.peer, req.headers()),
+            false => conn.peer,
+        };
         let authority = authority::decide(&req);
         let record = self.capture_begin(client, &req, &authority, conn);
         let (head, version) = (req.method() == Method::HEAD, req.version());
@@ -928,7 +936,7 @@ mod tests {
     #[test]
     fn the_upstream_request_is_the_clients_head_cleaned_for_the_upstream() {
         let d = driver(|_| {});
-        let conn = ConnInfo::new(ClientAddr::new("198.51.100.7".parse().unwrap()), true);
+        let conn = ConnInfo::new(ClientAddr::new("198.51.100.7".parse().unwrap()), true, true);
         let forwarded: &[&str] = &[
             "x-forwarded-for: 198.51.100.7",
             "x-forwarded-host: a.example",
@@ -1070,7 +1078,7 @@ mod tests {
     async fn every_request_is_recorded_once_answered_or_not() {
         use http_body_util::BodyExt;
         let d = driver(|_| {});
-        let conn = ConnInfo::new(ClientAddr::new("198.51.100.7".parse().unwrap()), true);
+        let conn = ConnInfo::new(ClientAddr::new("198.51.100.7".parse().unwrap()), true, true);
         let req = request("GET", "/gone", H1, &[("host", "a.example")]);
         let client = conn.peer;
 

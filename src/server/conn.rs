@@ -138,7 +138,8 @@ pub async fn serve_tls(
     let first_head_by = Instant::now() + shared.header_read_timeout;
     let metrics = &shared.sinks.metrics;
     let _open = OpenConnection::new(metrics);
-    let Some(peer) = proxy_header(&mut tcp, "server.listen", peer, first_head_by, &shared).await
+    let Some((peer, forwarded)) =
+        proxy_header(&mut tcp, "server.listen", peer, first_head_by, &shared).await
     else {
         return;
     };
@@ -182,9 +183,9 @@ pub async fn serve_tls(
     // Over TLS, HTTP/2 is spoken only after ALPN h2 (RFC 9113 §3.2): anything else is
     // HTTP/1.1, with no need to sniff for a preface.
     if alpn == Some(b"h2") {
-        serve_h2(stream, peer, true, first_head_by, &shared).await;
+        serve_h2(stream, peer, true, forwarded, first_head_by, &shared).await;
     } else {
-        serve_http(stream, peer, true, first_head_by, &shared).await;
+        serve_http(stream, peer, true, forwarded, first_head_by, &shared).await;
     }
 }
 
@@ -198,12 +199,13 @@ async fn proxy_header(
     peer: ClientAddr,
     by: Instant,
     shared: &ConnShared,
-) -> Option<ClientAddr> {
+) -> Option<(ClientAddr, bool)> {
     let Some(rules) = &shared.proxy_protocol else {
-        return Some(peer);
+        return Some((peer, true));
     };
     match rules.accept(tcp, peer, by).await {
-        Accepted::Peer(peer) => Some(peer),
+        Accepted::Peer(peer) => Some((peer, true)),
+        Accepted::Unnamed(peer) => Some((peer, false)),
         Accepted::Rejected(reason) => {
             shared.sinks.metrics.proxy_protocol_rejected(reason);
             if rules.should_warn(reason) {
@@ -307,7 +309,7 @@ async fn refuse_plain_http(
 pub async fn serve_plain(mut tcp: TcpStream, peer: ClientAddr, shared: Arc<ConnShared>) {
     let first_head_by = Instant::now() + shared.header_read_timeout;
     let _open = OpenConnection::new(&shared.sinks.metrics);
-    let Some(peer) = proxy_header(
+    let Some((peer, forwarded)) = proxy_header(
         &mut tcp,
         "server.listen_plain",
         peer,
@@ -320,8 +322,8 @@ pub async fn serve_plain(mut tcp: TcpStream, peer: ClientAddr, shared: Arc<ConnS
     };
     let sniffed = tokio::time::timeout_at(first_head_by, h2::sniff_preface(tcp)).await;
     match sniffed {
-        Ok(Ok((true, io))) => serve_h2(io, peer, false, first_head_by, &shared).await,
-        Ok(Ok((false, io))) => serve_http(io, peer, false, first_head_by, &shared).await,
+        Ok(Ok((true, io))) => serve_h2(io, peer, false, forwarded, first_head_by, &shared).await,
+        Ok(Ok((false, io))) => serve_http(io, peer, false, forwarded, first_head_by, &shared).await,
         Ok(Err(e)) => tracing::debug!(error = %e, "reading the connection preface failed"),
         Err(_) => tracing::debug!("connection preface timed out"),
     }
@@ -331,6 +333,7 @@ async fn serve_h2<T>(
     io: T,
     peer: ClientAddr,
     tls: bool,
+    forwarded: bool,
     first_head_by: Instant,
     shared: &Arc<ConnShared>,
 ) where
@@ -338,7 +341,7 @@ async fn serve_h2<T>(
 {
     let activity = Arc::new(Activity::default());
     let io = WatchedIo::new(io, activity.clone(), shared.send_timeout);
-    let info = ConnInfo::new(peer, tls);
+    let info = ConnInfo::new(peer, tls, forwarded);
     let conn = h2::Connection::new(
         io,
         &shared.h2,
@@ -367,6 +370,7 @@ async fn serve_http<T>(
     io: T,
     peer: ClientAddr,
     tls: bool,
+    forwarded: bool,
     first_head_by: Instant,
     shared: &Arc<ConnShared>,
 ) where
@@ -374,7 +378,7 @@ async fn serve_http<T>(
 {
     let activity = Arc::new(Activity::default());
     let io = TokioIo::new(WatchedIo::new(io, activity.clone(), shared.send_timeout));
-    let info = Arc::new(ConnInfo::new(peer, tls));
+    let info = Arc::new(ConnInfo::new(peer, tls, forwarded));
     let conn_info = info.clone();
     let proxy = shared.proxy.clone();
     let seen = activity.clone();

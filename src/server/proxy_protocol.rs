@@ -14,7 +14,9 @@
 //!   proxy), the pseudonym, the network, the country and the rate-limit key.
 //! - A version 2 `LOCAL` header (a balancer's own health check), a version 2 `PROXY` header
 //!   whose address family is `UNSPEC` or `AF_UNIX`, and a version 1 `UNKNOWN` header are
-//!   accepted and keep the socket's peer (the balancer) as the connection's peer.
+//!   accepted and keep the socket's peer (the balancer) as the connection's peer; on such a
+//!   connection `X-Forwarded-For` and `Forwarded` are not believed (the bytes after the header
+//!   are the unnamed client's, not the balancer's).
 //! - A connection from any other peer that begins with a PROXY protocol signature (version 1's
 //!   `PROXY `, version 2's 12 bytes) is closed: nobody else may name a client. One that does
 //!   not is served as a direct client, the bytes it sent untouched.
@@ -93,8 +95,13 @@ fn classify(first: &[u8]) -> Start {
 
 /// What the start of a connection decided.
 pub enum Accepted {
-    /// Serve the connection with this peer (the header's source, or the socket's peer).
+    /// Serve the connection with this peer: the client the header named, or the socket's
+    /// peer when it sent no header (an untrusted direct client).
     Peer(ClientAddr),
+    /// Serve the connection with the socket's peer (the balancer), whose header named no
+    /// client (`LOCAL`, `UNSPEC`, `AF_UNIX`, version 1 `UNKNOWN`): its `X-Forwarded-For` and
+    /// `Forwarded` are not believed, as the bytes after the header are not the balancer's own.
+    Unnamed(ClientAddr),
     /// Close it: counted by reason.
     Rejected(Rejection),
     /// The trusted peer closed (or failed) before sending a byte: close, not counted.
@@ -254,13 +261,15 @@ async fn read_v1(tcp: &mut TcpStream, start: &[u8], peer: ClientAddr) -> io::Res
             // What the peek showed of the line, and not a byte after it.
             tcp.read_exact(&mut line[len..end]).await?;
             return Ok(match ppp::v1::Header::try_from(&line[..end]) {
-                Ok(header) if header.header.len() == end => {
-                    Accepted::Peer(match header.addresses {
-                        ppp::v1::Addresses::Tcp4(a) => ClientAddr::new(a.source_address.into()),
-                        ppp::v1::Addresses::Tcp6(a) => ClientAddr::new(a.source_address.into()),
-                        ppp::v1::Addresses::Unknown => peer,
-                    })
-                }
+                Ok(header) if header.header.len() == end => match header.addresses {
+                    ppp::v1::Addresses::Tcp4(a) => {
+                        Accepted::Peer(ClientAddr::new(a.source_address.into()))
+                    }
+                    ppp::v1::Addresses::Tcp6(a) => {
+                        Accepted::Peer(ClientAddr::new(a.source_address.into()))
+                    }
+                    ppp::v1::Addresses::Unknown => Accepted::Unnamed(peer),
+                },
                 _ => Accepted::Rejected(Rejection::Malformed),
             });
         }
@@ -283,7 +292,7 @@ async fn read_v2(
     let total = match ppp::v2::Header::try_from(&fixed[..]) {
         Err(ppp::v2::ParseError::Partial(_, length)) => V2_FIXED + length,
         // Addresses only (LOCAL with no address block has length 0).
-        Ok(header) => return Ok(Accepted::Peer(v2_peer(&header, peer))),
+        Ok(header) => return Ok(v2_peer(&header, peer)),
         Err(_) => return Ok(Accepted::Rejected(Rejection::Malformed)),
     };
     let mut inline = [0u8; V2_INLINE];
@@ -311,21 +320,22 @@ async fn read_v2(
         &allocated
     };
     Ok(match ppp::v2::Header::try_from(whole) {
-        Ok(header) => Accepted::Peer(v2_peer(&header, peer)),
+        Ok(header) => v2_peer(&header, peer),
         Err(_) => Accepted::Rejected(Rejection::Malformed),
     })
 }
 
 /// The connection's peer after a version 2 header: its source for `PROXY` over IPv4 or IPv6,
-/// else (`LOCAL`, `UNSPEC`, `AF_UNIX`) the socket's `peer`. The TLVs are never looked at.
-fn v2_peer(header: &ppp::v2::Header<'_>, peer: ClientAddr) -> ClientAddr {
+/// else (`LOCAL`, `UNSPEC`, `AF_UNIX`) the socket's `peer`, unnamed. The TLVs are never looked
+/// at.
+fn v2_peer(header: &ppp::v2::Header<'_>, peer: ClientAddr) -> Accepted {
     if header.command != ppp::v2::Command::Proxy {
-        return peer;
+        return Accepted::Unnamed(peer);
     }
     match header.addresses {
-        ppp::v2::Addresses::IPv4(a) => ClientAddr::new(a.source_address.into()),
-        ppp::v2::Addresses::IPv6(a) => ClientAddr::new(a.source_address.into()),
-        ppp::v2::Addresses::Unspecified | ppp::v2::Addresses::Unix(_) => peer,
+        ppp::v2::Addresses::IPv4(a) => Accepted::Peer(ClientAddr::new(a.source_address.into())),
+        ppp::v2::Addresses::IPv6(a) => Accepted::Peer(ClientAddr::new(a.source_address.into())),
+        ppp::v2::Addresses::Unspecified | ppp::v2::Addresses::Unix(_) => Accepted::Unnamed(peer),
     }
 }
 
@@ -429,7 +439,7 @@ mod tests {
         let rules = ProxyProtocol::new(mode, &cidrs).unwrap();
         let by = Instant::now() + std::time::Duration::from_secs(2);
         let decision = match rules.accept(&mut tcp, ClientAddr::new(from.ip()), by).await {
-            Accepted::Peer(peer) => Ok(peer.ip()),
+            Accepted::Peer(peer) | Accepted::Unnamed(peer) => Ok(peer.ip()),
             Accepted::Rejected(reason) => Err(Some(reason)),
             Accepted::Gone => Err(None),
         };
