@@ -458,17 +458,23 @@ async fn a_bad_start_closes_the_connection_counted_by_reason_and_the_proxy_serve
     assert!(after.contains("# TYPE webprom_edge_proxy_protocol_rejected_total counter"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_rate_limiter_keys_on_the_header_address() {
-    let up = Upstream::start().await;
-    let proxy = proxy_with(&up, "any", |c| {
+/// A proxy taking headers of either version whose rate limiter lets a client 3 requests at
+/// once, then 1 a second.
+async fn limited_proxy(up: &Upstream) -> Proxy {
+    proxy_with(up, "any", |c| {
         set_all(
             &c,
             "rate_limit",
             &[("requests_per_second", "1"), ("burst", "3")],
         )
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limiter_keys_on_the_header_address() {
+    let up = Upstream::start().await;
+    let proxy = limited_proxy(&up).await;
     // One balancer connection per client and listener, as a layer-4 balancer keeps them, all
     // open before the first request: the quota refills one a second.
     let cert = proxy.path("cert.pem");
@@ -634,14 +640,7 @@ async fn behind_haproxy_the_record_and_the_limiter_see_the_client_haproxy_was_to
         return;
     }
     let up = Upstream::start().await;
-    let proxy = proxy_with(&up, "any", |c| {
-        set_all(
-            &c,
-            "rate_limit",
-            &[("requests_per_second", "1"), ("burst", "3")],
-        )
-    })
-    .await;
+    let proxy = limited_proxy(&up).await;
     // send-proxy-v2 in front of the TLS listener, send-proxy (v1) in front of the cleartext one.
     let (tls_front, plain_front) = (dead_addr(), dead_addr());
     let _v2 = haproxy(tls_front, proxy.tls_addr, true).await;

@@ -222,11 +222,10 @@ impl TlsUpstream {
     }
 }
 
-type TlsBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+type TlsBody = common::UpBody;
 
 async fn tls_route(mut req: Request<Incoming>) -> Response<TlsBody> {
     use http_body_util::BodyExt;
-    use tokio::io::AsyncReadExt;
     let full = |b: Bytes| Full::new(b).map_err(|never| match never {}).boxed();
     match req.uri().path() {
         "/echo" => Response::new(req.into_body().boxed()),
@@ -239,26 +238,7 @@ async fn tls_route(mut req: Request<Incoming>) -> Response<TlsBody> {
                 .unwrap_or(1024);
             Response::new(full(Bytes::from(common::pattern(n))))
         }
-        "/ws" => {
-            let on_upgrade = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move {
-                if let Ok(upgraded) = on_upgrade.await {
-                    let mut io = TokioIo::new(upgraded);
-                    let mut buf = [0u8; 1024];
-                    while let Ok(n) = io.read(&mut buf).await {
-                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            });
-            Response::builder()
-                .status(StatusCode::SWITCHING_PROTOCOLS)
-                .header("connection", "upgrade")
-                .header("upgrade", "echo")
-                .body(full(Bytes::new()))
-                .unwrap()
-        }
+        "/ws" => common::echo_upgrade(&mut req),
         _ => {
             let target = req.uri().to_string();
             Response::new(full(Bytes::from(format!("{SAW}{target}"))))
@@ -784,24 +764,7 @@ async fn a_server_that_cannot_be_reached_over_tls_passes_the_request_to_the_next
     ];
     for (what, port, says) in rows {
         let dir = tempfile::tempdir().unwrap();
-        let servers = format!(
-            "[\"https://localhost:{port}\", \"https://localhost:{}\"]",
-            good.addr.port()
-        );
-        let mut config = set(
-            &base_config(dir.path(), "x"),
-            "upstream",
-            "servers",
-            &servers,
-        );
-        let pem = dir.path().join("ca.pem");
-        std::fs::write(&pem, ca.pem()).unwrap();
-        config = set(
-            &config,
-            "upstream",
-            "ca_roots",
-            &format!("{:?}", pem.display()),
-        );
+        let config = two_https_servers(dir.path(), port, good.addr.port(), &ca);
         std::fs::write(dir.path().join("config.toml"), config).unwrap();
         let proxy = Proxy::spawn(dir).await;
         let before = good.targets().len();
@@ -833,6 +796,21 @@ async fn a_server_that_cannot_be_reached_over_tls_passes_the_request_to_the_next
     }
     assert!(untrusted.targets().is_empty());
     assert!(cleartext.seen.lock().unwrap().is_empty());
+}
+
+/// A configuration in `dir` for the servers `https://localhost:{first}` and
+/// `https://localhost:{second}`, verified against `ca` (its PEM written to `dir`).
+fn two_https_servers(dir: &Path, first: u16, second: u16, ca: &Ca) -> String {
+    let servers = format!("[\"https://localhost:{first}\", \"https://localhost:{second}\"]");
+    let config = set(&base_config(dir, "x"), "upstream", "servers", &servers);
+    let pem = dir.join("ca.pem");
+    std::fs::write(&pem, ca.pem()).unwrap();
+    set(
+        &config,
+        "upstream",
+        "ca_roots",
+        &format!("{:?}", pem.display()),
+    )
 }
 
 /// A hand-written HTTP/1.1-over-TLS upstream that answers the first request of each connection
@@ -1089,25 +1067,7 @@ async fn health_checks_reach_an_https_server_over_verified_tls_and_take_an_unver
     let good = TlsUpstream::start(ca.issue(&["localhost"], Validity::Now)).await;
     let untrusted = TlsUpstream::start(other_ca.issue(&["localhost"], Validity::Now)).await;
     let dir = tempfile::tempdir().unwrap();
-    let servers = format!(
-        "[\"https://localhost:{}\", \"https://localhost:{}\"]",
-        good.addr.port(),
-        untrusted.addr.port()
-    );
-    let mut config = set(
-        &base_config(dir.path(), "x"),
-        "upstream",
-        "servers",
-        &servers,
-    );
-    let pem = dir.path().join("ca.pem");
-    std::fs::write(&pem, ca.pem()).unwrap();
-    config = set(
-        &config,
-        "upstream",
-        "ca_roots",
-        &format!("{:?}", pem.display()),
-    );
+    let mut config = two_https_servers(dir.path(), good.addr.port(), untrusted.addr.port(), &ca);
     config.push_str(
         "\n[upstream.health_check]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"1s\"\n\
          healthy_threshold = 1\nunhealthy_threshold = 1\n",
@@ -1117,7 +1077,9 @@ async fn health_checks_reach_an_https_server_over_verified_tls_and_take_an_unver
     let mut readyz = String::new();
     for _ in 0..100 {
         readyz = proxy.admin_get("/readyz").await.1;
-        if readyz.contains("1 of 2 healthy") {
+        // Each server's first check runs at start, in its own task: wait for both.
+        let checked = good.targets().iter().any(|t| t == "/healthz");
+        if readyz.contains("1 of 2 healthy") && checked {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

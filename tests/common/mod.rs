@@ -57,7 +57,8 @@ impl Drop for Upstream {
 
 pub const GREETING: &str = "hello from upstream\n";
 
-type UpBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+/// The body of the test upstreams' answers.
+pub type UpBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
 fn full(b: impl Into<Bytes>) -> UpBody {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
@@ -147,28 +148,32 @@ async fn upstream_route(
             .header("x-end-to-end", "kept")
             .body(full("hop\n"))
             .unwrap(),
-        "/ws" => {
-            let on_upgrade = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move {
-                if let Ok(upgraded) = on_upgrade.await {
-                    let mut io = TokioIo::new(upgraded);
-                    let mut buf = [0u8; 1024];
-                    while let Ok(n) = io.read(&mut buf).await {
-                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            });
-            Response::builder()
-                .status(StatusCode::SWITCHING_PROTOCOLS)
-                .header("connection", "upgrade")
-                .header("upgrade", "echo")
-                .body(full(""))
-                .unwrap()
-        }
+        "/ws" => echo_upgrade(&mut req),
         _ => Response::new(full(GREETING)),
     }
+}
+
+/// The answer of an upstream to an upgrade request (`/ws`): 101 to protocol `echo`, and a task
+/// that sends back every byte the tunnel brings.
+pub fn echo_upgrade(req: &mut Request<Incoming>) -> Response<UpBody> {
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade")
+        .header("upgrade", "echo")
+        .body(full(""))
+        .unwrap()
 }
 
 /// The frames of a channel, as a stream.
