@@ -5,7 +5,7 @@
 //! and the draining that keeps the connection of an exchange its client abandoned.
 //!
 //! Rotation: a server is out of it while it fails its active health checks
-//! ([`super::health`]), while outlier detection ejects it, and for [`BACKOFF`] after a failed
+//! ([`super::health`]), while outlier detection ejects it, and for `BACKOFF` (3 s) after a failed
 //! connect; when every server is out, every server is used. Outlier detection (Envoy's): the
 //! `upstream.outlier_detection.consecutive_failures`-th connect failure or 5xx answer in a row
 //! ejects the server for `base_ejection_time` × its ejections since it last answered well (at
