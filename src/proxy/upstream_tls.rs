@@ -18,14 +18,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::config::{self, ConfigError, UpstreamUrl};
-use crate::files;
 
 /// The largest `upstream.ca_roots` file read, in bytes (a full public CA bundle is ~250 KB).
 const MAX_ROOTS_BYTES: u64 = 4 << 20;
@@ -171,14 +169,7 @@ pub fn hint(e: &io::Error) -> &'static str {
 /// CA certificate. The error names the file and the reason.
 pub fn load_roots(path: &Path) -> Result<RootCertStore, String> {
     let at = |why: String| format!("{}: {why}", path.display());
-    let mut pem = Vec::new();
-    files::read_regular(path, MAX_ROOTS_BYTES, &mut pem).map_err(|e| at(e.to_string()))?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| at(format!("not valid PEM: {e}")))?;
-    if certs.is_empty() {
-        return Err(at("no PEM CERTIFICATE found".into()));
-    }
+    let certs = crate::server::tls::read_certificates(path, MAX_ROOTS_BYTES).map_err(at)?;
     let mut roots = RootCertStore::empty();
     for (i, cert) in certs.into_iter().enumerate() {
         roots.add(cert).map_err(|e| {

@@ -107,20 +107,8 @@ fn load_pair(
         path: path.to_owned(),
         reason,
     };
-    // Read whole first: only a regular file, never waiting on a named pipe, bounded.
-    let mut pem = Vec::new();
-    files::read_regular(cert_path, MAX_PEM_BYTES, &mut pem)
-        .map_err(|e| file_err("cert", cert_path, e.to_string()))?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| file_err("cert", cert_path, pem_reason(e)))?;
-    if certs.is_empty() {
-        return Err(file_err(
-            "cert",
-            cert_path,
-            "no PEM CERTIFICATE found".into(),
-        ));
-    }
+    let certs = read_certificates(cert_path, MAX_PEM_BYTES)
+        .map_err(|reason| file_err("cert", cert_path, reason))?;
     let mut pem = zeroize::Zeroizing::new(Vec::new());
     files::read_regular(key_path, MAX_PEM_BYTES, &mut pem)
         .map_err(|e| file_err("key", key_path, e.to_string()))?;
@@ -135,6 +123,25 @@ fn load_pair(
             )
         })
         .map(Arc::new)
+}
+
+/// The certificates of the PEM file at `path`, in order: at least one. Read whole first, from
+/// a regular file of at most `max` bytes (never waiting on a named pipe). The error is the
+/// reason alone; the caller names the file and its key. Used for the served chains and for
+/// `upstream.ca_roots`.
+pub(crate) fn read_certificates(
+    path: &Path,
+    max: u64,
+) -> Result<Vec<CertificateDer<'static>>, String> {
+    let mut pem = Vec::new();
+    files::read_regular(path, max, &mut pem).map_err(|e| e.to_string())?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(pem_reason)?;
+    if certs.is_empty() {
+        return Err("no PEM CERTIFICATE found".into());
+    }
+    Ok(certs)
 }
 
 fn pem_reason(e: rustls_pki_types::pem::Error) -> String {
