@@ -197,6 +197,13 @@ pub(super) struct Peer {
 }
 
 impl Peer {
+    /// Where to connect: the host (an IPv6 address without its brackets) and the port.
+    fn socket_address(&self) -> (&str, u16) {
+        let host = self.authority.host();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        (host, self.port)
+    }
+
     fn pool(&self) -> MutexGuard<'_, Pool> {
         // Nothing panics while the lock is held; a poisoned pool is still consistent.
         self.pool.lock().unwrap_or_else(PoisonError::into_inner)
@@ -807,12 +814,7 @@ impl Upstreams {
         for peer in self.peers.iter() {
             let (peer, limit) = (peer.clone(), self.connect_timeout);
             tries.spawn(async move {
-                let host = peer
-                    .authority
-                    .host()
-                    .trim_start_matches('[')
-                    .trim_end_matches(']');
-                match tokio::time::timeout(limit, TcpStream::connect((host, peer.port))).await {
+                match tokio::time::timeout(limit, TcpStream::connect(peer.socket_address())).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) => Err(format!("{}: {e}", peer.authority)),
                     Err(_) => Err(format!(
@@ -1070,17 +1072,13 @@ impl Upstreams {
                 self.connect_timeout
             ))
         };
-        let host = peer
-            .authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let tcp =
-            match tokio::time::timeout_at(deadline, TcpStream::connect((host, peer.port))).await {
-                Ok(Ok(tcp)) => tcp,
-                Ok(Err(e)) => return Err(failed(&e)),
-                Err(_) => return Err(late()),
-            };
+        let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(peer.socket_address()))
+            .await
+        {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => return Err(failed(&e)),
+            Err(_) => return Err(late()),
+        };
         let _ = tcp.set_nodelay(true);
         let received = Arc::new(AtomicU64::new(0));
         let sender = match &peer.transport {
