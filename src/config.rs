@@ -87,6 +87,8 @@ pub struct Config {
     pub rate_limit: RateLimit,
     /// `[admin]`
     pub admin: Admin,
+    /// `[acme]`
+    pub acme: Acme,
 }
 
 /// `[server]`: listeners, limits and timeouts of the client side.
@@ -957,6 +959,189 @@ pub struct RoutePolicy {
     pub burst: u32,
 }
 
+/// Let's Encrypt's production ACME directory (RFC 8555 §7.1.1).
+pub const LETS_ENCRYPT_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// `[acme]`: certificates obtained and renewed by ACME (RFC 8555) from Let's Encrypt or another
+/// CA, stored in `storage` and served for `domains`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Acme {
+    /// Obtain and renew certificates by ACME.
+    pub enabled: bool,
+    /// The CA's directory URL (`https://`).
+    pub directory: String,
+    /// The account's contact addresses, each `mailto:name@example.com` (RFC 8555 §7.3).
+    pub contact: Vec<String>,
+    /// The names certified, one certificate each; every one must be in `server.hosts`.
+    pub domains: Vec<String>,
+    /// How the CA validates control of a name.
+    pub challenge: AcmeChallenge,
+    /// A cleartext listener (e.g. `0.0.0.0:80`) answering HTTP-01 challenges under
+    /// `/.well-known/acme-challenge/` and redirecting every other request to https with 308.
+    /// Needed by `challenge = "http-01"`, optional otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_listen: Option<SocketAddr>,
+    /// The directory holding the account key, the certificates and their keys, the fleet's
+    /// locks and pending challenges (mode 0700; keys 0600). Instances that share it share the
+    /// certificates: one orders, the others load what it stored.
+    pub storage: PathBuf,
+    /// CA certificates (PEM) the ACME server is verified against, instead of the system's
+    /// roots: for a private or test CA.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_roots: Option<PathBuf>,
+    /// External account binding key identifier (RFC 8555 §7.3.4), for CAs that need one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eab_kid: Option<String>,
+    /// The file holding the external account binding's MAC key (base64url, as the CA gives it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eab_hmac_key_file: Option<PathBuf>,
+    /// The wait before retrying a failed order; doubled after each failure, up to an hour (or
+    /// this, if longer).
+    pub retry_backoff: Dur,
+    /// Time allowed for each request to the ACME server.
+    pub timeout: Dur,
+}
+
+impl Default for Acme {
+    fn default() -> Self {
+        Acme {
+            enabled: false,
+            directory: LETS_ENCRYPT_DIRECTORY.to_owned(),
+            contact: Vec::new(),
+            domains: Vec::new(),
+            challenge: AcmeChallenge::TlsAlpn01,
+            http_listen: None,
+            storage: "state/acme".into(),
+            ca_roots: None,
+            eab_kid: None,
+            eab_hmac_key_file: None,
+            retry_backoff: Dur::secs(60),
+            timeout: Dur::secs(30),
+        }
+    }
+}
+
+/// `acme.challenge`: the ACME challenge type answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum AcmeChallenge {
+    /// RFC 8737: answered on the TLS listener (ALPN `acme-tls/1`); no port 80 needed.
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    /// RFC 8555 §8.3: answered on `acme.http_listen` (port 80 as the CA sees it).
+    #[serde(rename = "http-01")]
+    Http01,
+}
+
+impl Acme {
+    /// Checks `[acme]` when enabled: the directory URL, contacts, domains (each in `hosts`, the
+    /// lowercase `server.hosts`), the listener the challenge needs, and the binding's two keys.
+    fn validate(&self, hosts: &[String]) -> Result<(), ConfigError> {
+        for (key, d) in [
+            ("acme.retry_backoff", self.retry_backoff),
+            ("acme.timeout", self.timeout),
+        ] {
+            if d.0 < MIN_DURATION || d.0 > Duration::from_secs(SECS_PER_DAY) {
+                return Err(ConfigError::invalid(key, "is out of range (1ms to 1d)"));
+            }
+        }
+        if !self.enabled {
+            return Ok(());
+        }
+        match self.directory.parse::<http::Uri>() {
+            Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {}
+            _ => {
+                return Err(ConfigError::invalid(
+                    "acme.directory",
+                    format!(
+                        "{:?} is not an https:// URL (Let's Encrypt: {LETS_ENCRYPT_DIRECTORY:?})",
+                        self.directory
+                    ),
+                ));
+            }
+        }
+        if self.contact.is_empty() {
+            return Err(ConfigError::invalid(
+                "acme.contact",
+                "at least one address is needed, e.g. [\"mailto:ops@example.com\"] (the CA \
+                 writes there about expiring certificates and incidents)",
+            ));
+        }
+        for (i, c) in self.contact.iter().enumerate() {
+            let ok = c.strip_prefix("mailto:").is_some_and(|addr| {
+                let mut parts = addr.split('@');
+                matches!((parts.next(), parts.next(), parts.next()), (Some(l), Some(d), None) if !l.is_empty() && d.contains('.'))
+                    && !addr.contains(|ch: char| ch.is_whitespace() || ch == ',' || ch.is_control())
+            });
+            if !ok {
+                return Err(ConfigError::invalid(
+                    format!("acme.contact[{i}]"),
+                    format!("{c:?} is not a mailto: address, e.g. \"mailto:ops@example.com\""),
+                ));
+            }
+        }
+        if self.domains.is_empty() {
+            return Err(ConfigError::invalid(
+                "acme.domains",
+                "at least one name to certify is needed (each also in server.hosts)",
+            ));
+        }
+        for (i, d) in self.domains.iter().enumerate() {
+            let key = format!("acme.domains[{i}]");
+            if d.starts_with("*.") {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{d:?}: a wildcard needs the DNS-01 challenge, which is not supported"),
+                ));
+            }
+            let dns = matches!(
+                rustls_pki_types::ServerName::try_from(d.as_str()),
+                Ok(rustls_pki_types::ServerName::DnsName(_))
+            );
+            if !dns || !d.contains('.') || d != &d.to_ascii_lowercase() {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{d:?} is not a lowercase, fully qualified DNS name"),
+                ));
+            }
+            if !hosts.iter().any(|h| h == d) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("{d:?} is not in server.hosts: add it there too"),
+                ));
+            }
+            if self.domains[..i].contains(d) {
+                return Err(ConfigError::invalid(key, format!("{d:?} is listed twice")));
+            }
+        }
+        if self.challenge == AcmeChallenge::Http01 && self.http_listen.is_none() {
+            return Err(ConfigError::invalid(
+                "acme.http_listen",
+                "challenge = \"http-01\" needs a cleartext listener, e.g. \"0.0.0.0:80\"",
+            ));
+        }
+        match (&self.eab_kid, &self.eab_hmac_key_file) {
+            (Some(kid), Some(_)) if kid.is_empty() => {
+                return Err(ConfigError::invalid("acme.eab_kid", "is empty"));
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "acme.eab_hmac_key_file",
+                    "acme.eab_kid is set: the binding needs its MAC key file too",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "acme.eab_kid",
+                    "acme.eab_hmac_key_file is set: the binding needs its key identifier too",
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
 /// `[admin]`: the metrics and health listener.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1115,7 +1300,10 @@ impl Config {
         }
         // Port 0 (any free port, as tests use) never clashes.
         let clash = |other: SocketAddr| other.port() != 0 && other == s.listen;
-        if s.listen_plain.is_some_and(clash) || clash(self.admin.listen) {
+        if s.listen_plain.is_some_and(clash)
+            || clash(self.admin.listen)
+            || (self.acme.enabled && self.acme.http_listen.is_some_and(clash))
+        {
             return Err(ConfigError::invalid(
                 "server.listen",
                 format!("{} is also used by another listener", s.listen),
@@ -1214,6 +1402,8 @@ impl Config {
                 )?;
             }
         }
+        let hosts: Vec<String> = s.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+        self.acme.validate(&hosts)?;
         // Rules across keys last: a value wrong in itself is named first, not a good one that
         // another key makes unusable.
         if s.proxy_protocol != ProxyProtocol::Off && self.client_ip.trusted_proxies.is_empty() {

@@ -26,6 +26,7 @@
 //! - [`server`]: listeners, TLS, connections, signals: builds the parts and hands each task its own.
 
 pub mod accesslog;
+pub mod acme;
 pub mod admin;
 pub mod cli;
 pub mod client_ip;

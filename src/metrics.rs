@@ -166,6 +166,37 @@ impl ProxyProtocolRejection {
     }
 }
 
+/// How an ACME order ended (the `result` label of `acme_orders_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcmeOrderResult {
+    /// A certificate was issued and stored.
+    Issued,
+    /// The CA refused: an error document (RFC 8555 §6.7), or an authorization or order that
+    /// became `invalid`.
+    Rejected,
+    /// The CA could not be reached or did not answer in time, or the certificate could not be
+    /// stored.
+    Error,
+}
+
+impl AcmeOrderResult {
+    /// Every result, in label order.
+    pub const ALL: [AcmeOrderResult; 3] = [
+        AcmeOrderResult::Issued,
+        AcmeOrderResult::Rejected,
+        AcmeOrderResult::Error,
+    ];
+
+    /// The label value: `issued`, `rejected` or `error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AcmeOrderResult::Issued => "issued",
+            AcmeOrderResult::Rejected => "rejected",
+            AcmeOrderResult::Error => "error",
+        }
+    }
+}
+
 /// What became of an upstream exchange whose client left before its response was read to the
 /// end (the `result` label of `upstream_drained_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -269,6 +300,10 @@ pub struct Metrics {
     tls_handshakes: [[IntCounter; 3]; 2],
     tls_handshake_errors: IntCounter,
     proxy_protocol_rejected: [IntCounter; 5],
+    acme_orders: [IntCounter; 3],
+    /// `tls_certificate_expiry_timestamp_seconds{name}`: the not-after time (Unix seconds) of
+    /// each certificate served; `name` is a configured name only (`default` for `[tls]`'s own).
+    pub certificate_expiry: IntGaugeVec,
     /// Open client connections, upgraded tunnels included.
     pub connections_open: IntGauge,
     /// Open upgraded tunnels (WebSocket and other `101 Switching Protocols`).
@@ -577,6 +612,30 @@ impl Metrics {
             ProxyProtocolRejection::ALL.map(|r| pp_vec.with_label_values(&[r.as_str()]));
         reg(Box::new(pp_vec));
 
+        let acme_vec = IntCounterVec::new(
+            opts(
+                "acme_orders_total",
+                "ACME certificate orders by how they ended: a certificate issued and stored \
+                 (issued), refused by the CA (rejected), or failed on the way: the CA \
+                 unreachable or slow, or the storage not writable (error).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let acme_orders = AcmeOrderResult::ALL.map(|r| acme_vec.with_label_values(&[r.as_str()]));
+        reg(Box::new(acme_vec));
+
+        let certificate_expiry = IntGaugeVec::new(
+            opts(
+                "tls_certificate_expiry_timestamp_seconds",
+                "When each certificate served expires (its not-after time, Unix seconds), by \
+                 configured name (default: the [tls] certificate).",
+            ),
+            &["name"],
+        )
+        .expect("valid metric");
+        reg(Box::new(certificate_expiry.clone()));
+
         let connections_open =
             IntGauge::with_opts(opts("connections_open", "Open client connections."))
                 .expect("valid metric");
@@ -644,6 +703,8 @@ impl Metrics {
             tls_handshakes,
             tls_handshake_errors,
             proxy_protocol_rejected,
+            acme_orders,
+            certificate_expiry,
             connections_open,
             tunnels_open,
             log,
@@ -743,6 +804,11 @@ impl Metrics {
     /// Counts a failed handshake.
     pub fn tls_handshake_error(&self) {
         self.tls_handshake_errors.inc();
+    }
+
+    /// Counts one ACME order by how it ended.
+    pub fn acme_order(&self, result: AcmeOrderResult) {
+        self.acme_orders[result as usize].inc();
     }
 
     /// Counts a connection closed at its PROXY protocol header for `reason`.

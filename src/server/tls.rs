@@ -152,9 +152,40 @@ fn pem_reason(e: rustls_pki_types::pem::Error) -> String {
     }
 }
 
+/// What a certificate says about itself, read from its DER (RFC 5280 §4.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFacts {
+    /// `notBefore`, Unix seconds.
+    pub not_before: i64,
+    /// `notAfter`, Unix seconds.
+    pub not_after: i64,
+    /// The issuer's distinguished name, RFC 4514 form (`CN=R11, O=Let's Encrypt, C=US`).
+    pub issuer: String,
+    /// The serial number, lowercase hex with colons, as `openssl x509 -serial` groups it.
+    pub serial: String,
+}
+
+impl CertFacts {
+    /// Reads the validity, issuer and serial of a DER certificate; the error says why it does
+    /// not parse.
+    pub fn of(der: &[u8]) -> Result<CertFacts, String> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+        let validity = cert.validity();
+        Ok(CertFacts {
+            not_before: validity.not_before.timestamp(),
+            not_after: validity.not_after.timestamp(),
+            issuer: cert.issuer().to_string(),
+            serial: cert.raw_serial_as_string(),
+        })
+    }
+}
+
 /// Picks the certificate for each handshake from a set that can be swapped atomically.
 pub struct CertResolver {
     set: ArcSwap<CertSet>,
+    /// Certificates obtained by ACME, by exact name: chosen before the files' (`[acme]`).
+    acme: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
 }
 
 impl std::fmt::Debug for CertResolver {
@@ -168,7 +199,19 @@ impl CertResolver {
     pub fn load(tls: &config::Tls) -> Result<CertResolver, TlsError> {
         Ok(CertResolver {
             set: ArcSwap::from_pointee(CertSet::load(tls)?),
+            acme: ArcSwap::from_pointee(HashMap::new()),
         })
+    }
+
+    /// Serves `certified` for the exact name `name` from the next handshake on, in place of
+    /// any certificate of the files (`[tls]`) and any earlier one for `name`. Open connections
+    /// keep the certificate they were made with.
+    pub fn install(&self, name: &str, certified: Arc<CertifiedKey>) {
+        self.acme.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.insert(name.to_owned(), certified.clone());
+            map
+        });
     }
 
     /// Loads the certificates again and swaps them in; on error the old ones stay.
@@ -180,6 +223,11 @@ impl CertResolver {
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = hello.server_name()
+            && let Some(certified) = self.acme.load().get(name)
+        {
+            return Some(certified.clone());
+        }
         Some(self.set.load().pick(hello.server_name()))
     }
 }
