@@ -398,6 +398,129 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    /// Writes a self-signed certificate for `name` expiring on `year`-01-01 to
+    /// `dir/{file}.pem` and its key to `dir/{file}.key`; returns (cert, key, not-after).
+    fn cert_until(dir: &Path, file: &str, name: &str, year: i32) -> (PathBuf, PathBuf, i64) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(year, 1, 1);
+        let cert = params.self_signed(&key).unwrap();
+        let (c, k) = (dir.join(format!("{file}.pem")), dir.join(format!("{file}.key")));
+        fs::write(&c, cert.pem()).unwrap();
+        fs::write(&k, key.serialize_pem()).unwrap();
+        let not_after = time::Date::from_calendar_date(year, time::Month::January, 1)
+            .unwrap()
+            .midnight()
+            .assume_utc()
+            .unix_timestamp();
+        (c, k, not_after)
+    }
+
+    fn sni(host: &str, (cert, key, _): &(PathBuf, PathBuf, i64)) -> config::SniCert {
+        config::SniCert {
+            host: host.to_owned(),
+            cert: cert.clone(),
+            key: key.clone(),
+        }
+    }
+
+    fn gauge_values(gauge: &IntGaugeVec) -> Vec<(String, i64)> {
+        use prometheus::core::Collector as _;
+        let mut out: Vec<(String, i64)> = gauge
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric().to_vec())
+            .map(|m| {
+                let name = m.get_label()[0].value().to_owned();
+                (name, m.get_gauge().get_value() as i64)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn the_expiry_gauge_follows_every_certificate_served_through_reload_and_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let default = cert_until(d, "default", "localhost", 2031);
+        let ads = cert_until(d, "ads", "ads.example", 2032);
+        let wild = cert_until(d, "wild", "*.cdn.example", 2033);
+        let ads_renewed = cert_until(d, "ads2", "ads.example", 2034);
+        let acme = cert_until(d, "acme", "click.example", 2035);
+        let tls = config::Tls {
+            cert: default.0.clone(),
+            key: default.1.clone(),
+            sni: vec![sni("Ads.Example", &ads), sni("*.cdn.example", &wild)],
+            ..config::Tls::default()
+        };
+        let resolver = CertResolver::load(&tls).unwrap();
+        let gauge = IntGaugeVec::new(prometheus::Opts::new("expiry", "test"), &["name"]).unwrap();
+        resolver.report_expiry(gauge.clone());
+        let s = |n: &str| n.to_owned();
+        // Rows: the gauge after each step, one row per step.
+        assert_eq!(
+            gauge_values(&gauge),
+            [
+                (s("*.cdn.example"), wild.2),
+                (s("ads.example"), ads.2),
+                (s("default"), default.2)
+            ],
+            "at start"
+        );
+
+        // Reload: ads.example's certificate replaced, the wildcard removed from the config.
+        let reloaded = config::Tls {
+            sni: vec![sni("ads.example", &ads_renewed)],
+            ..tls.clone()
+        };
+        resolver.reload(&reloaded).unwrap();
+        assert_eq!(
+            gauge_values(&gauge),
+            [(s("ads.example"), ads_renewed.2), (s("default"), default.2)],
+            "after a reload"
+        );
+
+        // A reload that fails keeps the gauge as it was.
+        let broken = config::Tls {
+            sni: vec![sni("ads.example", &(d.join("missing.pem"), ads.1.clone(), 0))],
+            ..tls.clone()
+        };
+        assert!(resolver.reload(&broken).is_err());
+        assert_eq!(
+            gauge_values(&gauge),
+            [(s("ads.example"), ads_renewed.2), (s("default"), default.2)],
+            "after a failed reload"
+        );
+
+        // An ACME certificate installed: its name appears; installed for a name the files
+        // also serve, it replaces theirs (it is the one served).
+        let load = |(c, k, _): &(PathBuf, PathBuf, i64)| load_pair(&provider(), c, k, "t").unwrap();
+        resolver.install("click.example", load(&acme));
+        resolver.install("ads.example", load(&ads));
+        assert_eq!(
+            gauge_values(&gauge),
+            [
+                (s("ads.example"), ads.2),
+                (s("click.example"), acme.2),
+                (s("default"), default.2)
+            ],
+            "after installs"
+        );
+        // The installed ones survive a reload of the files.
+        resolver.reload(&reloaded).unwrap();
+        assert_eq!(
+            gauge_values(&gauge),
+            [
+                (s("ads.example"), ads.2),
+                (s("click.example"), acme.2),
+                (s("default"), default.2)
+            ],
+            "installed, then a reload"
+        );
+    }
+
     #[test]
     fn a_generated_private_key_is_owner_only_whatever_was_left_at_its_temporary_name() {
         // (mode of a file left at the key's temporary name, or none)
