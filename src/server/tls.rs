@@ -406,7 +406,10 @@ mod tests {
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         params.not_after = rcgen::date_time_ymd(year, 1, 1);
         let cert = params.self_signed(&key).unwrap();
-        let (c, k) = (dir.join(format!("{file}.pem")), dir.join(format!("{file}.key")));
+        let (c, k) = (
+            dir.join(format!("{file}.pem")),
+            dir.join(format!("{file}.key")),
+        );
         fs::write(&c, cert.pem()).unwrap();
         fs::write(&k, key.serialize_pem()).unwrap();
         let not_after = time::Date::from_calendar_date(year, time::Month::January, 1)
@@ -484,7 +487,10 @@ mod tests {
 
         // A reload that fails keeps the gauge as it was.
         let broken = config::Tls {
-            sni: vec![sni("ads.example", &(d.join("missing.pem"), ads.1.clone(), 0))],
+            sni: vec![sni(
+                "ads.example",
+                &(d.join("missing.pem"), ads.1.clone(), 0),
+            )],
             ..tls.clone()
         };
         assert!(resolver.reload(&broken).is_err());
