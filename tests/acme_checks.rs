@@ -521,3 +521,79 @@ async fn a_generated_self_signed_certificate_has_its_expiry_too() {
     let facts = webprom_edge::server::tls::CertFacts::of(&served).unwrap();
     assert_eq!(series[0].1, facts.not_after);
 }
+
+#[test]
+fn the_example_config_shows_every_acme_key_commented_out_with_its_default() {
+    use webprom_edge::config::{Acme, Config};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        !text.lines().any(|l| l.trim() == "[acme]"),
+        "[acme] is commented out"
+    );
+    // The block from `# [acme]` to the first line that is not a comment, uncommented (a
+    // `# # ...` line is a comment inside the block).
+    let mut block = Vec::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line == "# [acme]" {
+            inside = true;
+        }
+        if inside {
+            if !line.starts_with('#') {
+                break;
+            }
+            if !line.starts_with("# #") {
+                block.push(line.trim_start_matches("# ").to_owned());
+            }
+        }
+    }
+    let block = block.join("\n");
+    let shown: toml::Table = block.parse().unwrap_or_else(|e| panic!("{e}:\n{block}"));
+    let shown = shown["acme"].as_table().expect("an [acme] table").clone();
+
+    // Every key, the optional ones too.
+    let every = Acme {
+        http_listen: Some("0.0.0.0:80".parse().unwrap()),
+        ca_roots: Some("roots.pem".into()),
+        eab_kid: Some("kid".into()),
+        eab_hmac_key_file: Some("eab.key".into()),
+        ..Acme::default()
+    };
+    let every = toml::Table::try_from(&every).unwrap();
+    let mut want: Vec<&String> = every.keys().collect();
+    let mut got: Vec<&String> = shown.keys().collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+
+    // Shown with its default, where it has one (durations compared as durations).
+    let uncommented = format!("{text}\n{block}\n");
+    let example = Config::parse(&uncommented, &path).unwrap().acme;
+    let default = Acme::default();
+    assert!(!example.enabled);
+    assert_eq!(example.directory, default.directory);
+    assert_eq!(example.challenge, default.challenge);
+    assert_eq!(example.storage, default.storage);
+    assert_eq!(example.retry_backoff, default.retry_backoff);
+    assert_eq!(example.timeout, default.timeout);
+    // Every key with a default is one of those (contact and domains have none).
+    let defaults = toml::Table::try_from(Acme::default()).unwrap();
+    let mut with_default: Vec<&str> = defaults
+        .keys()
+        .map(String::as_str)
+        .filter(|k| *k != "contact" && *k != "domains")
+        .collect();
+    with_default.sort();
+    assert_eq!(
+        with_default,
+        [
+            "challenge",
+            "directory",
+            "enabled",
+            "retry_backoff",
+            "storage",
+            "timeout"
+        ]
+    );
+}
