@@ -149,14 +149,23 @@ fn body(answer: &str) -> &str {
     answer.split_once("\r\n\r\n").map_or("", |(_, b)| b)
 }
 
+/// (request, status, Location, body, recorded path, recorded host)
+type Row<'a> = (
+    String,
+    u16,
+    Option<&'a str>,
+    Option<&'a str>,
+    &'a str,
+    Option<&'a str>,
+);
+
 #[tokio::test]
 async fn each_request_gets_its_answer_and_one_record_without_its_token() {
     let l = start(pending(), Duration::from_secs(5)).await;
     let get = |target: &str, host: &str| format!("GET {target} HTTP/1.1\r\nhost: {host}\r\n\r\n");
     let challenge = format!("/.well-known/acme-challenge/{TOKEN}");
     let short = format!("/.well-known/acme-challenge/{SHORT_TOKEN}");
-    // (request, status, Location, body, recorded path, recorded host)
-    let rows: Vec<(String, u16, Option<&str>, Option<&str>, &str, Option<&str>)> = vec![
+    let rows: Vec<Row> = vec![
         // A pending challenge, as the CA asks for it: any host, the key authorization.
         (
             get(&challenge, "ads.example"),
@@ -234,7 +243,7 @@ async fn each_request_gets_its_answer_and_one_record_without_its_token() {
             Some("localhost"),
         ),
         (
-            format!("POST /form HTTP/1.1\r\nhost: localhost\r\ncontent-length: 3\r\n\r\na=b"),
+            "POST /form HTTP/1.1\r\nhost: localhost\r\ncontent-length: 3\r\n\r\na=b".to_owned(),
             308,
             Some("https://localhost/form"),
             None,
