@@ -108,7 +108,32 @@ fn every_bad_acme_value_exits_2_and_names_its_key() {
             acme("domains", "[\"ads.example\", \"ads.example\"]"),
             "acme.domains[1]",
         ),
+        (
+            "an IP address as a domain",
+            acme("domains", "[\"192.0.2.1\"]"),
+            "acme.domains[0]",
+        ),
+        (
+            "a domain with a character no name has",
+            acme("domains", "[\"ads_example.com\"]"),
+            "acme.domains[0]",
+        ),
         ("a missing contact", acme("contact", "[]"), "acme.contact"),
+        (
+            "a contact with two @",
+            acme("contact", "[\"mailto:a@b@example.com\"]"),
+            "acme.contact[0]",
+        ),
+        (
+            "a contact without its local part",
+            acme("contact", "[\"mailto:@example.com\"]"),
+            "acme.contact[0]",
+        ),
+        (
+            "a directory URL without a host",
+            acme("directory", "\"https:///directory\""),
+            "acme.directory",
+        ),
         (
             "a contact that is not mailto:",
             acme(
@@ -260,7 +285,16 @@ fn every_bad_acme_value_exits_2_and_names_its_key() {
         std::fs::Permissions::from_mode(0o000),
     )
     .unwrap();
+    let read_only = d.join("read-only");
+    std::fs::create_dir(&read_only).unwrap();
+    std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o500)).unwrap();
+    let read_only = format!("\"{}\"", read_only.display());
     if !is_root() {
+        rows.push((
+            "a storage that cannot be written",
+            acme("storage", &read_only),
+            "acme.storage",
+        ));
         rows.push((
             "a ca_roots that cannot be read",
             acme("ca_roots", &unreadable),
