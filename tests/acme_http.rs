@@ -46,12 +46,21 @@ struct Listener {
 }
 
 async fn start<C: KeyAuthorizations>(challenges: C, header_read_timeout: Duration) -> Listener {
+    start_with(challenges, header_read_timeout, |_| {}).await
+}
+
+async fn start_with<C: KeyAuthorizations>(
+    challenges: C,
+    header_read_timeout: Duration,
+    edit: impl FnOnce(&mut Config),
+) -> Listener {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.server.hosts = vec!["localhost".into(), "Ads.Example".into()];
     config.server.header_read_timeout = Dur::from(header_read_timeout);
     config.server.max_header_bytes = 16 * 1024;
     config.access_log.dir = dir.path().join("logs");
+    edit(&mut config);
     let key = EpochKey {
         epoch: Epoch::today(),
         key: Key::from_bytes([7; 32]),
@@ -429,5 +438,43 @@ async fn a_drain_stops_accepting_and_lets_the_open_connections_end() {
         drained,
         Ok(None),
         "every connection has let go of the tracker"
+    );
+}
+
+#[tokio::test]
+async fn behind_a_balancer_the_proxy_protocol_header_names_the_client_recorded() {
+    let l = start_with(pending(), Duration::from_secs(2), |c| {
+        c.server.proxy_protocol = webprom_edge::config::ProxyProtocol::V1;
+        c.client_ip.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let request = format!(
+        "PROXY TCP4 198.51.100.7 192.0.2.1 40000 80\r\nGET /.well-known/acme-challenge/{TOKEN} HTTP/1.1\r\nhost: ads.example\r\n\r\n"
+    );
+    let answer = l.exchange(request.as_bytes()).await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert_eq!(body(&answer), KEY_AUTHORIZATION);
+    // A connection from the balancer without the header: closed (the request unread, so
+    // possibly with a reset), nothing sent, counted, not recorded.
+    let mut tcp = TcpStream::connect(l.addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nhost: ads.example\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer))
+        .await
+        .expect("closed at once");
+    assert!(read.is_ok() || read.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset));
+    assert!(answer.is_empty(), "{answer:?}");
+    let records = webprom_edge_wait(&l, 1).await;
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["net"], "198.51.100.0/24");
+    let metrics = l.sinks.metrics.render();
+    assert!(
+        metrics.lines().any(
+            |line| line.starts_with("webprom_edge_proxy_protocol_rejected_total{")
+                && line.ends_with(" 1")
+        ),
+        "{metrics}"
     );
 }

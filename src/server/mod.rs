@@ -5,7 +5,9 @@
 //! metrics and the access log) and hands each task only what it needs: the request driver
 //! ([`Proxy`]) and the connections get theirs, the key schedule the key store, the capture
 //! and the metrics ([`schedule::rotate_keys`]), the admin listener its health view
-//! ([`admin::Health`]) and the metrics, SIGHUP the capture, the certificates and the limiter.
+//! ([`admin::Health`]) and the metrics, SIGHUP the capture, the certificates and the limiter,
+//! the `acme.http_listen` listener ([`acme_http`]) the ACME challenges, the capture and the
+//! sinks. The certificates keep `tls_certificate_expiry_timestamp_seconds` from the start on.
 //! No part is reached through another.
 //!
 //! What it must never do: log a request value, or hold a lock across an await.
