@@ -40,8 +40,22 @@ fn check_config(dir: &Path, text: &str) -> (i32, String, String) {
 fn a_valid_acme_section_passes_check_config_and_nothing_is_created() {
     let dir = tempfile::tempdir().unwrap();
     common::write_test_geo(dir.path());
-    let (code, _, stderr) = check_config(dir.path(), &acme_config(dir.path()));
-    assert_eq!(code, 0, "{stderr}");
+    // A test CA's root, as pebble's would be.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let root = dir.path().join("ca.pem");
+    std::fs::write(&root, params.self_signed(&key).unwrap().pem()).unwrap();
+    let with_roots = set(
+        &acme_config(dir.path()),
+        "acme",
+        "ca_roots",
+        &format!("\"{}\"", root.display()),
+    );
+    for text in [acme_config(dir.path()), with_roots] {
+        let (code, _, stderr) = check_config(dir.path(), &text);
+        assert_eq!(code, 0, "{stderr}");
+    }
     assert!(
         !dir.path().join("acme").exists(),
         "check-config created the storage"
@@ -71,6 +85,10 @@ fn every_bad_acme_value_exits_2_and_names_its_key() {
     };
     let not_pem = file("not-pem.txt", b"just some text\n");
     let empty_pem = file("empty.pem", b"");
+    let not_x509 = file(
+        "not-x509.pem",
+        b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+    );
     let secret = "s3cr3t!!not+base64url";
     let bad_key = file("eab-bad.key", secret.as_bytes());
     let empty_key = file("eab-empty.key", b" \n");
@@ -185,6 +203,11 @@ fn every_bad_acme_value_exits_2_and_names_its_key() {
         (
             "a ca_roots that is not PEM",
             acme("ca_roots", &not_pem),
+            "acme.ca_roots",
+        ),
+        (
+            "a ca_roots whose certificate is not X.509",
+            acme("ca_roots", &not_x509),
             "acme.ca_roots",
         ),
         (

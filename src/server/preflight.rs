@@ -112,11 +112,12 @@ fn check_tls(config: &Config) -> Result<Option<CertResolver>, ConfigError> {
     Ok(None)
 }
 
-/// The largest `acme.ca_roots` or `acme.eab_hmac_key_file` read, in bytes.
+/// The largest `acme.eab_hmac_key_file` read, in bytes.
 const MAX_ACME_FILE_BYTES: u64 = 1 << 20;
 
 /// `[acme]`'s files, when it is enabled: `storage` a writable directory or one that can be
-/// created, `ca_roots` (if set) a readable PEM file of at least one certificate, and
+/// created, `ca_roots` (if set) a readable PEM file of at least one certificate, each usable as
+/// a root ([`load_roots`](crate::proxy::upstream_tls::load_roots)), and
 /// `eab_hmac_key_file` (if set) a readable file holding a base64url key ([`eab_hmac_key`]).
 fn check_acme(acme: &crate::config::Acme) -> Result<(), ConfigError> {
     if !acme.enabled {
@@ -124,8 +125,9 @@ fn check_acme(acme: &crate::config::Acme) -> Result<(), ConfigError> {
     }
     check_dir("acme.storage", &acme.storage)?;
     if let Some(path) = &acme.ca_roots {
-        tls::read_certificates(path, MAX_ACME_FILE_BYTES)
-            .map_err(|reason| file_error("acme.ca_roots", path, reason))?;
+        // The reader `upstream.ca_roots` uses: what the ACME client will trust, checked alike.
+        crate::proxy::upstream_tls::load_roots(path)
+            .map_err(|reason| ConfigError::invalid("acme.ca_roots", reason))?;
     }
     if let Some(path) = &acme.eab_hmac_key_file {
         eab_hmac_key(path).map_err(|reason| file_error("acme.eab_hmac_key_file", path, reason))?;
