@@ -122,7 +122,7 @@ fn promtool_accepts_the_alert_rules() {
         String::from_utf8_lossy(&out.stdout)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("SUCCESS: 12 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 13 rules found"), "{text}");
 }
 
 /// The promtool unit-test files for config/prometheus/alerts.yml: `tests/data/alerts_*.yml`.
@@ -194,7 +194,7 @@ fn every_alert_rule_is_described_independent_of_the_job_name_and_tested_both_way
             alerts.push(name.to_owned());
         }
     }
-    assert!(alerts.len() >= 11, "{alerts:?}");
+    assert!(alerts.len() >= 12, "{alerts:?}");
 
     // Each alert is expected firing somewhere and silent somewhere in the promtool tests.
     let mut firing = std::collections::HashSet::new();
@@ -503,4 +503,33 @@ async fn unique_clients_estimates_a_thousand_visitors() {
     for p in pseudonyms {
         assert!(!text.contains(&p));
     }
+}
+
+#[test]
+fn the_dashboard_shows_the_time_left_of_each_certificate_by_name_and_instance() {
+    let dash = dashboard();
+    let panels = panels_reading(
+        &dash,
+        "webprom_edge_tls_certificate_expiry_timestamp_seconds",
+    );
+    assert_eq!(panels.len(), 1, "one certificate panel");
+    let target = &panels[0]["targets"][0];
+    let expr = target["expr"].as_str().unwrap();
+    assert!(
+        expr.contains("by (instance, name)") && expr.contains("time()"),
+        "{expr}"
+    );
+    let legend = target["legendFormat"].as_str().unwrap();
+    assert!(
+        legend.contains("{{name}}") && legend.contains("{{instance}}"),
+        "{legend}"
+    );
+    // Coloured at the alert's thresholds: under a day, under 14 days.
+    let steps: Vec<f64> = panels[0]["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["value"].as_f64())
+        .collect();
+    assert_eq!(steps, [86400.0, 14.0 * 86400.0]);
 }

@@ -15,7 +15,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use http::header::{ACCEPT_LANGUAGE, HeaderName, USER_AGENT};
 
 use super::geo::{Country, GeoDb, GeoError};
-use super::host::ListedHosts;
+use super::host::{ListedHosts, RecordedHost};
 use super::keys::{Key, Pseudonym, pseudonym};
 use super::lang::primary_language_of;
 use super::net::{Network, truncate};
@@ -261,6 +261,12 @@ impl Capture {
     /// capture keep the name they matched.
     pub fn set_hosts(&self, hosts: &[String]) {
         self.hosts.store(Arc::new(ListedHosts::new(hosts)));
+    }
+
+    /// `host` (normalised: lowercase, without port or trailing dot) as `server.hosts` lists
+    /// it, when it does: the only host name a redirect of the proxy's own may name.
+    pub fn listed_host(&self, host: &str) -> Option<RecordedHost> {
+        self.hosts.load().recorded(host)
     }
 }
 

@@ -5,11 +5,14 @@
 //! metrics and the access log) and hands each task only what it needs: the request driver
 //! ([`Proxy`]) and the connections get theirs, the key schedule the key store, the capture
 //! and the metrics ([`schedule::rotate_keys`]), the admin listener its health view
-//! ([`admin::Health`]) and the metrics, SIGHUP the capture, the certificates and the limiter.
+//! ([`admin::Health`]) and the metrics, SIGHUP the capture, the certificates and the limiter,
+//! the `acme.http_listen` listener ([`acme_http`]) the ACME challenges, the capture and the
+//! sinks. The certificates keep `tls_certificate_expiry_timestamp_seconds` from the start on.
 //! No part is reached through another.
 //!
 //! What it must never do: log a request value, or hold a lock across an await.
 
+pub mod acme_http;
 pub mod conn;
 pub mod h2;
 pub mod preflight;
@@ -28,6 +31,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::accesslog::AccessLog;
+use crate::acme::Challenges;
 use crate::admin::{self, Health};
 use crate::client_ip::ClientAddr;
 use crate::config::{Config, ConfigError};
@@ -41,6 +45,7 @@ use crate::proxy::logging::Sinks;
 use crate::proxy::upstream::Upstreams;
 use crate::proxy::{LimiterCell, Proxy};
 use crate::ratelimit::RateLimiter;
+use acme_http::AcmeHttp;
 use conn::ConnShared;
 use tls::CertResolver;
 
@@ -61,6 +66,10 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), preflight::
         None => None,
     };
     let admin_listener = bind("admin.listen", config.admin.listen).await?;
+    let acme_http_listener = match config.acme.http_listen.filter(|_| config.acme.enabled) {
+        Some(addr) => Some(bind("acme.http_listen", addr).await?),
+        None => None,
+    };
 
     let resolver = Arc::new(preflight::certificates(&config, checked.certs)?);
     let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(resolver.clone())));
@@ -86,6 +95,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), preflight::
         .unwrap_or_default();
     let limiter = Arc::new(LimiterCell::from(limiter.map(Arc::new)));
     let metrics = Arc::new(Metrics::new(&policies));
+    resolver.report_expiry(metrics.certificate_expiry.clone());
     let log = AccessLog::start(&config.access_log, metrics.log_counters())
         .with_context(|| "starting the access log (access_log.dir)")?;
     let sinks = Arc::new(Sinks {
@@ -107,6 +117,18 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), preflight::
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (tracker, mut drained) = mpsc::channel::<()>(1);
+    let challenges = Arc::new(Challenges::default());
+    let acme_http = acme_http_listener.map(|l| {
+        let state = AcmeHttp::new(
+            &config,
+            challenges.clone(),
+            capture.clone(),
+            sinks.clone(),
+            shutdown_rx.clone(),
+            tracker.clone(),
+        );
+        (l, Arc::new(state))
+    });
     let shared = Arc::new(ConnShared::new(
         &config.server,
         proxy_protocol::ProxyProtocol::new(
@@ -140,6 +162,10 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), preflight::
     if let Some(l) = plain_listener {
         log_listening("plain", &l);
         tokio::spawn(accept_loop(l, None, shared.clone()));
+    }
+    if let Some((l, state)) = acme_http {
+        log_listening("acme-http", &l);
+        tokio::spawn(state.serve(l));
     }
     // Listening before the admin listener is announced: whoever reads that line and asks
     // /readyz at once must not be told "draining".

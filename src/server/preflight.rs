@@ -1,8 +1,9 @@
 //! The check of every file and directory the configuration names, run by `check-config` and
 //! as the first step of `run`, before anything is written: the certificates (or, when they are
 //! to be generated, the directories they go to), the GeoIP database, the pseudonym key
-//! directory and its key files, the access-log directory, the group its day files get, and the
-//! CA roots for `https://` upstreams (`upstream.ca_roots`, else the system's).
+//! directory and its key files, the access-log directory, the group its day files get, the
+//! CA roots for `https://` upstreams (`upstream.ca_roots`, else the system's), and, when
+//! `[acme]` is enabled, its storage directory, its CA roots and its binding's MAC key file.
 //!
 //! Must never write, create or generate anything (a directory is tried with a probe file that is
 //! removed at once). Every error of the check is a [`ConfigError`] naming the config key, the
@@ -68,6 +69,7 @@ pub fn check(config: &Config) -> Result<Checked, ConfigError> {
     check_dir("access_log.dir", &config.access_log.dir)?;
     crate::accesslog::files::Ownership::of(&config.access_log)?;
     let upstream_tls = TlsClient::for_upstreams(&config.upstream)?;
+    check_acme(&config.acme)?;
     Ok(Checked {
         certs,
         geo,
@@ -108,6 +110,50 @@ fn check_tls(config: &Config) -> Result<Option<CertResolver>, ConfigError> {
         CertResolver::load(&sni_only).map_err(tls_error)?;
     }
     Ok(None)
+}
+
+/// The largest `acme.eab_hmac_key_file` read, in bytes.
+const MAX_ACME_FILE_BYTES: u64 = 1 << 20;
+
+/// `[acme]`'s files, when it is enabled: `storage` a writable directory or one that can be
+/// created, `ca_roots` (if set) a readable PEM file of at least one certificate, each usable as
+/// a root ([`load_roots`](crate::proxy::upstream_tls::load_roots)), and
+/// `eab_hmac_key_file` (if set) a readable file holding a base64url key ([`eab_hmac_key`]).
+fn check_acme(acme: &crate::config::Acme) -> Result<(), ConfigError> {
+    if !acme.enabled {
+        return Ok(());
+    }
+    check_dir("acme.storage", &acme.storage)?;
+    if let Some(path) = &acme.ca_roots {
+        // The reader `upstream.ca_roots` uses: what the ACME client will trust, checked alike.
+        crate::proxy::upstream_tls::load_roots(path)
+            .map_err(|reason| ConfigError::invalid("acme.ca_roots", reason))?;
+    }
+    if let Some(path) = &acme.eab_hmac_key_file {
+        eab_hmac_key(path).map_err(|reason| file_error("acme.eab_hmac_key_file", path, reason))?;
+    }
+    Ok(())
+}
+
+/// The external account binding's MAC key (RFC 8555 §7.3.4) from the file at `path`: base64url
+/// as the CA gives it, with or without `=` padding, surrounding whitespace ignored; at least
+/// one byte. The error is the reason alone, and never quotes the file.
+pub fn eab_hmac_key(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    use base64::Engine as _;
+    let mut text = zeroize::Zeroizing::new(Vec::new());
+    files::read_regular(path, MAX_ACME_FILE_BYTES, &mut text).map_err(|e| e.to_string())?;
+    let trimmed = text.trim_ascii();
+    let unpadded = trimmed
+        .strip_suffix(b"==")
+        .or_else(|| trimmed.strip_suffix(b"="))
+        .unwrap_or(trimmed);
+    if unpadded.is_empty() {
+        return Err("is empty: it must hold the MAC key the CA gave (base64url)".into());
+    }
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(unpadded)
+        .map_err(|_| "is not base64url: it must hold the MAC key as the CA gave it".to_owned())?;
+    Ok(zeroize::Zeroizing::new(key))
 }
 
 /// A directory that must exist and be writable, or be creatable.

@@ -1,16 +1,18 @@
 //! TLS: certificates from PEM files, the SNI resolver, self-signed development certificates,
-//! and atomic reload.
+//! atomic reload, and the expiry gauge of every certificate served
+//! (`tls_certificate_expiry_timestamp_seconds{name}`).
 //!
 //! Only TLS 1.2 and 1.3 with the ring provider are offered, with ALPN `h2` and `http/1.1`.
 //! A reload builds the whole new certificate set first and swaps it in only if every file
 //! loaded, so a bad file on disk never replaces a good certificate.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
+use prometheus::IntGaugeVec;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -94,7 +96,24 @@ impl CertSet {
         }
         self.default.clone()
     }
+
+    /// Each certificate by the name the config gives it: `default` for `[tls]`'s own, and
+    /// `tls.sni[i].host` (lowercase) for the others. The last `tls.sni` entry of a host wins,
+    /// as it does in [`CertSet::pick`].
+    fn named(&self) -> impl Iterator<Item = (String, &Arc<CertifiedKey>)> {
+        let exact = self.exact.iter().map(|(host, ck)| (host.clone(), ck));
+        let wildcard = self
+            .wildcard
+            .iter()
+            .map(|(parent, ck)| (format!("*.{parent}"), ck));
+        std::iter::once((DEFAULT_NAME.to_owned(), &self.default))
+            .chain(exact)
+            .chain(wildcard)
+    }
 }
+
+/// The `name` of the `[tls]` certificate in `tls_certificate_expiry_timestamp_seconds`.
+pub const DEFAULT_NAME: &str = "default";
 
 fn load_pair(
     provider: &CryptoProvider,
@@ -181,11 +200,23 @@ impl CertFacts {
     }
 }
 
-/// Picks the certificate for each handshake from a set that can be swapped atomically.
+/// Picks the certificate for each handshake from a set that can be swapped atomically, and
+/// keeps the expiry gauge of every certificate served once [`CertResolver::report_expiry`]
+/// has handed it the gauge.
 pub struct CertResolver {
     set: ArcSwap<CertSet>,
     /// Certificates obtained by ACME, by exact name: chosen before the files' (`[acme]`).
     acme: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
+    /// Held while the gauge is brought up to date, so that a reload and an install never
+    /// interleave their updates. Never held on the handshake path.
+    expiry: Mutex<Expiry>,
+}
+
+/// `tls_certificate_expiry_timestamp_seconds{name}` and the names it has a series for.
+#[derive(Default)]
+struct Expiry {
+    gauge: Option<IntGaugeVec>,
+    published: HashSet<String>,
 }
 
 impl std::fmt::Debug for CertResolver {
@@ -200,7 +231,67 @@ impl CertResolver {
         Ok(CertResolver {
             set: ArcSwap::from_pointee(CertSet::load(tls)?),
             acme: ArcSwap::from_pointee(HashMap::new()),
+            expiry: Mutex::default(),
         })
+    }
+
+    /// Keeps `gauge` (`tls_certificate_expiry_timestamp_seconds{name}`) at the not-after time
+    /// (Unix seconds) of every certificate served, from now on: set at once, and again at each
+    /// [`CertResolver::reload`] and [`CertResolver::install`]; a name no longer served loses
+    /// its series. `name` is `default`, a `tls.sni[i].host`, or an `[acme]` domain: never a
+    /// name a client sent.
+    pub fn report_expiry(&self, gauge: IntGaugeVec) {
+        self.lock_expiry().gauge = Some(gauge);
+        self.publish_expiry();
+    }
+
+    /// The name each certificate is served for and its not-after time (Unix seconds): the
+    /// files' ([`CertSet::named`]), then the ACME certificates, which win for their exact
+    /// name as they do in a handshake. A certificate whose leaf does not parse is left out,
+    /// with a warning naming it.
+    pub fn expiries(&self) -> HashMap<String, i64> {
+        let set = self.set.load();
+        let acme = self.acme.load();
+        let all = set
+            .named()
+            .chain(acme.iter().map(|(name, ck)| (name.clone(), ck)));
+        let mut out = HashMap::new();
+        for (name, certified) in all {
+            let facts = certified
+                .end_entity_cert()
+                .map_err(|e| e.to_string())
+                .and_then(|leaf| CertFacts::of(leaf));
+            match facts {
+                Ok(facts) => {
+                    out.insert(name, facts.not_after);
+                }
+                Err(reason) => {
+                    tracing::warn!(%name, %reason, "cannot read the expiry of a served certificate: no tls_certificate_expiry_timestamp_seconds for it");
+                }
+            }
+        }
+        out
+    }
+
+    /// Brings the gauge up to date with the certificates now served.
+    fn publish_expiry(&self) {
+        let mut expiry = self.lock_expiry();
+        let Some(gauge) = expiry.gauge.clone() else {
+            return;
+        };
+        let served = self.expiries();
+        for stale in expiry.published.iter().filter(|n| !served.contains_key(*n)) {
+            let _ = gauge.remove_label_values(&[stale]);
+        }
+        for (name, not_after) in &served {
+            gauge.with_label_values(&[name]).set(*not_after);
+        }
+        expiry.published = served.into_keys().collect();
+    }
+
+    fn lock_expiry(&self) -> std::sync::MutexGuard<'_, Expiry> {
+        // The state is whole after every statement: a panic elsewhere leaves nothing half done.
+        self.expiry.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Serves `certified` for the exact name `name` from the next handshake on, in place of
@@ -212,11 +303,14 @@ impl CertResolver {
             map.insert(name.to_owned(), certified.clone());
             map
         });
+        self.publish_expiry();
     }
 
-    /// Loads the certificates again and swaps them in; on error the old ones stay.
+    /// Loads the certificates again and swaps them in; on error the old ones stay. The expiry
+    /// gauge follows: a `tls.sni` host removed loses its series.
     pub fn reload(&self, tls: &config::Tls) -> Result<(), TlsError> {
         self.set.store(Arc::new(CertSet::load(tls)?));
+        self.publish_expiry();
         Ok(())
     }
 }
@@ -303,6 +397,135 @@ pub fn fingerprint(der: &[u8]) -> String {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// Writes a self-signed certificate for `name` expiring on `year`-01-01 to
+    /// `dir/{file}.pem` and its key to `dir/{file}.key`; returns (cert, key, not-after).
+    fn cert_until(dir: &Path, file: &str, name: &str, year: i32) -> (PathBuf, PathBuf, i64) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(year, 1, 1);
+        let cert = params.self_signed(&key).unwrap();
+        let (c, k) = (
+            dir.join(format!("{file}.pem")),
+            dir.join(format!("{file}.key")),
+        );
+        fs::write(&c, cert.pem()).unwrap();
+        fs::write(&k, key.serialize_pem()).unwrap();
+        let not_after = time::Date::from_calendar_date(year, time::Month::January, 1)
+            .unwrap()
+            .midnight()
+            .assume_utc()
+            .unix_timestamp();
+        (c, k, not_after)
+    }
+
+    fn sni(host: &str, (cert, key, _): &(PathBuf, PathBuf, i64)) -> config::SniCert {
+        config::SniCert {
+            host: host.to_owned(),
+            cert: cert.clone(),
+            key: key.clone(),
+        }
+    }
+
+    fn gauge_values(gauge: &IntGaugeVec) -> Vec<(String, i64)> {
+        use prometheus::core::Collector as _;
+        let mut out: Vec<(String, i64)> = gauge
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric().to_vec())
+            .map(|m| {
+                let name = m.get_label()[0].value().to_owned();
+                (name, m.get_gauge().get_value() as i64)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn the_expiry_gauge_follows_every_certificate_served_through_reload_and_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let default = cert_until(d, "default", "localhost", 2031);
+        let ads = cert_until(d, "ads", "ads.example", 2032);
+        let wild = cert_until(d, "wild", "*.cdn.example", 2033);
+        let ads_renewed = cert_until(d, "ads2", "ads.example", 2034);
+        let acme = cert_until(d, "acme", "click.example", 2035);
+        let tls = config::Tls {
+            cert: default.0.clone(),
+            key: default.1.clone(),
+            sni: vec![sni("Ads.Example", &ads), sni("*.cdn.example", &wild)],
+            ..config::Tls::default()
+        };
+        let resolver = CertResolver::load(&tls).unwrap();
+        let gauge = IntGaugeVec::new(prometheus::Opts::new("expiry", "test"), &["name"]).unwrap();
+        resolver.report_expiry(gauge.clone());
+        let s = |n: &str| n.to_owned();
+        // Rows: the gauge after each step, one row per step.
+        assert_eq!(
+            gauge_values(&gauge),
+            [
+                (s("*.cdn.example"), wild.2),
+                (s("ads.example"), ads.2),
+                (s("default"), default.2)
+            ],
+            "at start"
+        );
+
+        // Reload: ads.example's certificate replaced, the wildcard removed from the config.
+        let reloaded = config::Tls {
+            sni: vec![sni("ads.example", &ads_renewed)],
+            ..tls.clone()
+        };
+        resolver.reload(&reloaded).unwrap();
+        assert_eq!(
+            gauge_values(&gauge),
+            [(s("ads.example"), ads_renewed.2), (s("default"), default.2)],
+            "after a reload"
+        );
+
+        // A reload that fails keeps the gauge as it was.
+        let broken = config::Tls {
+            sni: vec![sni(
+                "ads.example",
+                &(d.join("missing.pem"), ads.1.clone(), 0),
+            )],
+            ..tls.clone()
+        };
+        assert!(resolver.reload(&broken).is_err());
+        assert_eq!(
+            gauge_values(&gauge),
+            [(s("ads.example"), ads_renewed.2), (s("default"), default.2)],
+            "after a failed reload"
+        );
+
+        // An ACME certificate installed: its name appears; installed for a name the files
+        // also serve, it replaces theirs (it is the one served).
+        let load = |(c, k, _): &(PathBuf, PathBuf, i64)| load_pair(&provider(), c, k, "t").unwrap();
+        resolver.install("click.example", load(&acme));
+        resolver.install("ads.example", load(&ads));
+        assert_eq!(
+            gauge_values(&gauge),
+            [
+                (s("ads.example"), ads.2),
+                (s("click.example"), acme.2),
+                (s("default"), default.2)
+            ],
+            "after installs"
+        );
+        // The installed ones survive a reload of the files.
+        resolver.reload(&reloaded).unwrap();
+        assert_eq!(
+            gauge_values(&gauge),
+            [
+                (s("ads.example"), ads.2),
+                (s("click.example"), acme.2),
+                (s("default"), default.2)
+            ],
+            "installed, then a reload"
+        );
+    }
 
     #[test]
     fn a_generated_private_key_is_owner_only_whatever_was_left_at_its_temporary_name() {

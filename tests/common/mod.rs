@@ -338,6 +338,8 @@ pub struct Proxy {
     pub tls_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub plain_addr: Option<SocketAddr>,
+    /// The `acme.http_listen` listener, when `[acme]` has one.
+    pub acme_http_addr: Option<SocketAddr>,
     pub stderr: Arc<Mutex<String>>,
 }
 
@@ -471,7 +473,8 @@ impl Proxy {
                 all.push('\n');
             }
         });
-        let (mut tls_addr, mut admin_addr, mut plain_addr) = (None, None, None);
+        let (mut tls_addr, mut admin_addr, mut plain_addr, mut acme_http_addr) =
+            (None, None, None, None);
         let deadline = Instant::now() + Duration::from_secs(20);
         while tls_addr.is_none() || admin_addr.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -480,6 +483,7 @@ impl Proxy {
                     "tls" => tls_addr = Some(addr),
                     "admin" => admin_addr = Some(addr),
                     "plain" => plain_addr = Some(addr),
+                    "acme-http" => acme_http_addr = Some(addr),
                     _ => {}
                 },
                 Err(_) => {
@@ -488,10 +492,12 @@ impl Proxy {
                 }
             }
         }
-        // The plain listener is announced before the admin one.
+        // The plain and acme-http listeners are announced before the admin one.
         while let Ok((name, addr)) = rx.try_recv() {
-            if name == "plain" {
-                plain_addr = Some(addr);
+            match name.as_str() {
+                "plain" => plain_addr = Some(addr),
+                "acme-http" => acme_http_addr = Some(addr),
+                _ => {}
             }
         }
         Proxy {
@@ -500,6 +506,7 @@ impl Proxy {
             tls_addr: tls_addr.unwrap(),
             admin_addr: admin_addr.unwrap(),
             plain_addr,
+            acme_http_addr,
             stderr,
         }
     }
