@@ -88,6 +88,12 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), preflight::
     let metrics = Arc::new(Metrics::new(&policies));
     let log = AccessLog::start(&config.access_log, metrics.log_counters())
         .with_context(|| "starting the access log (access_log.dir)")?;
+    // ACME: the stored certificates are served from the first handshake on; a task per name
+    // orders and renews.
+    let acme = match config.acme.enabled {
+        true => Some(crate::acme::start(&config.acme, resolver.clone(), metrics.clone()).await?),
+        false => None,
+    };
     let sinks = Arc::new(Sinks {
         log,
         metrics: metrics.clone(),
@@ -107,18 +113,21 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), preflight::
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (tracker, mut drained) = mpsc::channel::<()>(1);
-    let shared = Arc::new(ConnShared::new(
-        &config.server,
-        proxy_protocol::ProxyProtocol::new(
-            config.server.proxy_protocol,
-            &config.client_ip.trusted_proxies,
-        ),
-        proxy,
-        capture.clone(),
-        sinks.clone(),
-        shutdown_rx.clone(),
-        tracker,
-    ));
+    let shared = Arc::new(
+        ConnShared::new(
+            &config.server,
+            proxy_protocol::ProxyProtocol::new(
+                config.server.proxy_protocol,
+                &config.client_ip.trusted_proxies,
+            ),
+            proxy,
+            capture.clone(),
+            sinks.clone(),
+            shutdown_rx.clone(),
+            tracker,
+        )
+        .with_acme(acme.as_ref().map(|a| a.challenges.clone())),
+    );
     let health = Arc::new(Health::new(upstreams.clone()));
     let health_checks = upstreams.start_health_checks();
 
@@ -179,7 +188,12 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), preflight::
     }
     // The admin listener answered "draining" until now.
     admin_task.abort();
-    for task in background.into_iter().chain(health_checks) {
+    let acme_tasks = acme.map(|a| a.tasks).unwrap_or_default();
+    for task in background
+        .into_iter()
+        .chain(health_checks)
+        .chain(acme_tasks)
+    {
         task.abort();
     }
     // Everything queued reaches the file before the process exits.

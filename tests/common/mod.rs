@@ -5,6 +5,7 @@
 
 pub mod mmdb;
 pub mod origin;
+pub mod pebble;
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
