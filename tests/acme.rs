@@ -237,3 +237,349 @@ async fn a_certificate_is_issued_through_tls_alpn_01_and_served_to_a_client_trus
         "{out}"
     );
 }
+
+/// Stores, as an earlier run would have, a certificate for [`NAME`] valid from ten days ago to
+/// tomorrow (so due for renewal: less than a third of its life is left), from a CA of its own.
+/// Returns its PEM (a client can trust it as its own root) and its serial.
+fn store_old_certificate(storage: &Path, directory: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![NAME.to_owned()]).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(10);
+    params.not_after = now + time::Duration::days(1);
+    let cert = params.self_signed(&key).unwrap();
+    let dir = storage.join("certificates").join(NAME);
+    std::fs::create_dir_all(&dir).unwrap();
+    for d in [storage, &storage.join("certificates"), &dir] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    std::fs::set_permissions(dir.join("key.pem"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let meta = serde_json::json!({"directory": directory, "issued_at": 0, "renewal_window": null});
+    std::fs::write(dir.join("meta.json"), meta.to_string()).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    (cert.pem(), serial(cert.der()))
+}
+
+#[tokio::test]
+async fn a_short_lived_certificate_is_renewed_and_swapped_while_an_open_connection_keeps_working() {
+    let up = Upstream::start().await;
+    let tls_port = free_port();
+    let Some(pebble) = Pebble::start(PebbleOptions {
+        tls_port,
+        validity_secs: Some(24),
+        ..PebbleOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let root = pebble.root_pem().await;
+    let storage = tempfile::tempdir().unwrap();
+    let acme = storage.path().join("acme");
+    let proxy = start_proxy(|dir| acme_config(dir, &up.url(), tls_port, &pebble, &acme, &[])).await;
+    let first = wait_issued(&proxy, &pebble, &root, Duration::from_secs(60)).await;
+    let issued_at = Instant::now();
+    let open = verified(proxy.tls_addr, &root, b"h2").await.unwrap();
+    assert_eq!(serial_of(&open), first);
+    let mut open = h2(open).await;
+    assert_eq!(get_status(&mut open).await, 200);
+
+    // Renewed with a third of its 24 s left: a new connection sees the new serial.
+    let second = eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        async || {
+            issued_serial(proxy.tls_addr, &root)
+                .await
+                .filter(|s| *s != first)
+        },
+        || {
+            format!(
+                "not renewed\nproxy:\n{}\npebble:\n{}",
+                proxy.output(),
+                pebble.log()
+            )
+        },
+    )
+    .await;
+    eprintln!(
+        "MEASURED: issued to renewed certificate served (24 s lifetime): {:?}",
+        issued_at.elapsed()
+    );
+    assert_ne!(second, first);
+    // The connection made with the first certificate still carries requests.
+    assert_eq!(get_status(&mut open).await, 200);
+    let m = metrics(&proxy).await;
+    assert!(
+        sample(&m, "webprom_edge_acme_orders_total{result=\"issued\"}") >= 2.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "webprom_edge_acme_orders_total{result=\"error\"}")
+            + sample(&m, "webprom_edge_acme_orders_total{result=\"rejected\"}"),
+        0.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn two_instances_sharing_the_storage_order_once_and_both_serve_the_certificate() {
+    let up = Upstream::start().await;
+    let (port_a, port_b) = (free_port(), free_port());
+    // pebble validates on instance A's port only: when B orders, A answers from the storage.
+    let Some(pebble) = Pebble::start(PebbleOptions {
+        tls_port: port_a,
+        ..PebbleOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let root = pebble.root_pem().await;
+    let storage = tempfile::tempdir().unwrap();
+    let acme = storage.path().join("acme");
+    let (a, b) = tokio::join!(
+        start_proxy(|dir| acme_config(dir, &up.url(), port_a, &pebble, &acme, &[])),
+        start_proxy(|dir| acme_config(dir, &up.url(), port_b, &pebble, &acme, &[])),
+    );
+    let serial_a = wait_issued(&a, &pebble, &root, Duration::from_secs(60)).await;
+    let serial_b = wait_issued(&b, &pebble, &root, Duration::from_secs(60)).await;
+    assert_eq!(serial_a, serial_b);
+    // Still one order a while later (the other instance loaded it from the storage).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(pebble.orders(), 1, "{}", pebble.log());
+    let issued = |m: &str| sample(m, "webprom_edge_acme_orders_total{result=\"issued\"}");
+    let (ma, mb) = (metrics(&a).await, metrics(&b).await);
+    assert_eq!(issued(&ma) + issued(&mb), 1.0, "{ma}\n{mb}");
+}
+
+#[tokio::test]
+async fn an_order_placed_by_one_instance_is_validated_through_another_sharing_the_storage() {
+    let up = Upstream::start().await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let Some(pebble) = Pebble::start(PebbleOptions {
+        tls_port: port_a,
+        ..PebbleOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let root = pebble.root_pem().await;
+    let storage = tempfile::tempdir().unwrap();
+    let acme = storage.path().join("acme");
+    // A certifies another name; only B certifies NAME, and pebble reaches only A.
+    let other = "[\"other.webprom.test\"]";
+    let a = start_proxy(|dir| {
+        let c = acme_config(
+            dir,
+            &up.url(),
+            port_a,
+            &pebble,
+            &acme,
+            &[("domains", other)],
+        );
+        set(
+            &c,
+            "server",
+            "hosts",
+            &format!("[\"{NAME}\", \"other.webprom.test\"]"),
+        )
+    })
+    .await;
+    let b = start_proxy(|dir| acme_config(dir, &up.url(), port_b, &pebble, &acme, &[])).await;
+    wait_issued(&b, &pebble, &root, Duration::from_secs(60)).await;
+    let answered = |p: &Proxy| {
+        p.output().lines().any(|l| {
+            l.contains("answered a TLS-ALPN-01 challenge") && l.contains(&format!("domain={NAME}"))
+        })
+    };
+    assert!(
+        answered(&a),
+        "A did not answer B's challenge:\n{}",
+        a.output()
+    );
+    assert!(!answered(&b), "{}", b.output());
+    assert!(
+        b.output().contains("certificate issued and stored"),
+        "{}",
+        b.output()
+    );
+}
+
+#[tokio::test]
+async fn a_lock_held_by_another_process_stops_ordering_until_that_process_dies() {
+    if !common::external("flock", "util-linux") {
+        return;
+    }
+    let up = Upstream::start().await;
+    let tls_port = free_port();
+    let Some(pebble) = Pebble::start(PebbleOptions {
+        tls_port,
+        ..PebbleOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let root = pebble.root_pem().await;
+    let storage = tempfile::tempdir().unwrap();
+    let acme = storage.path().join("acme");
+    std::fs::create_dir_all(acme.join("locks")).unwrap();
+    let lock = acme.join("locks").join(format!("{NAME}.lock"));
+    // Another process (a holder that will crash) has the name's lock.
+    let mut holder = {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new("flock")
+            .arg(&lock)
+            .args(["-c", "echo held; exec sleep 600"])
+            .process_group(0)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "held");
+    let proxy = start_proxy(|dir| acme_config(dir, &up.url(), tls_port, &pebble, &acme, &[])).await;
+    // Longer than an instance waits between two looks at the storage.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(pebble.orders(), 0, "{}", pebble.log());
+    assert!(issued_serial(proxy.tls_addr, &root).await.is_none());
+    // The holder dies: the kernel releases its lock and the proxy takes over.
+    let died = Instant::now();
+    // SAFETY: kill(2) of the process group this test started.
+    unsafe {
+        libc::kill(-(holder.id() as i32), libc::SIGKILL);
+    }
+    let _ = holder.wait();
+    wait_issued(&proxy, &pebble, &root, Duration::from_secs(30)).await;
+    eprintln!(
+        "MEASURED: lock holder died to certificate served: {:?}",
+        died.elapsed()
+    );
+    assert_eq!(pebble.orders(), 1, "{}", pebble.log());
+}
+
+/// Waits for the `n`-th failed attempt's warning in `proxy`'s output; returns the output.
+async fn wait_attempt(proxy: &Proxy, n: u32, limit: Duration) -> String {
+    eventually(
+        limit,
+        Duration::from_millis(100),
+        async || {
+            let out = proxy.output();
+            out.lines()
+                .any(|l| l.contains("ACME order failed") && l.contains(&format!("attempt={n} ")))
+                .then_some(out)
+        },
+        || format!("no failed attempt {n}:\n{}", proxy.output()),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_refusing_ca_leaves_the_old_certificate_served_and_is_retried_with_back_off() {
+    let up = Upstream::start().await;
+    let tls_port = free_port();
+    let Some(pebble) = Pebble::start(PebbleOptions {
+        tls_port,
+        blocklist: vec![NAME.to_owned()],
+        ..PebbleOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let storage = tempfile::tempdir().unwrap();
+    let acme = storage.path().join("acme");
+    let (old_pem, old_serial) = store_old_certificate(&acme, &pebble.directory);
+    let proxy = start_proxy(|dir| acme_config(dir, &up.url(), tls_port, &pebble, &acme, &[])).await;
+    let out = wait_attempt(&proxy, 3, Duration::from_secs(30)).await;
+    // One warning per attempt, naming the domain and the CA's reason; the wait doubles.
+    let failures: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("ACME order failed"))
+        .collect();
+    assert_eq!(failures.len(), 3, "{out}");
+    for (line, wait) in failures.iter().zip(["1s", "2s", "4s"]) {
+        assert!(line.contains(&format!("domain={NAME}")), "{line}");
+        assert!(
+            line.contains("problem=\"rejectedIdentifier\"")
+                || line.contains("problem=rejectedIdentifier"),
+            "{line}"
+        );
+        assert!(line.contains(&format!("retry_in={wait}")), "{line}");
+        assert!(
+            line.contains("serving the stored certificate until"),
+            "{line}"
+        );
+    }
+    // The stored certificate is still served.
+    assert_eq!(
+        issued_serial(proxy.tls_addr, &old_pem).await,
+        Some(old_serial)
+    );
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        sample(&m, "webprom_edge_acme_orders_total{result=\"rejected\"}"),
+        3.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_frozen_ca_leaves_the_old_certificate_served_until_it_answers_again() {
+    let up = Upstream::start().await;
+    let tls_port = free_port();
+    let Some(pebble) = Pebble::start(PebbleOptions {
+        tls_port,
+        ..PebbleOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let root = pebble.root_pem().await;
+    let storage = tempfile::tempdir().unwrap();
+    let acme = storage.path().join("acme");
+    let (old_pem, old_serial) = store_old_certificate(&acme, &pebble.directory);
+    pebble.signal("STOP");
+    let proxy = start_proxy(|dir| {
+        acme_config(
+            dir,
+            &up.url(),
+            tls_port,
+            &pebble,
+            &acme,
+            &[("timeout", "\"1s\"")],
+        )
+    })
+    .await;
+    let out = wait_attempt(&proxy, 2, Duration::from_secs(30)).await;
+    assert!(
+        out.contains("no answer from the ACME server within 1s"),
+        "{out}"
+    );
+    assert_eq!(
+        issued_serial(proxy.tls_addr, &old_pem).await,
+        Some(old_serial.clone())
+    );
+    let m = metrics(&proxy).await;
+    assert!(
+        sample(&m, "webprom_edge_acme_orders_total{result=\"error\"}") >= 2.0,
+        "{m}"
+    );
+    pebble.signal("CONT");
+    let thawed = Instant::now();
+    let new = wait_issued(&proxy, &pebble, &root, Duration::from_secs(60)).await;
+    eprintln!(
+        "MEASURED: CA answering again to certificate served: {:?}",
+        thawed.elapsed()
+    );
+    assert_ne!(new, old_serial);
+}

@@ -244,11 +244,11 @@ async fn answer_tls_alpn01(
     challenges: &Challenges,
 ) {
     use tokio::io::AsyncWriteExt;
-    let certified = match &name {
-        Some(name) => challenges.tls_alpn01(name).await,
-        None => None,
+    let Some(name) = name else {
+        tracing::debug!("acme-tls/1 handshake without a server name: closed");
+        return;
     };
-    let Some(certified) = certified else {
+    let Some(certified) = challenges.tls_alpn01(&name).await else {
         tracing::debug!("acme-tls/1 handshake without a pending challenge: closed");
         return;
     };
@@ -256,7 +256,8 @@ async fn answer_tls_alpn01(
     match start.into_stream(config).await {
         Ok(mut stream) => {
             let _ = stream.shutdown().await;
-            tracing::debug!("answered a TLS-ALPN-01 challenge");
+            // The name is one with a challenge pending: ours, from the config.
+            tracing::debug!(domain = %name, "answered a TLS-ALPN-01 challenge");
         }
         Err(e) => tracing::debug!(error = %e, "TLS-ALPN-01 handshake failed"),
     }
