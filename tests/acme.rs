@@ -236,6 +236,32 @@ async fn a_certificate_is_issued_through_tls_alpn_01_and_served_to_a_client_trus
         !out.contains("keyAuthorization") && !out.contains("token"),
         "{out}"
     );
+
+    // `certs` lists the name as served from ACME, offline, with the issuer and the renewal.
+    let (code, stdout, stderr) = common::output_text(
+        std::process::Command::new(common::bin())
+            .args(["certs", "--config"])
+            .arg(proxy.path("config.toml")),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with(NAME))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let cells: Vec<&str> = row
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(cells[1], "acme", "{row}");
+    assert!(cells[2].contains("Pebble Intermediate"), "{row}");
+    assert!(cells[3].ends_with('Z') && cells[4].ends_with('Z'), "{row}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("(default)") && l.contains("self-signed")),
+        "{stdout}"
+    );
 }
 
 /// Stores, as an earlier run would have, a certificate for [`NAME`] valid from ten days ago to
