@@ -541,7 +541,7 @@ async fn a_refusing_ca_leaves_the_old_certificate_served_and_is_retried_with_bac
         );
         assert!(line.contains(&format!("retry_in={wait}")), "{line}");
         assert!(
-            line.contains("serving the stored certificate until"),
+            line.contains("serving the certificate in use until"),
             "{line}"
         );
     }
@@ -608,4 +608,114 @@ async fn a_frozen_ca_leaves_the_old_certificate_served_until_it_answers_again() 
         thawed.elapsed()
     );
     assert_ne!(new, old_serial);
+}
+
+#[tokio::test]
+async fn a_stored_certificate_that_cannot_be_used_is_reported_once_and_replaced_by_an_order() {
+    let up = Upstream::start().await;
+    let tls_port = free_port();
+    let Some(pebble) = Pebble::start(PebbleOptions {
+        tls_port,
+        ..PebbleOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let root = pebble.root_pem().await;
+    let other_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+    // (what is wrong, the change to a good stored certificate, part of the warning)
+    type Spoil = fn(&Path, &str);
+    let rows: [(&str, Spoil, &str); 5] = [
+        (
+            "a key of another certificate",
+            |dir, other_key| std::fs::write(dir.join("key.pem"), other_key).unwrap(),
+            "the key does not fit the certificate",
+        ),
+        (
+            "a chain that is not PEM",
+            |dir, _| std::fs::write(dir.join("cert.pem"), "garbage").unwrap(),
+            "no certificate in it",
+        ),
+        (
+            "no key",
+            |dir, _| std::fs::remove_file(dir.join("key.pem")).unwrap(),
+            "key.pem: missing",
+        ),
+        (
+            "facts that are not JSON",
+            |dir, _| std::fs::write(dir.join("meta.json"), "{").unwrap(),
+            "meta.json",
+        ),
+        (
+            "a chain cut short",
+            |dir, _| {
+                let pem = std::fs::read_to_string(dir.join("cert.pem")).unwrap();
+                std::fs::write(dir.join("cert.pem"), &pem[..pem.len() / 2]).unwrap();
+            },
+            "not valid PEM",
+        ),
+    ];
+    for (what, spoil, warning) in rows {
+        let storage = tempfile::tempdir().unwrap();
+        let acme = storage.path().join("acme");
+        store_old_certificate(&acme, &pebble.directory);
+        spoil(&acme.join("certificates").join(NAME), &other_key);
+        let proxy =
+            start_proxy(|dir| acme_config(dir, &up.url(), tls_port, &pebble, &acme, &[])).await;
+        wait_issued(&proxy, &pebble, &root, Duration::from_secs(60)).await;
+        let out = proxy.output();
+        let warned: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains("stored certificate cannot be used"))
+            .collect();
+        assert_eq!(warned.len(), 1, "{what}: {out}");
+        assert!(warned[0].contains(warning), "{what}: {}", warned[0]);
+        assert!(
+            warned[0].contains(&format!("domain={NAME}")),
+            "{what}: {}",
+            warned[0]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_certificate_the_storage_cannot_take_is_served_from_memory_and_not_ordered_again() {
+    let up = Upstream::start().await;
+    let tls_port = free_port();
+    let Some(pebble) = Pebble::start(PebbleOptions {
+        tls_port,
+        ..PebbleOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let root = pebble.root_pem().await;
+    let storage = tempfile::tempdir().unwrap();
+    let acme = storage.path().join("acme");
+    // A directory where the chain is to be written: the rename over it fails.
+    std::fs::create_dir_all(acme.join("certificates").join(NAME).join("cert.pem")).unwrap();
+    let proxy = start_proxy(|dir| acme_config(dir, &up.url(), tls_port, &pebble, &acme, &[])).await;
+    wait_issued(&proxy, &pebble, &root, Duration::from_secs(60)).await;
+    // Longer than several back-off steps (1 s, 2 s, 4 s): still the one order.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(pebble.orders(), 1, "{}", proxy.output());
+    let out = proxy.output();
+    let failed: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("ACME order failed"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{out}");
+    assert!(
+        failed[0].contains("storing the certificate in acme.storage"),
+        "{}",
+        failed[0]
+    );
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        sample(&m, "webprom_edge_acme_orders_total{result=\"error\"}"),
+        1.0,
+        "{m}"
+    );
 }

@@ -17,6 +17,7 @@ use instant_acme::{Account, AccountCredentials, CertificateIdentifier, NewAccoun
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::CertificateDer;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::Challenges;
 use super::client::AcmeHttp;
@@ -111,10 +112,22 @@ struct Engine {
     account: tokio::sync::Mutex<Option<Account>>,
 }
 
+/// What a name's task knows.
+#[derive(Default)]
+struct Kept {
+    /// The stamp of the `cert.pem` last read, usable or not: not read again until it changes.
+    seen: Option<FileStamp>,
+    /// The certificate served from the storage.
+    current: Option<Current>,
+}
+
 /// The certificate a name is served with, from the storage.
 struct Current {
-    stamp: Option<FileStamp>,
     facts: CertFacts,
+    leaf: CertificateDer<'static>,
+    /// The CA's renewal window, when it offers renewal information.
+    window: Option<Window>,
+    /// Unix seconds.
     renew_at: i64,
 }
 
@@ -147,9 +160,9 @@ pub async fn start(
     });
     let mut tasks = Vec::with_capacity(acme.domains.len());
     for name in &acme.domains {
-        let mut current = None;
-        engine.pick_up(name, &mut current).await;
-        tasks.push(tokio::spawn(keep(engine.clone(), name.clone(), current)));
+        let mut kept = Kept::default();
+        engine.pick_up(name, &mut kept).await;
+        tasks.push(tokio::spawn(keep(engine.clone(), name.clone(), kept)));
     }
     Ok(Running { challenges, tasks })
 }
@@ -166,16 +179,27 @@ enum Attempt {
     Failed(OrderError),
 }
 
+/// How often the CA's renewal information is asked for when its answer gives no time
+/// (RFC 9773 §4.3: it says when to ask again, in `Retry-After`).
+const ARI_EVERY: Duration = Duration::from_secs(6 * 3600);
+
 /// Keeps `name`'s certificate for as long as the proxy runs.
-async fn keep(engine: Arc<Engine>, name: String, mut current: Option<Current>) {
+async fn keep(engine: Arc<Engine>, name: String, mut kept: Kept) {
     let mut failures = 0u32;
-    let mut retry_at: Option<i64> = None;
+    let mut retry_at: Option<Instant> = None;
+    let mut ask_ari_at = Instant::now();
     loop {
-        engine.pick_up(&name, &mut current).await;
-        let now = unix_now();
-        let due = current.as_ref().is_none_or(|c| c.renew_at <= now);
-        if due && retry_at.is_none_or(|t| t <= now) {
-            match engine.attempt(&name, &mut current).await {
+        engine.pick_up(&name, &mut kept).await;
+        if kept.current.as_ref().is_some_and(|c| c.window.is_some()) && Instant::now() >= ask_ari_at
+        {
+            ask_ari_at = Instant::now() + engine.refresh_window(&name, &mut kept).await;
+        }
+        let due = kept
+            .current
+            .as_ref()
+            .is_none_or(|c| c.renew_at <= unix_now());
+        if due && retry_at.is_none_or(|t| t <= Instant::now()) {
+            match engine.attempt(&name, &mut kept).await {
                 Attempt::NotHolder => {
                     tracing::debug!(domain = %name, "another instance holds the order lock; watching the storage");
                     tokio::time::sleep(WATCH_EVERY).await;
@@ -188,91 +212,78 @@ async fn keep(engine: Arc<Engine>, name: String, mut current: Option<Current>) {
                 Attempt::Failed(e) => {
                     failures = failures.saturating_add(1);
                     let wait = backoff(engine.config.retry_backoff.0, failures);
-                    let next =
-                        now.saturating_add(i64::try_from(wait.as_secs()).unwrap_or(i64::MAX));
-                    retry_at = Some(next);
-                    let result = match e {
-                        OrderError::Rejected { .. } => AcmeOrderResult::Rejected,
-                        OrderError::Failed(_) => AcmeOrderResult::Error,
-                    };
-                    engine.metrics.acme_order(result);
-                    let kept = match &current {
-                        Some(c) => format!(
-                            "serving the stored certificate until {}",
-                            rfc3339(c.facts.not_after)
-                        ),
-                        None => "serving the configured certificate meanwhile".to_owned(),
-                    };
-                    let (problem, detail) = match &e {
-                        OrderError::Rejected { problem, detail } => {
-                            (problem.as_str(), detail.clone())
-                        }
-                        OrderError::Failed(why) => ("none", why.clone()),
-                    };
-                    tracing::warn!(
-                        domain = %name,
-                        attempt = failures,
-                        problem,
-                        detail = %detail,
-                        retry_in = ?wait,
-                        retry_at = %rfc3339(next),
-                        "ACME order failed; {kept}"
-                    );
-                    // A sub-second back-off (tests) is waited as it is.
-                    if wait < Duration::from_secs(1) {
-                        tokio::time::sleep(wait).await;
-                        retry_at = None;
-                        continue;
-                    }
+                    retry_at = Some(Instant::now() + wait);
+                    engine.failed(&name, &e, failures, wait, kept.current.as_ref());
                 }
             }
         }
-        let now = unix_now();
-        let mut wake = current.as_ref().map_or(now, |c| c.renew_at);
-        if let Some(t) = retry_at {
-            wake = wake.max(t);
+        // Up at the renewal time (or the retry after it), and every WATCH_EVERY to look at
+        // the storage.
+        let now = Instant::now();
+        let mut due_at = match &kept.current {
+            Some(c) => {
+                let ahead = c.renew_at.saturating_sub(unix_now()).max(0);
+                now + Duration::from_secs(u64::try_from(ahead).unwrap_or(u64::MAX / 2))
+            }
+            None => now,
+        };
+        if let Some(r) = retry_at {
+            due_at = due_at.max(r);
         }
-        let until = Duration::from_secs(u64::try_from(wake.saturating_sub(now)).unwrap_or(0));
-        tokio::time::sleep(until.clamp(Duration::from_millis(200), WATCH_EVERY)).await;
+        let wake = due_at
+            .min(now + WATCH_EVERY)
+            .max(now + Duration::from_millis(50));
+        tokio::time::sleep_until(wake).await;
     }
 }
 
 impl Engine {
-    /// Loads `name`'s stored certificate into the resolver when it changed on disk since
-    /// `current` was read (or none was); an unusable one is reported once and left aside.
-    async fn pick_up(&self, name: &str, current: &mut Option<Current>) {
+    /// Loads `name`'s stored certificate into the resolver when it changed on disk since it
+    /// was last read; an unusable one is reported once and left aside.
+    async fn pick_up(&self, name: &str, kept: &mut Kept) {
         let storage = self.storage.clone();
         let owned = name.to_owned();
-        let seen = current.as_ref().and_then(|c| c.stamp);
+        let seen = kept.seen;
         let read = tokio::task::spawn_blocking(move || {
             let stamp = storage.cert_stamp(&owned);
             if stamp.is_none() || stamp == seen {
-                return Ok(None);
+                return (stamp, Ok(None));
             }
-            storage.read_certificate(&owned)
+            (stamp, storage.read_certificate(&owned))
         })
         .await;
-        let stored = match read {
-            Ok(Ok(Some(stored))) => stored,
-            Ok(Ok(None)) => return,
-            Ok(Err(why)) => {
-                tracing::warn!(domain = %name, error = %why, "stored certificate cannot be used");
-                return;
-            }
+        let (stamp, read) = match read {
+            Ok(read) => read,
             Err(e) => {
                 tracing::error!(domain = %name, error = %e, "reading the stored certificate failed");
                 return;
             }
         };
-        match self.usable(&stored) {
+        // The chain is written last: a new stamp means all its files are in place, so a
+        // certificate that cannot be used now is not read again until it changes.
+        kept.seen = stamp;
+        let stored = match read {
+            Ok(Some(stored)) => stored,
+            Ok(None) => return,
+            Err(why) => {
+                tracing::warn!(domain = %name, error = %why, "stored certificate cannot be used; not read again until it changes");
+                return;
+            }
+        };
+        self.serve(name, &stored, kept);
+    }
+
+    /// Serves `stored` for `name` from the next handshake on, if it can be used; else says
+    /// why and leaves the certificate in use.
+    fn serve(&self, name: &str, stored: &Stored, kept: &mut Kept) {
+        match self.usable(stored) {
             Ok((certified, facts)) => {
-                let serial = facts.serial.clone();
-                let not_after = facts.not_after;
                 let now = unix_now();
+                let window = stored.meta.renewal_window;
                 let mut renew_at = renewal_time(
                     facts.not_before,
                     facts.not_after,
-                    stored.meta.renewal_window,
+                    window,
                     now,
                     random_unit(),
                 );
@@ -283,25 +294,86 @@ impl Engine {
                 self.resolver.install(name, certified);
                 tracing::info!(
                     domain = %name,
-                    serial = %serial,
-                    not_after = %rfc3339(not_after),
+                    serial = %facts.serial,
+                    not_after = %rfc3339(facts.not_after),
                     renew_at = %rfc3339(renew_at),
                     "serving the ACME certificate"
                 );
-                *current = Some(Current {
-                    stamp: stored.stamp,
+                kept.current = Some(Current {
                     facts,
+                    leaf: stored.chain[0].clone(),
+                    window,
                     renew_at,
                 });
             }
             Err(why) => {
-                tracing::warn!(domain = %name, error = %why, "stored certificate cannot be used");
-                // Not read again until it changes.
-                if let Some(c) = current.as_mut() {
-                    c.stamp = stored.stamp;
-                }
+                tracing::warn!(domain = %name, error = %why, "stored certificate cannot be used; not read again until it changes");
             }
         }
+    }
+
+    /// Asks the CA for the renewal window of the certificate served (RFC 9773), and moves the
+    /// renewal time into a new window; returns when to ask again.
+    async fn refresh_window(&self, name: &str, kept: &mut Kept) -> Duration {
+        let Some(current) = kept.current.as_mut() else {
+            return ARI_EVERY;
+        };
+        let Ok(account) = self.account().await else {
+            return ARI_EVERY;
+        };
+        let Some((window, again)) = renewal_info(&account, &current.leaf).await else {
+            return ARI_EVERY;
+        };
+        if current.window != Some(window) {
+            current.window = Some(window);
+            current.renew_at = renewal_time(
+                current.facts.not_before,
+                current.facts.not_after,
+                Some(window),
+                unix_now(),
+                random_unit(),
+            );
+            tracing::info!(domain = %name, renew_at = %rfc3339(current.renew_at), "the CA moved the renewal window");
+        }
+        again.clamp(Duration::from_secs(60), Duration::from_secs(24 * 3600))
+    }
+
+    /// Counts and reports a failed attempt: one warning naming the domain, the CA's problem
+    /// and detail, the attempt and when the next one is.
+    fn failed(
+        &self,
+        name: &str,
+        e: &OrderError,
+        attempt: u32,
+        wait: Duration,
+        current: Option<&Current>,
+    ) {
+        let result = match e {
+            OrderError::Rejected { .. } => AcmeOrderResult::Rejected,
+            OrderError::Failed(_) => AcmeOrderResult::Error,
+        };
+        self.metrics.acme_order(result);
+        let kept = match current {
+            Some(c) => format!(
+                "serving the certificate in use until {}",
+                rfc3339(c.facts.not_after)
+            ),
+            None => "serving the configured certificate meanwhile".to_owned(),
+        };
+        let (problem, detail) = match e {
+            OrderError::Rejected { problem, detail } => (problem.as_str(), detail.as_str()),
+            OrderError::Failed(why) => ("none", why.as_str()),
+        };
+        let next = unix_now().saturating_add(i64::try_from(wait.as_secs()).unwrap_or(i64::MAX));
+        tracing::warn!(
+            domain = %name,
+            attempt,
+            problem,
+            detail,
+            retry_in = ?wait,
+            retry_at = %rfc3339(next),
+            "ACME order failed; {kept}"
+        );
     }
 
     fn usable(&self, stored: &Stored) -> Result<(Arc<CertifiedKey>, CertFacts), String> {
@@ -317,7 +389,7 @@ impl Engine {
     }
 
     /// One attempt to renew `name`, if this instance gets its lock.
-    async fn attempt(&self, name: &str, current: &mut Option<Current>) -> Attempt {
+    async fn attempt(&self, name: &str, kept: &mut Kept) -> Attempt {
         let storage = self.storage.clone();
         let owned = name.to_owned();
         let lock = match tokio::task::spawn_blocking(move || storage.try_lock(&owned)).await {
@@ -331,16 +403,20 @@ impl Engine {
             Err(e) => return Attempt::Failed(OrderError::Failed(e.to_string())),
         };
         // Another instance may have stored a new certificate since we last looked.
-        self.pick_up(name, current).await;
-        if current.as_ref().is_some_and(|c| c.renew_at > unix_now()) {
+        self.pick_up(name, kept).await;
+        if kept
+            .current
+            .as_ref()
+            .is_some_and(|c| c.renew_at > unix_now())
+        {
             return Attempt::Fresh;
         }
-        let outcome = self.order(name, current).await;
+        let outcome = self.order(name, kept).await;
         drop(lock);
         outcome
     }
 
-    async fn order(&self, name: &str, current: &mut Option<Current>) -> Attempt {
+    async fn order(&self, name: &str, kept: &mut Kept) -> Attempt {
         let account = match self.account().await {
             Ok(a) => a,
             Err(e) => return Attempt::Failed(e),
@@ -383,22 +459,35 @@ impl Engine {
         };
         let storage = self.storage.clone();
         let owned = name.to_owned();
+        let (chain_pem, key_pem) = (issued.chain_pem.clone(), issued.key_pem.clone());
         let stored = tokio::task::spawn_blocking(move || {
-            storage.write_certificate(&owned, &issued.chain_pem, &issued.key_pem, &meta)
+            storage.write_certificate(&owned, &chain_pem, &key_pem, &meta)
         })
         .await;
-        match stored {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Attempt::Failed(OrderError::Failed(format!(
-                    "storing the certificate in acme.storage: {e}"
-                )));
+        let failed = match stored {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("storing the certificate in acme.storage: {e}")),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = failed {
+            // Served from memory all the same, so that it is not ordered again (and again)
+            // before its renewal is due; the other instances do not see it.
+            let meta = Meta {
+                directory: self.config.directory.clone(),
+                issued_at: unix_now(),
+                renewal_window: window,
+            };
+            match Stored::from_pem(issued.chain_pem.as_bytes(), issued.key_pem.as_bytes(), meta) {
+                Ok(stored) => self.serve(name, &stored, kept),
+                Err((_, e)) => {
+                    tracing::error!(domain = %name, error = %e, "the issued certificate cannot be read")
+                }
             }
-            Err(e) => return Attempt::Failed(OrderError::Failed(e.to_string())),
+            return Attempt::Failed(OrderError::Failed(why));
         }
         self.metrics.acme_order(AcmeOrderResult::Issued);
         tracing::info!(domain = %name, elapsed = ?started.elapsed(), "certificate issued and stored");
-        self.pick_up(name, current).await;
+        self.pick_up(name, kept).await;
         Attempt::Issued
     }
 
@@ -408,18 +497,7 @@ impl Engine {
         let leaf = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
             .next()?
             .ok()?;
-        let id = CertificateIdentifier::try_from(&leaf).ok()?;
-        match account.renewal_info(&id).await {
-            Ok((info, _)) => Some(Window {
-                start: info.suggested_window.start.unix_timestamp(),
-                end: info.suggested_window.end.unix_timestamp(),
-            }),
-            Err(instant_acme::Error::Unsupported(_)) => None,
-            Err(e) => {
-                tracing::debug!(error = %order::causes(&e), "no renewal information from the CA");
-                None
-            }
-        }
+        renewal_info(account, &leaf).await.map(|(w, _)| w)
     }
 
     /// The ACME account: loaded from the storage, or created once for the whole fleet (under
@@ -518,6 +596,26 @@ impl Engine {
             kid.clone(),
             &read,
         )))
+    }
+}
+
+/// The CA's suggested renewal window for `leaf` (RFC 9773 §4.2) and when to ask again; `None`
+/// when the CA offers no renewal information or did not answer.
+async fn renewal_info(account: &Account, leaf: &CertificateDer<'_>) -> Option<(Window, Duration)> {
+    let id = CertificateIdentifier::try_from(leaf).ok()?;
+    match account.renewal_info(&id).await {
+        Ok((info, again)) => Some((
+            Window {
+                start: info.suggested_window.start.unix_timestamp(),
+                end: info.suggested_window.end.unix_timestamp(),
+            },
+            again,
+        )),
+        Err(instant_acme::Error::Unsupported(_)) => None,
+        Err(e) => {
+            tracing::debug!(error = %order::causes(&e), "no renewal information from the CA");
+            None
+        }
     }
 }
 

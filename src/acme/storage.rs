@@ -46,8 +46,26 @@ pub struct Stored {
     pub key: PrivateKeyDer<'static>,
     /// What was recorded at issuance.
     pub meta: Meta,
-    /// The stamp of `cert.pem` when it was read (a change means a new certificate).
-    pub stamp: Option<FileStamp>,
+}
+
+impl Stored {
+    /// A certificate from its chain and key, PEM; the error names the file at fault
+    /// (`cert.pem`, `key.pem`) and why.
+    pub fn from_pem(
+        chain_pem: &[u8],
+        key_pem: &[u8],
+        meta: Meta,
+    ) -> Result<Stored, (&'static str, String)> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| ("cert.pem", format!("not valid PEM: {e:?}")))?;
+        if chain.is_empty() {
+            return Err(("cert.pem", "no certificate in it".to_owned()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|e| ("key.pem", format!("not a PEM private key: {e:?}")))?;
+        Ok(Stored { chain, key, meta })
+    }
 }
 
 /// `meta.json`: facts about a stored certificate the certificate itself does not hold.
@@ -182,36 +200,31 @@ impl Storage {
     pub fn read_certificate(&self, name: &str) -> Result<Option<Stored>, String> {
         let dir = self.cert_dir(name).map_err(|e| e.to_string())?;
         let cert_path = dir.join("cert.pem");
-        let stamp = FileStamp::of_path(&cert_path);
         let Some(cert_pem) = read_optional(&cert_path).map_err(|e| at(&cert_path, e))? else {
             return Ok(None);
         };
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("{}: not valid PEM: {e:?}", cert_path.display()))?;
-        if chain.is_empty() {
-            return Err(format!("{}: no certificate in it", cert_path.display()));
-        }
         let key_path = dir.join("key.pem");
         let key_pem = zeroize::Zeroizing::new(
             read_optional(&key_path)
                 .map_err(|e| at(&key_path, e))?
                 .ok_or_else(|| format!("{}: missing", key_path.display()))?,
         );
-        let key = PrivateKeyDer::from_pem_slice(&key_pem)
-            .map_err(|e| format!("{}: not a PEM private key: {e:?}", key_path.display()))?;
         let meta_path = dir.join("meta.json");
         let meta = match read_optional(&meta_path).map_err(|e| at(&meta_path, e))? {
             Some(json) => serde_json::from_slice(&json)
                 .map_err(|e| format!("{}: {e}", meta_path.display()))?,
             None => Meta::default(),
         };
-        Ok(Some(Stored {
-            chain,
-            key,
-            meta,
-            stamp,
-        }))
+        Stored::from_pem(&cert_pem, &key_pem, meta)
+            .map(Some)
+            .map_err(|(file, why)| {
+                let path = if file == "cert.pem" {
+                    &cert_path
+                } else {
+                    &key_path
+                };
+                format!("{}: {why}", path.display())
+            })
     }
 
     /// Stores a certificate for `name`: the key first (0600), then the facts, then the chain,
