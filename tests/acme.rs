@@ -719,3 +719,118 @@ async fn a_certificate_the_storage_cannot_take_is_served_from_memory_and_not_ord
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn a_tls_alpn_01_handshake_gets_the_challenge_certificate_from_the_storage_and_no_record() {
+    // No ACME server is needed: the response is published in the storage, as another
+    // instance of the fleet would; the CA's directory is a dead address.
+    let up = Upstream::start().await;
+    let storage = tempfile::tempdir().unwrap();
+    let acme = storage.path().join("acme");
+    std::fs::create_dir_all(acme.join("challenges/tls-alpn-01")).unwrap();
+    let key_authorization = "tok3n.thumbpr1nt";
+    std::fs::write(
+        acme.join("challenges/tls-alpn-01").join(NAME),
+        key_authorization,
+    )
+    .unwrap();
+    let proxy = start_proxy(|dir| {
+        let c = base_config(dir, &up.url());
+        let c = set(
+            &c,
+            "server",
+            "hosts",
+            &format!("[\"localhost\", \"{NAME}\"]"),
+        );
+        set_all(
+            &c,
+            "acme",
+            &[
+                ("enabled", "true"),
+                (
+                    "directory",
+                    &format!("\"https://{}/dir\"", common::dead_addr()),
+                ),
+                ("contact", "[\"mailto:ops@webprom.test\"]"),
+                ("domains", &format!("[\"{NAME}\"]")),
+                ("storage", &format!("\"{}\"", acme.display())),
+                ("retry_backoff", "\"1h\""),
+            ],
+        )
+    })
+    .await;
+    let digest = ring::digest::digest(&ring::digest::SHA256, key_authorization.as_bytes());
+    // (server name sent, ALPN offered, what is answered: the challenge certificate, the
+    // ordinary certificate with this ALPN, or a closed connection)
+    enum Answer {
+        Challenge,
+        Ordinary(&'static [u8]),
+        Closed,
+    }
+    type Row<'a> = (Option<&'a str>, &'a [&'a [u8]], Answer);
+    let rows: [Row; 5] = [
+        (Some(NAME), &[b"acme-tls/1"], Answer::Challenge),
+        (Some(NAME), &[b"h2", b"acme-tls/1"], Answer::Challenge),
+        (Some("other.webprom.test"), &[b"acme-tls/1"], Answer::Closed),
+        (None, &[b"acme-tls/1"], Answer::Closed),
+        (Some(NAME), &[b"h2"], Answer::Ordinary(b"h2")),
+    ];
+    for (sni, alpn, answer) in rows {
+        let tcp = TcpStream::connect(proxy.tls_addr).await.unwrap();
+        let mut config = Arc::unwrap_or_clone(common::unverified_client_config(alpn));
+        let name = match sni {
+            Some(n) => ServerName::try_from(n).unwrap(),
+            None => {
+                config.enable_sni = false;
+                ServerName::try_from("no-sni.invalid").unwrap()
+            }
+        };
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await;
+        let row = format!("{sni:?} {alpn:?}");
+        match answer {
+            Answer::Challenge => {
+                let tls = tls.unwrap_or_else(|e| panic!("{row}: {e}"));
+                let session = tls.get_ref().1;
+                assert_eq!(session.alpn_protocol(), Some(&b"acme-tls/1"[..]), "{row}");
+                let der = session.peer_certificates().unwrap()[0].to_vec();
+                let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+                let ext = cert
+                    .extensions()
+                    .iter()
+                    .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
+                    .unwrap_or_else(|| panic!("{row}: no acmeIdentifier"));
+                assert!(ext.critical, "{row}");
+                assert_eq!(&ext.value[2..], digest.as_ref(), "{row}");
+                // Then closed, with close_notify: no HTTP is spoken.
+                let mut tls = tls;
+                let mut rest = Vec::new();
+                let read = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    tokio::io::AsyncReadExt::read_to_end(&mut tls, &mut rest),
+                )
+                .await
+                .unwrap();
+                assert!(read.is_ok() && rest.is_empty(), "{row}: {read:?}");
+            }
+            Answer::Ordinary(want) => {
+                let tls = tls.unwrap_or_else(|e| panic!("{row}: {e}"));
+                let session = tls.get_ref().1;
+                assert_eq!(session.alpn_protocol(), Some(want), "{row}");
+                let der = session.peer_certificates().unwrap()[0].to_vec();
+                assert_eq!(der, common::pem_cert_der(&proxy.path("cert.pem")), "{row}");
+            }
+            Answer::Closed => assert!(tls.is_err(), "{row}"),
+        }
+    }
+    // The CA's handshakes are no visitors: no record, no handshake error counted.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(proxy.records().is_empty(), "{:?}", proxy.records());
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        sample(&m, "webprom_edge_tls_handshake_errors_total"),
+        0.0,
+        "{m}"
+    );
+}
