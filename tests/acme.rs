@@ -843,3 +843,67 @@ async fn a_tls_alpn_01_handshake_gets_the_challenge_certificate_from_the_storage
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn two_instances_facing_a_refusing_ca_share_one_back_off() {
+    let up = Upstream::start().await;
+    let (port_a, port_b) = (free_port(), free_port());
+    let Some(pebble) = Pebble::start(PebbleOptions {
+        tls_port: port_a,
+        blocklist: vec![NAME.to_owned()],
+        ..PebbleOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let storage = tempfile::tempdir().unwrap();
+    let acme = storage.path().join("acme");
+    let (a, b) = tokio::join!(
+        start_proxy(|dir| acme_config(dir, &up.url(), port_a, &pebble, &acme, &[])),
+        start_proxy(|dir| acme_config(dir, &up.url(), port_b, &pebble, &acme, &[])),
+    );
+    let failures = |p: &Proxy| -> Vec<String> {
+        p.output()
+            .lines()
+            .filter(|l| l.contains("ACME order failed"))
+            .map(str::to_owned)
+            .collect()
+    };
+    // Until the fleet's fourth attempt (7 s in: past the 5 s after which an instance that
+    // found the lock taken tries it again), from whichever instance.
+    eventually(
+        Duration::from_secs(40),
+        Duration::from_millis(100),
+        async || (failures(&a).len() + failures(&b).len() >= 4).then_some(()),
+        || format!("A:\n{}\nB:\n{}", a.output(), b.output()),
+    )
+    .await;
+    let mut all: Vec<String> = failures(&a).into_iter().chain(failures(&b)).collect();
+    all.sort_by_key(|l| l.split_whitespace().next().map(str::to_owned));
+    // One attempt each time the fleet's wait ends, numbered across the fleet: 1 s, 2 s, 4 s,
+    // 8 s, not each instance's own 1 s, 2 s, ….
+    assert_eq!(all.len(), 4, "{all:#?}");
+    for (line, (n, wait)) in all.iter().zip([(1, "1s"), (2, "2s"), (3, "4s"), (4, "8s")]) {
+        assert!(line.contains(&format!("attempt={n} ")), "{all:#?}");
+        assert!(line.contains(&format!("retry_in={wait}")), "{all:#?}");
+    }
+    // And no attempt before the wait the one before it announced.
+    let at = |line: &str| {
+        let stamp = line.split_whitespace().next().unwrap();
+        time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).unwrap()
+    };
+    for (pair, wait_ms) in all.windows(2).zip([1000, 2000, 4000]) {
+        let gap = at(&pair[1]) - at(&pair[0]);
+        assert!(
+            gap >= time::Duration::milliseconds(wait_ms),
+            "{gap} < {wait_ms} ms: {all:#?}"
+        );
+    }
+    assert_eq!(
+        pebble.log().matches("POST /order-plz").count(),
+        4,
+        "{}",
+        pebble.log()
+    );
+}

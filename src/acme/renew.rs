@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use super::Challenges;
 use super::client::AcmeHttp;
 use super::order::{self, OrderError};
-use super::storage::{Meta, Storage, Stored, Window};
+use super::storage::{self, Meta, Storage, Stored, Window};
 use crate::config::{self, ConfigError};
 use crate::files::FileStamp;
 use crate::metrics::{AcmeOrderResult, Metrics};
@@ -175,8 +175,30 @@ enum Attempt {
     Fresh,
     /// A certificate was issued, stored and installed.
     Issued,
-    /// The order failed.
-    Failed(OrderError),
+    /// The fleet is backing off after failures (another instance's): no order before this
+    /// time, Unix milliseconds.
+    Waiting(i64),
+    /// The order failed; `failures` in a row, fleet-wide, when the storage could say.
+    Failed {
+        /// Why.
+        error: OrderError,
+        /// Failed orders in a row, this one included.
+        failures: Option<u32>,
+    },
+}
+
+fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// An [`Attempt::Failed`] not yet counted (by [`Engine::attempt`], in the storage).
+fn failed(error: OrderError) -> Attempt {
+    Attempt::Failed {
+        error,
+        failures: None,
+    }
 }
 
 /// How often the CA's renewal information is asked for when its answer gives no time
@@ -209,11 +231,19 @@ async fn keep(engine: Arc<Engine>, name: String, mut kept: Kept) {
                     failures = 0;
                     retry_at = None;
                 }
-                Attempt::Failed(e) => {
-                    failures = failures.saturating_add(1);
+                Attempt::Waiting(at_ms) => {
+                    let ahead = u64::try_from(at_ms.saturating_sub(unix_now_ms())).unwrap_or(0);
+                    retry_at = Some(Instant::now() + Duration::from_millis(ahead));
+                    tracing::debug!(domain = %name, "the fleet is backing off after a failed order");
+                }
+                Attempt::Failed {
+                    error,
+                    failures: shared,
+                } => {
+                    failures = shared.unwrap_or(failures.saturating_add(1));
                     let wait = backoff(engine.config.retry_backoff.0, failures);
                     retry_at = Some(Instant::now() + wait);
-                    engine.failed(&name, &e, failures, wait, kept.current.as_ref());
+                    engine.failed(&name, &error, failures, wait, kept.current.as_ref());
                 }
             }
         }
@@ -396,11 +426,11 @@ impl Engine {
             Ok(Ok(Some(lock))) => lock,
             Ok(Ok(None)) => return Attempt::NotHolder,
             Ok(Err(e)) => {
-                return Attempt::Failed(OrderError::Failed(format!(
+                return failed(OrderError::Failed(format!(
                     "taking the order lock in acme.storage: {e}"
                 )));
             }
-            Err(e) => return Attempt::Failed(OrderError::Failed(e.to_string())),
+            Err(e) => return failed(OrderError::Failed(e.to_string())),
         };
         // Another instance may have stored a new certificate since we last looked.
         self.pick_up(name, kept).await;
@@ -411,7 +441,46 @@ impl Engine {
         {
             return Attempt::Fresh;
         }
+        // Or failed, and the fleet backs off.
+        let storage = self.storage.clone();
+        let owned = name.to_owned();
+        let mut retry = tokio::task::spawn_blocking(move || storage.read_retry(&owned))
+            .await
+            .unwrap_or_default();
+        let now = unix_now_ms();
+        if retry.retry_at_ms > now {
+            return Attempt::Waiting(retry.retry_at_ms);
+        }
+        // A back-off that ended long ago (an earlier renewal's) starts again from the first.
+        let long_ago = i64::try_from(MAX_BACKOFF.as_millis()).unwrap_or(i64::MAX);
+        if now.saturating_sub(retry.retry_at_ms) > long_ago {
+            retry.failures = 0;
+        }
         let outcome = self.order(name, kept).await;
+        let storage = self.storage.clone();
+        let owned = name.to_owned();
+        let outcome = match outcome {
+            Attempt::Failed { error, .. } => {
+                let failures = retry.failures.saturating_add(1);
+                let wait = backoff(self.config.retry_backoff.0, failures);
+                let next = storage::Retry {
+                    failures,
+                    retry_at_ms: unix_now_ms()
+                        .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
+                };
+                let _ =
+                    tokio::task::spawn_blocking(move || storage.write_retry(&owned, &next)).await;
+                Attempt::Failed {
+                    error,
+                    failures: Some(failures),
+                }
+            }
+            Attempt::Issued => {
+                let _ = tokio::task::spawn_blocking(move || storage.clear_retry(&owned)).await;
+                Attempt::Issued
+            }
+            other => other,
+        };
         drop(lock);
         outcome
     }
@@ -419,7 +488,7 @@ impl Engine {
     async fn order(&self, name: &str, kept: &mut Kept) -> Attempt {
         let account = match self.account().await {
             Ok(a) => a,
-            Err(e) => return Attempt::Failed(e),
+            Err(e) => return failed(e),
         };
         let started = std::time::Instant::now();
         tracing::info!(domain = %name, challenge = order::challenge_name(self.config.challenge), "ordering a certificate");
@@ -448,7 +517,7 @@ impl Engine {
                     })
                     .await;
                 }
-                return Attempt::Failed(e);
+                return failed(e);
             }
         };
         let window = self.renewal_window(&account, &issued.chain_pem).await;
@@ -464,12 +533,12 @@ impl Engine {
             storage.write_certificate(&owned, &chain_pem, &key_pem, &meta)
         })
         .await;
-        let failed = match stored {
+        let not_stored = match stored {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(format!("storing the certificate in acme.storage: {e}")),
             Err(e) => Some(e.to_string()),
         };
-        if let Some(why) = failed {
+        if let Some(why) = not_stored {
             // Served from memory all the same, so that it is not ordered again (and again)
             // before its renewal is due; the other instances do not see it.
             let meta = Meta {
@@ -483,7 +552,7 @@ impl Engine {
                     tracing::error!(domain = %name, error = %e, "the issued certificate cannot be read")
                 }
             }
-            return Attempt::Failed(OrderError::Failed(why));
+            return failed(OrderError::Failed(why));
         }
         self.metrics.acme_order(AcmeOrderResult::Issued);
         tracing::info!(domain = %name, elapsed = ?started.elapsed(), "certificate issued and stored");

@@ -8,6 +8,7 @@
 //!   certificates/<name>/cert.pem          the chain, leaf first (written last, atomically)
 //!   certificates/<name>/key.pem           0600 PKCS#8 PEM (written first, atomically)
 //!   certificates/<name>/meta.json         {"directory", "issued_at", "renewal_window"}
+//!   certificates/<name>/retry.json        {"failures", "retry_at_ms"}: the fleet's back-off
 //!   locks/<name>.lock, locks/account.lock flock(2) advisory locks
 //!   challenges/http-01/<token>            key authorization
 //!   challenges/tls-alpn-01/<name>         key authorization
@@ -86,6 +87,16 @@ pub struct Window {
     pub start: i64,
     /// End of the window.
     pub end: i64,
+}
+
+/// `retry.json`: the back-off after failed orders for a name, shared by the fleet so that
+/// instances taking the lock in turn do not each start it again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retry {
+    /// Failed orders in a row.
+    pub failures: u32,
+    /// No order before this time, Unix milliseconds.
+    pub retry_at_ms: i64,
 }
 
 /// The challenge kinds whose responses are published in the storage.
@@ -244,10 +255,31 @@ impl Storage {
         write(&dir.join("cert.pem"), chain_pem.as_bytes(), 0o644)
     }
 
-    /// Rewrites `name`'s facts (a new renewal window from the CA).
-    pub fn write_meta(&self, name: &str, meta: &Meta) -> io::Result<()> {
-        let json = serde_json::to_vec_pretty(meta).map_err(io::Error::other)?;
-        write(&self.cert_dir(name)?.join("meta.json"), &json, 0o644)
+    /// The fleet's back-off for `name` (`retry.json`): none when missing or unreadable.
+    pub fn read_retry(&self, name: &str) -> Retry {
+        let Ok(dir) = self.cert_dir(name) else {
+            return Retry::default();
+        };
+        read_optional(&dir.join("retry.json"))
+            .ok()
+            .flatten()
+            .and_then(|json| serde_json::from_slice(&json).ok())
+            .unwrap_or_default()
+    }
+
+    /// Records the fleet's back-off for `name`, for whichever instance takes the lock next.
+    pub fn write_retry(&self, name: &str, retry: &Retry) -> io::Result<()> {
+        let dir = self.cert_dir(name)?;
+        DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+        let json = serde_json::to_vec(retry).map_err(io::Error::other)?;
+        write(&dir.join("retry.json"), &json, 0o644)
+    }
+
+    /// Forgets `name`'s back-off (after an issuance).
+    pub fn clear_retry(&self, name: &str) {
+        if let Ok(dir) = self.cert_dir(name) {
+            let _ = fs::remove_file(dir.join("retry.json"));
+        }
     }
 
     /// Takes the lock `locks/<lock>.lock` if no one holds it (`None`: another process does).
