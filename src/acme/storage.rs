@@ -474,6 +474,29 @@ mod tests {
     }
 
     #[test]
+    fn the_fleets_back_off_is_kept_per_name_until_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        assert_eq!(storage.read_retry("a.example"), Retry::default());
+        let retry = Retry {
+            failures: 3,
+            retry_at_ms: 1_700_000_000_000,
+        };
+        storage.write_retry("a.example", &retry).unwrap();
+        assert_eq!(storage.read_retry("a.example"), retry);
+        assert_eq!(storage.read_retry("b.example"), Retry::default());
+        // (what is in retry.json) : unreadable is no back-off.
+        for junk in ["", "{", "[]", "{\"failures\": -1}"] {
+            std::fs::write(dir.path().join("certificates/a.example/retry.json"), junk).unwrap();
+            assert_eq!(storage.read_retry("a.example"), Retry::default(), "{junk}");
+        }
+        storage.write_retry("a.example", &retry).unwrap();
+        storage.clear_retry("a.example");
+        assert_eq!(storage.read_retry("a.example"), Retry::default());
+        assert!(storage.write_retry("../x", &retry).is_err());
+    }
+
+    #[test]
     fn challenges_round_trip_and_unsafe_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(dir.path()).unwrap();
