@@ -5,10 +5,11 @@
 //! parses; [`docs`] generates the man page and the shell completions from it. `run` and
 //! `check-config` are here; the commands over the access log (policy P9–P12) have a file each:
 //! [`investigate`], [`erase`], [`keys`], sharing [`search`] and leaving a line in the [`audit`]
-//! trail. Must never print, log or audit a client address.
+//! trail; [`certs`] lists the certificates served (policy P6). Must never print, log or audit a client address.
 
 pub mod args;
 pub mod audit;
+pub mod certs;
 pub mod docs;
 pub mod erase;
 pub mod investigate;

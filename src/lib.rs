@@ -12,8 +12,9 @@
 //! [`epoch`] hold the file and day helpers everyone uses. ARCHITECTURE.md draws the same map.
 //!
 //! - [`accesslog`]: the JSON Lines access log: the writer thread, day files and their modes, the reader.
+//! - [`acme`]: certificates from Let's Encrypt by ACME: orders, challenges, fleet storage, renewal.
 //! - [`admin`]: the admin listener: `/healthz`, `/readyz` (its own health view), `/metrics`.
-//! - [`cli`]: the commands: `run`, `check-config`, `investigate`, `erase`, `keys`, `man`, `completions`.
+//! - [`cli`]: the commands: `run`, `check-config`, `investigate`, `erase`, `keys`, `certs`, `man`, `completions`.
 //! - [`client_ip`]: `ClientAddr`, the canonical client address that cannot be printed, and trusted proxies.
 //! - [`config`]: the configuration file: parsing, defaults, validation naming the key at fault.
 //! - [`epoch`]: the UTC day (`Epoch`) and the only arithmetic on days.

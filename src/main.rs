@@ -42,6 +42,7 @@ fn main() -> ExitCode {
             until,
         } => cli::erase::run(&config, &ip, since.as_deref(), until.as_deref()),
         Command::Keys { config } => cli::keys::run(&config),
+        Command::Certs { config } => cli::certs::run(&config),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             docs::completions(shell, &mut out)

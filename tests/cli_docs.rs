@@ -56,6 +56,7 @@ fn every_command_without_config_reads_the_default_path_and_exits_2_naming_it() {
         &["erase", "--ip", "192.0.2.1"],
         &["erase", "--ip", "2001:db8::1", "--since", "2026-01-01"],
         &["keys"],
+        &["certs"],
     ];
     for sub in subcommands() {
         if sub.get_arguments().any(|a| a.get_id() == "config") {
@@ -91,6 +92,7 @@ fn a_missing_config_given_with_config_is_named_without_the_default_hint() {
         &["investigate", "--config", missing, "--ip", "192.0.2.1"],
         &["erase", "--config", missing, "--ip", "192.0.2.1"],
         &["keys", "--config", missing],
+        &["certs", "--config", missing],
         // Given explicitly, even the default path is the operator's choice.
         &["keys", "--config", DEFAULT_CONFIG],
     ];
@@ -124,7 +126,10 @@ fn every_command_that_reads_the_config_shows_the_default_path_in_its_help() {
         );
         checked += 1;
     }
-    assert_eq!(checked, 5, "run, check-config, investigate, erase, keys");
+    assert_eq!(
+        checked, 6,
+        "run, check-config, investigate, erase, keys, certs"
+    );
 }
 
 #[test]

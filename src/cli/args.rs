@@ -119,6 +119,17 @@ pub enum Command {
         #[command(flatten)]
         config: ConfigFile,
     },
+    /// List the certificates served: name, source, issuer, not-after, next renewal.
+    ///
+    /// List every certificate the proxy serves, as the configuration and the ACME storage
+    /// (acme.storage) hold them on disk: the default certificate, each tls.sni host and each
+    /// acme.domains name, with its source (file, self-signed, acme), issuer, not-after time
+    /// and, for ACME, the next renewal. Reads only: no network, nothing written. Exit status 1
+    /// when a certificate cannot be read (its row says why).
+    Certs {
+        #[command(flatten)]
+        config: ConfigFile,
+    },
     /// Print the completion script for SHELL on stdout.
     ///
     /// Print the completion script for SHELL on stdout, generated from the same definitions as
@@ -152,7 +163,8 @@ impl Command {
             | Command::CheckConfig { config }
             | Command::Investigate { config, .. }
             | Command::Erase { config, .. }
-            | Command::Keys { config } => Some(config),
+            | Command::Keys { config }
+            | Command::Certs { config } => Some(config),
             Command::Completions { .. } | Command::Man => None,
         }
     }

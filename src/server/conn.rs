@@ -18,6 +18,10 @@
 //! (`refuse_plain_http`), as nginx does, rather than with a TLS alert a browser or curl
 //! cannot show.
 //!
+//! When `[acme]` is on with TLS-ALPN-01, a ClientHello offering ALPN `acme-tls/1` (RFC 8737)
+//! is answered with the pending challenge's certificate (`answer_tls_alpn01`) and the
+//! connection closed: no HTTP, no access-log record, not counted as a handshake error.
+//!
 //! What it must never do: wait on a client without a deadline, or log anything the client sent.
 
 use std::convert::Infallible;
@@ -41,6 +45,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::h2;
 use super::proxy_protocol::{Accepted, ProxyProtocol};
+use crate::acme::{ACME_TLS_ALPN, Challenges};
 use crate::client_ip::ClientAddr;
 use crate::config;
 use crate::metrics::Metrics;
@@ -69,6 +74,9 @@ pub struct ConnShared {
     proxy_protocol: Option<ProxyProtocol>,
     /// Flips to `true` when the process starts draining.
     pub shutdown: watch::Receiver<bool>,
+    /// The ACME challenges answered on the TLS listener (TLS-ALPN-01); `None` when `[acme]`
+    /// is off.
+    acme: Option<Arc<Challenges>>,
     /// Never sent on: the drain waits until every holder of this `ConnShared` (each
     /// connection task holds one) has dropped it.
     _tracker: mpsc::Sender<()>,
@@ -109,8 +117,16 @@ impl ConnShared {
             send_timeout: cfg.send_timeout.0,
             proxy_protocol,
             shutdown,
+            acme: None,
             _tracker: tracker,
         }
+    }
+
+    /// Answers TLS-ALPN-01 challenges (ALPN `acme-tls/1`) from `challenges` on the TLS
+    /// listener.
+    pub fn with_acme(mut self, challenges: Option<Arc<Challenges>>) -> ConnShared {
+        self.acme = challenges;
+        self
     }
 }
 
@@ -163,8 +179,13 @@ pub async fn serve_tls(
         // A TLS record, or something else (rustls refuses it).
         _ => {}
     }
-    let stream = match tokio::time::timeout_at(first_head_by, acceptor.accept(tcp)).await {
-        Ok(Ok(stream)) => stream,
+    let handshake = tokio::time::timeout_at(
+        first_head_by,
+        handshake(tcp, &acceptor, shared.acme.as_deref()),
+    );
+    let stream = match handshake.await {
+        Ok(Ok(Some(stream))) => stream,
+        Ok(Ok(None)) => return,
         Ok(Err(e)) => {
             metrics.tls_handshake_error();
             tracing::debug!(error = %e, "TLS handshake failed");
@@ -186,6 +207,59 @@ pub async fn serve_tls(
         serve_h2(stream, peer, true, forwarded, first_head_by, &shared).await;
     } else {
         serve_http(stream, peer, true, forwarded, first_head_by, &shared).await;
+    }
+}
+
+/// The TLS handshake: the connection to serve HTTP on, or `None` when it was a TLS-ALPN-01
+/// challenge, answered and closed. With `[acme]` on, the ClientHello is read first, and one
+/// offering ALPN `acme-tls/1` gets the challenge's certificate ([`answer_tls_alpn01`]).
+async fn handshake(
+    tcp: TcpStream,
+    acceptor: &TlsAcceptor,
+    acme: Option<&Challenges>,
+) -> io::Result<Option<tokio_rustls::server::TlsStream<TcpStream>>> {
+    let Some(challenges) = acme else {
+        return acceptor.accept(tcp).await.map(Some);
+    };
+    let start =
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+    let hello = start.client_hello();
+    if hello
+        .alpn()
+        .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN))
+    {
+        let name = hello.server_name().map(str::to_owned);
+        answer_tls_alpn01(start, name, challenges).await;
+        return Ok(None);
+    }
+    start.into_stream(acceptor.config().clone()).await.map(Some)
+}
+
+/// Completes a TLS-ALPN-01 handshake with the pending challenge certificate for `name`
+/// (RFC 8737 §3), then closes with close_notify. Without a pending challenge the connection is
+/// closed at once. Nothing is recorded or counted: it is the CA, not a visitor.
+async fn answer_tls_alpn01(
+    start: tokio_rustls::StartHandshake<TcpStream>,
+    name: Option<String>,
+    challenges: &Challenges,
+) {
+    use tokio::io::AsyncWriteExt;
+    let Some(name) = name else {
+        tracing::debug!("acme-tls/1 handshake without a server name: closed");
+        return;
+    };
+    let Some(certified) = challenges.tls_alpn01(&name).await else {
+        tracing::debug!("acme-tls/1 handshake without a pending challenge: closed");
+        return;
+    };
+    let config = Arc::new(super::tls::challenge_config(certified));
+    match start.into_stream(config).await {
+        Ok(mut stream) => {
+            let _ = stream.shutdown().await;
+            // The name is one with a challenge pending: ours, from the config.
+            tracing::debug!(domain = %name, "answered a TLS-ALPN-01 challenge");
+        }
+        Err(e) => tracing::debug!(error = %e, "TLS-ALPN-01 handshake failed"),
     }
 }
 

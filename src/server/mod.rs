@@ -31,7 +31,6 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::accesslog::AccessLog;
-use crate::acme::Challenges;
 use crate::admin::{self, Health};
 use crate::client_ip::ClientAddr;
 use crate::config::{Config, ConfigError};
@@ -98,6 +97,12 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), preflight::
     resolver.report_expiry(metrics.certificate_expiry.clone());
     let log = AccessLog::start(&config.access_log, metrics.log_counters())
         .with_context(|| "starting the access log (access_log.dir)")?;
+    // ACME: the stored certificates are served from the first handshake on; a task per name
+    // orders and renews.
+    let acme = match config.acme.enabled {
+        true => Some(crate::acme::start(&config.acme, resolver.clone(), metrics.clone()).await?),
+        false => None,
+    };
     let sinks = Arc::new(Sinks {
         log,
         metrics: metrics.clone(),
@@ -117,11 +122,10 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), preflight::
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (tracker, mut drained) = mpsc::channel::<()>(1);
-    let challenges = Arc::new(Challenges::default());
-    let acme_http = acme_http_listener.map(|l| {
+    let acme_http = acme_http_listener.zip(acme.as_ref()).map(|(l, acme)| {
         let state = AcmeHttp::new(
             &config,
-            challenges.clone(),
+            acme.challenges.clone(),
             capture.clone(),
             sinks.clone(),
             shutdown_rx.clone(),
@@ -129,18 +133,21 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), preflight::
         );
         (l, Arc::new(state))
     });
-    let shared = Arc::new(ConnShared::new(
-        &config.server,
-        proxy_protocol::ProxyProtocol::new(
-            config.server.proxy_protocol,
-            &config.client_ip.trusted_proxies,
-        ),
-        proxy,
-        capture.clone(),
-        sinks.clone(),
-        shutdown_rx.clone(),
-        tracker,
-    ));
+    let shared = Arc::new(
+        ConnShared::new(
+            &config.server,
+            proxy_protocol::ProxyProtocol::new(
+                config.server.proxy_protocol,
+                &config.client_ip.trusted_proxies,
+            ),
+            proxy,
+            capture.clone(),
+            sinks.clone(),
+            shutdown_rx.clone(),
+            tracker,
+        )
+        .with_acme(acme.as_ref().map(|a| a.challenges.clone())),
+    );
     let health = Arc::new(Health::new(upstreams.clone()));
     let health_checks = upstreams.start_health_checks();
 
@@ -205,7 +212,12 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), preflight::
     }
     // The admin listener answered "draining" until now.
     admin_task.abort();
-    for task in background.into_iter().chain(health_checks) {
+    let acme_tasks = acme.map(|a| a.tasks).unwrap_or_default();
+    for task in background
+        .into_iter()
+        .chain(health_checks)
+        .chain(acme_tasks)
+    {
         task.abort();
     }
     // Everything queued reaches the file before the process exits.

@@ -337,6 +337,25 @@ pub fn server_config(resolver: Arc<CertResolver>) -> rustls::ServerConfig {
     config
 }
 
+/// The rustls configuration of a TLS-ALPN-01 answer (RFC 8737 §3): `certified` (the
+/// challenge certificate) for any name, ALPN `acme-tls/1` only.
+pub fn challenge_config(certified: Arc<CertifiedKey>) -> rustls::ServerConfig {
+    #[derive(Debug)]
+    struct Fixed(Arc<CertifiedKey>);
+    impl ResolvesServerCert for Fixed {
+        fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+            Some(self.0.clone())
+        }
+    }
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Fixed(certified)));
+    config.alpn_protocols = vec![crate::acme::ACME_TLS_ALPN.to_vec()];
+    config
+}
+
 /// With `self_signed = true` and no certificate on disk, generates one for `hosts` (plus
 /// `localhost`, `127.0.0.1` and `::1`) at the configured paths, the key with mode 0600.
 /// Returns the SHA-256 fingerprint of a generated certificate.

@@ -5,6 +5,7 @@
 
 pub mod mmdb;
 pub mod origin;
+pub mod pebble;
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -783,8 +784,9 @@ impl Conn {
     }
 }
 
-/// The certificate a new TLS connection to `addr` is shown (no verification).
-pub async fn presented_cert(addr: SocketAddr) -> Vec<u8> {
+/// A TLS client config that accepts any certificate (to look at what is served), offering
+/// `alpn`.
+pub fn unverified_client_config(alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     #[derive(Debug)]
     struct AcceptAll;
     impl rustls::client::danger::ServerCertVerifier for AcceptAll {
@@ -821,14 +823,20 @@ pub async fn presented_cert(addr: SocketAddr) -> Vec<u8> {
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAll))
         .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// The certificate a new TLS connection to `addr` is shown (no verification).
+pub async fn presented_cert(addr: SocketAddr) -> Vec<u8> {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let tls = tokio_rustls::TlsConnector::from(unverified_client_config(&[]))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();

@@ -1,0 +1,267 @@
+//! One ACME order (RFC 8555 §7.4) for one name: the order, its authorizations' challenges
+//! published through [`Challenges`] (memory and storage, so any instance of a fleet answers),
+//! the CSR from a new ECDSA P-256 key, finalization and the certificate chain.
+//!
+//! Must never log or return a key authorization or a token, and never leave a challenge
+//! response published after the order ends, whichever way it ends (the caller withdraws what
+//! [`Published`] lists).
+
+use std::time::Duration;
+
+use instant_acme::{
+    Account, AuthorizationStatus, ChallengeType, Identifier, NewOrder, OrderStatus, RetryPolicy,
+};
+
+use super::Challenges;
+use crate::config::AcmeChallenge;
+
+/// A certificate just issued.
+pub struct Issued {
+    /// The chain, leaf first, PEM.
+    pub chain_pem: String,
+    /// Its new private key, PKCS#8 PEM.
+    pub key_pem: zeroize::Zeroizing<String>,
+}
+
+/// Why an order did not end with a certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderError {
+    /// The CA refused: its problem document's type (RFC 8555 §6.7, without the
+    /// `urn:ietf:params:acme:error:` prefix) and detail.
+    Rejected {
+        /// `rejectedIdentifier`, `unauthorized`, `connection`, …
+        problem: String,
+        /// The CA's explanation.
+        detail: String,
+    },
+    /// The CA could not be reached or did not answer in time, or a local step failed.
+    Failed(String),
+}
+
+impl std::fmt::Display for OrderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OrderError::Rejected { problem, detail } => {
+                write!(f, "the CA refused ({problem}): {detail}")
+            }
+            OrderError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
+const PROBLEM_PREFIX: &str = "urn:ietf:params:acme:error:";
+
+impl From<instant_acme::Error> for OrderError {
+    fn from(e: instant_acme::Error) -> Self {
+        match e {
+            instant_acme::Error::Api(problem) => problem_error(&problem),
+            instant_acme::Error::Timeout(_) => {
+                OrderError::Failed("the order was not ready in time".to_owned())
+            }
+            other => OrderError::Failed(causes(&other)),
+        }
+    }
+}
+
+/// An error document as an [`OrderError::Rejected`], its subproblems' details appended.
+fn problem_error(problem: &instant_acme::Problem) -> OrderError {
+    let kind = problem.r#type.as_deref().unwrap_or("unknown");
+    let mut detail = problem.detail.clone().unwrap_or_default();
+    for sub in &problem.subproblems {
+        if let Some(d) = &sub.detail {
+            detail.push_str("; ");
+            detail.push_str(d);
+        }
+    }
+    OrderError::Rejected {
+        problem: kind.strip_prefix(PROBLEM_PREFIX).unwrap_or(kind).to_owned(),
+        detail,
+    }
+}
+
+/// An error and its sources, `: `-separated, each text once.
+pub fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// A challenge response published for an order, to withdraw when it ends.
+pub enum Published {
+    /// An HTTP-01 response by token.
+    Http01(String),
+    /// A TLS-ALPN-01 response by name.
+    TlsAlpn01(String),
+}
+
+/// How long the CA may take to validate and to issue, each.
+const POLL_LIMIT: Duration = Duration::from_secs(120);
+
+/// Orders a certificate for `name` through `challenge`; each response published is pushed
+/// onto `published` before the CA is told it is ready.
+pub async fn issue(
+    account: &Account,
+    name: &str,
+    challenge: AcmeChallenge,
+    challenges: &Challenges,
+    published: &mut Vec<Published>,
+) -> Result<Issued, OrderError> {
+    let identifiers = [Identifier::Dns(name.to_owned())];
+    let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
+    let kind = match challenge {
+        AcmeChallenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+        AcmeChallenge::Http01 => ChallengeType::Http01,
+    };
+    let mut authorizations = order.authorizations();
+    while let Some(authorization) = authorizations.next().await {
+        let mut authorization = authorization?;
+        match authorization.status {
+            AuthorizationStatus::Valid => continue,
+            AuthorizationStatus::Pending => {}
+            other => {
+                return Err(OrderError::Rejected {
+                    problem: "authorization".to_owned(),
+                    detail: format!("the authorization is {other:?}"),
+                });
+            }
+        }
+        let mut handle =
+            authorization
+                .challenge(kind.clone())
+                .ok_or_else(|| OrderError::Rejected {
+                    problem: "unsupportedChallenge".to_owned(),
+                    detail: format!("the CA offers no {} challenge", challenge_name(challenge)),
+                })?;
+        let key_authorization = handle.key_authorization();
+        match challenge {
+            AcmeChallenge::TlsAlpn01 => {
+                published.push(Published::TlsAlpn01(name.to_owned()));
+                challenges
+                    .publish_tls_alpn01(name, key_authorization.as_str())
+                    .await
+                    .map_err(OrderError::Failed)?;
+            }
+            AcmeChallenge::Http01 => {
+                published.push(Published::Http01(handle.token.clone()));
+                challenges
+                    .publish_http01(&handle.token, key_authorization.as_str())
+                    .await
+                    .map_err(OrderError::Failed)?;
+            }
+        }
+        handle.set_ready().await?;
+    }
+    let polling = RetryPolicy::new()
+        .initial_delay(Duration::from_millis(250))
+        .backoff(1.5)
+        .timeout(POLL_LIMIT);
+    let status = order.poll_ready(&polling).await?;
+    if status != OrderStatus::Ready {
+        return Err(invalid_reason(&mut order).await);
+    }
+    let key = rcgen::KeyPair::generate().map_err(|e| OrderError::Failed(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()])
+        .map_err(|e| OrderError::Failed(e.to_string()))?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| OrderError::Failed(e.to_string()))?;
+    order.finalize_csr(csr.der()).await?;
+    let chain_pem = order.poll_certificate(&polling).await?;
+    Ok(Issued {
+        chain_pem,
+        key_pem: zeroize::Zeroizing::new(key.serialize_pem()),
+    })
+}
+
+/// The config's name of a challenge type.
+pub fn challenge_name(challenge: AcmeChallenge) -> &'static str {
+    match challenge {
+        AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+        AcmeChallenge::Http01 => "http-01",
+    }
+}
+
+/// Why an order became invalid: the first failed challenge's error, as the CA states it.
+async fn invalid_reason(order: &mut instant_acme::Order) -> OrderError {
+    let mut authorizations = order.authorizations();
+    while let Some(Ok(mut authorization)) = authorizations.next().await {
+        if authorization.refresh().await.is_err() {
+            continue;
+        }
+        if let Some(problem) = authorization
+            .challenges
+            .iter()
+            .find_map(|c| c.error.as_ref())
+        {
+            return problem_error(problem);
+        }
+    }
+    OrderError::Rejected {
+        problem: "orderInvalid".to_owned(),
+        detail: "the order became invalid".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_problem_document_is_named_by_its_short_type_and_detail() {
+        // (type, detail, subproblem details, problem named, detail said)
+        type Row<'a> = (
+            Option<&'a str>,
+            Option<&'a str>,
+            &'a [&'a str],
+            &'a str,
+            &'a str,
+        );
+        let rows: [Row; 4] = [
+            (
+                Some("urn:ietf:params:acme:error:rejectedIdentifier"),
+                Some("policy forbids issuing for name"),
+                &[],
+                "rejectedIdentifier",
+                "policy forbids issuing for name",
+            ),
+            (
+                Some("urn:ietf:params:acme:error:rateLimited"),
+                Some("too many"),
+                &["a.example: too many", "b.example: too many"],
+                "rateLimited",
+                "too many; a.example: too many; b.example: too many",
+            ),
+            (Some("about:blank"), None, &[], "about:blank", ""),
+            (None, Some("odd"), &[], "unknown", "odd"),
+        ];
+        for (kind, detail, subs, want_problem, want_detail) in rows {
+            let json = serde_json::json!({
+                "type": kind,
+                "detail": detail,
+                "subproblems": subs.iter().map(|d| serde_json::json!({
+                    "type": "urn:ietf:params:acme:error:rateLimited",
+                    "detail": d,
+                    "identifier": {"type": "dns", "value": "a.example"},
+                })).collect::<Vec<_>>(),
+            });
+            let problem: instant_acme::Problem = serde_json::from_value(json).unwrap();
+            assert_eq!(
+                problem_error(&problem),
+                OrderError::Rejected {
+                    problem: want_problem.to_owned(),
+                    detail: want_detail.to_owned()
+                },
+                "{kind:?}"
+            );
+        }
+    }
+}
