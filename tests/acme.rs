@@ -273,6 +273,103 @@ async fn a_certificate_is_issued_through_tls_alpn_01_and_served_to_a_client_trus
     );
 }
 
+#[tokio::test]
+async fn a_certificate_is_issued_through_http_01_answered_on_the_acme_http_listener() {
+    let up = Upstream::start().await;
+    let (tls_port, http_port) = (free_port(), free_port());
+    let Some(pebble) = Pebble::start(PebbleOptions {
+        tls_port,
+        http_port,
+        ..PebbleOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let root = pebble.root_pem().await;
+    let storage = tempfile::tempdir().unwrap();
+    let acme = storage.path().join("acme");
+    let http_listen = format!("\"127.0.0.1:{http_port}\"");
+    let proxy = start_proxy(|dir| {
+        acme_config(
+            dir,
+            &up.url(),
+            tls_port,
+            &pebble,
+            &acme,
+            &[("challenge", "\"http-01\""), ("http_listen", &http_listen)],
+        )
+    })
+    .await;
+    assert_eq!(
+        proxy.acme_http_addr.map(|a| a.port()),
+        Some(http_port),
+        "{}",
+        proxy.output()
+    );
+    let serial = wait_issued(&proxy, &pebble, &root, Duration::from_secs(60)).await;
+    let tls = verified(proxy.tls_addr, &root, b"h2").await.unwrap();
+    assert_eq!(serial_of(&tls), serial);
+    let mut send = h2(tls).await;
+    assert_eq!(get_status(&mut send).await, 200);
+    assert_eq!(pebble.orders(), 1, "{}", pebble.log());
+    let m = metrics(&proxy).await;
+    assert_eq!(
+        sample(&m, "webprom_edge_acme_orders_total{result=\"issued\"}"),
+        1.0,
+        "{m}"
+    );
+    // pebble's validation went through the HTTP-01 listener: it has a record (or more: the
+    // CA may validate from several vantage points), its path with the token as `:id`, status
+    // 200; no TLS-ALPN-01 answer was published.
+    let records = proxy.wait_records(2).await;
+    let challenge: Vec<&String> = records
+        .iter()
+        .filter(|r| common::field(r, "path") == "/.well-known/acme-challenge/:id")
+        .collect();
+    assert!(!challenge.is_empty(), "{records:?}");
+    for r in &challenge {
+        assert_eq!(common::field(r, "status"), "200", "{r}");
+        assert_eq!(common::field(r, "host"), NAME, "{r}");
+    }
+    let out = proxy.output();
+    let longest_run = records
+        .iter()
+        .map(String::as_str)
+        .chain([out.as_str()])
+        .flat_map(|t| t.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_')))
+        .map(str::len)
+        .max()
+        .unwrap_or(0);
+    assert!(
+        longest_run < 43,
+        "a token in the log or a record:\n{out}\n{records:?}"
+    );
+    for kind in ["http-01", "tls-alpn-01"] {
+        let left = std::fs::read_dir(acme.join("challenges").join(kind))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(left, 0, "{kind}");
+    }
+    // Everything else on the listener is sent to https.
+    let mut tcp = TcpStream::connect(proxy.acme_http_addr.unwrap())
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(format!("GET /a?b=1 HTTP/1.1\r\nHost: {NAME}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 308"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains(&format!("location: https://{NAME}/a?b=1\r\n")),
+        "{answer}"
+    );
+}
+
 /// Stores, as an earlier run would have, a certificate for [`NAME`] valid from ten days ago to
 /// tomorrow (so due for renewal: less than a third of its life is left), from a CA of its own.
 /// Returns its PEM (a client can trust it as its own root) and its serial.

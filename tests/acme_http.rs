@@ -3,7 +3,6 @@
 //! and metrics. Its start from the config (and a bad address's exit status) is in
 //! tests/acme_checks.rs.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,22 +17,13 @@ use webprom_edge::metrics::Metrics;
 use webprom_edge::privacy::capture::{Capture, EpochKey};
 use webprom_edge::privacy::keys::Key;
 use webprom_edge::proxy::logging::Sinks;
-use webprom_edge::server::acme_http::{AcmeHttp, KeyAuthorizations};
+use webprom_edge::server::acme_http::AcmeHttp;
 
 const TOKEN: &str = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0";
 const KEY_AUTHORIZATION: &str =
     "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI";
 /// Short enough that the path rules alone would record it.
 const SHORT_TOKEN: &str = "tok";
-
-/// Pending challenges by token, as the ACME engine keeps them.
-struct Pending(HashMap<String, String>);
-
-impl KeyAuthorizations for Pending {
-    async fn key_authorization(&self, token: &str) -> Option<String> {
-        self.0.get(token).cloned()
-    }
-}
 
 /// A running listener with its access log directory.
 struct Listener {
@@ -45,12 +35,12 @@ struct Listener {
     dir: tempfile::TempDir,
 }
 
-async fn start<C: KeyAuthorizations>(challenges: C, header_read_timeout: Duration) -> Listener {
+async fn start(challenges: Challenges, header_read_timeout: Duration) -> Listener {
     start_with(challenges, header_read_timeout, |_| {}).await
 }
 
-async fn start_with<C: KeyAuthorizations>(
-    challenges: C,
+async fn start_with(
+    challenges: Challenges,
     header_read_timeout: Duration,
     edit: impl FnOnce(&mut Config),
 ) -> Listener {
@@ -92,11 +82,18 @@ async fn start_with<C: KeyAuthorizations>(
     }
 }
 
-fn pending() -> Pending {
-    Pending(HashMap::from([
-        (TOKEN.to_owned(), KEY_AUTHORIZATION.to_owned()),
-        (SHORT_TOKEN.to_owned(), "tok.thumbprint".to_owned()),
-    ]))
+/// The proxy's own challenge store, with two HTTP-01 responses published as an order would.
+async fn pending() -> Challenges {
+    let challenges = Challenges::default();
+    challenges
+        .publish_http01(TOKEN, KEY_AUTHORIZATION)
+        .await
+        .unwrap();
+    challenges
+        .publish_http01(SHORT_TOKEN, "tok.thumbprint")
+        .await
+        .unwrap();
+    challenges
 }
 
 impl Listener {
@@ -170,7 +167,7 @@ type Row<'a> = (
 
 #[tokio::test]
 async fn each_request_gets_its_answer_and_one_record_without_its_token() {
-    let l = start(pending(), Duration::from_secs(5)).await;
+    let l = start(pending().await, Duration::from_secs(5)).await;
     let get = |target: &str, host: &str| format!("GET {target} HTTP/1.1\r\nhost: {host}\r\n\r\n");
     let challenge = format!("/.well-known/acme-challenge/{TOKEN}");
     let short = format!("/.well-known/acme-challenge/{SHORT_TOKEN}");
@@ -370,7 +367,7 @@ async fn the_proxy_s_challenges_answer_404_for_a_token_not_pending() {
 
 #[tokio::test]
 async fn a_head_the_parser_refuses_is_answered_and_recorded_once_and_a_slow_one_is_closed() {
-    let l = start(pending(), Duration::from_millis(500)).await;
+    let l = start(pending().await, Duration::from_millis(500)).await;
     // (request, status the parser answers)
     // More field lines than server.max_header_fields (100), in one segment, so that the
     // whole request is read and the close is not a reset.
@@ -415,7 +412,7 @@ async fn a_head_the_parser_refuses_is_answered_and_recorded_once_and_a_slow_one_
 
 #[tokio::test]
 async fn a_drain_stops_accepting_and_lets_the_open_connections_end() {
-    let mut l = start(pending(), Duration::from_secs(3)).await;
+    let mut l = start(pending().await, Duration::from_secs(3)).await;
     // One connection half-way through its head when the drain starts.
     let mut open = TcpStream::connect(l.addr).await.unwrap();
     open.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
@@ -443,7 +440,7 @@ async fn a_drain_stops_accepting_and_lets_the_open_connections_end() {
 
 #[tokio::test]
 async fn behind_a_balancer_the_proxy_protocol_header_names_the_client_recorded() {
-    let l = start_with(pending(), Duration::from_secs(2), |c| {
+    let l = start_with(pending().await, Duration::from_secs(2), |c| {
         c.server.proxy_protocol = webprom_edge::config::ProxyProtocol::V1;
         c.client_ip.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
     })

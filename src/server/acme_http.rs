@@ -3,7 +3,7 @@
 //! does.
 //!
 //! - `GET` or `HEAD /.well-known/acme-challenge/{token}`: 200 `text/plain` with the key
-//!   authorization when a challenge with that token is pending ([`KeyAuthorizations`]), else
+//!   authorization when a challenge with that token is pending ([`Challenges::http01`]), else
 //!   404; any other method under that prefix 405.
 //! - Any other request whose host (RFC 9112 §3.2) is one of `server.hosts`: 308 Permanent
 //!   Redirect (RFC 9110 §15.4.9) to `https://{host}{path?query}`, the host as the config spells
@@ -23,7 +23,6 @@
 //! host the config does not list, or wait on a client without a deadline.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,22 +58,9 @@ const RECORDED_CHALLENGE_PATH: &str = "/.well-known/acme-challenge/:id";
 /// bits, base64url).
 const MAX_TOKEN_LEN: usize = 128;
 
-/// The key authorizations of pending HTTP-01 challenges, by token: what the listener answers
-/// with. [`Challenges`] in the proxy.
-pub trait KeyAuthorizations: Send + Sync + 'static {
-    /// The key authorization (RFC 8555 §8.1) for `token`, if a challenge with it is pending.
-    fn key_authorization(&self, token: &str) -> impl Future<Output = Option<String>> + Send;
-}
-
-impl KeyAuthorizations for Challenges {
-    fn key_authorization(&self, token: &str) -> impl Future<Output = Option<String>> + Send {
-        self.http01(token)
-    }
-}
-
 /// The listener's state, shared by its connections.
-pub struct AcmeHttp<C> {
-    challenges: Arc<C>,
+pub struct AcmeHttp {
+    challenges: Arc<Challenges>,
     /// The records' facts, and `server.hosts` (followed on SIGHUP) for the redirect.
     capture: Arc<Capture>,
     sinks: Arc<Sinks>,
@@ -88,19 +74,19 @@ pub struct AcmeHttp<C> {
     _tracker: mpsc::Sender<()>,
 }
 
-impl<C: KeyAuthorizations> AcmeHttp<C> {
+impl AcmeHttp {
     /// The listener's state from `config` (`[server]`'s limits and timeouts,
     /// `client_ip.trusted_proxies`, `server.proxy_protocol`); records go through `capture` to
     /// `sinks`; `shutdown` flips to `true` when the process drains, and `tracker` is held
     /// until the last connection ends.
     pub fn new(
         config: &Config,
-        challenges: Arc<C>,
+        challenges: Arc<Challenges>,
         capture: Arc<Capture>,
         sinks: Arc<Sinks>,
         shutdown: watch::Receiver<bool>,
         tracker: mpsc::Sender<()>,
-    ) -> AcmeHttp<C> {
+    ) -> AcmeHttp {
         let s = &config.server;
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
@@ -247,7 +233,7 @@ impl<C: KeyAuthorizations> AcmeHttp<C> {
             return resp;
         }
         let found = match token.0 {
-            Some(token) => self.challenges.key_authorization(&token).await,
+            Some(token) => self.challenges.http01(&token).await,
             None => None,
         };
         match found {
