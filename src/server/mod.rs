@@ -403,7 +403,7 @@ fn reload(
     capture.set_hosts(&config.server.hosts);
     let result = tls::ensure_self_signed(&config.tls, &config.server.hosts).and_then(|made| {
         if let Some(fp) = made {
-            tracing::warn!(cert = %config.tls.cert.display(), sha256 = %fp, "certificate missing: generated a self-signed one (development only; set tls.self_signed = false in production)");
+            tracing::warn!(cert = %config.tls.cert.display(), sha256 = %fp, "certificate missing: generated a self-signed one ({})", tls::self_signed_purpose(&config));
         }
         resolver.reload(&config.tls)
     });

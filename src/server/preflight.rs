@@ -204,7 +204,8 @@ pub fn certificates(
             cert = %config.tls.cert.display(),
             key = %config.tls.key.display(),
             sha256 = %fp,
-            "generated a self-signed certificate (development only; set tls.self_signed = false in production)"
+            "generated a self-signed certificate ({})",
+            tls::self_signed_purpose(config)
         );
     }
     CertResolver::load(&config.tls)

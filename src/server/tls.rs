@@ -392,6 +392,18 @@ pub fn ensure_self_signed(tls: &config::Tls, hosts: &[String]) -> Result<Option<
     Ok(Some(fingerprint(certified.cert.der())))
 }
 
+/// What the warning about a generated self-signed certificate says: with `[acme]` on it is the
+/// placeholder served until the first certificates are issued (and to clients without SNI),
+/// else a development certificate.
+pub fn self_signed_purpose(config: &config::Config) -> &'static str {
+    if config.acme.enabled {
+        "a placeholder, served to clients without SNI, to names outside acme.domains, and to each \
+         of acme.domains until its first certificate is issued"
+    } else {
+        "development only; set tls.self_signed = false in production"
+    }
+}
+
 /// Writes a generated file atomically through `<path>.tmp` ([`crate::files::write_atomically`]):
 /// the temporary file is made anew, so `mode` (at most, through the umask) holds whatever was
 /// left at that name.
