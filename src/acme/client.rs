@@ -18,7 +18,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use instant_acme::{BodyWrapper, BytesResponse, HttpClient};
-use rustls::RootCertStore;
+
+/// Why the system's roots cannot serve (none found).
+const NO_SYSTEM_ROOTS: &str = "no system CA certificate was found to verify the ACME server (install \
+     ca-certificates, or set acme.ca_roots to a PEM file)";
 
 /// The HTTPS client of the ACME account (instant-acme's [`HttpClient`]); clones share
 /// their connection pool.
@@ -35,7 +38,7 @@ impl AcmeHttp {
     pub fn new(ca_roots: Option<&Path>, timeout: Duration) -> Result<AcmeHttp, String> {
         let roots = match ca_roots {
             Some(path) => crate::proxy::upstream_tls::load_roots(path)?,
-            None => system_roots()?,
+            None => crate::server::tls::system_roots().ok_or_else(|| NO_SYSTEM_ROOTS.to_owned())?,
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -53,24 +56,6 @@ impl AcmeHttp {
             timeout,
         })
     }
-}
-
-/// The system's roots (`rustls-native-certs`); an error when none is found.
-fn system_roots() -> Result<RootCertStore, String> {
-    let found = rustls_native_certs::load_native_certs();
-    for e in &found.errors {
-        tracing::warn!(error = %e, "a system CA certificate store could not be read");
-    }
-    let mut roots = RootCertStore::empty();
-    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
-    if added == 0 {
-        return Err(
-            "no system CA certificate was found to verify the ACME server (install \
-             ca-certificates, or set acme.ca_roots to a PEM file)"
-                .into(),
-        );
-    }
-    Ok(roots)
 }
 
 impl HttpClient for AcmeHttp {

@@ -89,8 +89,9 @@ fn random_unit() -> f64 {
     f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
 }
 
-/// An RFC 3339 time for a log line.
-fn rfc3339(unix: i64) -> String {
+/// `unix` (seconds) as an RFC 3339 UTC time (`2026-12-01T17:07:59Z`), for log lines and
+/// `certs`; the bare number if out of range.
+pub fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
         .and_then(|t| {

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use super::args::ConfigFile;
 use super::{CliError, print_stdout};
-use crate::acme::renew::renewal_time;
+use crate::acme::renew::{renewal_time, rfc3339};
 use crate::acme::storage::Storage;
 use crate::config::Config;
 use crate::server::tls::{CertFacts, read_certificates};
@@ -53,17 +53,6 @@ fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-/// An RFC 3339 UTC time.
-fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
 }
 
 /// The rows of `config`'s served names at `now` (Unix seconds): the default certificate,

@@ -552,7 +552,7 @@ fn linger_h1(req: Request<ClientBody>) {
 const ALLOWED: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH";
 
 /// A short plain-text response written by the proxy itself.
-fn local(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
+pub(crate) fn local(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
     let mut resp = Response::new(ResponseBody::local(Bytes::from_static(text.as_bytes())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(

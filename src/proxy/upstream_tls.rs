@@ -25,6 +25,10 @@ use tokio_rustls::client::TlsStream;
 
 use crate::config::{self, ConfigError, UpstreamUrl};
 
+/// Why the system's roots cannot serve (none found).
+const NO_SYSTEM_ROOTS: &str = "unset, and no system CA certificate was found for the https:// upstreams \
+     (install ca-certificates, or set upstream.ca_roots to a PEM file)";
+
 /// The largest `upstream.ca_roots` file read, in bytes (a full public CA bundle is ~250 KB).
 const MAX_ROOTS_BYTES: u64 = 4 << 20;
 
@@ -61,7 +65,9 @@ impl TlsClient {
         }
         let roots = match configured {
             Some(roots) => roots,
-            None => system_roots().map_err(|why| ConfigError::invalid("upstream.ca_roots", why))?,
+            None => crate::server::tls::system_roots()
+                .ok_or_else(|| NO_SYSTEM_ROOTS.to_owned())
+                .map_err(|why| ConfigError::invalid("upstream.ca_roots", why))?,
         };
         let name = match &cfg.tls_server_name {
             Some(name) => Some(ServerName::try_from(name.clone()).map_err(|_| {
@@ -178,24 +184,6 @@ pub fn load_roots(path: &Path) -> Result<RootCertStore, String> {
                 i + 1
             ))
         })?;
-    }
-    Ok(roots)
-}
-
-/// The system's roots; an error when none is found.
-fn system_roots() -> Result<RootCertStore, String> {
-    let found = rustls_native_certs::load_native_certs();
-    for e in &found.errors {
-        tracing::warn!(error = %e, "a system CA certificate store could not be read");
-    }
-    let mut roots = RootCertStore::empty();
-    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
-    if added == 0 {
-        return Err(
-            "unset, and no system CA certificate was found for the https:// upstreams \
-             (install ca-certificates, or set upstream.ca_roots to a PEM file)"
-                .into(),
-        );
     }
     Ok(roots)
 }

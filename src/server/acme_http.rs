@@ -26,7 +26,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, LOCATION};
 use http::{Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -43,10 +42,10 @@ use crate::client_ip::{ClientAddr, TrustedProxies};
 use crate::config::Config;
 use crate::privacy::capture::Capture;
 use crate::privacy::observation::HttpProto;
-use crate::proxy::ConnInfo;
 use crate::proxy::authority;
 use crate::proxy::body::ResponseBody;
 use crate::proxy::logging::{CapturedBody, Sinks, Unanswered};
+use crate::proxy::{ConnInfo, local};
 
 /// Where HTTP-01 challenges are served (RFC 8555 §8.3), with the trailing slash.
 pub const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
@@ -295,17 +294,6 @@ fn https_location(host: &str, target: &Uri) -> Option<HeaderValue> {
         return None;
     }
     HeaderValue::try_from(format!("https://{host}{path_and_query}")).ok()
-}
-
-/// A local answer with a short `text/plain` body.
-fn local(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
-    let mut resp = Response::new(ResponseBody::local(Bytes::from_static(text.as_bytes())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
 }
 
 /// The status hyper's HTTP/1.1 parser answered a head it refused with (431 too large, 414 a

@@ -163,6 +163,19 @@ pub(crate) fn read_certificates(
     Ok(certs)
 }
 
+/// The system's CA roots (`rustls-native-certs`: on Linux the bundle OpenSSL would use, or
+/// `SSL_CERT_FILE` / `SSL_CERT_DIR`); `None` when none is found. A store that cannot be read
+/// is warned about.
+pub(crate) fn system_roots() -> Option<rustls::RootCertStore> {
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::warn!(error = %e, "a system CA certificate store could not be read");
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    (added > 0).then_some(roots)
+}
+
 fn pem_reason(e: rustls_pki_types::pem::Error) -> String {
     match e {
         rustls_pki_types::pem::Error::Io(io) => io.to_string(),
