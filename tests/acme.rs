@@ -665,6 +665,52 @@ async fn a_refusing_ca_leaves_the_old_certificate_served_and_is_retried_with_bac
 }
 
 #[tokio::test]
+async fn a_failed_http_01_validation_is_logged_without_the_challenges_token() {
+    let up = Upstream::start().await;
+    // pebble validates HTTP-01 on a port nothing listens on: its problem detail quotes the
+    // challenge URL, token included.
+    let (tls_port, http_port, closed_port) = (free_port(), free_port(), free_port());
+    let Some(pebble) = Pebble::start(PebbleOptions {
+        tls_port,
+        http_port: closed_port,
+        ..PebbleOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let storage = tempfile::tempdir().unwrap();
+    let acme = storage.path().join("acme");
+    let http_listen = format!("\"127.0.0.1:{http_port}\"");
+    let proxy = start_proxy(|dir| {
+        acme_config(
+            dir,
+            &up.url(),
+            tls_port,
+            &pebble,
+            &acme,
+            &[("challenge", "\"http-01\""), ("http_listen", &http_listen)],
+        )
+    })
+    .await;
+    let out = wait_attempt(&proxy, 1, Duration::from_secs(60)).await;
+    let line = out
+        .lines()
+        .find(|l| l.contains("ACME order failed"))
+        .unwrap();
+    assert!(line.contains("acme-challenge/[redacted]"), "{line}");
+    // Nothing the proxy printed holds a token: 43 base64url characters after the prefix.
+    for (at, _) in out.match_indices("/.well-known/acme-challenge/") {
+        let rest = &out[at + "/.well-known/acme-challenge/".len()..];
+        let run = rest
+            .bytes()
+            .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+            .count();
+        assert!(run < 20, "a token in the output: {}", &rest[..run]);
+    }
+}
+
+#[tokio::test]
 async fn a_frozen_ca_leaves_the_old_certificate_served_until_it_answers_again() {
     let up = Upstream::start().await;
     let tls_port = free_port();
