@@ -456,6 +456,47 @@ async fn a_short_lived_certificate_is_renewed_and_swapped_while_an_open_connecti
 }
 
 #[tokio::test]
+async fn a_certificate_due_for_renewal_as_soon_as_issued_is_not_ordered_again_at_once() {
+    let up = Upstream::start().await;
+    let tls_port = free_port();
+    // A CA issuing for 1 s: each certificate has expired when it is stored.
+    let Some(pebble) = Pebble::start(PebbleOptions {
+        tls_port,
+        validity_secs: Some(1),
+        ..PebbleOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let storage = tempfile::tempdir().unwrap();
+    let acme = storage.path().join("acme");
+    let proxy = start_proxy(|dir| acme_config(dir, &up.url(), tls_port, &pebble, &acme, &[])).await;
+    let issued = |m: &str| sample(m, "webprom_edge_acme_orders_total{result=\"issued\"}");
+    eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        async || (issued(&metrics(&proxy).await) >= 1.0).then_some(()),
+        || format!("nothing issued\n{}", proxy.output()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Back-off of 1 s doubling: orders at about 0, 1, 3 and 7 s; an ordering storm makes one
+    // every few hundred milliseconds.
+    let m = metrics(&proxy).await;
+    let orders = issued(&m);
+    eprintln!("MEASURED: orders in 8 s after the first, 1 s certificates: {orders}");
+    assert!(orders <= 5.0, "{orders} orders in 8 s\n{}", proxy.output());
+    assert!(
+        proxy
+            .output()
+            .contains("the certificate issued is due for renewal already"),
+        "{}",
+        proxy.output()
+    );
+}
+
+#[tokio::test]
 async fn two_instances_sharing_the_storage_order_once_and_both_serve_the_certificate() {
     let up = Upstream::start().await;
     let (port_a, port_b) = (free_port(), free_port());

@@ -485,6 +485,32 @@ impl Engine {
                     failures: Some(failures),
                 }
             }
+            // Due again as soon as issued (a lifetime of seconds, a CA's clock or renewal
+            // window off, or not usable at all): the fleet backs off as after a failure, so
+            // that a misbehaving CA cannot start an ordering storm.
+            Attempt::Issued
+                if kept
+                    .current
+                    .as_ref()
+                    .is_none_or(|c| c.renew_at <= unix_now()) =>
+            {
+                let failures = retry.failures.saturating_add(1);
+                let wait = backoff(self.config.retry_backoff.0, failures);
+                let next = storage::Retry {
+                    failures,
+                    retry_at_ms: unix_now_ms()
+                        .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
+                };
+                tracing::warn!(
+                    domain = %name,
+                    attempt = failures,
+                    retry_in = ?wait,
+                    "the certificate issued is due for renewal already; the next order waits"
+                );
+                let _ =
+                    tokio::task::spawn_blocking(move || storage.write_retry(&owned, &next)).await;
+                Attempt::Waiting(next.retry_at_ms)
+            }
             Attempt::Issued => {
                 let _ = tokio::task::spawn_blocking(move || storage.clear_retry(&owned)).await;
                 Attempt::Issued
