@@ -465,7 +465,8 @@ mod tests {
     #[test]
     fn a_storage_removed_while_running_is_made_again_when_a_lock_is_taken() {
         // (what happened to the storage under the running proxy)
-        let rows: [(&str, fn(&Path)); 3] = [
+        type Damage = fn(&Path);
+        let rows: [(&str, Damage); 3] = [
             ("the whole directory removed", |root| {
                 fs::remove_dir_all(root).unwrap()
             }),
