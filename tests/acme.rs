@@ -456,6 +456,47 @@ async fn a_short_lived_certificate_is_renewed_and_swapped_while_an_open_connecti
 }
 
 #[tokio::test]
+async fn a_certificate_due_for_renewal_as_soon_as_issued_is_not_ordered_again_at_once() {
+    let up = Upstream::start().await;
+    let tls_port = free_port();
+    // A CA issuing for 1 s: each certificate has expired when it is stored.
+    let Some(pebble) = Pebble::start(PebbleOptions {
+        tls_port,
+        validity_secs: Some(1),
+        ..PebbleOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let storage = tempfile::tempdir().unwrap();
+    let acme = storage.path().join("acme");
+    let proxy = start_proxy(|dir| acme_config(dir, &up.url(), tls_port, &pebble, &acme, &[])).await;
+    let issued = |m: &str| sample(m, "webprom_edge_acme_orders_total{result=\"issued\"}");
+    eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        async || (issued(&metrics(&proxy).await) >= 1.0).then_some(()),
+        || format!("nothing issued\n{}", proxy.output()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Back-off of 1 s doubling: orders at about 0, 1, 3 and 7 s; an ordering storm makes one
+    // every few hundred milliseconds.
+    let m = metrics(&proxy).await;
+    let orders = issued(&m);
+    eprintln!("MEASURED: orders in 8 s after the first, 1 s certificates: {orders}");
+    assert!(orders <= 5.0, "{orders} orders in 8 s\n{}", proxy.output());
+    assert!(
+        proxy
+            .output()
+            .contains("the certificate issued is due for renewal already"),
+        "{}",
+        proxy.output()
+    );
+}
+
+#[tokio::test]
 async fn two_instances_sharing_the_storage_order_once_and_both_serve_the_certificate() {
     let up = Upstream::start().await;
     let (port_a, port_b) = (free_port(), free_port());
@@ -662,6 +703,52 @@ async fn a_refusing_ca_leaves_the_old_certificate_served_and_is_retried_with_bac
         3.0,
         "{m}"
     );
+}
+
+#[tokio::test]
+async fn a_failed_http_01_validation_is_logged_without_the_challenges_token() {
+    let up = Upstream::start().await;
+    // pebble validates HTTP-01 on a port nothing listens on: its problem detail quotes the
+    // challenge URL, token included.
+    let (tls_port, http_port, closed_port) = (free_port(), free_port(), free_port());
+    let Some(pebble) = Pebble::start(PebbleOptions {
+        tls_port,
+        http_port: closed_port,
+        ..PebbleOptions::default()
+    })
+    .await
+    else {
+        return;
+    };
+    let storage = tempfile::tempdir().unwrap();
+    let acme = storage.path().join("acme");
+    let http_listen = format!("\"127.0.0.1:{http_port}\"");
+    let proxy = start_proxy(|dir| {
+        acme_config(
+            dir,
+            &up.url(),
+            tls_port,
+            &pebble,
+            &acme,
+            &[("challenge", "\"http-01\""), ("http_listen", &http_listen)],
+        )
+    })
+    .await;
+    let out = wait_attempt(&proxy, 1, Duration::from_secs(60)).await;
+    let line = out
+        .lines()
+        .find(|l| l.contains("ACME order failed"))
+        .unwrap();
+    assert!(line.contains("acme-challenge/[redacted]"), "{line}");
+    // Nothing the proxy printed holds a token: 43 base64url characters after the prefix.
+    for (at, _) in out.match_indices("/.well-known/acme-challenge/") {
+        let rest = &out[at + "/.well-known/acme-challenge/".len()..];
+        let run = rest
+            .bytes()
+            .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+            .count();
+        assert!(run < 20, "a token in the output: {}", &rest[..run]);
+    }
 }
 
 #[tokio::test]

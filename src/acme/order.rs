@@ -105,14 +105,63 @@ pub enum Published {
 /// How long the CA may take to validate and to issue, each.
 const POLL_LIMIT: Duration = Duration::from_secs(120);
 
+impl OrderError {
+    /// The error with each of `secrets` (a challenge's key authorization, its token) replaced by
+    /// `[redacted]`: CAs quote them in their problem details (Boulder's "Fetching
+    /// http://…/.well-known/acme-challenge/{token}", pebble's "did not match this challenge
+    /// \"{key authorization}\" != …"), and the detail is logged.
+    pub fn redacted(self, secrets: &[String]) -> OrderError {
+        let scrub = |mut text: String| {
+            for secret in secrets.iter().filter(|s| !s.is_empty()) {
+                if text.contains(secret.as_str()) {
+                    text = text.replace(secret.as_str(), "[redacted]");
+                }
+            }
+            text
+        };
+        match self {
+            OrderError::Rejected { problem, detail } => OrderError::Rejected {
+                problem,
+                detail: scrub(detail),
+            },
+            OrderError::Failed(why) => OrderError::Failed(scrub(why)),
+        }
+    }
+}
+
 /// Orders a certificate for `name` through `challenge`; each response published is pushed
-/// onto `published` before the CA is told it is ready.
+/// onto `published` before the CA is told it is ready. The error never holds a token or a key
+/// authorization ([`OrderError::redacted`]).
 pub async fn issue(
     account: &Account,
     name: &str,
     challenge: AcmeChallenge,
     challenges: &Challenges,
     published: &mut Vec<Published>,
+) -> Result<Issued, OrderError> {
+    // Key authorizations first: each holds its token.
+    let mut secrets = Vec::new();
+    issue_quoting(
+        account,
+        name,
+        challenge,
+        challenges,
+        published,
+        &mut secrets,
+    )
+    .await
+    .map_err(|e| e.redacted(&secrets))
+}
+
+/// [`issue`], its error as the CA said it; each key authorization and token it publishes is
+/// pushed onto `secrets`, in that order.
+async fn issue_quoting(
+    account: &Account,
+    name: &str,
+    challenge: AcmeChallenge,
+    challenges: &Challenges,
+    published: &mut Vec<Published>,
+    secrets: &mut Vec<String>,
 ) -> Result<Issued, OrderError> {
     let identifiers = [Identifier::Dns(name.to_owned())];
     let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
@@ -141,6 +190,8 @@ pub async fn issue(
                     detail: format!("the CA offers no {} challenge", challenge_name(challenge)),
                 })?;
         let key_authorization = handle.key_authorization();
+        secrets.push(key_authorization.as_str().to_owned());
+        secrets.push(handle.token.clone());
         match challenge {
             AcmeChallenge::TlsAlpn01 => {
                 published.push(Published::TlsAlpn01(name.to_owned()));
@@ -214,6 +265,62 @@ async fn invalid_reason(order: &mut instant_acme::Order) -> OrderError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_never_quotes_a_token_or_a_key_authorization() {
+        let token = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0";
+        let key_authorization = format!("{token}.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI");
+        let secrets = [key_authorization.clone(), token.to_owned()];
+        // (detail as the CA or a local step said it, detail kept)
+        let rows = [
+            // Boulder, HTTP-01 unreachable.
+            (
+                format!(
+                    "127.0.0.1: Fetching http://a.example/.well-known/acme-challenge/{token}: Connection refused"
+                ),
+                "127.0.0.1: Fetching http://a.example/.well-known/acme-challenge/[redacted]: Connection refused".to_owned(),
+            ),
+            // pebble, HTTP-01 wrong answer.
+            (
+                format!(
+                    "The key authorization file from the server did not match this challenge \"{key_authorization}\" != \"nope\""
+                ),
+                "The key authorization file from the server did not match this challenge \"[redacted]\" != \"nope\"".to_owned(),
+            ),
+            // Quoted twice.
+            (
+                format!("{token} {token}"),
+                "[redacted] [redacted]".to_owned(),
+            ),
+            (
+                "Incorrect validation certificate for tls-alpn-01 challenge".to_owned(),
+                "Incorrect validation certificate for tls-alpn-01 challenge".to_owned(),
+            ),
+            (String::new(), String::new()),
+        ];
+        for (said, kept) in rows {
+            let rejected = OrderError::Rejected {
+                problem: "unauthorized".to_owned(),
+                detail: said.clone(),
+            };
+            assert_eq!(
+                rejected.redacted(&secrets),
+                OrderError::Rejected {
+                    problem: "unauthorized".to_owned(),
+                    detail: kept.clone()
+                },
+                "{kept}"
+            );
+            assert_eq!(
+                OrderError::Failed(said).redacted(&secrets),
+                OrderError::Failed(kept.clone()),
+                "{kept}"
+            );
+        }
+        // No secret yet (the order failed before a challenge): nothing changes.
+        let e = OrderError::Failed("x".to_owned());
+        assert_eq!(e.clone().redacted(&[String::new()]), e);
+    }
 
     #[test]
     fn a_problem_document_is_named_by_its_short_type_and_detail() {

@@ -75,6 +75,16 @@ pub fn backoff(base: Duration, failures: u32) -> Duration {
         .map_or(cap, |d| d.min(cap))
 }
 
+/// When the fleet's back-off (`retry.json`) lets the next order go, Unix milliseconds; `None`
+/// when it has passed. One further ahead than the longest back-off (`backoff(base, _)` at
+/// most) was not written by a fleet with this clock (garbage, or a clock set back): ignored,
+/// so that it cannot stop renewals until the certificate expires.
+pub fn fleet_wait(retry: &storage::Retry, now_ms: i64, base: Duration) -> Option<i64> {
+    let longest = i64::try_from(MAX_BACKOFF.max(base).as_millis()).unwrap_or(i64::MAX);
+    (retry.retry_at_ms > now_ms && retry.retry_at_ms <= now_ms.saturating_add(longest))
+        .then_some(retry.retry_at_ms)
+}
+
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -449,8 +459,8 @@ impl Engine {
             .await
             .unwrap_or_default();
         let now = unix_now_ms();
-        if retry.retry_at_ms > now {
-            return Attempt::Waiting(retry.retry_at_ms);
+        if let Some(at_ms) = fleet_wait(&retry, now, self.config.retry_backoff.0) {
+            return Attempt::Waiting(at_ms);
         }
         // A back-off that ended long ago (an earlier renewal's) starts again from the first.
         let long_ago = i64::try_from(MAX_BACKOFF.as_millis()).unwrap_or(i64::MAX);
@@ -475,6 +485,32 @@ impl Engine {
                     error,
                     failures: Some(failures),
                 }
+            }
+            // Due again as soon as issued (a lifetime of seconds, a CA's clock or renewal
+            // window off, or not usable at all): the fleet backs off as after a failure, so
+            // that a misbehaving CA cannot start an ordering storm.
+            Attempt::Issued
+                if kept
+                    .current
+                    .as_ref()
+                    .is_none_or(|c| c.renew_at <= unix_now()) =>
+            {
+                let failures = retry.failures.saturating_add(1);
+                let wait = backoff(self.config.retry_backoff.0, failures);
+                let next = storage::Retry {
+                    failures,
+                    retry_at_ms: unix_now_ms()
+                        .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
+                };
+                tracing::warn!(
+                    domain = %name,
+                    attempt = failures,
+                    retry_in = ?wait,
+                    "the certificate issued is due for renewal already; the next order waits"
+                );
+                let _ =
+                    tokio::task::spawn_blocking(move || storage.write_retry(&owned, &next)).await;
+                Attempt::Waiting(next.retry_at_ms)
             }
             Attempt::Issued => {
                 let _ = tokio::task::spawn_blocking(move || storage.clear_retry(&owned)).await;
@@ -783,6 +819,42 @@ mod tests {
         ];
         for (base, failures, want) in rows {
             assert_eq!(backoff(base, failures), want, "{base:?} {failures}");
+        }
+    }
+
+    #[test]
+    fn the_fleets_back_off_is_honoured_only_as_far_ahead_as_the_longest_back_off() {
+        let now = 1_700_000_000_000i64;
+        let minute = Duration::from_secs(60);
+        let hour_ms = 3_600_000;
+        // (retry_at_ms in retry.json, base, order held until)
+        let rows: [(i64, Duration, Option<i64>); 9] = [
+            (0, minute, None),
+            (now - 1, minute, None),
+            (now, minute, None),
+            (now + 1, minute, Some(now + 1)),
+            (now + hour_ms, minute, Some(now + hour_ms)),
+            // Further ahead than any back-off this fleet writes: garbage or a clock set back.
+            (now + hour_ms + 1, minute, None),
+            (i64::MAX, minute, None),
+            // A base longer than an hour is the longest back-off.
+            (
+                now + 2 * hour_ms,
+                Duration::from_secs(7200),
+                Some(now + 2 * hour_ms),
+            ),
+            (now + 2 * hour_ms + 1, Duration::from_secs(7200), None),
+        ];
+        for (retry_at_ms, base, want) in rows {
+            let retry = storage::Retry {
+                failures: 3,
+                retry_at_ms,
+            };
+            assert_eq!(
+                fleet_wait(&retry, now, base),
+                want,
+                "{retry_at_ms} {base:?}"
+            );
         }
     }
 

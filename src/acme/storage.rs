@@ -147,6 +147,16 @@ impl Storage {
     /// The storage at `root`, its directories created with mode 0700 where missing (an
     /// existing directory's mode is left as it is).
     pub fn open(root: &Path) -> io::Result<Storage> {
+        let storage = Storage {
+            root: root.to_owned(),
+        };
+        storage.make_directories()?;
+        Ok(storage)
+    }
+
+    /// Creates the storage's directories (mode 0700) where missing: at open, and again before
+    /// each order, so that a storage removed while the proxy runs does not stop renewals.
+    fn make_directories(&self) -> io::Result<()> {
         let mut builder = DirBuilder::new();
         builder.recursive(true).mode(0o700);
         for sub in [
@@ -156,11 +166,9 @@ impl Storage {
             "challenges/http-01",
             "challenges/tls-alpn-01",
         ] {
-            builder.create(root.join(sub))?;
+            builder.create(self.root.join(sub))?;
         }
-        Ok(Storage {
-            root: root.to_owned(),
-        })
+        Ok(())
     }
 
     /// The storage at `root` as it is, for reading only (`certs`): nothing is created.
@@ -283,10 +291,13 @@ impl Storage {
     }
 
     /// Takes the lock `locks/<lock>.lock` if no one holds it (`None`: another process does).
+    /// The storage's directories are made again first if they were removed: whoever takes a
+    /// lock goes on to order, and publishes challenges and stores what it gets.
     pub fn try_lock(&self, lock: &str) -> io::Result<Option<Lock>> {
         if !safe_component(lock) {
             return Err(invalid("lock name"));
         }
+        self.make_directories()?;
         let path = self.root.join("locks").join(format!("{lock}.lock"));
         let file = OpenOptions::new()
             .read(true)
@@ -449,6 +460,39 @@ mod tests {
         assert!(storage.try_lock("b.example").unwrap().is_some());
         drop(held);
         assert!(storage.try_lock("a.example").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_storage_removed_while_running_is_made_again_when_a_lock_is_taken() {
+        // (what happened to the storage under the running proxy)
+        type Damage = fn(&Path);
+        let rows: [(&str, Damage); 3] = [
+            ("the whole directory removed", |root| {
+                fs::remove_dir_all(root).unwrap()
+            }),
+            ("locks/ removed", |root| {
+                fs::remove_dir_all(root.join("locks")).unwrap()
+            }),
+            ("challenges/ removed", |root| {
+                fs::remove_dir_all(root.join("challenges")).unwrap()
+            }),
+        ];
+        for (what, damage) in rows {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("acme");
+            let storage = Storage::open(&root).unwrap();
+            damage(&root);
+            let lock = storage.try_lock("a.example").unwrap();
+            assert!(lock.is_some(), "{what}");
+            storage
+                .put_challenge(ChallengeKind::Http01, "tok", "tok.thumb")
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            storage
+                .put_challenge(ChallengeKind::TlsAlpn01, "a.example", "k.thumb")
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(mode(&root), 0o700, "{what}");
+            assert_eq!(mode(&root.join("locks")), 0o700, "{what}");
+        }
     }
 
     #[test]
