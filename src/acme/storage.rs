@@ -246,8 +246,10 @@ impl Storage {
             })
     }
 
-    /// Stores a certificate for `name`: the key first (0600), then the facts, then the chain,
-    /// each atomically, so a reader that sees the new chain sees its key.
+    /// Stores a certificate for `name`: all three files are written in full and synced under
+    /// temporary names first, so a full disk or any failure before the renames leaves the
+    /// stored pair as it was; then the key (0600), the facts and the chain are renamed into
+    /// place in that order, so a reader that sees the new chain sees its key.
     pub fn write_certificate(
         &self,
         name: &str,
@@ -255,12 +257,24 @@ impl Storage {
         key_pem: &str,
         meta: &Meta,
     ) -> io::Result<()> {
+        use std::io::Write as _;
         let dir = self.cert_dir(name)?;
         DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
-        write(&dir.join("key.pem"), key_pem.as_bytes(), 0o600)?;
         let json = serde_json::to_vec_pretty(meta).map_err(io::Error::other)?;
-        write(&dir.join("meta.json"), &json, 0o644)?;
-        write(&dir.join("cert.pem"), chain_pem.as_bytes(), 0o644)
+        let mut staged = Vec::with_capacity(3);
+        for (file, bytes, mode) in [
+            ("key.pem", key_pem.as_bytes(), 0o600),
+            ("meta.json", &json[..], 0o644),
+            ("cert.pem", chain_pem.as_bytes(), 0o644),
+        ] {
+            let path = dir.join(file);
+            let replacement = files::Replacement::create(&path, &temporary(&path), mode)?;
+            replacement.file().write_all(bytes)?;
+            replacement.file().sync_all()?;
+            staged.push(replacement);
+        }
+        // Every byte is on disk: what is left cannot run out of space.
+        staged.into_iter().try_for_each(files::Replacement::commit)
     }
 
     /// The fleet's back-off for `name` (`retry.json`): none when missing or unreadable.
@@ -378,9 +392,14 @@ fn read_optional(path: &Path) -> io::Result<Option<Vec<u8>>> {
 }
 
 fn write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    files::write_atomically(path, &temporary(path), mode, bytes)
+}
+
+/// The temporary name a file of the storage is written under: `<path>.tmp`.
+fn temporary(path: &Path) -> PathBuf {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    files::write_atomically(path, Path::new(&tmp), mode, bytes)
+    PathBuf::from(tmp)
 }
 
 #[cfg(test)]
@@ -438,6 +457,51 @@ mod tests {
         let cdir = root.join("certificates/a.example");
         assert_eq!(mode(&cdir), 0o700);
         assert_eq!(mode(&cdir.join("key.pem")), 0o600);
+    }
+
+    #[test]
+    fn a_certificate_that_cannot_be_stored_in_full_leaves_the_stored_pair_as_it_was() {
+        let meta = Meta {
+            directory: "https://ca.test/dir".into(),
+            issued_at: 1,
+            renewal_window: None,
+        };
+        // (the file whose temporary name is blocked by a directory: its write fails)
+        for blocked in ["key.pem", "meta.json", "cert.pem"] {
+            let dir = tempfile::tempdir().unwrap();
+            let storage = Storage::open(&dir.path().join("acme")).unwrap();
+            storage
+                .write_certificate("a.example", "old chain", "old key", &meta)
+                .unwrap();
+            let cdir = storage.cert_dir("a.example").unwrap();
+            fs::create_dir(temporary(&cdir.join(blocked))).unwrap();
+            let newer = Meta {
+                issued_at: 2,
+                ..meta.clone()
+            };
+            assert!(
+                storage
+                    .write_certificate("a.example", "new chain", "new key", &newer)
+                    .is_err(),
+                "{blocked}"
+            );
+            assert_eq!(
+                fs::read_to_string(cdir.join("key.pem")).unwrap(),
+                "old key",
+                "{blocked}"
+            );
+            assert_eq!(
+                fs::read_to_string(cdir.join("cert.pem")).unwrap(),
+                "old chain",
+                "{blocked}"
+            );
+            let left: Vec<_> = fs::read_dir(&cdir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.ends_with(".tmp") && *n != format!("{blocked}.tmp"))
+                .collect();
+            assert!(left.is_empty(), "{blocked}: {left:?}");
+        }
     }
 
     #[test]
