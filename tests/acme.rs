@@ -21,8 +21,7 @@ use common::pebble::{Pebble, PebbleOptions, free_port};
 use common::{Proxy, Upstream, base_config, eventually, sample, set, set_all};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 /// The name certified (challtestsrv resolves every name to 127.0.0.1).
@@ -76,18 +75,7 @@ async fn start_proxy(config: impl FnOnce(&Path) -> String) -> Proxy {
 
 /// A TLS client config trusting only `root_pem`, offering `alpn`.
 fn trusting(root_pem: &str, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
-    Arc::new(config)
+    common::tls_client_config_pem(root_pem.as_bytes(), Some(alpn))
 }
 
 /// A TLS connection to `addr` for [`NAME`] that verifies against `root_pem`; `None` when the

@@ -980,11 +980,16 @@ pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// A TLS client config that trusts the certificates of `cert_pem` and offers `alpn`.
+/// A TLS client config that trusts the certificates of the file `cert_pem` and offers `alpn`.
 pub fn tls_client_config(cert_pem: &Path, alpn: Option<&[u8]>) -> Arc<rustls::ClientConfig> {
+    tls_client_config_pem(&std::fs::read(cert_pem).unwrap(), alpn)
+}
+
+/// A TLS client config that trusts the PEM certificates `pem` and offers `alpn`.
+pub fn tls_client_config_pem(pem: &[u8], alpn: Option<&[u8]>) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(cert_pem).unwrap() {
+    for cert in CertificateDer::pem_slice_iter(pem) {
         roots.add(cert.unwrap()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
