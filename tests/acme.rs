@@ -66,6 +66,34 @@ fn acme_config(
     set_all(&c, "acme", extra)
 }
 
+/// What most tests start from: an upstream, pebble, its issuing root (PEM), and where the
+/// storage goes (`acme`, not made yet, in `storage`, removed when dropped).
+struct Scene {
+    up: Upstream,
+    pebble: Pebble,
+    root: String,
+    storage: tempfile::TempDir,
+    acme: std::path::PathBuf,
+}
+
+impl Scene {
+    /// `None`: pebble is not installed (the test skips).
+    async fn start(options: PebbleOptions) -> Option<Scene> {
+        let up = Upstream::start().await;
+        let pebble = Pebble::start(options).await?;
+        let root = pebble.root_pem().await;
+        let storage = tempfile::tempdir().unwrap();
+        let acme = storage.path().join("acme");
+        Some(Scene {
+            up,
+            pebble,
+            root,
+            storage,
+            acme,
+        })
+    }
+}
+
 /// Starts a proxy in its own directory with `config` made from that directory.
 async fn start_proxy(config: impl FnOnce(&Path) -> String) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
@@ -160,9 +188,14 @@ fn mode(path: &Path) -> u32 {
 
 #[tokio::test]
 async fn a_certificate_is_issued_through_tls_alpn_01_and_served_to_a_client_trusting_the_ca() {
-    let up = Upstream::start().await;
     let tls_port = free_port();
-    let Some(pebble) = Pebble::start(PebbleOptions {
+    let Some(Scene {
+        up,
+        pebble,
+        root,
+        storage: _storage,
+        acme,
+    }) = Scene::start(PebbleOptions {
         tls_port,
         ..PebbleOptions::default()
     })
@@ -170,9 +203,6 @@ async fn a_certificate_is_issued_through_tls_alpn_01_and_served_to_a_client_trus
     else {
         return;
     };
-    let root = pebble.root_pem().await;
-    let storage = tempfile::tempdir().unwrap();
-    let acme = storage.path().join("acme");
     let started = Instant::now();
     let proxy = start_proxy(|dir| acme_config(dir, &up.url(), tls_port, &pebble, &acme, &[])).await;
     let serial = wait_issued(&proxy, &pebble, &root, Duration::from_secs(60)).await;
@@ -263,9 +293,14 @@ async fn a_certificate_is_issued_through_tls_alpn_01_and_served_to_a_client_trus
 
 #[tokio::test]
 async fn a_certificate_is_issued_through_http_01_answered_on_the_acme_http_listener() {
-    let up = Upstream::start().await;
     let (tls_port, http_port) = (free_port(), free_port());
-    let Some(pebble) = Pebble::start(PebbleOptions {
+    let Some(Scene {
+        up,
+        pebble,
+        root,
+        storage: _storage,
+        acme,
+    }) = Scene::start(PebbleOptions {
         tls_port,
         http_port,
         ..PebbleOptions::default()
@@ -274,9 +309,6 @@ async fn a_certificate_is_issued_through_http_01_answered_on_the_acme_http_liste
     else {
         return;
     };
-    let root = pebble.root_pem().await;
-    let storage = tempfile::tempdir().unwrap();
-    let acme = storage.path().join("acme");
     let http_listen = format!("\"127.0.0.1:{http_port}\"");
     let proxy = start_proxy(|dir| {
         acme_config(
@@ -383,9 +415,14 @@ fn store_old_certificate(storage: &Path, directory: &str) -> (String, String) {
 
 #[tokio::test]
 async fn a_short_lived_certificate_is_renewed_and_swapped_while_an_open_connection_keeps_working() {
-    let up = Upstream::start().await;
     let tls_port = free_port();
-    let Some(pebble) = Pebble::start(PebbleOptions {
+    let Some(Scene {
+        up,
+        pebble,
+        root,
+        storage: _storage,
+        acme,
+    }) = Scene::start(PebbleOptions {
         tls_port,
         validity_secs: Some(24),
         ..PebbleOptions::default()
@@ -394,9 +431,6 @@ async fn a_short_lived_certificate_is_renewed_and_swapped_while_an_open_connecti
     else {
         return;
     };
-    let root = pebble.root_pem().await;
-    let storage = tempfile::tempdir().unwrap();
-    let acme = storage.path().join("acme");
     let proxy = start_proxy(|dir| acme_config(dir, &up.url(), tls_port, &pebble, &acme, &[])).await;
     let first = wait_issued(&proxy, &pebble, &root, Duration::from_secs(60)).await;
     let issued_at = Instant::now();
@@ -445,10 +479,15 @@ async fn a_short_lived_certificate_is_renewed_and_swapped_while_an_open_connecti
 
 #[tokio::test]
 async fn a_certificate_due_for_renewal_as_soon_as_issued_is_not_ordered_again_at_once() {
-    let up = Upstream::start().await;
     let tls_port = free_port();
     // A CA issuing for 1 s: each certificate has expired when it is stored.
-    let Some(pebble) = Pebble::start(PebbleOptions {
+    let Some(Scene {
+        up,
+        pebble,
+        root: _,
+        storage: _storage,
+        acme,
+    }) = Scene::start(PebbleOptions {
         tls_port,
         validity_secs: Some(1),
         ..PebbleOptions::default()
@@ -457,8 +496,6 @@ async fn a_certificate_due_for_renewal_as_soon_as_issued_is_not_ordered_again_at
     else {
         return;
     };
-    let storage = tempfile::tempdir().unwrap();
-    let acme = storage.path().join("acme");
     let proxy = start_proxy(|dir| acme_config(dir, &up.url(), tls_port, &pebble, &acme, &[])).await;
     let issued = |m: &str| sample(m, "webprom_edge_acme_orders_total{result=\"issued\"}");
     eventually(
@@ -486,10 +523,15 @@ async fn a_certificate_due_for_renewal_as_soon_as_issued_is_not_ordered_again_at
 
 #[tokio::test]
 async fn two_instances_sharing_the_storage_order_once_and_both_serve_the_certificate() {
-    let up = Upstream::start().await;
     let (port_a, port_b) = (free_port(), free_port());
     // pebble validates on instance A's port only: when B orders, A answers from the storage.
-    let Some(pebble) = Pebble::start(PebbleOptions {
+    let Some(Scene {
+        up,
+        pebble,
+        root,
+        storage: _storage,
+        acme,
+    }) = Scene::start(PebbleOptions {
         tls_port: port_a,
         ..PebbleOptions::default()
     })
@@ -497,9 +539,6 @@ async fn two_instances_sharing_the_storage_order_once_and_both_serve_the_certifi
     else {
         return;
     };
-    let root = pebble.root_pem().await;
-    let storage = tempfile::tempdir().unwrap();
-    let acme = storage.path().join("acme");
     let (a, b) = tokio::join!(
         start_proxy(|dir| acme_config(dir, &up.url(), port_a, &pebble, &acme, &[])),
         start_proxy(|dir| acme_config(dir, &up.url(), port_b, &pebble, &acme, &[])),
@@ -517,9 +556,14 @@ async fn two_instances_sharing_the_storage_order_once_and_both_serve_the_certifi
 
 #[tokio::test]
 async fn an_order_placed_by_one_instance_is_validated_through_another_sharing_the_storage() {
-    let up = Upstream::start().await;
     let (port_a, port_b) = (free_port(), free_port());
-    let Some(pebble) = Pebble::start(PebbleOptions {
+    let Some(Scene {
+        up,
+        pebble,
+        root,
+        storage: _storage,
+        acme,
+    }) = Scene::start(PebbleOptions {
         tls_port: port_a,
         ..PebbleOptions::default()
     })
@@ -527,9 +571,6 @@ async fn an_order_placed_by_one_instance_is_validated_through_another_sharing_th
     else {
         return;
     };
-    let root = pebble.root_pem().await;
-    let storage = tempfile::tempdir().unwrap();
-    let acme = storage.path().join("acme");
     // A certifies another name; only B certifies NAME, and pebble reaches only A.
     let other = "[\"other.webprom.test\"]";
     let a = start_proxy(|dir| {
@@ -574,9 +615,14 @@ async fn a_lock_held_by_another_process_stops_ordering_until_that_process_dies()
     if !common::external("flock", "util-linux") {
         return;
     }
-    let up = Upstream::start().await;
     let tls_port = free_port();
-    let Some(pebble) = Pebble::start(PebbleOptions {
+    let Some(Scene {
+        up,
+        pebble,
+        root,
+        storage: _storage,
+        acme,
+    }) = Scene::start(PebbleOptions {
         tls_port,
         ..PebbleOptions::default()
     })
@@ -584,9 +630,6 @@ async fn a_lock_held_by_another_process_stops_ordering_until_that_process_dies()
     else {
         return;
     };
-    let root = pebble.root_pem().await;
-    let storage = tempfile::tempdir().unwrap();
-    let acme = storage.path().join("acme");
     std::fs::create_dir_all(acme.join("locks")).unwrap();
     let lock = acme.join("locks").join(format!("{NAME}.lock"));
     // Another process (a holder that will crash) has the name's lock.
@@ -645,9 +688,14 @@ async fn wait_attempt(proxy: &Proxy, n: u32, limit: Duration) -> String {
 
 #[tokio::test]
 async fn a_refusing_ca_leaves_the_old_certificate_served_and_is_retried_with_back_off() {
-    let up = Upstream::start().await;
     let tls_port = free_port();
-    let Some(pebble) = Pebble::start(PebbleOptions {
+    let Some(Scene {
+        up,
+        pebble,
+        root: _,
+        storage: _storage,
+        acme,
+    }) = Scene::start(PebbleOptions {
         tls_port,
         blocklist: vec![NAME.to_owned()],
         ..PebbleOptions::default()
@@ -656,8 +704,6 @@ async fn a_refusing_ca_leaves_the_old_certificate_served_and_is_retried_with_bac
     else {
         return;
     };
-    let storage = tempfile::tempdir().unwrap();
-    let acme = storage.path().join("acme");
     let (old_pem, old_serial) = store_old_certificate(&acme, &pebble.directory);
     let proxy = start_proxy(|dir| acme_config(dir, &up.url(), tls_port, &pebble, &acme, &[])).await;
     let out = wait_attempt(&proxy, 3, Duration::from_secs(30)).await;
@@ -695,11 +741,16 @@ async fn a_refusing_ca_leaves_the_old_certificate_served_and_is_retried_with_bac
 
 #[tokio::test]
 async fn a_failed_http_01_validation_is_logged_without_the_challenges_token() {
-    let up = Upstream::start().await;
     // pebble validates HTTP-01 on a port nothing listens on: its problem detail quotes the
     // challenge URL, token included.
     let (tls_port, http_port, closed_port) = (free_port(), free_port(), free_port());
-    let Some(pebble) = Pebble::start(PebbleOptions {
+    let Some(Scene {
+        up,
+        pebble,
+        root: _,
+        storage: _storage,
+        acme,
+    }) = Scene::start(PebbleOptions {
         tls_port,
         http_port: closed_port,
         ..PebbleOptions::default()
@@ -708,8 +759,6 @@ async fn a_failed_http_01_validation_is_logged_without_the_challenges_token() {
     else {
         return;
     };
-    let storage = tempfile::tempdir().unwrap();
-    let acme = storage.path().join("acme");
     let http_listen = format!("\"127.0.0.1:{http_port}\"");
     let proxy = start_proxy(|dir| {
         acme_config(
@@ -741,9 +790,14 @@ async fn a_failed_http_01_validation_is_logged_without_the_challenges_token() {
 
 #[tokio::test]
 async fn a_frozen_ca_leaves_the_old_certificate_served_until_it_answers_again() {
-    let up = Upstream::start().await;
     let tls_port = free_port();
-    let Some(pebble) = Pebble::start(PebbleOptions {
+    let Some(Scene {
+        up,
+        pebble,
+        root,
+        storage: _storage,
+        acme,
+    }) = Scene::start(PebbleOptions {
         tls_port,
         ..PebbleOptions::default()
     })
@@ -751,9 +805,6 @@ async fn a_frozen_ca_leaves_the_old_certificate_served_until_it_answers_again() 
     else {
         return;
     };
-    let root = pebble.root_pem().await;
-    let storage = tempfile::tempdir().unwrap();
-    let acme = storage.path().join("acme");
     let (old_pem, old_serial) = store_old_certificate(&acme, &pebble.directory);
     pebble.signal("STOP");
     let proxy = start_proxy(|dir| {
@@ -862,9 +913,14 @@ async fn a_stored_certificate_that_cannot_be_used_is_reported_once_and_replaced_
 
 #[tokio::test]
 async fn a_certificate_the_storage_cannot_take_is_served_from_memory_and_not_ordered_again() {
-    let up = Upstream::start().await;
     let tls_port = free_port();
-    let Some(pebble) = Pebble::start(PebbleOptions {
+    let Some(Scene {
+        up,
+        pebble,
+        root,
+        storage: _storage,
+        acme,
+    }) = Scene::start(PebbleOptions {
         tls_port,
         ..PebbleOptions::default()
     })
@@ -872,9 +928,6 @@ async fn a_certificate_the_storage_cannot_take_is_served_from_memory_and_not_ord
     else {
         return;
     };
-    let root = pebble.root_pem().await;
-    let storage = tempfile::tempdir().unwrap();
-    let acme = storage.path().join("acme");
     // A directory where the chain is to be written: the rename over it fails.
     std::fs::create_dir_all(acme.join("certificates").join(NAME).join("cert.pem")).unwrap();
     let proxy = start_proxy(|dir| acme_config(dir, &up.url(), tls_port, &pebble, &acme, &[])).await;
@@ -1018,9 +1071,14 @@ async fn a_tls_alpn_01_handshake_gets_the_challenge_certificate_from_the_storage
 
 #[tokio::test]
 async fn two_instances_facing_a_refusing_ca_share_one_back_off() {
-    let up = Upstream::start().await;
     let (port_a, port_b) = (free_port(), free_port());
-    let Some(pebble) = Pebble::start(PebbleOptions {
+    let Some(Scene {
+        up,
+        pebble,
+        root: _,
+        storage: _storage,
+        acme,
+    }) = Scene::start(PebbleOptions {
         tls_port: port_a,
         blocklist: vec![NAME.to_owned()],
         ..PebbleOptions::default()
@@ -1029,8 +1087,6 @@ async fn two_instances_facing_a_refusing_ca_share_one_back_off() {
     else {
         return;
     };
-    let storage = tempfile::tempdir().unwrap();
-    let acme = storage.path().join("acme");
     let (a, b) = tokio::join!(
         start_proxy(|dir| acme_config(dir, &up.url(), port_a, &pebble, &acme, &[])),
         start_proxy(|dir| acme_config(dir, &up.url(), port_b, &pebble, &acme, &[])),
