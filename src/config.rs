@@ -1016,7 +1016,7 @@ impl Default for Acme {
             ca_roots: None,
             eab_kid: None,
             eab_hmac_key_file: None,
-            retry_backoff: Dur::secs(60),
+            retry_backoff: Dur::mins(1),
             timeout: Dur::secs(30),
         }
     }
@@ -1485,6 +1485,9 @@ const DAYS: usize = 6;
 impl Dur {
     const fn secs(s: u64) -> Dur {
         Dur(Duration::from_secs(s), DurUnit(Some(3)))
+    }
+    const fn mins(m: u64) -> Dur {
+        Dur(Duration::from_secs(m * 60), DurUnit(Some(4)))
     }
     const fn days(d: u64) -> Dur {
         Dur(

@@ -58,9 +58,29 @@ impl From<instant_acme::Error> for OrderError {
             instant_acme::Error::Timeout(_) => {
                 OrderError::Failed("the order was not ready in time".to_owned())
             }
-            other => OrderError::Failed(causes(&other)),
+            other => OrderError::Failed(with_hint(causes(&other))),
         }
     }
+}
+
+/// `why` (a failure to reach the CA) led by what to look at when it is one an operator causes:
+/// a CA certificate that does not verify (`acme.ca_roots`), or a CA that cannot be connected
+/// to (`acme.directory`).
+fn with_hint(why: String) -> String {
+    let hint = if why.contains("invalid peer certificate") {
+        if why.contains("CaUsedAsEndEntity") {
+            "the ACME server's certificate is a CA certificate, not a server's: give its \
+             listener a leaf certificate signed by the CA in acme.ca_roots"
+        } else {
+            "the ACME server's certificate does not verify against acme.ca_roots (or, unset, \
+             the system's roots)"
+        }
+    } else if why.contains("tcp connect error") || why.contains("dns error") {
+        "cannot connect to the ACME server at acme.directory"
+    } else {
+        return why;
+    };
+    format!("{hint}: {why}")
 }
 
 /// An error document as an [`OrderError::Rejected`], its subproblems' details appended.
@@ -265,6 +285,35 @@ async fn invalid_reason(order: &mut instant_acme::Order) -> OrderError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failure_to_reach_the_ca_names_the_key_to_look_at() {
+        // (the causes, the start of the detail logged)
+        let rows = [
+            (
+                "client error (Connect): invalid peer certificate: Other(OtherError(CaUsedAsEndEntity))",
+                "the ACME server's certificate is a CA certificate, not a server's",
+            ),
+            (
+                "client error (Connect): invalid peer certificate: UnknownIssuer",
+                "the ACME server's certificate does not verify against acme.ca_roots",
+            ),
+            (
+                "client error (Connect): tcp connect error: Connection refused (os error 111)",
+                "cannot connect to the ACME server at acme.directory: client error",
+            ),
+            (
+                "client error (Connect): dns error: failed to lookup address information",
+                "cannot connect to the ACME server at acme.directory: client error",
+            ),
+            ("no answer from the ACME server within 5s", "no answer from"),
+        ];
+        for (why, starts) in rows {
+            let detail = with_hint(why.to_owned());
+            assert!(detail.starts_with(starts), "{why}: {detail}");
+            assert!(detail.ends_with(why), "{why}: {detail}");
+        }
+    }
 
     #[test]
     fn an_error_never_quotes_a_token_or_a_key_authorization() {

@@ -408,6 +408,7 @@ impl Engine {
         let next = unix_now().saturating_add(i64::try_from(wait.as_secs()).unwrap_or(i64::MAX));
         tracing::warn!(
             domain = %name,
+            directory = %self.config.directory,
             attempt,
             problem,
             detail,

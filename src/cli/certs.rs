@@ -113,7 +113,10 @@ fn acme_row(storage: &Storage, name: &str, directory: &str, now: i64) -> Row {
             return row(
                 "-".to_owned(),
                 "-".to_owned(),
-                "none stored: ordered at start".to_owned(),
+                retrying(storage, name).map_or_else(
+                    || "none stored: ordered at start".to_owned(),
+                    |r| format!("none stored; {r}"),
+                ),
                 false,
             );
         }
@@ -149,7 +152,8 @@ fn acme_row(storage: &Storage, name: &str, directory: &str, now: i64) -> Row {
             window => {
                 let at = renewal_time(facts.not_before, facts.not_after, window, now, 0.0);
                 if at <= now {
-                    "due now".to_owned()
+                    retrying(storage, name)
+                        .map_or_else(|| "due now".to_owned(), |r| format!("due now; {r}"))
                 } else {
                     rfc3339(at)
                 }
@@ -157,6 +161,19 @@ fn acme_row(storage: &Storage, name: &str, directory: &str, now: i64) -> Row {
         }
     };
     row(facts.issuer, rfc3339(facts.not_after), next, false)
+}
+
+/// After failed orders (the fleet's `retry.json`): when the next attempt is, and how many
+/// failed in a row.
+fn retrying(storage: &Storage, name: &str) -> Option<String> {
+    let retry = storage.read_retry(name);
+    (retry.failures > 0).then(|| {
+        format!(
+            "retrying at {} after {} failed orders",
+            rfc3339(retry.retry_at_ms.div_euclid(1000)),
+            retry.failures
+        )
+    })
 }
 
 /// The rows as an aligned table with a header line.
@@ -256,10 +273,18 @@ mod tests {
             };
             storage.write_certificate(name, &pem, &key, &meta).unwrap();
         }
+        // b is due and f has none: both after failed orders.
+        for (name, failures) in [("b.example.com", 2), ("f.example.com", 3)] {
+            let retry = crate::acme::storage::Retry {
+                failures,
+                retry_at_ms: (now + 3600) * 1000,
+            };
+            storage.write_retry(name, &retry).unwrap();
+        }
         let text = format!(
             r#"
 [server]
-hosts = ["a.example.com", "b.example.com", "c.example.com", "d.example.com", "e.example.com"]
+hosts = ["a.example.com", "b.example.com", "c.example.com", "d.example.com", "e.example.com", "f.example.com"]
 [tls]
 cert = "{d}/cert.pem"
 key = "{d}/key.pem"
@@ -275,7 +300,7 @@ key = "{d}/bad.key"
 enabled = true
 directory = "{directory}"
 contact = ["mailto:ops@example.com"]
-domains = ["a.example.com", "b.example.com", "c.example.com", "d.example.com", "e.example.com"]
+domains = ["a.example.com", "b.example.com", "c.example.com", "d.example.com", "e.example.com", "f.example.com"]
 storage = "{d}/acme"
 "#,
             d = d.display()
@@ -323,7 +348,7 @@ storage = "{d}/acme"
                     "b.example.com",
                     "acme",
                     "1970-04-11T00:00:00Z",
-                    "due now",
+                    "due now; retrying at 1970-04-11T01:00:00Z after 2 failed orders",
                     false
                 ),
                 (
@@ -345,6 +370,13 @@ storage = "{d}/acme"
                     "acme",
                     "-",
                     "none stored: ordered at start",
+                    false
+                ),
+                (
+                    "f.example.com",
+                    "acme",
+                    "-",
+                    "none stored; retrying at 1970-04-11T01:00:00Z after 3 failed orders",
                     false
                 ),
             ]
