@@ -473,13 +473,8 @@ impl Engine {
         let owned = name.to_owned();
         let outcome = match outcome {
             Attempt::Failed { error, .. } => {
-                let failures = retry.failures.saturating_add(1);
-                let wait = backoff(self.config.retry_backoff.0, failures);
-                let next = storage::Retry {
-                    failures,
-                    retry_at_ms: unix_now_ms()
-                        .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
-                };
+                let (_, next) = self.next_retry(&retry);
+                let failures = next.failures;
                 let _ =
                     tokio::task::spawn_blocking(move || storage.write_retry(&owned, &next)).await;
                 Attempt::Failed {
@@ -496,16 +491,10 @@ impl Engine {
                     .as_ref()
                     .is_none_or(|c| c.renew_at <= unix_now()) =>
             {
-                let failures = retry.failures.saturating_add(1);
-                let wait = backoff(self.config.retry_backoff.0, failures);
-                let next = storage::Retry {
-                    failures,
-                    retry_at_ms: unix_now_ms()
-                        .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
-                };
+                let (wait, next) = self.next_retry(&retry);
                 tracing::warn!(
                     domain = %name,
-                    attempt = failures,
+                    attempt = next.failures,
                     retry_in = ?wait,
                     "the certificate issued is due for renewal already; the next order waits"
                 );
@@ -521,6 +510,18 @@ impl Engine {
         };
         drop(lock);
         outcome
+    }
+
+    /// After one more failure than `retry` counts: the wait, and the fleet's back-off to store.
+    fn next_retry(&self, retry: &storage::Retry) -> (Duration, storage::Retry) {
+        let failures = retry.failures.saturating_add(1);
+        let wait = backoff(self.config.retry_backoff.0, failures);
+        let next = storage::Retry {
+            failures,
+            retry_at_ms: unix_now_ms()
+                .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
+        };
+        (wait, next)
     }
 
     async fn order(&self, name: &str, kept: &mut Kept) -> Attempt {

@@ -111,19 +111,9 @@ impl AcmeHttp {
     /// Accepts connections on `listener` until the process drains.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
         let mut shutdown = self.shutdown.clone();
-        loop {
-            let (tcp, peer) = tokio::select! {
-                _ = shutdown.changed() => return,
-                res = listener.accept() => match res {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, listener = "acme.http_listen", "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
+        while let Some((tcp, peer)) =
+            super::accept(&listener, &mut shutdown, "acme.http_listen").await
+        {
             let _ = tcp.set_nodelay(true);
             tokio::spawn(self.clone().connection(tcp, ClientAddr::new(peer.ip())));
         }

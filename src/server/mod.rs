@@ -436,20 +436,35 @@ fn reload(
 
 async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<ConnShared>) {
     let mut shutdown = shared.shutdown.clone();
+    let name = if tls.is_some() {
+        "server.listen"
+    } else {
+        "server.listen_plain"
+    };
+    while let Some((tcp, peer)) = accept(&listener, &mut shutdown, name).await {
+        spawn_connection(tcp, peer, tls.clone(), shared.clone());
+    }
+}
+
+/// The next connection on `listener` (configured at `key`), or `None` once `shutdown` flips
+/// (the process drains). A failed accept (out of file descriptors and the like) is warned
+/// about and retried after 50 ms instead of spinning.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    shutdown: &mut watch::Receiver<bool>,
+    key: &str,
+) -> Option<(TcpStream, SocketAddr)> {
     loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.changed() => return,
+        tokio::select! {
+            _ = shutdown.changed() => return None,
             res = listener.accept() => match res {
-                Ok(pair) => pair,
+                Ok(pair) => return Some(pair),
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    tracing::warn!(error = %e, listener = key, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
                 }
             },
-        };
-        spawn_connection(tcp, peer, tls.clone(), shared.clone());
+        }
     }
 }
 
