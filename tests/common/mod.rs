@@ -326,10 +326,15 @@ pub fn field(line: &str, name: &str) -> String {
     }
 }
 
-/// A loopback address where nothing listens.
+/// A loopback address where nothing listens, and nothing will for the rest of the test
+/// process: its port stays bound (never listening, so a connect is refused) instead of being
+/// let go, where another test's server, bound to port 0 a moment later, could get it.
 pub fn dead_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::mem::forget(socket);
+    addr
 }
 
 /// A proxy process with its own directory.
