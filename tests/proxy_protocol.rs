@@ -642,7 +642,7 @@ async fn behind_haproxy_the_record_and_the_limiter_see_the_client_haproxy_was_to
     let up = Upstream::start().await;
     let proxy = limited_proxy(&up).await;
     // send-proxy-v2 in front of the TLS listener, send-proxy (v1) in front of the cleartext one.
-    let (tls_front, plain_front) = (dead_addr(), dead_addr());
+    let (tls_front, plain_front) = (common::free_addr(), common::free_addr());
     let _v2 = haproxy(tls_front, proxy.tls_addr, true).await;
     let _v1 = haproxy(plain_front, proxy.plain_addr.unwrap(), false).await;
     let cert = proxy.path("cert.pem");

@@ -326,6 +326,13 @@ pub fn field(line: &str, name: &str) -> String {
     }
 }
 
+/// A free loopback address for a server the test starts itself (Prometheus, HAProxy): bound,
+/// then let go. Not for an address that must stay dead: [`dead_addr`].
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
 /// A loopback address where nothing listens, and nothing will for the rest of the test
 /// process: its port stays bound (never listening, so a connect is refused) instead of being
 /// let go, where another test's server, bound to port 0 a moment later, could get it.
@@ -1081,7 +1088,7 @@ impl Prometheus {
             "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
         );
         std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
-        let web = dead_addr();
+        let web = free_addr();
         let child = Command::new("prometheus")
             .arg(format!(
                 "--config.file={}",
