@@ -209,6 +209,35 @@ pub struct Tls {
     pub self_signed: bool,
     /// More certificates, chosen by SNI host name.
     pub sni: Vec<SniCert>,
+    /// `[tls.tickets]`: stateless session resumption (RFC 8446 §4.6.1; RFC 5077 for TLS 1.2).
+    pub tickets: Tickets,
+}
+
+/// `[tls.tickets]`: session tickets, so a returning client skips the full handshake, also on
+/// another instance of the fleet when every instance has the same `secret_file`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tickets {
+    /// Issue and accept session tickets (TLS 1.3 and TLS 1.2).
+    pub enabled: bool,
+    /// A secret shared by the fleet (mode 0600) from which every instance derives the same
+    /// ticket keys, ratcheted forward one-way each `rotation`; unset: random keys in this
+    /// process's memory only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// How long one ticket key issues tickets; tickets of the previous key are still accepted
+    /// for one more period, then that key is destroyed.
+    pub rotation: Dur,
+}
+
+impl Default for Tickets {
+    fn default() -> Self {
+        Tickets {
+            enabled: true,
+            secret_file: None,
+            rotation: Dur::hours(1),
+        }
+    }
 }
 
 impl Default for Tls {
@@ -218,6 +247,7 @@ impl Default for Tls {
             key: "certs/dev-key.pem".into(),
             self_signed: true,
             sni: Vec::new(),
+            tickets: Tickets::default(),
         }
     }
 }
@@ -734,6 +764,11 @@ pub struct AccessLog {
     /// process's group.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group: Option<GroupSpec>,
+    /// This instance's name in its day files' names, `access-<node>-YYYY-MM-DD.jsonl`, so that
+    /// the archives of many instances never collide (1 to 64 of ASCII letters, digits, `-`, `_`
+    /// and `.`, starting with a letter or digit); unset: `access-YYYY-MM-DD.jsonl`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl Default for AccessLog {
@@ -744,6 +779,7 @@ impl Default for AccessLog {
             buffer_records: 65536,
             file_mode: FileMode::DEFAULT,
             group: None,
+            node: None,
         }
     }
 }
@@ -932,6 +968,105 @@ pub struct RateLimit {
     pub exempt: Vec<Cidr>,
     /// Stricter quotas by path prefix; first match wins.
     pub route: Vec<RoutePolicy>,
+    /// `[rate_limit.global]`: the same quotas applied across the fleet in Redis, as a second
+    /// tier after this instance's own; `None` (no table): this instance's limits only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub global: Option<GlobalLimit>,
+}
+
+/// `[rate_limit.global]`: the fleet-wide tier. Every quota of `[rate_limit]` (the default and
+/// each route) is also kept in one shared Redis (or Valkey) for the whole fleet, with a GCRA
+/// script run atomically on the server; an instance takes a small share of a client's budget
+/// at a time, so a client well under quota costs no round trip per request.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalLimit {
+    /// The Redis server: `redis://[user:password@]host[:port][/db]`, `rediss://…` (TLS,
+    /// verified against the system roots), or `unix:///path/to/redis.sock`. Never logged with
+    /// its password.
+    pub redis: RedisUrl,
+    /// How long a request may wait for Redis before it follows `on_error` (e.g. `"5ms"`).
+    #[serde(default = "GlobalLimit::default_timeout")]
+    pub timeout: Dur,
+    /// What a request the global tier cannot decide gets: `"allow"` (only the local tier
+    /// applies) or `"deny"` (503 with `Retry-After`).
+    #[serde(default)]
+    pub on_error: OnError,
+    /// A secret shared by the fleet (at least 32 bytes, mode 0600): the HMAC key that turns a
+    /// client into its Redis key. Redis never holds an address.
+    pub key_secret_file: PathBuf,
+    /// The longest an instance keeps budget taken from Redis before it must ask again: a
+    /// client's share not spent in this time is given up.
+    #[serde(default = "GlobalLimit::default_sync_interval")]
+    pub sync_interval: Dur,
+}
+
+impl GlobalLimit {
+    fn default_timeout() -> Dur {
+        Dur::millis(5)
+    }
+
+    fn default_sync_interval() -> Dur {
+        Dur::secs(1)
+    }
+}
+
+/// `rate_limit.global.redis`: a Redis URL, which may carry a password. Shown (`check-config`,
+/// `Debug`) with its user information replaced by `***`; [`RedisUrl::expose`] gives the URL to
+/// connect with.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    /// The URL as configured, password included: for the Redis client only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any user information (`user:password@`) replaced by `***@`.
+    pub fn redacted(&self) -> String {
+        match self.0.split_once("://") {
+            Some((scheme, rest)) => {
+                let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+                match rest[..end].rfind('@') {
+                    Some(at) => format!("{scheme}://***{}", &rest[at..]),
+                    None => self.0.clone(),
+                }
+            }
+            None => self.0.clone(),
+        }
+    }
+}
+
+impl From<&str> for RedisUrl {
+    fn from(url: &str) -> RedisUrl {
+        RedisUrl(url.to_owned())
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.redacted(), f)
+    }
+}
+
+impl Serialize for RedisUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
+}
+
+/// `rate_limit.global.on_error`: what happens to a request when Redis does not answer in time,
+/// refuses, or is down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Serve it, limited by this instance's tier only.
+    #[default]
+    Allow,
+    /// Refuse it: 503 with `Retry-After: 1`.
+    Deny,
 }
 
 impl Default for RateLimit {
@@ -943,6 +1078,7 @@ impl Default for RateLimit {
             ipv6_prefix: 64,
             exempt: Vec::new(),
             route: Vec::new(),
+            global: None,
         }
     }
 }
@@ -1402,6 +1538,20 @@ impl Config {
                 )?;
             }
         }
+        if let Some(g) = &rl.global {
+            g.validate()?;
+            if !rl.enabled {
+                return Err(ConfigError::invalid(
+                    "rate_limit.global",
+                    "applies the quotas of [rate_limit] fleet-wide, and rate_limit.enabled is \
+                     false: enable it or remove the table",
+                ));
+            }
+        }
+        self.tls.tickets.validate()?;
+        if let Some(node) = &self.access_log.node {
+            check_node(node)?;
+        }
         let hosts: Vec<String> = s.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
         self.acme.validate(&hosts)?;
         // Rules across keys last: a value wrong in itself is named first, not a good one that
@@ -1433,6 +1583,71 @@ fn check_prefix(key: &str, value: u8, max: u8) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// `access_log.node`: it becomes part of a file name, so only a short, plain name is taken.
+fn check_node(node: &str) -> Result<(), ConfigError> {
+    let plain = node
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    let first_ok = node
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric());
+    if !plain || !first_ok || node.len() > 64 {
+        return Err(ConfigError::invalid(
+            "access_log.node",
+            format!(
+                "{node:?} is not a node name: 1 to 64 of ASCII letters, digits, '-', '_' and \
+                 '.', starting with a letter or digit (e.g. \"edge-1\")"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl GlobalLimit {
+    /// Checks the URL's scheme and the two durations. The secret file is read by the preflight
+    /// check (`server::preflight`), which names its path.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let scheme = self.redis.0.split_once("://").map(|(s, _)| s);
+        if !matches!(scheme, Some("redis" | "rediss" | "unix" | "redis+unix")) {
+            return Err(ConfigError::invalid(
+                "rate_limit.global.redis",
+                "is not a redis://, rediss:// or unix:// URL, e.g. \"redis://127.0.0.1:6379/0\"",
+            ));
+        }
+        if self.timeout.0 < MIN_DURATION || self.timeout.0 > Duration::from_secs(10) {
+            return Err(ConfigError::invalid(
+                "rate_limit.global.timeout",
+                "is out of range (1ms to 10s)",
+            ));
+        }
+        if self.sync_interval.0 < Duration::from_millis(10)
+            || self.sync_interval.0 > Duration::from_secs(60)
+        {
+            return Err(ConfigError::invalid(
+                "rate_limit.global.sync_interval",
+                "is out of range (10ms to 60s)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Tickets {
+    /// Checks the rotation period (the secret file is read by the preflight check).
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.rotation.0 < Duration::from_secs(60)
+            || self.rotation.0 > Duration::from_secs(SECS_PER_DAY)
+        {
+            return Err(ConfigError::invalid(
+                "tls.tickets.rotation",
+                "is out of range (1m to 1d)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn check_quota(key: &str, rate: u32, burst: u32) -> Result<(), ConfigError> {
@@ -1483,6 +1698,12 @@ const UNITS: [(&str, u128); 10] = [
 const DAYS: usize = 6;
 
 impl Dur {
+    const fn millis(ms: u64) -> Dur {
+        Dur(Duration::from_millis(ms), DurUnit(Some(2)))
+    }
+    const fn hours(h: u64) -> Dur {
+        Dur(Duration::from_secs(h * 3600), DurUnit(Some(5)))
+    }
     const fn secs(s: u64) -> Dur {
         Dur(Duration::from_secs(s), DurUnit(Some(3)))
     }

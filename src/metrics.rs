@@ -166,6 +166,59 @@ impl ProxyProtocolRejection {
     }
 }
 
+/// Which tier of rate limiting refused a request (the `tier` label of `rate_limited_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitTier {
+    /// This instance's own limiter (`[rate_limit]`, governor): the first tier.
+    Local,
+    /// The fleet's shared quota in Redis (`[rate_limit.global]`): the second tier.
+    Global,
+}
+
+impl LimitTier {
+    /// Every tier, in label order.
+    pub const ALL: [LimitTier; 2] = [LimitTier::Local, LimitTier::Global];
+
+    /// The label value: `local` or `global`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitTier::Local => "local",
+            LimitTier::Global => "global",
+        }
+    }
+}
+
+/// Why the global rate-limit tier could not get an answer from Redis (the `kind` label of
+/// `global_limit_errors_total`). Each one makes the request follow `rate_limit.global.on_error`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GlobalLimitError {
+    /// No answer within `rate_limit.global.timeout`.
+    Timeout,
+    /// No connection: refused, reset, closed, or not (re)connected yet.
+    Connection,
+    /// Redis answered with an error (e.g. `OOM`, `READONLY`, `NOAUTH`, a script error) or an
+    /// answer of the wrong shape.
+    Response,
+}
+
+impl GlobalLimitError {
+    /// Every kind, in label order.
+    pub const ALL: [GlobalLimitError; 3] = [
+        GlobalLimitError::Timeout,
+        GlobalLimitError::Connection,
+        GlobalLimitError::Response,
+    ];
+
+    /// The label value: `timeout`, `connection` or `response`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GlobalLimitError::Timeout => "timeout",
+            GlobalLimitError::Connection => "connection",
+            GlobalLimitError::Response => "response",
+        }
+    }
+}
+
 /// How an ACME order ended (the `result` label of `acme_orders_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AcmeOrderResult {
@@ -293,11 +346,14 @@ pub struct Metrics {
     unique_clients: IntGauge,
     hll: HyperLogLog,
     rate_limited: IntCounterVec,
+    global_limit_errors: [IntCounter; 3],
+    global_limit_duration: Histogram,
     upstream_duration: Histogram,
     upstream_errors: [IntCounter; 3],
     client_errors: [IntCounter; 5],
     upstream_pool: UpstreamPool,
-    tls_handshakes: [[IntCounter; 3]; 2],
+    /// Indexed by `[tls13][alpn][resumed]`.
+    tls_handshakes: [[[IntCounter; 2]; 3]; 2],
     tls_handshake_errors: IntCounter,
     proxy_protocol_rejected: [IntCounter; 5],
     acme_orders: [IntCounter; 3],
@@ -323,6 +379,12 @@ fn hopts(name: &str, help: &str, buckets: Vec<f64>) -> HistogramOpts {
 
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Buckets of `global_limit_duration_seconds`: a loopback or same-rack Redis answers in tens
+/// to hundreds of microseconds; `rate_limit.global.timeout` is milliseconds.
+const GLOBAL_LIMIT_BUCKETS: [f64; 12] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 ];
 
 impl Metrics {
@@ -435,17 +497,42 @@ impl Metrics {
         let rl_vec = IntCounterVec::new(
             opts(
                 "rate_limited_total",
-                "Requests rejected by rate limiting, by policy.",
+                "Requests rejected by rate limiting, by policy and by the tier that refused \
+                 (local: this instance; global: the fleet's quota in Redis).",
             ),
-            &["policy"],
+            &["policy", "tier"],
         )
         .expect("valid metric");
-        // Every configured policy is exported from the start, at zero.
+        // Every configured policy is exported from the start, at zero, for both tiers.
         for p in policies {
-            rl_vec.with_label_values(&[p]);
+            for t in LimitTier::ALL {
+                rl_vec.with_label_values(&[p, t.as_str()]);
+            }
         }
         reg(Box::new(rl_vec.clone()));
         let rate_limited = rl_vec;
+
+        let gle_vec = IntCounterVec::new(
+            opts(
+                "global_limit_errors_total",
+                "Requests of the global rate-limit tier that got no answer from Redis, by kind; \
+                 each followed rate_limit.global.on_error.",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let global_limit_errors =
+            GlobalLimitError::ALL.map(|k| gle_vec.with_label_values(&[k.as_str()]));
+        reg(Box::new(gle_vec));
+
+        let global_limit_duration = Histogram::with_opts(hopts(
+            "global_limit_duration_seconds",
+            "Round trips of the global rate-limit tier to Redis (one script call each), \
+             answered or not.",
+            GLOBAL_LIMIT_BUCKETS.to_vec(),
+        ))
+        .expect("valid metric");
+        reg(Box::new(global_limit_duration.clone()));
 
         let upstream_duration = Histogram::with_opts(hopts(
             "upstream_request_duration_seconds",
@@ -581,13 +668,16 @@ impl Metrics {
         let hs_vec = IntCounterVec::new(
             opts(
                 "tls_handshakes_total",
-                "Completed TLS handshakes, by version and ALPN.",
+                "Completed TLS handshakes, by version, ALPN, and whether a session was resumed \
+                 (a ticket or session ID accepted: no certificate sent).",
             ),
-            &["version", "alpn"],
+            &["version", "alpn", "resumed"],
         )
         .expect("valid metric");
-        let tls_handshakes = ["TLSv1.2", "TLSv1.3"]
-            .map(|v| ["h2", "http/1.1", "none"].map(|a| hs_vec.with_label_values(&[v, a])));
+        let tls_handshakes = ["TLSv1.2", "TLSv1.3"].map(|v| {
+            ["h2", "http/1.1", "none"]
+                .map(|a| ["false", "true"].map(|r| hs_vec.with_label_values(&[v, a, r])))
+        });
         reg(Box::new(hs_vec));
 
         let tls_handshake_errors = IntCounter::with_opts(opts(
@@ -696,6 +786,8 @@ impl Metrics {
             unique_clients,
             hll: HyperLogLog::new(),
             rate_limited,
+            global_limit_errors,
+            global_limit_duration,
             upstream_duration,
             upstream_errors,
             client_errors,
@@ -766,9 +858,22 @@ impl Metrics {
     }
 
     /// Counts a request rejected by the rate-limit policy named `policy` (`default` or a
-    /// configured path prefix: a bounded set). Off the common path, so a label lookup is fine.
-    pub fn rate_limited(&self, policy: &str) {
-        self.rate_limited.with_label_values(&[policy]).inc();
+    /// configured path prefix: a bounded set) in `tier`. Off the common path, so a label lookup
+    /// is fine.
+    pub fn rate_limited(&self, policy: &str, tier: LimitTier) {
+        self.rate_limited
+            .with_label_values(&[policy, tier.as_str()])
+            .inc();
+    }
+
+    /// Counts a global-tier call to Redis that got no usable answer.
+    pub fn global_limit_error(&self, kind: GlobalLimitError) {
+        self.global_limit_errors[kind as usize].inc();
+    }
+
+    /// Records one global-tier round trip to Redis (seconds), answered or not.
+    pub fn global_limit_duration(&self, d: Duration) {
+        self.global_limit_duration.observe(d.as_secs_f64());
     }
 
     /// Records the time to an upstream response head.
@@ -791,14 +896,15 @@ impl Metrics {
         self.upstream_pool.clone()
     }
 
-    /// Counts a completed handshake.
-    pub fn tls_handshake(&self, tls13: bool, alpn: Option<&[u8]>) {
+    /// Counts a completed handshake; `resumed`: the client resumed a session (a ticket or a
+    /// session ID was accepted).
+    pub fn tls_handshake(&self, tls13: bool, alpn: Option<&[u8]>, resumed: bool) {
         let a = match alpn {
             Some(b"h2") => 0,
             Some(b"http/1.1") => 1,
             _ => 2,
         };
-        self.tls_handshakes[usize::from(tls13)][a].inc();
+        self.tls_handshakes[usize::from(tls13)][a][usize::from(resumed)].inc();
     }
 
     /// Counts a failed handshake.

@@ -71,7 +71,7 @@ async fn every_spec_metric_is_exported_and_promtool_accepts_it() {
     assert_eq!(
         metric_sum(
             &text,
-            "webprom_edge_tls_handshakes_total{alpn=\"h2\",version=\"TLSv1.3\"}"
+            "webprom_edge_tls_handshakes_total{alpn=\"h2\",resumed=\"false\",version=\"TLSv1.3\"}"
         ),
         1.0
     );

@@ -92,11 +92,11 @@ async fn over_quota_gets_429_is_not_forwarded_and_is_recorded() {
 
     let metrics = proxy.admin_get("/metrics").await.1;
     assert!(
-        metrics.contains("webprom_edge_rate_limited_total{policy=\"default\"} 3"),
+        metrics.contains("webprom_edge_rate_limited_total{policy=\"default\",tier=\"local\"} 3"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("webprom_edge_rate_limited_total{policy=\"/click\"} 1"),
+        metrics.contains("webprom_edge_rate_limited_total{policy=\"/click\",tier=\"local\"} 1"),
         "{metrics}"
     );
 

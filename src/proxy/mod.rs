@@ -58,7 +58,7 @@ use hyper::upgrade::OnUpgrade;
 
 use crate::client_ip::{ClientAddr, TrustedProxies};
 use crate::config::Config;
-use crate::metrics::{ClientError, UpstreamError};
+use crate::metrics::{ClientError, LimitTier, UpstreamError};
 use crate::privacy::capture::{Capture, ClientMemo};
 use crate::ratelimit::{Decision, RateLimiter};
 use authority::{AuthorityError, RequestAuthority};
@@ -304,7 +304,9 @@ impl Proxy {
                 policy,
                 retry_after_secs,
             } => {
-                self.sinks.metrics.rate_limited(limiter.policy_name(policy));
+                self.sinks
+                    .metrics
+                    .rate_limited(limiter.policy_name(policy), LimitTier::Local);
                 let mut resp = local(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
                 resp.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));

@@ -70,6 +70,11 @@ pub fn check(config: &Config) -> Result<Checked, ConfigError> {
     crate::accesslog::files::Ownership::of(&config.access_log)?;
     let upstream_tls = TlsClient::for_upstreams(&config.upstream)?;
     check_acme(&config.acme)?;
+    if let Some(global) = &config.rate_limit.global {
+        let path = &global.key_secret_file;
+        secret_file(path)
+            .map_err(|reason| file_error("rate_limit.global.key_secret_file", path, reason))?;
+    }
     Ok(Checked {
         certs,
         geo,
@@ -154,6 +159,40 @@ pub fn eab_hmac_key(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, String> 
         .decode(unpadded)
         .map_err(|_| "is not base64url: it must hold the MAC key as the CA gave it".to_owned())?;
     Ok(zeroize::Zeroizing::new(key))
+}
+
+/// The most bytes a fleet secret file (`rate_limit.global.key_secret_file`,
+/// `tls.tickets.secret_file`) may hold.
+const MAX_SECRET_FILE_BYTES: u64 = 4096;
+
+/// The fewest bytes of a fleet secret, surrounding whitespace not counted: 256 bits written as
+/// 32 raw bytes, or more as text (`openssl rand -hex 32` gives 64).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// A secret the fleet shares, from the file at `path`: a regular file that only its owner may
+/// read or write (mode 0600 or 0400: no group or other bits), holding at least
+/// [`MIN_SECRET_BYTES`] bytes once surrounding ASCII whitespace is trimmed; the bytes are the
+/// key material as they are (derive keys from them, never use them twice for two purposes).
+/// The error is the reason alone, and never quotes the file.
+pub fn secret_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    let meta =
+        files::read_regular(path, MAX_SECRET_FILE_BYTES, &mut bytes).map_err(|e| e.to_string())?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "has mode {mode:04o}: a fleet secret must be readable by its owner only (chmod 600)"
+        ));
+    }
+    let trimmed = bytes.trim_ascii();
+    if trimmed.len() < MIN_SECRET_BYTES {
+        return Err(format!(
+            "holds {} bytes: at least {MIN_SECRET_BYTES} are needed (e.g. `openssl rand -hex 32`)",
+            trimmed.len()
+        ));
+    }
+    Ok(zeroize::Zeroizing::new(trimmed.to_vec()))
 }
 
 /// A directory that must exist and be writable, or be creatable.
