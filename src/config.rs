@@ -1024,17 +1024,22 @@ impl RedisUrl {
         &self.0
     }
 
-    /// The URL with any user information (`user:password@`) replaced by `***@`.
+    /// The URL with any user information (`user:password@`) replaced by `***@`, and any query
+    /// (a Unix socket's `?pass=`) by `?***`.
     pub fn redacted(&self) -> String {
-        match self.0.split_once("://") {
+        let (url, query) = match self.0.split_once('?') {
+            Some((url, _)) => (url, "?***"),
+            None => (self.0.as_str(), ""),
+        };
+        match url.split_once("://") {
             Some((scheme, rest)) => {
-                let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+                let end = rest.find(['/', '#']).unwrap_or(rest.len());
                 match rest[..end].rfind('@') {
-                    Some(at) => format!("{scheme}://***{}", &rest[at..]),
-                    None => self.0.clone(),
+                    Some(at) => format!("{scheme}://***{}{query}", &rest[at..]),
+                    None => format!("{url}{query}"),
                 }
             }
-            None => self.0.clone(),
+            None => format!("{url}{query}"),
         }
     }
 }
@@ -2038,6 +2043,46 @@ mod tests {
                 "privacy.cookie_max_age",
             ),
             ("[rate_limit]\nburst = 0", "rate_limit.burst"),
+            ("[access_log]\nnode = \"\"", "access_log.node"),
+            ("[access_log]\nnode = \"edge/1\"", "access_log.node"),
+            ("[access_log]\nnode = \"..\"", "access_log.node"),
+            ("[access_log]\nnode = \"-edge\"", "access_log.node"),
+            ("[access_log]\nnode = \"edge 1\"", "access_log.node"),
+            ("[access_log]\nnode = \"édge\"", "access_log.node"),
+            (
+                "[access_log]\nnode = \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"",
+                "access_log.node",
+            ),
+            (
+                "[rate_limit.global]\nredis = \"http://127.0.0.1:6379\"\nkey_secret_file = \"s\"",
+                "rate_limit.global.redis",
+            ),
+            (
+                "[rate_limit.global]\nredis = \"127.0.0.1:6379\"\nkey_secret_file = \"s\"",
+                "rate_limit.global.redis",
+            ),
+            (
+                "[rate_limit.global]\nredis = \"redis://r\"\nkey_secret_file = \"s\"\ntimeout = \"0s\"",
+                "rate_limit.global.timeout",
+            ),
+            (
+                "[rate_limit.global]\nredis = \"redis://r\"\nkey_secret_file = \"s\"\ntimeout = \"11s\"",
+                "rate_limit.global.timeout",
+            ),
+            (
+                "[rate_limit.global]\nredis = \"redis://r\"\nkey_secret_file = \"s\"\nsync_interval = \"1ms\"",
+                "rate_limit.global.sync_interval",
+            ),
+            (
+                "[rate_limit.global]\nredis = \"redis://r\"\nkey_secret_file = \"s\"\nsync_interval = \"2m\"",
+                "rate_limit.global.sync_interval",
+            ),
+            (
+                "[rate_limit]\nenabled = false\n[rate_limit.global]\nredis = \"redis://r\"\nkey_secret_file = \"s\"",
+                "rate_limit.global",
+            ),
+            ("[tls.tickets]\nrotation = \"59s\"", "tls.tickets.rotation"),
+            ("[tls.tickets]\nrotation = \"2d\"", "tls.tickets.rotation"),
             (
                 "[[rate_limit.route]]\npath_prefix = \"click\"\nrequests_per_second = 1\nburst = 1",
                 "rate_limit.route[0].path_prefix",
@@ -2591,6 +2636,36 @@ mod tests {
         ];
         for (d, shown) in rows {
             assert_eq!(d.to_string(), shown);
+        }
+    }
+
+    #[test]
+    fn a_redis_url_is_shown_without_its_password() {
+        // (configured, shown)
+        let rows = [
+            ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+            ("redis://:s3cret@10.0.0.5:6379", "redis://***@10.0.0.5:6379"),
+            ("redis://edge:s3cret@r.example/2", "redis://***@r.example/2"),
+            (
+                "rediss://u:p@w@r.example:6380",
+                "rediss://***@r.example:6380",
+            ),
+            (
+                "redis://r.example/0?protocol=resp3",
+                "redis://r.example/0?***",
+            ),
+            ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+            (
+                "redis+unix:///run/r.sock?db=1&pass=s3cret",
+                "redis+unix:///run/r.sock?***",
+            ),
+            ("unix:///run/r.sock?pass=a@b", "unix:///run/r.sock?***"),
+        ];
+        for (url, shown) in rows {
+            let u = RedisUrl::from(url);
+            assert_eq!(u.redacted(), shown, "{url}");
+            assert_eq!(format!("{u:?}"), format!("{shown:?}"));
+            assert_eq!(u.expose(), url);
         }
     }
 }

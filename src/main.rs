@@ -26,6 +26,7 @@ fn main() -> ExitCode {
             client,
             since,
             until,
+            logs,
         } => {
             let who = match (&ip, &client) {
                 (Some(ip), _) => Who::Ip(ip),
@@ -33,14 +34,15 @@ fn main() -> ExitCode {
                 // clap requires exactly one of them.
                 (None, None) => Who::Client(""),
             };
-            cli::investigate::run(&config, who, since.as_deref(), until.as_deref())
+            cli::investigate::run(&config, who, since.as_deref(), until.as_deref(), &logs)
         }
         Command::Erase {
             config,
             ip,
             since,
             until,
-        } => cli::erase::run(&config, &ip, since.as_deref(), until.as_deref()),
+            logs,
+        } => cli::erase::run(&config, &ip, since.as_deref(), until.as_deref(), &logs),
         Command::Keys { config } => cli::keys::run(&config),
         Command::Certs { config } => cli::certs::run(&config),
         Command::Completions { shell } => {

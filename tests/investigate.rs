@@ -597,3 +597,182 @@ async fn erase_under_concurrent_traffic_loses_and_duplicates_nothing() {
     assert!(metrics.contains("webprom_edge_access_log_dropped_total 0"));
     assert!(metrics.contains("webprom_edge_access_log_write_errors_total 0"));
 }
+
+/// Two instances of a fleet with one shared key directory, each with its own `access_log.node`
+/// and log directory (as a central archive gathers them): `investigate` and `erase` given both
+/// with `--logs` find and remove the client's records in each, report per directory, and the
+/// audit line names both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn investigate_and_erase_search_every_log_directory_of_a_fleet() {
+    let up = Upstream::start().await;
+    let node = |name: &'static str, keys: Option<std::path::PathBuf>| {
+        move |c: String| {
+            let mut c = unlimited(&trusting(&c)).replace(
+                "[access_log]\n",
+                &format!("[access_log]\nnode = \"{name}\"\n"),
+            );
+            if let Some(keys) = keys {
+                let line = c
+                    .lines()
+                    .find(|l| l.starts_with("key_dir = "))
+                    .unwrap()
+                    .to_owned();
+                c = c.replace(
+                    &line,
+                    &format!("key_dir = {:?}", keys.display().to_string()),
+                );
+            }
+            c
+        }
+    };
+    let a = Proxy::start_with(node("edge-a", None), &up.url()).await;
+    let shared_keys = a.dir.path().join("keys");
+    let b = Proxy::start_with(node("edge-b", Some(shared_keys)), &up.url()).await;
+    for (proxy, n) in [(&a, 3), (&b, 2)] {
+        let mut conn = proxy.client().connect(Proto::H2).await;
+        for i in 0..n {
+            assert_eq!(
+                conn.send(from(A, &format!("/a/{}", word(i)))).await.status,
+                StatusCode::OK
+            );
+            assert_eq!(
+                conn.send(from(B, &format!("/b/{}", word(i)))).await.status,
+                StatusCode::OK
+            );
+        }
+    }
+    wait_records(a.dir.path(), 6).await;
+    wait_records(b.dir.path(), 4).await;
+    let today = today_string();
+    // Each instance names its day files after its node.
+    assert!(
+        a.dir
+            .path()
+            .join(format!("logs/access-edge-a-{today}.jsonl"))
+            .is_file()
+    );
+    assert!(
+        b.dir
+            .path()
+            .join(format!("logs/access-edge-b-{today}.jsonl"))
+            .is_file()
+    );
+    let (logs_a, logs_b) = (a.dir.path().join("logs"), b.dir.path().join("logs"));
+    let (la, lb) = (logs_a.to_str().unwrap(), logs_b.to_str().unwrap());
+
+    // Investigated from a third place: a config of its own, the fleet's keys.
+    let desk = offline_dir(None);
+    let desk_config = std::fs::read_to_string(desk.path().join("config.toml")).unwrap();
+    let key_line = desk_config
+        .lines()
+        .find(|l| l.starts_with("key_dir = "))
+        .unwrap();
+    std::fs::write(
+        desk.path().join("config.toml"),
+        desk_config.replace(
+            key_line,
+            &format!(
+                "key_dir = {:?}",
+                a.dir.path().join("keys").display().to_string()
+            ),
+        ),
+    )
+    .unwrap();
+    let key = Key::from_bytes(read_key(a.dir.path(), &today));
+    let (code, out, err) = tool(
+        desk.path(),
+        "investigate",
+        &["--ip", A, "--logs", la, "--logs", lb],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 5, "{out}");
+    assert!(
+        out.lines().all(|l| field(l, "client") == pseudo(&key, A)),
+        "{out}"
+    );
+    assert!(err.contains("investigate: 5 records found"), "{err}");
+    assert!(
+        err.contains(&format!("in {la}: 3 records found, 1 day files searched")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("in {lb}: 2 records found, 1 day files searched")),
+        "{err}"
+    );
+    assert!(
+        err.contains("days searched: 1"),
+        "the same day in two directories is one day: {err}"
+    );
+    // Without --logs, the config's own (empty) log directory is searched.
+    let (code, out, _) = tool(desk.path(), "investigate", &["--ip", A]);
+    assert_eq!((code, out.as_str()), (0, ""));
+
+    let (code, _, err) = tool(
+        desk.path(),
+        "erase",
+        &["--ip", A, "--logs", la, "--logs", lb],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("erase: 5 records erased"), "{err}");
+    for (proxy, others) in [(&a, 3), (&b, 2)] {
+        let left = log_lines(proxy.dir.path());
+        assert_eq!(left.len(), others, "only B's records remain: {left:?}");
+        assert!(left.iter().all(|l| field(l, "client") == pseudo(&key, B)));
+    }
+    let (_, out, _) = tool(
+        desk.path(),
+        "investigate",
+        &["--ip", A, "--logs", la, "--logs", lb],
+    );
+    assert_eq!(out, "");
+
+    // The audit trail (in the desk's own access_log.dir) names every directory, never A.
+    let audit = audit_lines(desk.path());
+    assert_eq!(audit.len(), 4);
+    let erase = &audit[2];
+    assert_eq!(erase["command"], "erase");
+    assert_eq!(erase["count"], 5);
+    let dirs: Vec<(&str, u64, u64)> = erase["log_dirs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["dir"].as_str().unwrap(),
+                d["files"].as_u64().unwrap(),
+                d["records"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(dirs, [(la, 1, 3), (lb, 1, 2)]);
+    let text = std::fs::read_to_string(desk.path().join("logs/audit.jsonl")).unwrap();
+    assert!(!text.contains(A), "{text}");
+}
+
+/// `--logs` naming something that is not a log directory is refused before anything is
+/// searched, naming it, with the usage exit status.
+#[test]
+fn a_logs_directory_that_is_not_one_is_named() {
+    let dir = offline_dir(Some((&today_string(), test_key_raw())));
+    let file = dir.path().join("config.toml");
+    let missing = dir.path().join("no-such-dir");
+    let rows: [(&str, &Path, &str); 2] = [
+        ("investigate", &missing, "No such file or directory"),
+        ("erase", &file, "is not a directory"),
+    ];
+    for (command, path, reason) in rows {
+        let p = path.to_str().unwrap();
+        let (code, out, err) = tool(dir.path(), command, &["--ip", A, "--logs", p]);
+        assert_eq!(code, 2, "{command} {p}: {err}");
+        assert!(
+            err.contains(&format!("--logs {p}")) && err.contains(reason),
+            "{err}"
+        );
+        assert_eq!(out, "");
+        assert!(!err.contains(A), "{err}");
+    }
+    assert!(
+        audit_lines(dir.path()).is_empty(),
+        "nothing searched, nothing audited"
+    );
+}

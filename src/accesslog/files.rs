@@ -224,17 +224,61 @@ fn group_search_warning(dir: &Path, own: Ownership) -> Option<String> {
     })
 }
 
-/// `<dir>/access-YYYY-MM-DD.jsonl`.
-pub fn day_path(dir: &Path, day: Epoch) -> PathBuf {
-    dir.join(format!("access-{day}.jsonl"))
+/// Where an instance writes its day files: `access_log.dir`, and `access_log.node` in their
+/// names.
+#[derive(Clone, Debug)]
+pub struct LogDir {
+    /// `access_log.dir`.
+    pub dir: PathBuf,
+    /// `access_log.node` (validated: a plain file-name part); `None`: no node in the names.
+    pub node: Option<String>,
 }
 
-/// The day of a file name `access-YYYY-MM-DD.jsonl`, if it is one.
-pub fn parse_day_file(name: &str) -> Option<Epoch> {
-    name.strip_prefix("access-")?
-        .strip_suffix(".jsonl")?
-        .parse()
-        .ok()
+impl LogDir {
+    /// The day files of `cfg`.
+    pub fn of(cfg: &config::AccessLog) -> LogDir {
+        LogDir {
+            dir: cfg.dir.clone(),
+            node: cfg.node.clone(),
+        }
+    }
+
+    /// `<dir>/access-<node>-YYYY-MM-DD.jsonl`, or `<dir>/access-YYYY-MM-DD.jsonl` without a
+    /// node.
+    pub fn day_path(&self, day: Epoch) -> PathBuf {
+        match &self.node {
+            Some(node) => self.dir.join(format!("access-{node}-{day}.jsonl")),
+            None => self.dir.join(format!("access-{day}.jsonl")),
+        }
+    }
+}
+
+/// The day and node of a day file's name: `access-YYYY-MM-DD.jsonl` (no node) or
+/// `access-<node>-YYYY-MM-DD.jsonl`; `None` for any other name (a temporary copy of `erase`, the
+/// audit trail, a node part that is empty or not a plain name).
+pub fn parse_day_file(name: &str) -> Option<(Epoch, Option<&str>)> {
+    let stem = name.strip_prefix("access-")?.strip_suffix(".jsonl")?;
+    let split = stem.len().checked_sub(10)?;
+    let (head, date) = (stem.get(..split)?, stem.get(split..)?);
+    let day = date.parse().ok()?;
+    if head.is_empty() {
+        return Some((day, None));
+    }
+    let node = head.strip_suffix('-')?;
+    is_node_name(node).then_some((day, Some(node)))
+}
+
+/// Whether `name` may be an `access_log.node`: 1 to 64 of ASCII letters, digits, `-`, `_` and
+/// `.`, starting with a letter or digit (so it is one plain part of a file name).
+pub fn is_node_name(name: &str) -> bool {
+    let plain = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    let first_ok = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric());
+    plain && first_ok && name.len() <= 64
 }
 
 /// Opens a day file for appending (and reading its tail), creating it if needed, and the
@@ -248,11 +292,11 @@ pub fn parse_day_file(name: &str) -> Option<Epoch> {
 /// than `own.mode` and that cannot be changed that way is an error: no record goes where more
 /// can read it than configured.
 pub fn open_append(
-    dir: &Path,
+    log: &LogDir,
     day: Epoch,
     own: Ownership,
 ) -> io::Result<(File, Option<io::Error>)> {
-    let path = day_path(dir, day);
+    let path = log.day_path(day);
     let open = |create: bool, follow: bool| {
         let mut o = OpenOptions::new();
         o.read(true).append(true);
@@ -288,7 +332,7 @@ pub fn open_append(
             // Created by another process meanwhile: open it as it is.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                ensure_dir(dir, own)?;
+                ensure_dir(&log.dir, own)?;
                 match open(true) {
                     Ok(f) => break (f, true),
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -388,20 +432,23 @@ pub fn same_file(file: &File, path: &Path) -> io::Result<bool> {
     }
 }
 
-/// Every day file in `dir`, oldest first.
+/// Every day file in `dir`, of every node (a directory an archive gathers from many instances
+/// may hold several files of one day), oldest first, then by name.
 pub fn list_days(dir: &Path) -> io::Result<Vec<(Epoch, PathBuf)>> {
     let mut days = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        if let Some(day) = entry.file_name().to_str().and_then(parse_day_file) {
+        let name = entry.file_name();
+        if let Some((day, _)) = name.to_str().and_then(parse_day_file) {
             days.push((day, entry.path()));
         }
     }
-    days.sort_by_key(|(day, _)| *day);
+    days.sort();
     Ok(days)
 }
 
-/// Deletes day files more than `retention_days` days before `today`; returns how many.
+/// Deletes day files more than `retention_days` days before `today`, of every node (retention
+/// only ever removes more); returns how many.
 pub fn sweep(dir: &Path, today: Epoch, retention_days: i64) -> io::Result<usize> {
     let mut removed = 0;
     for (day, path) in list_days(dir)? {
@@ -498,7 +545,11 @@ mod tests {
         let day: Epoch = "2026-11-25".parse().unwrap();
         for (before, file_mode) in rows {
             let tmp = tempfile::tempdir().unwrap();
-            let path = day_path(tmp.path(), day);
+            let log = LogDir {
+                dir: tmp.path().to_owned(),
+                node: None,
+            };
+            let path = log.day_path(day);
             if let Some(m) = before {
                 std::fs::write(&path, b"").unwrap();
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(m)).unwrap();
@@ -507,9 +558,97 @@ mod tests {
                 mode: file_mode,
                 gid: None,
             };
-            let (_, problem) = open_append(tmp.path(), day, own).unwrap();
+            let (_, problem) = open_append(&log, day, own).unwrap();
             assert!(problem.is_none(), "{before:?}: {problem:?}");
             assert_eq!(mode(&path), file_mode, "{before:?} → {file_mode:o}");
         }
+    }
+
+    #[test]
+    fn day_file_names_carry_the_node_and_only_day_files_are_taken() {
+        let day: Epoch = "2026-11-30".parse().unwrap();
+        // (name, the day and node read from it, or None: not a day file)
+        type Row = (&'static str, Option<(&'static str, Option<&'static str>)>);
+        let rows: &[Row] = &[
+            ("access-2026-11-30.jsonl", Some(("2026-11-30", None))),
+            (
+                "access-edge-1-2026-11-30.jsonl",
+                Some(("2026-11-30", Some("edge-1"))),
+            ),
+            ("access-e-2026-11-30.jsonl", Some(("2026-11-30", Some("e")))),
+            (
+                "access-fra.edge_2-2026-11-30.jsonl",
+                Some(("2026-11-30", Some("fra.edge_2"))),
+            ),
+            // A node that is itself a date, and one that ends in digits.
+            (
+                "access-2026-11-29-2026-11-30.jsonl",
+                Some(("2026-11-30", Some("2026-11-29"))),
+            ),
+            (
+                "access-edge-01-2026-11-30.jsonl",
+                Some(("2026-11-30", Some("edge-01"))),
+            ),
+            ("access--2026-11-30.jsonl", None),
+            ("access-.hidden-2026-11-30.jsonl", None),
+            ("access--x-2026-11-30.jsonl", None),
+            ("access-edge 1-2026-11-30.jsonl", None),
+            ("access-edge2026-11-30.jsonl", None),
+            ("access-edge-1-2026-13-30.jsonl", None),
+            ("access-edge-1-2026-11-30.json", None),
+            ("access-2026-11-30.jsonl.erase.42", None),
+            (".access-edge-1-2026-11-30.jsonl.erase.42", None),
+            ("audit.jsonl", None),
+            ("access-.jsonl", None),
+            ("access-é-2026-11-30.jsonl", None),
+        ];
+        for &(name, want) in rows {
+            let got = parse_day_file(name).map(|(d, n)| (d.to_string(), n.map(str::to_owned)));
+            let want = want.map(|(d, n)| (d.to_owned(), n.map(str::to_owned)));
+            assert_eq!(got, want, "{name}");
+        }
+        // Written names read back as what they were written for.
+        for node in [None, Some("edge-1"), Some("a"), Some("2026-11-29")] {
+            let log = LogDir {
+                dir: PathBuf::from("/x"),
+                node: node.map(str::to_owned),
+            };
+            let path = log.day_path(day);
+            let name = path.file_name().unwrap().to_str().unwrap();
+            assert_eq!(parse_day_file(name), Some((day, node)), "{name}");
+        }
+    }
+
+    #[test]
+    fn every_node_s_day_files_are_listed_and_swept() {
+        let tmp = tempfile::tempdir().unwrap();
+        for name in [
+            "access-2026-11-01.jsonl",
+            "access-edge-1-2026-11-01.jsonl",
+            "access-edge-2-2026-11-20.jsonl",
+            "access-edge-1-2026-11-30.jsonl",
+            "audit.jsonl",
+            "notes.txt",
+        ] {
+            std::fs::write(tmp.path().join(name), b"").unwrap();
+        }
+        let listed: Vec<String> = list_days(tmp.path())
+            .unwrap()
+            .iter()
+            .map(|(_, p)| p.file_name().unwrap().to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                "access-2026-11-01.jsonl",
+                "access-edge-1-2026-11-01.jsonl",
+                "access-edge-2-2026-11-20.jsonl",
+                "access-edge-1-2026-11-30.jsonl",
+            ]
+        );
+        let today: Epoch = "2026-11-30".parse().unwrap();
+        assert_eq!(sweep(tmp.path(), today, 15).unwrap(), 2);
+        assert!(tmp.path().join("access-edge-2-2026-11-20.jsonl").exists());
+        assert!(tmp.path().join("audit.jsonl").exists());
     }
 }

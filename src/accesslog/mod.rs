@@ -22,7 +22,7 @@ pub mod reader;
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::thread::JoinHandle;
@@ -80,9 +80,10 @@ impl AccessLog {
             tracing::warn!("access_log.dir {warning}");
         }
         // Today's file, when it exists, follows a changed file_mode or group at once.
-        let today = files::day_path(&cfg.dir, Epoch::today());
+        let log_dir = files::LogDir::of(cfg);
+        let today = log_dir.day_path(Epoch::today());
         if today.exists() {
-            match files::open_append(&cfg.dir, Epoch::today(), own) {
+            match files::open_append(&log_dir, Epoch::today(), own) {
                 Ok((_, Some(e))) => {
                     tracing::warn!(path = %today.display(), error = %e, "cannot give the day file access_log.file_mode and access_log.group")
                 }
@@ -98,7 +99,7 @@ impl AccessLog {
         }
         let (tx, rx) = sync_channel(cfg.buffer_records);
         let writer = Writer {
-            dir: cfg.dir.clone(),
+            dir: log_dir,
             own,
             retention_days,
             counters: counters.clone(),
@@ -146,10 +147,10 @@ impl AccessLog {
 
 /// Opens a day file for appending with [`files::open_append`]; an existing file that cannot be
 /// given the configured mode and group is written to anyway, with a warning.
-fn open_day_file(dir: &Path, day: Epoch, own: files::Ownership) -> io::Result<File> {
+fn open_day_file(dir: &files::LogDir, day: Epoch, own: files::Ownership) -> io::Result<File> {
     let (file, problem) = files::open_append(dir, day, own)?;
     if let Some(e) = problem {
-        let path = files::day_path(dir, day);
+        let path = dir.day_path(day);
         tracing::warn!(path = %path.display(), error = %e, "cannot give the day file access_log.file_mode and access_log.group");
     }
     Ok(file)
@@ -182,15 +183,23 @@ impl OpenDay {
     /// killed mid-write, or a write cut short) is cut off first. A write that fails part-way
     /// leaves the whole records that reached the file and cuts off the partial one after them,
     /// so the file holds exactly the records counted as written.
-    fn write_locked(&mut self, dir: &Path, own: files::Ownership) -> Result<(), PartialWrite> {
+    fn write_locked(
+        &mut self,
+        dir: &files::LogDir,
+        own: files::Ownership,
+    ) -> Result<(), PartialWrite> {
         let result = self.write_under_lock(dir, own);
         self.buf.clear();
         result
     }
 
-    fn write_under_lock(&mut self, dir: &Path, own: files::Ownership) -> Result<(), PartialWrite> {
+    fn write_under_lock(
+        &mut self,
+        dir: &files::LogDir,
+        own: files::Ownership,
+    ) -> Result<(), PartialWrite> {
         let nothing = |error| PartialWrite { written: 0, error };
-        let path = files::day_path(dir, self.day);
+        let path = dir.day_path(self.day);
         loop {
             self.file.lock().map_err(nothing)?;
             if files::same_file(&self.file, &path).map_err(nothing)? {
@@ -240,7 +249,8 @@ impl OpenDay {
 }
 
 struct Writer {
-    dir: PathBuf,
+    /// `access_log.dir` and `access_log.node`.
+    dir: files::LogDir,
     /// The day files' mode and group.
     own: files::Ownership,
     retention_days: i64,
@@ -301,13 +311,13 @@ impl Writer {
             }
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = Instant::now();
-                match files::sweep(&self.dir, Epoch::today(), self.retention_days) {
+                match files::sweep(&self.dir.dir, Epoch::today(), self.retention_days) {
                     Ok(0) => {}
                     Ok(removed) => {
                         tracing::info!(removed, "deleted access-log day files past retention")
                     }
                     Err(e) => {
-                        tracing::warn!(dir = %self.dir.display(), error = %e, "access-log retention sweep failed")
+                        tracing::warn!(dir = %self.dir.dir.display(), error = %e, "access-log retention sweep failed")
                     }
                 }
             }
@@ -369,7 +379,7 @@ impl Writer {
         self.counters.dropped.inc_by(lost);
         if !self.failing {
             self.failing = true;
-            let path = files::day_path(&self.dir, day);
+            let path = self.dir.day_path(day);
             tracing::error!(path = %path.display(), error = %e, "access log write failed; records are being lost (counted in webprom_edge_access_log_write_errors_total)");
         }
         // Start from a fresh file handle next time; the buffered bytes are gone.

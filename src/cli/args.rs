@@ -93,6 +93,10 @@ pub enum Command {
         /// Last UTC day searched (inclusive), YYYY-MM-DD.
         #[arg(long, value_name = "DAY", value_hint = ValueHint::Other)]
         until: Option<String>,
+        /// A log directory to search instead of access_log.dir; repeat it for several (e.g.
+        /// the per-node folders of a fleet's archive). Each must exist.
+        #[arg(long = "logs", value_name = "DIR", value_hint = ValueHint::DirPath)]
+        logs: Vec<PathBuf>,
     },
     /// Remove every record of one client from the day files (safe while the proxy runs).
     ///
@@ -110,6 +114,10 @@ pub enum Command {
         /// Last UTC day searched (inclusive), YYYY-MM-DD.
         #[arg(long, value_name = "DAY", value_hint = ValueHint::Other)]
         until: Option<String>,
+        /// A log directory to search instead of access_log.dir; repeat it for several (e.g.
+        /// the per-node folders of a fleet's archive). Each must exist.
+        #[arg(long = "logs", value_name = "DIR", value_hint = ValueHint::DirPath)]
+        logs: Vec<PathBuf>,
     },
     /// List the key epochs kept, derivable and destroyed.
     ///

@@ -102,6 +102,8 @@ pub fn audit_line(command: &str, summary: &Summary, ok: bool) -> Vec<u8> {
         days_searched: Vec<String>,
         days_unlinkable: Vec<String>,
         count: u64,
+        /// Each log directory searched, with its day files searched and records counted.
+        log_dirs: &'a [super::search::DirTally],
         ok: bool,
     }
     let (user, uid) = os_user();
@@ -122,6 +124,7 @@ pub fn audit_line(command: &str, summary: &Summary, ok: bool) -> Vec<u8> {
         days_searched: days(&summary.days_searched),
         days_unlinkable: days(&summary.days_unlinkable),
         count: summary.found.records,
+        log_dirs: &summary.dirs,
         ok,
     };
     let mut out = serde_json::to_vec(&line).unwrap_or_default();

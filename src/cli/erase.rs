@@ -44,18 +44,21 @@ use crate::accesslog::reader::{DayReader, Needle, Record, Sink, Tally};
 use crate::epoch::Epoch;
 use crate::files::Replacement;
 
-/// `erase [--config FILE] --ip ADDR [--since DAY] [--until DAY]`: removes the client's records
-/// from the day files, safely while the proxy runs; a summary on stderr, a line in the audit
-/// trail.
+/// `erase [--config FILE] --ip ADDR [--since DAY] [--until DAY] [--logs DIR]...`: removes the
+/// client's records from the day files of each `--logs` directory (else `access_log.dir`),
+/// safely while the proxy runs; a summary on stderr with a line per directory, a line in the
+/// audit trail naming the directories.
 pub fn run(
     file: &ConfigFile,
     ip: &str,
     since: Option<&str>,
     until: Option<&str>,
+    logs: &[std::path::PathBuf],
 ) -> Result<(), CliError> {
     let target = Target::parse_ip(ip).map_err(CliError::Config)?;
     let range = DayRange::parse(since, until).map_err(CliError::Config)?;
-    let settings = super::load_settings(file)?;
+    let settings = super::load_settings(file)?.with_search_dirs(logs);
+    settings.check_search_dirs().map_err(CliError::Config)?;
     let mut summary = Summary::default();
     let result = erase(&settings, &target, range, &mut summary);
     eprint!("{}", summary.render("erase"));
@@ -72,27 +75,29 @@ pub fn erase(
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
     let keys = settings.keys()?;
-    remove_stale_copies(&settings.log_dir);
-    for (day, path) in search::day_files(settings, range)? {
-        // A first look without the lock: most files hold nothing of the client.
-        let Some((needles, file)) =
-            search::open_day(settings, keys.as_ref(), target, day, &path, summary)?
-        else {
-            continue;
-        };
-        let mut counter = Counter::default();
-        let mut reader = DayReader::new(file, &needles);
-        reader
-            .read_available(&mut counter)
-            .and_then(|()| reader.finish(&mut counter))
-            .with_context(|| format!("reading {}", path.display()))?;
-        if counter.hits == 0 {
-            summary.found.merge(reader.into_tally());
-            continue;
+    search::each_dir(settings, range, summary, |dir, files, summary| {
+        remove_stale_copies(dir);
+        for (day, path) in files {
+            // A first look without the lock: most files hold nothing of the client.
+            let Some((needles, file)) =
+                search::open_day(settings, keys.as_ref(), target, day, &path, summary)?
+            else {
+                continue;
+            };
+            let mut counter = Counter::default();
+            let mut reader = DayReader::new(file, &needles);
+            reader
+                .read_available(&mut counter)
+                .and_then(|()| reader.finish(&mut counter))
+                .with_context(|| format!("reading {}", path.display()))?;
+            if counter.hits == 0 {
+                summary.found.merge(reader.into_tally());
+                continue;
+            }
+            erase_file(&path, day, &needles, summary)?;
         }
-        erase_file(&path, day, &needles, summary)?;
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Counts the lines erase would remove (its first look at a file).
@@ -172,7 +177,9 @@ fn erase_file(
     summary: &mut Summary,
 ) -> anyhow::Result<u64> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".access-{day}.jsonl.erase.{}", std::process::id()));
+    // Named after the day file (of whichever node): `.access-[<node>-]D.jsonl.erase.<pid>`.
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.erase.{}", std::process::id()));
     loop {
         let Some(file) =
             search::open_day_file(path).with_context(|| format!("opening {}", path.display()))?

@@ -22,13 +22,16 @@ pub enum Who<'a> {
     Client(&'a str),
 }
 
-/// `investigate [--config FILE] (--ip ADDR | --client PSEUDONYM) [--since DAY] [--until DAY]`:
-/// the client's records on stdout as stored, a summary on stderr, a line in the audit trail.
+/// `investigate [--config FILE] (--ip ADDR | --client PSEUDONYM) [--since DAY] [--until DAY]
+/// [--logs DIR]...`: the client's records on stdout as stored, from each `--logs` directory in
+/// turn (else `access_log.dir`), a summary on stderr with a line per directory, a line in the
+/// audit trail naming the directories.
 pub fn run(
     file: &ConfigFile,
     who: Who<'_>,
     since: Option<&str>,
     until: Option<&str>,
+    logs: &[std::path::PathBuf],
 ) -> Result<(), CliError> {
     let target = match who {
         Who::Ip(s) => Target::parse_ip(s),
@@ -36,7 +39,8 @@ pub fn run(
     }
     .map_err(CliError::Config)?;
     let range = DayRange::parse(since, until).map_err(CliError::Config)?;
-    let settings = super::load_settings(file)?;
+    let settings = super::load_settings(file)?.with_search_dirs(logs);
+    settings.check_search_dirs().map_err(CliError::Config)?;
     let mut summary = Summary::default();
     let stdout = io::stdout();
     let out = io::BufWriter::with_capacity(1 << 16, stdout.lock());
@@ -57,19 +61,22 @@ pub fn investigate(
 ) -> anyhow::Result<()> {
     let keys = settings.keys()?;
     let mut printer = Printer { out };
-    for (day, path) in search::day_files(settings, range)? {
-        let Some((needles, file)) =
-            search::open_day(settings, keys.as_ref(), target, day, &path, summary)?
-        else {
-            continue;
-        };
-        let mut reader = DayReader::new(file, &needles);
-        let result = reader
-            .read_available(&mut printer)
-            .and_then(|()| reader.finish(&mut Discard));
-        summary.found.merge(reader.into_tally());
-        result.with_context(|| format!("reading {}", path.display()))?;
-    }
+    search::each_dir(settings, range, summary, |_, files, summary| {
+        for (day, path) in files {
+            let Some((needles, file)) =
+                search::open_day(settings, keys.as_ref(), target, day, &path, summary)?
+            else {
+                continue;
+            };
+            let mut reader = DayReader::new(file, &needles);
+            let result = reader
+                .read_available(&mut printer)
+                .and_then(|()| reader.finish(&mut Discard));
+            summary.found.merge(reader.into_tally());
+            result.with_context(|| format!("reading {}", path.display()))?;
+        }
+        Ok(())
+    })?;
     printer
         .out
         .flush()

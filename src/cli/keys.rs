@@ -38,9 +38,10 @@ pub fn keys_report(settings: &Settings) -> anyhow::Result<(String, String)> {
     // Days whose records remain but whose key cannot be had: every access-log day up to today
     // that the store does not list (so before its oldest kept key, or any with no key at all).
     // Days that never had a key and have no records are not listed: a new install shows today.
-    let listed: std::collections::BTreeSet<Epoch> = list.iter().map(|&(e, _)| e).collect();
-    for (day, _) in search::day_files(settings, DayRange::default())? {
-        if day <= today && !listed.contains(&day) {
+    // One row a day, however many nodes' files the directory holds for it.
+    let mut listed: std::collections::BTreeSet<Epoch> = list.iter().map(|&(e, _)| e).collect();
+    for (day, _) in search::day_files(&settings.log_dir, DayRange::default())? {
+        if day <= today && listed.insert(day) {
             list.push((day, KeyState::Destroyed));
         }
     }

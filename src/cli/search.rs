@@ -95,6 +95,19 @@ pub struct Summary {
     pub invalid_removed: u64,
     /// The pseudonyms searched, with the epoch they belong to (`None`: any epoch).
     pub pseudonyms: Vec<(Option<Epoch>, Pseudonym)>,
+    /// What each log directory searched gave, in the order searched.
+    pub dirs: Vec<DirTally>,
+}
+
+/// What one log directory gave a search.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DirTally {
+    /// The directory, as given (`--logs`) or configured (`access_log.dir`).
+    pub dir: PathBuf,
+    /// Day files searched in it (a day unlinkable or outside the range is not counted).
+    pub files: u64,
+    /// Matching records (investigate: shown; erase: erased).
+    pub records: u64,
 }
 
 impl Summary {
@@ -151,6 +164,14 @@ impl Summary {
                 top.join(" ")
             }
         ));
+        for d in &self.dirs {
+            out.push_str(&format!(
+                "in {}: {} records {verb}, {} day files searched\n",
+                d.dir.display(),
+                d.records,
+                d.files
+            ));
+        }
         out.push_str(&format!(
             "days searched: {} ({})\n",
             self.days_searched.len(),
@@ -183,8 +204,12 @@ impl Summary {
 
 /// The configuration values the commands use.
 pub struct Settings {
-    /// `access_log.dir`.
+    /// `access_log.dir`: where the audit trail is written.
     pub log_dir: PathBuf,
+    /// The directories searched: each `--logs DIR` given, else `access_log.dir` alone.
+    pub search_dirs: Vec<PathBuf>,
+    /// Whether `search_dirs` were given on the command line: then each must exist.
+    pub dirs_given: bool,
     /// `access_log.retention` in whole days.
     pub log_retention_days: i64,
     /// `privacy.key_dir`.
@@ -200,11 +225,44 @@ impl Settings {
     pub fn from_config(config: &Config) -> Settings {
         Settings {
             log_dir: config.access_log.dir.clone(),
+            search_dirs: vec![config.access_log.dir.clone()],
+            dirs_given: false,
             log_retention_days: epoch::whole_days(config.access_log.retention.0),
             key_dir: config.privacy.key_dir.clone(),
             key_retention: config.privacy.key_retention.0,
             pseudonym_ipv6_prefix: config.privacy.pseudonym_ipv6_prefix,
         }
+    }
+
+    /// Searches `dirs` instead of `access_log.dir` when any is given (`--logs DIR`, repeated);
+    /// a directory given twice is searched once.
+    pub fn with_search_dirs(mut self, dirs: &[PathBuf]) -> Settings {
+        if !dirs.is_empty() {
+            let mut unique: Vec<PathBuf> = Vec::with_capacity(dirs.len());
+            for d in dirs {
+                if !unique.contains(d) {
+                    unique.push(d.clone());
+                }
+            }
+            self.search_dirs = unique;
+            self.dirs_given = true;
+        }
+        self
+    }
+
+    /// Checks that every directory given with `--logs` is a directory; the error names it.
+    pub fn check_search_dirs(&self) -> Result<(), String> {
+        if !self.dirs_given {
+            return Ok(());
+        }
+        for d in &self.search_dirs {
+            match std::fs::metadata(d) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(format!("--logs {}: is not a directory", d.display())),
+                Err(e) => return Err(format!("--logs {}: {e}", d.display())),
+            }
+        }
+        Ok(())
     }
 
     /// The key store, or `None` when `key_dir` does not exist (every day is unlinkable). Does
@@ -268,7 +326,9 @@ pub fn open_day(
     summary: &mut Summary,
 ) -> anyhow::Result<Option<(Vec<Needle>, File)>> {
     let Some(needles) = needles_for_day(target, keys, day, settings.pseudonym_ipv6_prefix)? else {
-        summary.days_unlinkable.push(day);
+        if !summary.days_unlinkable.contains(&day) {
+            summary.days_unlinkable.push(day);
+        }
         return Ok(None);
     };
     note_pseudonyms(summary, &needles);
@@ -276,7 +336,12 @@ pub fn open_day(
     else {
         return Ok(None);
     };
-    summary.days_searched.push(day);
+    if !summary.days_searched.contains(&day) {
+        summary.days_searched.push(day);
+    }
+    if let Some(d) = summary.dirs.last_mut() {
+        d.files += 1;
+    }
     Ok(Some((needles, file)))
 }
 
@@ -290,17 +355,44 @@ pub fn open_day_file(path: &Path) -> Result<Option<File>, crate::files::FileErro
     }
 }
 
-/// The day files in range, oldest first.
-pub fn day_files(settings: &Settings, range: DayRange) -> anyhow::Result<Vec<(Epoch, PathBuf)>> {
-    if !settings.log_dir.is_dir() {
+/// The day files in range in `dir` (of every node), oldest first. A directory that does not
+/// exist holds none.
+pub fn day_files(dir: &Path, range: DayRange) -> anyhow::Result<Vec<(Epoch, PathBuf)>> {
+    if !dir.is_dir() {
         return Ok(Vec::new());
     }
-    let days = day_files_on_disk::list_days(&settings.log_dir)
-        .with_context(|| format!("listing {}", settings.log_dir.display()))?;
+    let days =
+        day_files_on_disk::list_days(dir).with_context(|| format!("listing {}", dir.display()))?;
     Ok(days
         .into_iter()
         .filter(|(d, _)| range.contains(*d))
         .collect())
+}
+
+/// Runs `search` on each directory of `settings.search_dirs` in turn, with its day files in
+/// range, and keeps in `summary.dirs` what each gave (the records counted from
+/// `summary.found`). Stops at the first error; the summary so far is kept.
+pub fn each_dir(
+    settings: &Settings,
+    range: DayRange,
+    summary: &mut Summary,
+    mut search: impl FnMut(&Path, Vec<(Epoch, PathBuf)>, &mut Summary) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    for dir in &settings.search_dirs {
+        summary.dirs.push(DirTally {
+            dir: dir.clone(),
+            files: 0,
+            records: 0,
+        });
+        let before = summary.found.records;
+        let result = day_files(dir, range).and_then(|files| search(dir, files, summary));
+        let records = summary.found.records - before;
+        if let Some(d) = summary.dirs.last_mut() {
+            d.records = records;
+        }
+        result?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
