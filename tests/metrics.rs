@@ -37,6 +37,8 @@ async fn every_spec_metric_is_exported_and_promtool_accepts_it() {
         "requests_by_language_total",
         "unique_clients",
         "rate_limited_total",
+        "global_limit_errors_total",
+        "global_limit_duration_seconds",
         "upstream_request_duration_seconds",
         "upstream_errors_total",
         "client_errors_total",
@@ -122,7 +124,7 @@ fn promtool_accepts_the_alert_rules() {
         String::from_utf8_lossy(&out.stdout)
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("SUCCESS: 13 rules found"), "{text}");
+    assert!(text.contains("SUCCESS: 14 rules found"), "{text}");
 }
 
 /// The promtool unit-test files for config/prometheus/alerts.yml: `tests/data/alerts_*.yml`.
