@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -449,6 +449,50 @@ fn exit_statuses_and_messages_name_the_flag() {
             2,
             "--since",
         ),
+        // An address typed into the wrong flag is never echoed.
+        (
+            "investigate",
+            &["--ip", A, "--since", "198.51.100.777"],
+            2,
+            "--since",
+        ),
+        (
+            "erase",
+            &["--ip", A, "--until", " 198.51.100.777"],
+            2,
+            "--until",
+        ),
+        (
+            "investigate",
+            &["--ip", A, "--logs", "198.51.100.777"],
+            2,
+            "--logs",
+        ),
+        (
+            "erase",
+            &["--ip", A, "--logs", "::ffff:198.51.100.777"],
+            2,
+            "--logs",
+        ),
+        (
+            "investigate",
+            &["--ip", A, "--logs", "198.51.100.24"],
+            2,
+            "--logs",
+        ),
+        (
+            "erase",
+            &["--ip", A, "--logs", "198.51.100.0/24"],
+            2,
+            "--logs",
+        ),
+        ("erase", &["--ip", A, "--logs", "2001:db8::1"], 2, "--logs"),
+        (
+            "erase",
+            &["--ip", A, "--since", "198.51.100.24"],
+            2,
+            "--since",
+        ),
         ("investigate", &["--ip", A], 0, "days searched: 0"),
         ("keys", &[], 0, "keys: 0 kept"),
     ];
@@ -457,6 +501,7 @@ fn exit_statuses_and_messages_name_the_flag() {
         assert_eq!(code, *status, "{command} {args:?}: {err}");
         assert!(err.contains(text), "{command} {args:?}: {err}");
         assert!(!err.contains("198.51.100.777"), "{err}");
+        assert!(!err.contains("198.51.100"), "{err}");
     }
     // With no key at all, every day with a file is unlinkable, and nothing is created.
     let day = today_string();
@@ -775,4 +820,254 @@ fn a_logs_directory_that_is_not_one_is_named() {
         audit_lines(dir.path()).is_empty(),
         "nothing searched, nothing audited"
     );
+}
+
+/// Writes `records` of A and `others` of B (today, under the test key) into `dir/name`.
+fn day_file(dir: &Path, name: &str, records: usize, others: usize) {
+    let day = today_string();
+    let key = test_key();
+    let mut text = String::new();
+    for i in 0..records {
+        text += &record(
+            &day,
+            "01:00:00",
+            &day,
+            &pseudo(&key, A),
+            &format!("/a/{}", word(i)),
+            200,
+        );
+    }
+    for i in 0..others {
+        text += &record(
+            &day,
+            "02:00:00",
+            &day,
+            &pseudo(&key, B),
+            &format!("/b/{}", word(i)),
+            200,
+        );
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+/// One directory given under several spellings is one directory: searched once, named once in
+/// the summary and the audit, by its absolute path with links resolved. A day file reached
+/// twice (a hard link under another node's name) is searched once.
+#[test]
+fn a_directory_or_a_day_file_reached_twice_is_searched_once() {
+    let dir = offline_dir(Some((&today_string(), test_key_raw())));
+    let root = dir.path();
+    let day = today_string();
+    day_file(
+        &root.join("arch/a"),
+        &format!("access-edge-1-{day}.jsonl"),
+        2,
+        1,
+    );
+    std::os::unix::fs::symlink(root.join("arch/a"), root.join("arch/link")).unwrap();
+    let real = std::fs::canonicalize(root.join("arch/a")).unwrap();
+    let real = real.to_str().unwrap();
+    // (the spellings given)
+    let rows: &[&[&str]] = &[
+        &["arch/a", "arch/a/"],
+        &["arch/a", "./arch/a"],
+        &["arch/a", "arch/link"],
+        &["arch/a", "arch/../arch/a"],
+        &["arch/a", real],
+        &["arch/link", "arch/link/", "./arch/./a"],
+    ];
+    for spellings in rows {
+        let mut args = vec!["--ip", A];
+        for s in *spellings {
+            args.extend(["--logs", s]);
+        }
+        let (code, out, err) = tool(root, "investigate", &args);
+        assert_eq!(code, 0, "{spellings:?}: {err}");
+        assert_eq!(out.lines().count(), 2, "{spellings:?}: {out}");
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with("in ")).count(),
+            1,
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!(
+                "in {real}: 2 records found, 1 day files searched\n"
+            )),
+            "{err}"
+        );
+        let audit = audit_lines(root);
+        let last = audit.last().unwrap();
+        assert_eq!(last["log_dirs"].as_array().unwrap().len(), 1, "{last}");
+        assert_eq!(last["log_dirs"][0]["dir"], real, "{last}");
+    }
+    // A hard link under another node's name in the same directory, and in another directory.
+    let a = root.join(format!("arch/a/access-edge-1-{day}.jsonl"));
+    std::fs::hard_link(&a, root.join(format!("arch/a/access-edge-2-{day}.jsonl"))).unwrap();
+    std::fs::create_dir_all(root.join("arch/b")).unwrap();
+    std::fs::hard_link(&a, root.join(format!("arch/b/access-edge-1-{day}.jsonl"))).unwrap();
+    let (code, out, err) = tool(
+        root,
+        "investigate",
+        &["--ip", A, "--logs", "arch/a", "--logs", "arch/b"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(err.contains("investigate: 2 records found"), "{err}");
+    let (code, _, err) = tool(
+        root,
+        "erase",
+        &["--ip", A, "--logs", "arch/a", "--logs", "arch/b"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("erase: 2 records erased"), "{err}");
+    assert!(
+        err.contains(&format!("files rewritten: 1 (access-edge-1-{day}.jsonl)")),
+        "{err}"
+    );
+}
+
+/// A symbolic link named like a day file is never followed: `erase` would replace the link and
+/// leave the records where it points. The command fails naming it, and changes nothing.
+#[test]
+fn a_day_file_that_is_a_symbolic_link_is_refused_not_followed() {
+    let dir = offline_dir(Some((&today_string(), test_key_raw())));
+    let root = dir.path();
+    let day = today_string();
+    day_file(
+        &root.join("live"),
+        &format!("access-edge-1-{day}.jsonl"),
+        2,
+        2,
+    );
+    std::fs::create_dir_all(root.join("arch")).unwrap();
+    let live = root.join(format!("live/access-edge-1-{day}.jsonl"));
+    let before = std::fs::read(&live).unwrap();
+    // (what the link named like a day file points to)
+    let targets = [
+        live.clone(),
+        PathBuf::from("/etc/passwd"),
+        root.join("nowhere"),
+    ];
+    for target in &targets {
+        let link = root.join(format!("arch/access-edge-9-{day}.jsonl"));
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(target, &link).unwrap();
+        for command in ["investigate", "erase"] {
+            let (code, out, err) = tool(root, command, &["--ip", A, "--logs", "arch"]);
+            assert_eq!(code, 1, "{command} → {target:?}: {err}");
+            assert!(
+                err.contains("symbolic link") && err.contains("access-edge-9-"),
+                "{err}"
+            );
+            assert_eq!(out, "");
+            assert!(
+                std::fs::symlink_metadata(&link)
+                    .unwrap()
+                    .file_type()
+                    .is_symlink()
+            );
+        }
+    }
+    assert_eq!(
+        std::fs::read(&live).unwrap(),
+        before,
+        "the records it points to are untouched"
+    );
+}
+
+/// Nothing is shown or erased unless its audit line can be written: a trail that is a named
+/// pipe, a device, a directory or a symbolic link fails the command first (exit 1, naming the
+/// trail), and never hangs or reads without end. A trail left readable by others is made
+/// owner-only.
+#[test]
+fn an_audit_trail_that_cannot_take_the_line_stops_the_command_before_it_shows_anything() {
+    use std::os::unix::fs::PermissionsExt;
+    let day = today_string();
+    // (what is at logs/audit.jsonl)
+    let rows: &[(&str, fn(&Path))] = &[
+        ("a named pipe", |p| {
+            let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        }),
+        ("a link to /dev/zero", |p| {
+            std::os::unix::fs::symlink("/dev/zero", p).unwrap()
+        }),
+        ("a link to /dev/full", |p| {
+            std::os::unix::fs::symlink("/dev/full", p).unwrap()
+        }),
+        ("a directory", |p| std::fs::create_dir(p).unwrap()),
+        ("a link to a regular file", |p| {
+            let target = p.with_file_name("elsewhere.jsonl");
+            std::fs::write(&target, b"").unwrap();
+            std::os::unix::fs::symlink(target, p).unwrap();
+        }),
+    ];
+    for (what, make) in rows {
+        let dir = offline_dir(Some((&day, test_key_raw())));
+        let root = dir.path();
+        day_file(&root.join("logs"), &format!("access-{day}.jsonl"), 2, 1);
+        let before = std::fs::read(root.join(format!("logs/access-{day}.jsonl"))).unwrap();
+        make(&root.join("logs/audit.jsonl"));
+        for command in ["investigate", "erase"] {
+            let mut cmd = tool_command(root, command, &["--ip", A]);
+            let (code, out, err) = output_text(cmd.arg("--logs").arg(root.join("logs")));
+            assert_eq!(code, 1, "{what}, {command}: {err}");
+            assert!(err.contains("audit trail"), "{what}, {command}: {err}");
+            assert_eq!(out, "", "{what}: nothing shown without an audit line");
+        }
+        let after = std::fs::read(root.join(format!("logs/access-{day}.jsonl"))).unwrap();
+        assert_eq!(
+            after, before,
+            "{what}: nothing erased without an audit line"
+        );
+    }
+    // A trail readable by others is made owner-only by the next line.
+    let dir = offline_dir(Some((&day, test_key_raw())));
+    let trail = dir.path().join("logs/audit.jsonl");
+    std::fs::write(&trail, b"").unwrap();
+    std::fs::set_permissions(&trail, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, _, err) = tool(dir.path(), "investigate", &["--ip", A]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::metadata(&trail).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // A log directory the command makes for its trail is owner-only.
+    let dir = offline_dir(Some((&day, test_key_raw())));
+    std::fs::remove_dir_all(dir.path().join("logs")).unwrap();
+    let (code, _, err) = tool(dir.path(), "investigate", &["--ip", A]);
+    assert_eq!(code, 0, "{err}");
+    let mode = std::fs::metadata(dir.path().join("logs"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
+
+/// A directory whose name is not UTF-8 is searched and named in the audit line, its
+/// undecodable bytes as U+FFFD: the line is never lost.
+#[test]
+fn a_log_directory_whose_name_is_not_utf8_is_audited() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = offline_dir(Some((&today_string(), test_key_raw())));
+    let root = dir.path();
+    let odd = root.join(std::ffi::OsStr::from_bytes(b"n\xffu"));
+    day_file(&odd, &format!("access-n1-{}.jsonl", today_string()), 2, 1);
+    for command in ["investigate", "erase"] {
+        let mut cmd = tool_command(root, command, &["--ip", A]);
+        let (code, _, err) = output_text(cmd.arg("--logs").arg(&odd));
+        assert_eq!(code, 0, "{command}: {err}");
+        let audit = audit_lines(root);
+        let last = audit.last().unwrap();
+        assert_eq!(last["command"], command);
+        assert_eq!(last["count"], 2, "{last}");
+        assert!(
+            last["log_dirs"][0]["dir"]
+                .as_str()
+                .unwrap()
+                .ends_with("n\u{fffd}u"),
+            "{last}"
+        );
+    }
 }

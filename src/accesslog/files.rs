@@ -448,13 +448,22 @@ pub fn list_days(dir: &Path) -> io::Result<Vec<(Epoch, PathBuf)>> {
 }
 
 /// Deletes day files more than `retention_days` days before `today`, of every node (retention
-/// only ever removes more); returns how many.
+/// only ever removes more); returns how many. An expired entry that cannot be removed (a
+/// directory named like a day file, a file the process may not delete) is reported in the
+/// diagnostics by path and left, and the sweep goes on with the others; only a directory that
+/// cannot be listed is an error.
 pub fn sweep(dir: &Path, today: Epoch, retention_days: i64) -> io::Result<usize> {
     let mut removed = 0;
     for (day, path) in list_days(dir)? {
-        if day.days_until(today) > retention_days {
-            std::fs::remove_file(&path)?;
-            removed += 1;
+        if day.days_until(today) <= retention_days {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot delete an access-log day file past retention; left in place")
+            }
         }
     }
     Ok(removed)
@@ -650,5 +659,30 @@ mod tests {
         assert_eq!(sweep(tmp.path(), today, 15).unwrap(), 2);
         assert!(tmp.path().join("access-edge-2-2026-11-20.jsonl").exists());
         assert!(tmp.path().join("audit.jsonl").exists());
+    }
+
+    #[test]
+    fn a_sweep_leaves_what_it_cannot_delete_and_deletes_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Sorted before the expired files: it must not stop the sweep.
+        std::fs::create_dir(tmp.path().join("access-a-2020-01-01.jsonl")).unwrap();
+        for name in [
+            "access-b-2020-01-01.jsonl",
+            "access-2020-01-02.jsonl",
+            "access-z-2026-11-30.jsonl",
+        ] {
+            std::fs::write(tmp.path().join(name), b"").unwrap();
+        }
+        let today: Epoch = "2026-11-30".parse().unwrap();
+        assert_eq!(sweep(tmp.path(), today, 90).unwrap(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["access-a-2020-01-01.jsonl", "access-z-2026-11-30.jsonl"]
+        );
     }
 }

@@ -27,13 +27,64 @@ pub fn record(
     summary: &Summary,
     ok: bool,
 ) -> Result<(), CliError> {
-    let line = audit_line(command, summary, ok);
-    append_audit(&settings.log_dir, settings.log_retention_days, &line).map_err(|e| {
-        CliError::Runtime(anyhow::Error::new(e).context(format!(
-            "writing the audit trail {}",
-            settings.log_dir.join(AUDIT_FILE).display()
-        )))
-    })
+    audit_line(command, summary, ok)
+        .map_err(io::Error::other)
+        .and_then(|line| append_audit(&settings.log_dir, settings.log_retention_days, &line))
+        .map_err(|e| trail_error(settings, e))
+}
+
+/// Checks, before a command shows or erases anything, that its audit line can be written:
+/// the trail is (or can be made) a regular file the command may append to. Creates the
+/// directory (0700) and the file (0600) when missing.
+pub fn check(settings: &Settings) -> Result<(), CliError> {
+    create_dir(&settings.log_dir)
+        .and_then(|()| open_trail(&settings.log_dir.join(AUDIT_FILE)))
+        .map(drop)
+        .map_err(|e| trail_error(settings, e))
+}
+
+fn trail_error(settings: &Settings, e: io::Error) -> CliError {
+    CliError::Runtime(anyhow::Error::new(e).context(format!(
+        "writing the audit trail {}",
+        settings.log_dir.join(AUDIT_FILE).display()
+    )))
+}
+
+/// Makes `dir` (and its missing parents) owner-only when it is missing.
+fn create_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Opens the trail for reading and appending, creating it 0600: never through a symbolic link,
+/// never a named pipe or a device (opened non-blocking, then checked), and a file left more
+/// open than owner-only is made owner-only.
+fn open_trail(path: &Path) -> io::Result<fs::File> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => io::Error::other("is a symbolic link, not a regular file"),
+            _ => e,
+        })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other(crate::files::FileError::not_regular(
+            &meta,
+        )));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
 }
 
 /// The operating-system user running the command: `USER` or `LOGNAME`, else the name of the
@@ -77,9 +128,9 @@ fn user_name(uid: u32) -> Option<String> {
     }
 }
 
-/// One audit line: time, command, user, pseudonyms searched, days, result count. Never the
-/// address.
-pub fn audit_line(command: &str, summary: &Summary, ok: bool) -> Vec<u8> {
+/// One audit line: time, command, user, pseudonyms searched, days, result count, the log
+/// directories. Never the address.
+pub fn audit_line(command: &str, summary: &Summary, ok: bool) -> serde_json::Result<Vec<u8>> {
     let now = time::OffsetDateTime::now_utc();
     let time = now
         .replace_nanosecond(0)
@@ -127,9 +178,9 @@ pub fn audit_line(command: &str, summary: &Summary, ok: bool) -> Vec<u8> {
         log_dirs: &summary.dirs,
         ok,
     };
-    let mut out = serde_json::to_vec(&line).unwrap_or_default();
+    let mut out = serde_json::to_vec(&line)?;
     out.push(b'\n');
-    out
+    Ok(out)
 }
 
 /// Whether an audit line is past retention (or cannot be dated, so cannot be kept).
@@ -153,15 +204,10 @@ pub fn append_audit(dir: &Path, retention_days: i64, line: &[u8]) -> io::Result<
 }
 
 fn append_audit_at(dir: &Path, retention_days: i64, line: &[u8], today: Epoch) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
+    create_dir(dir)?;
     let path = dir.join(AUDIT_FILE);
     loop {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&path)?;
+        let mut file = open_trail(&path)?;
         file.lock()?;
         if !same_file(&file, &path)? {
             continue;

@@ -41,7 +41,6 @@ use super::search::{self, DayRange, Settings, Summary, Target};
 use super::{CliError, audit};
 use crate::accesslog::files::same_file;
 use crate::accesslog::reader::{DayReader, Needle, Record, Sink, Tally};
-use crate::epoch::Epoch;
 use crate::files::Replacement;
 
 /// `erase [--config FILE] --ip ADDR [--since DAY] [--until DAY] [--logs DIR]...`: removes the
@@ -57,8 +56,10 @@ pub fn run(
 ) -> Result<(), CliError> {
     let target = Target::parse_ip(ip).map_err(CliError::Config)?;
     let range = DayRange::parse(since, until).map_err(CliError::Config)?;
-    let settings = super::load_settings(file)?.with_search_dirs(logs);
-    settings.check_search_dirs().map_err(CliError::Config)?;
+    let settings = super::load_settings(file)?
+        .with_search_dirs(logs)
+        .map_err(CliError::Config)?;
+    audit::check(&settings)?;
     let mut summary = Summary::default();
     let result = erase(&settings, &target, range, &mut summary);
     eprint!("{}", summary.render("erase"));
@@ -94,7 +95,7 @@ pub fn erase(
                 summary.found.merge(reader.into_tally());
                 continue;
             }
-            erase_file(&path, day, &needles, summary)?;
+            erase_file(&path, &needles, summary)?;
         }
         Ok(())
     })
@@ -170,12 +171,7 @@ fn keep_owner_and_mode(copy: &File, original: &fs::Metadata) -> io::Result<()> {
 
 /// Removes the client's records from one day file, coordinating with a running writer (see
 /// the module doc). Returns the records removed.
-fn erase_file(
-    path: &Path,
-    day: Epoch,
-    needles: &[Needle],
-    summary: &mut Summary,
-) -> anyhow::Result<u64> {
+fn erase_file(path: &Path, needles: &[Needle], summary: &mut Summary) -> anyhow::Result<u64> {
     let dir = path.parent().unwrap_or(Path::new("."));
     // Named after the day file (of whichever node): `.access-[<node>-]D.jsonl.erase.<pid>`.
     let name = path.file_name().unwrap_or_default().to_string_lossy();
@@ -212,7 +208,8 @@ fn erase_file(
                 invalid_removed,
             } => {
                 if rewritten {
-                    summary.files_rewritten.push(day);
+                    let name = path.file_name().unwrap_or_default().to_string_lossy();
+                    summary.files_rewritten.push(name.into_owned());
                 }
                 summary.found.merge(tally);
                 summary.invalid_removed += invalid_removed;
@@ -351,7 +348,7 @@ mod tests {
             fs::write(&path, &before).unwrap();
             fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
             let mut summary = Summary::default();
-            let got = erase_file(&path, DAY.parse().unwrap(), &needles, &mut summary).unwrap();
+            let got = erase_file(&path, &needles, &mut summary).unwrap();
             assert_eq!(got, removed, "row {i}");
             assert_eq!(fs::read_to_string(&path).unwrap(), after, "row {i}");
             let now = fs::metadata(&path).unwrap().permissions().mode() & 0o7777;

@@ -39,8 +39,11 @@ pub fn run(
     }
     .map_err(CliError::Config)?;
     let range = DayRange::parse(since, until).map_err(CliError::Config)?;
-    let settings = super::load_settings(file)?.with_search_dirs(logs);
-    settings.check_search_dirs().map_err(CliError::Config)?;
+    let settings = super::load_settings(file)?
+        .with_search_dirs(logs)
+        .map_err(CliError::Config)?;
+    // Nothing is shown unless its audit line can be written.
+    audit::check(&settings)?;
     let mut summary = Summary::default();
     let stdout = io::stdout();
     let out = io::BufWriter::with_capacity(1 << 16, stdout.lock());

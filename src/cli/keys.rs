@@ -40,7 +40,7 @@ pub fn keys_report(settings: &Settings) -> anyhow::Result<(String, String)> {
     // Days that never had a key and have no records are not listed: a new install shows today.
     // One row a day, however many nodes' files the directory holds for it.
     let mut listed: std::collections::BTreeSet<Epoch> = list.iter().map(|&(e, _)| e).collect();
-    for (day, _) in search::day_files(&settings.log_dir, DayRange::default())? {
+    for (day, _) in search::day_files(&settings.log_dir, DayRange::default(), false)? {
         if day <= today && listed.insert(day) {
             list.push((day, KeyState::Destroyed));
         }

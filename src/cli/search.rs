@@ -9,6 +9,7 @@
 
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -58,9 +59,14 @@ pub struct DayRange {
 impl DayRange {
     /// Parses `--since` and `--until`; errors name the flag.
     pub fn parse(since: Option<&str>, until: Option<&str>) -> Result<DayRange, String> {
+        // The value is never echoed: an address typed into the wrong flag stays off the screen.
         let day = |flag: &str, v: Option<&str>| {
-            v.map(|s| s.parse::<Epoch>().map_err(|e| format!("{flag}: {e}")))
-                .transpose()
+            v.map(|s| {
+                s.trim().parse::<Epoch>().map_err(|_| {
+                    format!("{flag}: the value given is not a UTC day written YYYY-MM-DD")
+                })
+            })
+            .transpose()
         };
         let range = DayRange {
             since: day("--since", since)?,
@@ -89,25 +95,38 @@ pub struct Summary {
     pub days_searched: Vec<Epoch>,
     /// Day files not searched because no key of their day is kept.
     pub days_unlinkable: Vec<Epoch>,
-    /// Day files rewritten (erase).
-    pub files_rewritten: Vec<Epoch>,
+    /// Day files rewritten (erase), by file name.
+    pub files_rewritten: Vec<String>,
     /// Lines that held the pseudonym but were not a record, removed by erase.
     pub invalid_removed: u64,
     /// The pseudonyms searched, with the epoch they belong to (`None`: any epoch).
     pub pseudonyms: Vec<(Option<Epoch>, Pseudonym)>,
-    /// What each log directory searched gave, in the order searched.
+    /// What each log directory searched gave, in the order given; a directory not reached
+    /// (an earlier one failed) is listed too, incomplete.
     pub dirs: Vec<DirTally>,
+    /// The day files opened so far, by device and inode: a file reached twice (a hard link
+    /// under another node's name) is searched once.
+    pub files_seen: std::collections::HashSet<(u64, u64)>,
 }
 
 /// What one log directory gave a search.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DirTally {
-    /// The directory, as given (`--logs`) or configured (`access_log.dir`).
+    /// The directory: absolute, symbolic links resolved, as searched (a path that is not
+    /// UTF-8 is written with U+FFFD for its undecodable bytes).
+    #[serde(serialize_with = "lossy_path")]
     pub dir: PathBuf,
     /// Day files searched in it (a day unlinkable or outside the range is not counted).
     pub files: u64,
     /// Matching records (investigate: shown; erase: erased).
     pub records: u64,
+    /// Whether every day file in range in it was searched: false when the command failed in
+    /// it or before reaching it.
+    pub complete: bool,
+}
+
+fn lossy_path<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&path.to_string_lossy())
 }
 
 impl Summary {
@@ -166,10 +185,11 @@ impl Summary {
         ));
         for d in &self.dirs {
             out.push_str(&format!(
-                "in {}: {} records {verb}, {} day files searched\n",
+                "in {}: {} records {verb}, {} day files searched{}\n",
                 d.dir.display(),
                 d.records,
-                d.files
+                d.files,
+                if d.complete { "" } else { " (incomplete)" }
             ));
         }
         out.push_str(&format!(
@@ -186,7 +206,11 @@ impl Summary {
             out.push_str(&format!(
                 "files rewritten: {} ({})\n",
                 self.files_rewritten.len(),
-                days(&self.files_rewritten)
+                if self.files_rewritten.is_empty() {
+                    "none".to_owned()
+                } else {
+                    self.files_rewritten.join(" ")
+                }
             ));
             out.push_str(&format!(
                 "unparseable lines holding the pseudonym removed: {}\n",
@@ -234,35 +258,46 @@ impl Settings {
         }
     }
 
-    /// Searches `dirs` instead of `access_log.dir` when any is given (`--logs DIR`, repeated);
-    /// a directory given twice is searched once.
-    pub fn with_search_dirs(mut self, dirs: &[PathBuf]) -> Settings {
-        if !dirs.is_empty() {
-            let mut unique: Vec<PathBuf> = Vec::with_capacity(dirs.len());
-            for d in dirs {
-                if !unique.contains(d) {
-                    unique.push(d.clone());
+    /// Searches `dirs` instead of `access_log.dir` when any is given (`--logs DIR`, repeated).
+    /// Each must be a directory; it is searched under its absolute path with symbolic links
+    /// resolved, so one directory given under two spellings (`a`, `./a/`, a link to it) is
+    /// searched once. The error names the flag and the directory, unless the value reads as
+    /// an IP address (an `--ip` value in the wrong place is never echoed).
+    pub fn with_search_dirs(mut self, dirs: &[PathBuf]) -> Result<Settings, String> {
+        if dirs.is_empty() {
+            return Ok(self);
+        }
+        let mut unique: Vec<PathBuf> = Vec::with_capacity(dirs.len());
+        for d in dirs {
+            let named = || {
+                // An address, or something shaped like one (`198.51.100.777`, a CIDR).
+                let looks_like_ip = d.to_str().is_some_and(|s| {
+                    let s = s.trim();
+                    s.contains(['.', ':'])
+                        && s.bytes().any(|b| b.is_ascii_digit())
+                        && s.bytes().all(|b| {
+                            b.is_ascii_hexdigit() || matches!(b, b'.' | b':' | b'/' | b'%')
+                        })
+                });
+                if looks_like_ip {
+                    "--logs: the value given looks like an IP address, not a directory".to_owned()
+                } else {
+                    format!("--logs {}", d.display())
                 }
+            };
+            let real = match std::fs::metadata(d) {
+                Ok(m) if m.is_dir() => std::fs::canonicalize(d),
+                Ok(_) => return Err(format!("{}: is not a directory", named())),
+                Err(e) => Err(e),
             }
-            self.search_dirs = unique;
-            self.dirs_given = true;
-        }
-        self
-    }
-
-    /// Checks that every directory given with `--logs` is a directory; the error names it.
-    pub fn check_search_dirs(&self) -> Result<(), String> {
-        if !self.dirs_given {
-            return Ok(());
-        }
-        for d in &self.search_dirs {
-            match std::fs::metadata(d) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => return Err(format!("--logs {}: is not a directory", d.display())),
-                Err(e) => return Err(format!("--logs {}: {e}", d.display())),
+            .map_err(|e| format!("{}: {e}", named()))?;
+            if !unique.contains(&real) {
+                unique.push(real);
             }
         }
-        Ok(())
+        self.search_dirs = unique;
+        self.dirs_given = true;
+        Ok(self)
     }
 
     /// The key store, or `None` when `key_dir` does not exist (every day is unlinkable). Does
@@ -336,6 +371,13 @@ pub fn open_day(
     else {
         return Ok(None);
     };
+    let meta = file
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?;
+    if !summary.files_seen.insert((meta.dev(), meta.ino())) {
+        // The same file under another name (a hard link): searched already.
+        return Ok(None);
+    }
     if !summary.days_searched.contains(&day) {
         summary.days_searched.push(day);
     }
@@ -346,8 +388,19 @@ pub fn open_day(
 }
 
 /// Opens a day file for reading: `None` when it is gone. Only a regular file: a named pipe in
-/// the log directory must not hang the search.
+/// the log directory must not hang the search. A symbolic link named like a day file is an
+/// error, never followed: `erase` would replace the link, not the records it points to, and
+/// the file it points to is searched in its own directory.
 pub fn open_day_file(path: &Path) -> Result<Option<File>, crate::files::FileError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(crate::files::FileError::NotRegular(
+                "a symbolic link (not followed: give its target's directory with --logs)",
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        _ => {}
+    }
     match crate::files::open_regular(path) {
         Ok(f) => Ok(Some(f)),
         Err(crate::files::FileError::Io(e)) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -356,9 +409,13 @@ pub fn open_day_file(path: &Path) -> Result<Option<File>, crate::files::FileErro
 }
 
 /// The day files in range in `dir` (of every node), oldest first. A directory that does not
-/// exist holds none.
-pub fn day_files(dir: &Path, range: DayRange) -> anyhow::Result<Vec<(Epoch, PathBuf)>> {
-    if !dir.is_dir() {
+/// exist holds none, unless it `must_exist` (given with `--logs`: then it is an error).
+pub fn day_files(
+    dir: &Path,
+    range: DayRange,
+    must_exist: bool,
+) -> anyhow::Result<Vec<(Epoch, PathBuf)>> {
+    if !must_exist && !dir.is_dir() {
         return Ok(Vec::new());
     }
     let days =
@@ -378,21 +435,30 @@ pub fn each_dir(
     summary: &mut Summary,
     mut search: impl FnMut(&Path, Vec<(Epoch, PathBuf)>, &mut Summary) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    let mut failed = None;
     for dir in &settings.search_dirs {
         summary.dirs.push(DirTally {
             dir: dir.clone(),
             files: 0,
             records: 0,
+            complete: false,
         });
+        if failed.is_some() {
+            continue;
+        }
         let before = summary.found.records;
-        let result = day_files(dir, range).and_then(|files| search(dir, files, summary));
+        let result = day_files(dir, range, settings.dirs_given)
+            .and_then(|files| search(dir, files, summary));
         let records = summary.found.records - before;
         if let Some(d) = summary.dirs.last_mut() {
             d.records = records;
+            d.complete = result.is_ok();
         }
-        result?;
+        if let Err(e) = result {
+            failed = Some(e);
+        }
     }
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]
@@ -471,6 +537,55 @@ mod tests {
         assert!(
             err.starts_with("--ip") && !err.contains("203.0.113"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_directory_gone_after_the_check_fails_the_search_and_later_ones_are_listed_incomplete() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dirs: Vec<PathBuf> = ["a", "gone", "c"]
+            .iter()
+            .map(|d| tmp.path().join(d))
+            .collect();
+        for d in &dirs {
+            std::fs::create_dir(d).unwrap();
+        }
+        let settings = Settings {
+            log_dir: tmp.path().join("audit"),
+            search_dirs: Vec::new(),
+            dirs_given: false,
+            log_retention_days: 90,
+            key_dir: tmp.path().join("keys"),
+            key_retention: std::time::Duration::from_secs(86400),
+            pseudonym_ipv6_prefix: 64,
+        }
+        .with_search_dirs(&dirs)
+        .unwrap();
+        std::fs::remove_dir(&dirs[1]).unwrap();
+        let mut summary = Summary::default();
+        let mut searched = Vec::new();
+        let result = each_dir(&settings, DayRange::default(), &mut summary, |dir, _, _| {
+            searched.push(dir.to_owned());
+            Ok(())
+        });
+        let err = format!("{:#}", result.unwrap_err());
+        assert!(err.contains("gone"), "{err}");
+        assert_eq!(searched.len(), 1, "c is not searched after gone failed");
+        let tallies: Vec<(bool, bool)> = summary
+            .dirs
+            .iter()
+            .map(|d| {
+                (
+                    d.dir.ends_with("a") || d.dir.ends_with("gone") || d.dir.ends_with("c"),
+                    d.complete,
+                )
+            })
+            .collect();
+        assert_eq!(tallies, [(true, true), (true, false), (true, false)]);
+        let text = summary.render("erase");
+        assert!(
+            text.contains("gone: 0 records erased, 0 day files searched (incomplete)"),
+            "{text}"
         );
     }
 }
