@@ -985,7 +985,8 @@ fn an_audit_trail_that_cannot_take_the_line_stops_the_command_before_it_shows_an
     use std::os::unix::fs::PermissionsExt;
     let day = today_string();
     // (what is at logs/audit.jsonl)
-    let rows: &[(&str, fn(&Path))] = &[
+    type Make = fn(&Path);
+    let rows: &[(&str, Make)] = &[
         ("a named pipe", |p| {
             let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
             assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
