@@ -108,7 +108,8 @@ impl Anchor {
         for field in rest.split_ascii_whitespace() {
             match field.split_once('=') {
                 Some(("rotation", v)) => file_rotation = v.parse::<u64>().ok(),
-                Some(("period", v)) => period = v.parse::<u64>().ok(),
+                // 2^40 periods of a minute or more: beyond any clock, and never overflowing.
+                Some(("period", v)) => period = v.parse::<u64>().ok().filter(|p| *p < 1 << 40),
                 Some(("key", v)) => key = decode_hex(v),
                 _ => return Err(malformed()),
             }
@@ -344,23 +345,23 @@ impl Ticketer {
         };
         let content = super::preflight::secret_file(path).map_err(err)?;
         let anchor = Anchor::parse(&content, rotation).map_err(err)?;
-        // A clock behind the file's period: its key stays the issuing one until the clock
-        // catches up (keys never go back).
+        // The file's key is the previous period's, the oldest still accepted (as the proxy
+        // rewrites it; a bare secret's anchor is long past). A clock at or behind the file's
+        // period issues with the key of the period after it until the clock catches up: keys
+        // never go back, and an instance that wrote the file was there.
         let clock = period_of(now, rotation);
-        if clock < anchor.period {
-            tracing::warn!(path = %path.display(), file_period = anchor.period, clock_period = clock, "the clock is behind the period of tls.tickets.secret_file: using the file's key until the clock catches up");
+        let period = clock.max(anchor.period + 1);
+        if clock <= anchor.period {
+            tracing::warn!(path = %path.display(), file_period = anchor.period, clock_period = clock, "the clock is behind the period of tls.tickets.secret_file: issuing tickets of the period after the file's until the clock catches up");
         }
-        let period = clock.max(anchor.period);
-        let previous = period.checked_sub(1).and_then(|p| anchor.advance(p));
-        let key = match &previous {
-            Some(prev) if period > anchor.period => Zeroizing::new(ratchet(prev)),
-            _ => anchor.key.clone(),
-        };
+        let previous = anchor.advance(period - 1).ok_or_else(|| {
+            err("states a period that cannot be used: write a fresh secret".into())
+        })?;
         Ok(Source::File {
             path: path.to_owned(),
             period,
-            key,
-            previous,
+            key: Zeroizing::new(ratchet(&previous)),
+            previous: Some(previous),
             warned: false,
         })
     }
@@ -757,10 +758,11 @@ mod tests {
         };
         let path = secret_file(dir.path(), &ahead.file_text(HOUR));
         let t = started(&tickets(Some(&path), HOUR), NOW);
-        assert_eq!(t.accepted_periods(), [ahead.period, ahead.period + 1]);
+        let want = [ahead.period + 1, ahead.period, ahead.period + 2];
+        assert_eq!(t.accepted_periods(), want);
         // The file keeps that period, and a rotation before the clock reaches it changes nothing.
         t.rotate_at(NOW + HOUR);
-        assert_eq!(t.accepted_periods(), [ahead.period, ahead.period + 1]);
+        assert_eq!(t.accepted_periods(), want);
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(
             Anchor::parse(text.as_bytes(), HOUR).unwrap().period,
