@@ -440,3 +440,66 @@ async fn run_exits_2_naming_the_secret_file_it_cannot_use() {
     assert!(stderr.contains("tls.tickets.secret_file"), "{stderr}");
     assert!(!stderr.contains(SECRET.trim()), "{stderr}");
 }
+
+/// Writes `tickets` as the `[tls.tickets]` lines of `proxy`'s config, sends SIGHUP and waits
+/// until the reload is done; returns the output it wrote.
+async fn hup(proxy: &Proxy, up: &Upstream, tickets: &str) -> String {
+    let config = with_tickets(base_config(proxy.dir.path(), &up.url()), tickets);
+    std::fs::write(proxy.path("config.toml"), config).unwrap();
+    let done = |out: &str| out.matches("reloaded the country database").count();
+    let before = proxy.output();
+    let reloads = done(&before);
+    proxy.signal("HUP");
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(20),
+        async || (done(&proxy.output()) > reloads).then_some(()),
+        || format!("no reload in:\n{}", proxy.output()),
+    )
+    .await;
+    proxy.output()[before.len()..].to_owned()
+}
+
+#[tokio::test]
+async fn sighup_applies_tls_tickets_to_new_handshakes() {
+    let up = Upstream::start().await;
+    let a = instance(&up, Some(SECRET), "", Path::new("/nonexistent")).await;
+    let other = a.path("other.secret");
+    write_secret(&other, OTHER_SECRET, 0o600);
+    let file = |p: &Path| format!("secret_file = \"{}\"", p.display());
+    let config = client(&a.path("cert.pem"), true);
+    assert_eq!(visit(&a, &config).await, HandshakeKind::Full);
+    // Rows: ([tls.tickets] after SIGHUP, the next handshake of the client holding a ticket of
+    // the keys before, what the reload says). Each row's first visit also takes a new ticket.
+    let rows = [
+        // Unchanged: the same file gives the same keys.
+        (
+            file(&a.path("tickets.secret")),
+            HandshakeKind::Resumed,
+            "reloaded tls.tickets",
+        ),
+        // Another secret: tickets of the old keys are refused.
+        (file(&other), HandshakeKind::Full, "reloaded tls.tickets"),
+        // Disabled: nothing resumes.
+        (
+            format!("enabled = false\n{}", file(&other)),
+            HandshakeKind::Full,
+            "reloaded tls.tickets",
+        ),
+        // Back on with the same file: the same keys, so the ticket the client kept from before
+        // (rustls sends two per full handshake) resumes.
+        (file(&other), HandshakeKind::Resumed, "reloaded tls.tickets"),
+        // A file that cannot be used keeps the keys in use.
+        (
+            format!("secret_file = \"{}/missing\"", a.dir.path().display()),
+            HandshakeKind::Resumed,
+            "session-ticket reload failed",
+        ),
+    ];
+    for (lines, want, says) in rows {
+        let out = hup(&a, &up, &lines).await;
+        assert!(out.contains(says), "{lines}: {out}");
+        assert_eq!(visit(&a, &config).await, want, "{lines}");
+    }
+    assert!(!a.output().contains(OTHER_SECRET.trim()));
+}
