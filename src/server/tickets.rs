@@ -11,7 +11,8 @@
 //! With `secret_file`, every instance derives the same keys: `K[p+1] = BLAKE3
 //! derive_key("webprom-edge ticket ratchet v1", K[p])`, a one-way ratchet (forward secrecy:
 //! a key never gives an earlier one). The file holds either a bare secret, written once by the
-//! operator (the key of the period that contains [`ANCHOR_UNIX`], after one derivation), or,
+//! operator (its bytes, surrounding whitespace trimmed, give the key of the period that
+//! contains [`ANCHOR_UNIX`] through one BLAKE3 derivation, [`SECRET_CONTEXT`]), or,
 //! once the proxy has rewritten it, one line [`FILE_TAG`] `rotation=<s> period=<p> key=<hex>`:
 //! the key of the previous period, the oldest still accepted. Without `secret_file` the keys
 //! are random, per instance.
@@ -302,7 +303,7 @@ impl Ticketer {
         if let Ok(handle) = tokio::runtime::Handle::try_current()
             && !self.task.swap(true, Ordering::SeqCst)
         {
-            handle.spawn(rotate_forever(Arc::downgrade(self)));
+            handle.spawn(rotate_forever(self.clone()));
         }
         self.changed.notify_one();
         Ok(())
@@ -526,19 +527,18 @@ impl Ticketer {
 }
 
 /// Rotates the keys of `ticketer` at each period's start (and re-plans when a reload changed
-/// the rotation), until the ticketer is dropped.
-async fn rotate_forever(ticketer: std::sync::Weak<Ticketer>) {
+/// the rotation), for as long as the runtime runs. The rotation itself (file I/O) runs off the
+/// runtime's workers.
+async fn rotate_forever(ticketer: Arc<Ticketer>) {
     loop {
-        let Some(t) = ticketer.upgrade() else {
-            return;
-        };
-        let wait = t.until_next() + Duration::from_millis(5);
+        // A few milliseconds past the boundary, so the clock read by the rotation is in the
+        // new period.
+        let wait = ticketer.until_next() + Duration::from_millis(5);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = t.changed.notified() => continue,
+            _ = ticketer.changed.notified() => continue,
         }
-        let rotating = t.clone();
-        drop(t);
+        let rotating = ticketer.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || rotating.rotate()).await {
             tracing::error!(error = %e, "session-ticket key rotation failed");
         }
@@ -851,18 +851,5 @@ mod tests {
         let err = t.start_at(&tickets(Some(&missing), HOUR), NOW).unwrap_err();
         assert_eq!(err.path, missing);
         assert!(t.decrypt(&ticket).is_some());
-    }
-
-    #[test]
-    #[ignore = "a measurement: cargo test --release --lib tickets -- --ignored --nocapture"]
-    fn measure_the_ratchet() {
-        let mut key = [1u8; 32];
-        let steps = 1_000_000u32;
-        let start = std::time::Instant::now();
-        for _ in 0..steps {
-            key = ratchet(&key);
-        }
-        let per = start.elapsed() / steps;
-        println!("ratchet step: {per:?} ({})", key[0]);
     }
 }
