@@ -843,6 +843,41 @@ mod tests {
     }
 
     #[test]
+    fn the_key_schedule_matches_the_readme_test_vectors() {
+        let hex = |k: &[u8; 32]| k.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let key: [u8; 32] = std::array::from_fn(|i| i as u8);
+        // (what, value, the README's)
+        let rows = [
+            (
+                "the next period's key",
+                hex(&ratchet(&key)),
+                "0e3f79ded2011ccc1f859cc2aacbc335ea9eaf2e1663f1b4059405bd4a96f605",
+            ),
+            (
+                "the AEAD key",
+                hex(&blake3::derive_key(AEAD_CONTEXT, &key)),
+                "9be3450482500bcd8502c2b8613cc7c22e937010de63daf9c0cb57fd880458b8",
+            ),
+            (
+                "the anchor key of the bare secret written as 64 hex digits",
+                hex(&Anchor::parse(hex(&key).as_bytes(), HOUR).unwrap().key),
+                "0dd4280690dfc2f3e534ca71d38272af78d98a7e6e4295ecc7e85e63b8f546fa",
+            ),
+            (
+                "the anchor period, hourly",
+                Anchor::parse(hex(&key).as_bytes(), HOUR)
+                    .unwrap()
+                    .period
+                    .to_string(),
+                "490896",
+            ),
+        ];
+        for (what, got, want) in rows {
+            assert_eq!(got, want, "{what}");
+        }
+    }
+
+    #[test]
     fn a_failed_reload_keeps_the_keys_in_use() {
         let dir = tempfile::tempdir().unwrap();
         let t = started(&tickets(None, HOUR), NOW);
