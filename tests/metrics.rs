@@ -25,6 +25,11 @@ async fn every_spec_metric_is_exported_and_promtool_accepts_it() {
     for proto in BOTH {
         assert_eq!(proxy.client().get(proto, "/").await.status, StatusCode::OK);
     }
+    // Two HTTP/1.1 connections of one client: the second resumes with its session ticket.
+    let client = proxy.client();
+    for _ in 0..2 {
+        assert_eq!(client.get(Proto::H1, "/").await.status, StatusCode::OK);
+    }
     let (status, text) = proxy.admin_get("/metrics").await;
     assert_eq!(status, StatusCode::OK);
     for name in [
@@ -77,6 +82,13 @@ async fn every_spec_metric_is_exported_and_promtool_accepts_it() {
         ),
         1.0
     );
+    // (resumed, HTTP/1.1 handshakes): one full from each client, one resumed.
+    for (resumed, want) in [("false", 2.0), ("true", 1.0)] {
+        let series = format!(
+            "webprom_edge_tls_handshakes_total{{alpn=\"http/1.1\",resumed=\"{resumed}\",version=\"TLSv1.3\"}}"
+        );
+        assert_eq!(metric_sum(&text, &series), want, "{series}\n{text}");
+    }
     assert!(
         text.contains("webprom_edge_unique_clients{window=\"epoch\"} 1"),
         "{text}"

@@ -200,7 +200,8 @@ pub async fn serve_tls(
     let session = stream.get_ref().1;
     let alpn = session.alpn_protocol();
     let tls13 = session.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
-    metrics.tls_handshake(tls13, alpn, false);
+    let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    metrics.tls_handshake(tls13, alpn, resumed);
     // Over TLS, HTTP/2 is spoken only after ALPN h2 (RFC 9113 §3.2): anything else is
     // HTTP/1.1, with no need to sniff for a preface.
     if alpn == Some(b"h2") {

@@ -17,6 +17,7 @@ pub mod conn;
 pub mod h2;
 pub mod preflight;
 pub mod proxy_protocol;
+pub mod tickets;
 pub mod tls;
 
 use std::net::SocketAddr;

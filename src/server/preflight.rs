@@ -3,7 +3,8 @@
 //! to be generated, the directories they go to), the GeoIP database, the pseudonym key
 //! directory and its key files, the access-log directory, the group its day files get, the
 //! CA roots for `https://` upstreams (`upstream.ca_roots`, else the system's), and, when
-//! `[acme]` is enabled, its storage directory, its CA roots and its binding's MAC key file.
+//! `[acme]` is enabled, its storage directory, its CA roots and its binding's MAC key file,
+//! and the fleet secret files (`rate_limit.global.key_secret_file`, `tls.tickets.secret_file`).
 //!
 //! Must never write, create or generate anything (a directory is tried with a probe file that is
 //! removed at once). Every error of the check is a [`ConfigError`] naming the config key, the
@@ -75,6 +76,7 @@ pub fn check(config: &Config) -> Result<Checked, ConfigError> {
         secret_file(path)
             .map_err(|reason| file_error("rate_limit.global.key_secret_file", path, reason))?;
     }
+    check_tickets(&config.tls.tickets)?;
     Ok(Checked {
         certs,
         geo,
@@ -195,6 +197,20 @@ pub fn secret_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
     Ok(zeroize::Zeroizing::new(trimmed.to_vec()))
 }
 
+/// `tls.tickets.secret_file`, when tickets are enabled and it is set: a fleet secret
+/// ([`secret_file`]) that is a bare secret or a file the proxy rewrote for the same
+/// `tls.tickets.rotation` ([`Anchor::parse`](crate::server::tickets::Anchor::parse)).
+fn check_tickets(tickets: &crate::config::Tickets) -> Result<(), ConfigError> {
+    let Some(path) = tickets.secret_file.as_ref().filter(|_| tickets.enabled) else {
+        return Ok(());
+    };
+    let content =
+        secret_file(path).map_err(|reason| file_error("tls.tickets.secret_file", path, reason))?;
+    crate::server::tickets::Anchor::parse(&content, tickets.rotation.0.as_secs())
+        .map_err(|reason| file_error("tls.tickets.secret_file", path, reason))?;
+    Ok(())
+}
+
 /// A directory that must exist and be writable, or be creatable.
 fn check_dir(key: &str, dir: &Path) -> Result<(), ConfigError> {
     files::check_writable_dir(dir).map_err(|e| file_error(key, dir, dir_reason(dir, e)))
@@ -230,14 +246,28 @@ fn tls_error(e: TlsError) -> ConfigError {
 }
 
 /// Generates the self-signed certificate when asked to (after [`check`] passed), and returns
-/// the certificates to serve.
+/// the certificates to serve, with `[tls.tickets]` taken into use
+/// ([`CertResolver::start_tickets`]: the secret file is ratcheted and rewritten, the rotation
+/// task started).
 pub fn certificates(
     config: &Config,
     checked: Option<CertResolver>,
 ) -> Result<CertResolver, TlsError> {
-    if let Some(certs) = checked {
-        return Ok(certs);
-    }
+    let resolver = match checked {
+        Some(certs) => certs,
+        None => generate_certificates(config)?,
+    };
+    resolver
+        .start_tickets(&config.tls.tickets)
+        .map_err(|e| TlsError::File {
+            key: "tls.tickets.secret_file".into(),
+            path: e.path,
+            reason: e.reason,
+        })?;
+    Ok(resolver)
+}
+
+fn generate_certificates(config: &Config) -> Result<CertResolver, TlsError> {
     if let Some(fp) = tls::ensure_self_signed(&config.tls, &config.server.hosts)? {
         tracing::warn!(
             cert = %config.tls.cert.display(),

@@ -1,6 +1,7 @@
 //! TLS: certificates from PEM files, the SNI resolver, self-signed development certificates,
-//! atomic reload, and the expiry gauge of every certificate served
-//! (`tls_certificate_expiry_timestamp_seconds{name}`).
+//! atomic reload, the expiry gauge of every certificate served
+//! (`tls_certificate_expiry_timestamp_seconds{name}`), and the session tickets of
+//! `[tls.tickets]` ([`super::tickets`]), reloaded with the certificates.
 //!
 //! Only TLS 1.2 and 1.3 with the ring provider are offered, with ALPN `h2` and `http/1.1`.
 //! A reload builds the whole new certificate set first and swaps it in only if every file
@@ -21,6 +22,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config;
 use crate::files;
+use crate::server::tickets::{TicketError, Ticketer};
 
 /// The largest certificate chain or key file read, in bytes.
 const MAX_PEM_BYTES: u64 = 1 << 20;
@@ -223,6 +225,8 @@ pub struct CertResolver {
     /// Held while the gauge is brought up to date, so that a reload and an install never
     /// interleave their updates. Never held on the handshake path.
     expiry: Mutex<Expiry>,
+    /// The session-ticket keys: inert until [`CertResolver::start_tickets`].
+    tickets: Arc<Ticketer>,
 }
 
 /// `tls_certificate_expiry_timestamp_seconds{name}` and the names it has a series for.
@@ -245,7 +249,20 @@ impl CertResolver {
             set: ArcSwap::from_pointee(CertSet::load(tls)?),
             acme: ArcSwap::from_pointee(HashMap::new()),
             expiry: Mutex::default(),
+            tickets: Arc::new(Ticketer::new()),
         })
+    }
+
+    /// Takes `[tls.tickets]` into use ([`Ticketer::start`]): reads, ratchets and rewrites the
+    /// secret file, and inside a tokio runtime starts the rotation task. Before it, no ticket
+    /// is issued. Blocking.
+    pub fn start_tickets(&self, tickets: &config::Tickets) -> Result<(), TicketError> {
+        self.tickets.start(tickets)
+    }
+
+    /// The session-ticket keys, for [`server_config`].
+    pub fn ticketer(&self) -> Arc<Ticketer> {
+        self.tickets.clone()
     }
 
     /// Keeps `gauge` (`tls_certificate_expiry_timestamp_seconds{name}`) at the not-after time
@@ -320,8 +337,18 @@ impl CertResolver {
     }
 
     /// Loads the certificates again and swaps them in; on error the old ones stay. The expiry
-    /// gauge follows: a `tls.sni` host removed loses its series.
+    /// gauge follows: a `tls.sni` host removed loses its series. `[tls.tickets]` is taken
+    /// into use first, whatever becomes of the certificates (once tickets were started):
+    /// on error the keys in use stay, said in an error line naming the file.
     pub fn reload(&self, tls: &config::Tls) -> Result<(), TlsError> {
+        if self.tickets.started() {
+            match self.tickets.start(&tls.tickets) {
+                Ok(()) => tracing::info!("reloaded tls.tickets"),
+                Err(e) => {
+                    tracing::error!(key = "tls.tickets.secret_file", error = %e, "session-ticket reload failed; keeping the keys in use")
+                }
+            }
+        }
         self.set.store(Arc::new(CertSet::load(tls)?));
         self.publish_expiry();
         Ok(())
@@ -339,14 +366,20 @@ impl ResolvesServerCert for CertResolver {
     }
 }
 
-/// The rustls server configuration: TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`.
+/// The rustls server configuration: TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`. Sessions are
+/// resumed only by the resolver's tickets ([`CertResolver::ticketer`]; two TLS 1.3 tickets
+/// after each full handshake and one after each resumption, as rustls sends): no session-ID
+/// cache, so with `tls.tickets.enabled = false` nothing is resumed.
 pub fn server_config(resolver: Arc<CertResolver>) -> rustls::ServerConfig {
+    let ticketer = resolver.ticketer();
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("ring supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ticketer = ticketer;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config
 }
 
