@@ -669,7 +669,7 @@ impl Metrics {
             opts(
                 "tls_handshakes_total",
                 "Completed TLS handshakes, by version, ALPN, and whether a session was resumed \
-                 (a ticket or session ID accepted: no certificate sent).",
+                 (a session ticket accepted: no certificate sent).",
             ),
             &["version", "alpn", "resumed"],
         )
@@ -896,8 +896,8 @@ impl Metrics {
         self.upstream_pool.clone()
     }
 
-    /// Counts a completed handshake; `resumed`: the client resumed a session (a ticket or a
-    /// session ID was accepted).
+    /// Counts a completed handshake; `resumed`: the client resumed a session (a session
+    /// ticket was accepted; there is no session-ID cache).
     pub fn tls_handshake(&self, tls13: bool, alpn: Option<&[u8]>, resumed: bool) {
         let a = match alpn {
             Some(b"h2") => 0,
