@@ -77,6 +77,7 @@ pub fn check(config: &Config) -> Result<Checked, ConfigError> {
             .map_err(|reason| file_error("rate_limit.global.key_secret_file", path, reason))?;
     }
     check_tickets(&config.tls.tickets)?;
+    check_distinct_secrets(config)?;
     Ok(Checked {
         certs,
         geo,
@@ -206,8 +207,40 @@ fn check_tickets(tickets: &crate::config::Tickets) -> Result<(), ConfigError> {
     };
     let content =
         secret_file(path).map_err(|reason| file_error("tls.tickets.secret_file", path, reason))?;
-    crate::server::tickets::Anchor::parse(&content, tickets.rotation.0.as_secs())
+    let rotation = tickets.rotation.0.as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    crate::server::tickets::Anchor::parse(&content, rotation)
+        .and_then(|anchor| anchor.usable_at(rotation, now))
         .map_err(|reason| file_error("tls.tickets.secret_file", path, reason))?;
+    Ok(())
+}
+
+/// The two fleet secrets must be two files: the ticket secret is rewritten at each rotation,
+/// which would change the rate-limit key under the fleet, and one secret must never key two
+/// purposes. Compared with symbolic links resolved.
+fn check_distinct_secrets(config: &Config) -> Result<(), ConfigError> {
+    let (Some(global), Some(tickets)) = (
+        config.rate_limit.global.as_ref(),
+        config
+            .tls
+            .tickets
+            .secret_file
+            .as_ref()
+            .filter(|_| config.tls.tickets.enabled),
+    ) else {
+        return Ok(());
+    };
+    let real = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+    if real(&global.key_secret_file) == real(tickets) {
+        return Err(file_error(
+            "tls.tickets.secret_file",
+            tickets,
+            "is also rate_limit.global.key_secret_file: give each its own secret (the ticket \
+             secret is rewritten at each rotation)",
+        ));
+    }
     Ok(())
 }
 

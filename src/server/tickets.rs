@@ -107,14 +107,22 @@ impl Anchor {
         let rest = std::str::from_utf8(rest).map_err(|_| malformed())?;
         let (mut file_rotation, mut period, mut key) = (None, None, None);
         for field in rest.split_ascii_whitespace() {
-            match field.split_once('=') {
-                Some(("rotation", v)) => file_rotation = v.parse::<u64>().ok(),
+            // Each field once: a value given twice is a file edited by hand, not ours.
+            let slot = match field.split_once('=') {
+                Some(("rotation", v)) => file_rotation.replace(v.parse::<u64>().ok()).is_none(),
                 // 2^40 periods of a minute or more: beyond any clock, and never overflowing.
-                Some(("period", v)) => period = v.parse::<u64>().ok().filter(|p| *p < 1 << 40),
-                Some(("key", v)) => key = decode_hex(v),
-                _ => return Err(malformed()),
+                Some(("period", v)) => period
+                    .replace(v.parse::<u64>().ok().filter(|p| *p < 1 << 40))
+                    .is_none(),
+                Some(("key", v)) => key.replace(decode_hex(v)).is_none(),
+                _ => false,
+            };
+            if !slot {
+                return Err(malformed());
             }
         }
+        let (file_rotation, period, key) =
+            (file_rotation.flatten(), period.flatten(), key.flatten());
         let (Some(file_rotation), Some(period), Some(key)) = (file_rotation, period, key) else {
             return Err(malformed());
         };
@@ -123,7 +131,31 @@ impl Anchor {
                 "was ratcheted for a rotation of {file_rotation}s, and tls.tickets.rotation is {rotation}s: every instance must use the same rotation; to change it, write a fresh secret to every instance's file"
             ));
         }
+        // The proxy never writes a period before the anchor of a fresh secret.
+        if period < period_of(ANCHOR_UNIX, rotation) {
+            return Err(
+                "states a period before 2026-01-01, which the proxy never writes: write a fresh secret"
+                    .into(),
+            );
+        }
         Ok(Anchor { period, key })
+    }
+
+    /// Whether this key may be taken into use by a clock at Unix time `now`: a period at most
+    /// a day (and at least two periods) ahead of the clock's. Further ahead, the keys would
+    /// stay frozen until the clock gets there (a clock that jumped forward once, then was set
+    /// right, leaves such a file): no rotation, no forward secrecy, and tickets no other
+    /// instance accepts. The error is the reason alone.
+    pub fn usable_at(&self, rotation: u64, now: u64) -> Result<(), String> {
+        let clock = period_of(now, rotation);
+        let bound = (86_400 / rotation.max(1)).max(2);
+        if self.period > clock.saturating_add(bound) {
+            return Err(format!(
+                "states a period {} periods of {rotation}s ahead of this machine's clock (at most a day is allowed): check the clock (NTP), or write a fresh secret",
+                self.period - clock
+            ));
+        }
+        Ok(())
     }
 
     /// The key of `period`, ratcheted forward from this one (`None` when `period` is earlier:
@@ -210,12 +242,17 @@ impl KeySet {
 enum Source {
     /// The fleet's secret file; `key` is `K[period]` of the issuing period.
     File {
+        /// The file itself: symbolic links resolved, so that a rewrite replaces the file
+        /// holding the secret, not a link to it.
         path: PathBuf,
         period: u64,
         key: Key,
         previous: Option<Key>,
         /// The file could not be rewritten, and that was said once.
         warned: bool,
+        /// The file as last read or written by this process: a file changed since (a fresh
+        /// secret an operator wrote) is never overwritten by a rotation.
+        stamp: Option<crate::files::FileStamp>,
     },
     /// Random keys of this instance: the issuing period's and, once rotated, the previous.
     Random {
@@ -344,8 +381,11 @@ impl Ticketer {
             path: path.to_owned(),
             reason,
         };
-        let content = super::preflight::secret_file(path).map_err(err)?;
+        let real = std::fs::canonicalize(path).map_err(|e| err(e.to_string()))?;
+        let stamp = crate::files::FileStamp::of_path(&real);
+        let content = super::preflight::secret_file(&real).map_err(err)?;
         let anchor = Anchor::parse(&content, rotation).map_err(err)?;
+        anchor.usable_at(rotation, now).map_err(err)?;
         // The file's key is the previous period's, the oldest still accepted (as the proxy
         // rewrites it; a bare secret's anchor is long past). A clock at or behind the file's
         // period issues with the key of the period after it until the clock catches up: keys
@@ -359,11 +399,12 @@ impl Ticketer {
             err("states a period that cannot be used: write a fresh secret".into())
         })?;
         Ok(Source::File {
-            path: path.to_owned(),
+            path: real,
             period,
             key: Zeroizing::new(ratchet(&previous)),
             previous: Some(previous),
             warned: false,
+            stamp,
         })
     }
 
@@ -391,6 +432,12 @@ impl Ticketer {
         let mut control = self.lock();
         let rotation = control.rotation;
         let target = period_of(now, rotation);
+        if let Some(Source::File { path, period, .. }) = &control.source
+            && target + 1 < *period
+        {
+            // Said at each rotation while it lasts: the keys do not rotate meanwhile.
+            tracing::warn!(path = %path.display(), issuing_period = *period, clock_period = target, "the clock is behind the period of tls.tickets.secret_file: ticket keys do not rotate until it catches up");
+        }
         let next = match control.source.take() {
             None => None,
             Some(Source::File {
@@ -400,6 +447,7 @@ impl Ticketer {
                 // Dropped: zeroized.
                 previous: _,
                 warned,
+                stamp,
             }) if target > period => {
                 let mut previous = key;
                 for _ in period + 1..target {
@@ -411,8 +459,10 @@ impl Ticketer {
                     key: Zeroizing::new(ratchet(&previous)),
                     previous: Some(previous),
                     warned,
+                    stamp,
                 })
             }
+
             Some(Source::Random { period, key, .. }) if target > period => {
                 let previous = (target == period + 1).then_some(key);
                 match self.random(target, previous) {
@@ -442,10 +492,21 @@ impl Ticketer {
             key,
             previous,
             warned,
+            stamp,
         }) = &mut control.source
         else {
             return;
         };
+        // A file changed since this process last read or wrote it holds what an operator put
+        // there (a fresh secret): it is taken into use by SIGHUP or a restart, never overwritten.
+        let now = crate::files::FileStamp::of_path(path);
+        if stamp.is_some() && now != *stamp {
+            if !*warned {
+                *warned = true;
+                tracing::warn!(path = %path.display(), "tls.tickets.secret_file changed since it was read: not rewritten; send SIGHUP (or restart) to take it into use");
+            }
+            return;
+        }
         let anchor = match previous {
             Some(prev) => Anchor {
                 period: *period - 1,
@@ -457,11 +518,16 @@ impl Ticketer {
             },
         };
         let text = anchor.file_text(rotation);
-        let mut tmp = path.clone().into_os_string();
-        tmp.push(".tmp");
-        let written = crate::files::write_atomically(path, Path::new(&tmp), 0o600, text.as_bytes());
+        // A temporary name of this process alone: instances sharing the file never remove
+        // each other's.
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+        let written = crate::files::write_atomically(path, &tmp, 0o600, text.as_bytes());
         match written {
-            Ok(()) => *warned = false,
+            Ok(()) => {
+                *warned = false;
+                *stamp = crate::files::FileStamp::of_path(path);
+            }
             Err(e) if !*warned => {
                 *warned = true;
                 tracing::warn!(path = %path.display(), error = %e, "cannot rewrite tls.tickets.secret_file: the key of an older period stays on disk, and with it every later ticket key (no forward secrecy for the tickets on this disk)");
@@ -886,5 +952,141 @@ mod tests {
         let err = t.start_at(&tickets(Some(&missing), HOUR), NOW).unwrap_err();
         assert_eq!(err.path, missing);
         assert!(t.decrypt(&ticket).is_some());
+    }
+
+    #[test]
+    fn a_file_edited_by_hand_or_stating_an_unreachable_period_is_refused() {
+        let key = "ab".repeat(32);
+        let anchor = ANCHOR_UNIX / HOUR;
+        // (content, what the reason mentions)
+        let rows = [
+            (
+                format!("{FILE_TAG} rotation=3600 period={anchor} period=7 key={key}"),
+                "64 hex digits",
+            ),
+            (
+                format!("{FILE_TAG} rotation=3600 rotation=3600 period={anchor} key={key}"),
+                "64 hex digits",
+            ),
+            (
+                format!("{FILE_TAG} rotation=3600 period={anchor} key={key} key={key}"),
+                "64 hex digits",
+            ),
+            (
+                format!("{FILE_TAG} rotation=3600 period=0 key={key}"),
+                "before 2026",
+            ),
+            (
+                format!("{FILE_TAG} rotation=3600 period={} key={key}", anchor - 1),
+                "before 2026",
+            ),
+        ];
+        for (content, want) in rows {
+            let err = Anchor::parse(content.as_bytes(), HOUR).unwrap_err();
+            assert!(err.contains(want), "{content}: {err}");
+            assert!(!err.contains(&key), "{content}: {err}");
+        }
+        // Ahead of the clock: at most a day (two periods when a period is longer).
+        let clock = NOW / HOUR;
+        // (rotation, periods ahead of the clock, usable)
+        let ahead = [
+            (HOUR, 0, true),
+            (HOUR, 24, true),
+            (HOUR, 25, false),
+            (60, 1440, true),
+            (60, 1441, false),
+            (86_400, 2, true),
+            (86_400, 3, false),
+            (HOUR, (1 << 40) - clock - 1, false),
+        ];
+        for (rotation, n, usable) in ahead {
+            let period = NOW / rotation + n;
+            let text = format!("{FILE_TAG} rotation={rotation} period={period} key={key}");
+            let a = Anchor::parse(text.as_bytes(), rotation).unwrap();
+            let got = a.usable_at(rotation, NOW);
+            assert_eq!(got.is_ok(), usable, "{rotation}s, {n} ahead: {got:?}");
+            if let Err(e) = got {
+                assert!(
+                    e.contains("ahead of this machine's clock") && !e.contains(&key),
+                    "{e}"
+                );
+            }
+        }
+        // Started from such a file: refused, nothing rewritten.
+        let dir = tempfile::tempdir().unwrap();
+        let far = format!("{FILE_TAG} rotation=3600 period={} key={key}", clock + 25);
+        let path = secret_file(dir.path(), &far);
+        let err = Ticketer::new()
+            .start_at(&tickets(Some(&path), HOUR), NOW)
+            .unwrap_err();
+        assert!(err.to_string().contains("ahead"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), far);
+    }
+
+    #[test]
+    fn a_secret_file_reached_through_a_link_is_rewritten_where_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = secret_file(dir.path(), SECRET);
+        let link = dir.path().join("link.secret");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let t = started(&tickets(Some(&link), HOUR), NOW);
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        let text = std::fs::read_to_string(&target).unwrap();
+        assert!(
+            text.starts_with(FILE_TAG),
+            "the target is rewritten: {text}"
+        );
+        assert!(!text.contains(SECRET));
+        t.rotate_at(NOW + HOUR);
+        let rotated = std::fs::read_to_string(&target).unwrap();
+        assert!(
+            rotated.contains(&format!("period={} ", NOW / HOUR)),
+            "{rotated}"
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert_eq!(left.len(), 2, "no temporary file left: {left:?}");
+    }
+
+    #[test]
+    fn a_fresh_secret_written_while_running_is_never_overwritten_by_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = secret_file(dir.path(), SECRET);
+        let t = started(&tickets(Some(&path), HOUR), NOW);
+        let fresh = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210\n";
+        // Written in place (same inode) and by rename (a new file): both are kept.
+        for by_rename in [false, true] {
+            if by_rename {
+                let tmp = dir.path().join("new");
+                std::fs::write(&tmp, fresh.repeat(2)).unwrap();
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
+                std::fs::rename(&tmp, &path).unwrap();
+            } else {
+                std::fs::write(&path, fresh).unwrap();
+            }
+            let before = std::fs::read_to_string(&path).unwrap();
+            t.rotate_at(NOW + HOUR);
+            t.rotate_at(NOW + 2 * HOUR);
+            assert_eq!(
+                std::fs::read_to_string(&path).unwrap(),
+                before,
+                "rename {by_rename}"
+            );
+        }
+        // Taken into use (SIGHUP): rewritten from then on.
+        t.start_at(&tickets(Some(&path), HOUR), NOW + 2 * HOUR)
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(FILE_TAG), "{text}");
+        t.rotate_at(NOW + 3 * HOUR);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains(&format!("period={} ", NOW / HOUR + 2)),
+            "{text}"
+        );
     }
 }
