@@ -394,6 +394,39 @@ fn every_bad_tls_tickets_value_exits_2_and_names_its_key() {
             "",
         ),
         ("an unknown key", "rotate = \"1h\"".to_owned(), "rotate", ""),
+        (
+            "a rewritten file of a period before 2026",
+            secret(
+                "s-past",
+                &format!("{FILE_TAG} rotation=3600 period=5 key={key_hex}"),
+                0o600,
+            ),
+            "tls.tickets.secret_file",
+            "before 2026",
+        ),
+        (
+            "a rewritten file of a period far ahead of the clock",
+            secret(
+                "s-ahead",
+                &format!(
+                    "{FILE_TAG} rotation=3600 period={} key={key_hex}",
+                    1u64 << 39
+                ),
+                0o600,
+            ),
+            "tls.tickets.secret_file",
+            "ahead of this machine's clock",
+        ),
+        (
+            "the rate limit's secret file",
+            format!(
+                "{}\n[rate_limit.global]\nredis = \"redis://127.0.0.1:9\"\nkey_secret_file = \"{}\"",
+                secret("s-shared", SECRET, 0o600),
+                d.join("s-shared").display()
+            ),
+            "tls.tickets.secret_file",
+            "also rate_limit.global.key_secret_file",
+        ),
     ];
     for (what, lines, key, reason) in rows {
         std::fs::write(d.join("config.toml"), with_tickets(base.clone(), &lines)).unwrap();
@@ -409,9 +442,10 @@ fn every_bad_tls_tickets_value_exits_2_and_names_its_key() {
     let good = [
         secret("g-bare", SECRET, 0o600),
         secret("g-0400", SECRET, 0o400),
+        // The period of 2026-01-01, the anchor of a bare secret.
         secret(
             "g-stated",
-            &format!("{FILE_TAG} rotation=3600 period=5 key={key_hex}"),
+            &format!("{FILE_TAG} rotation=3600 period=490896 key={key_hex}"),
             0o600,
         ),
         format!("enabled = false\nsecret_file = \"{}/missing\"", d.display()),
