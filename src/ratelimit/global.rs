@@ -206,7 +206,7 @@ impl GlobalTier {
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(PROBE_TIMEOUT))
             .set_response_timeout(Some(PROBE_TIMEOUT.max(global.timeout.0)))
-            .set_number_of_retries(2)
+            .set_number_of_retries(0)
             .set_max_delay(BACKOFF);
         let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
             .map_err(|e| BuildError::Url(format!("{:?}", e.kind())))?;
