@@ -381,7 +381,7 @@ impl GlobalTier {
                 GlobalDecision::Allow
             }
             Err(kind) => {
-                self.mark_degraded(kind, metrics);
+                self.mark_degraded(kind);
                 self.on_error(kind, metrics)
             }
         }
@@ -470,7 +470,7 @@ impl GlobalTier {
                 )
                 .await;
             if let Err(kind) = answer {
-                tier.mark_degraded(kind, &metrics);
+                tier.mark_degraded(kind);
             }
             let now = Instant::now();
             let mut map = s.shard(key.1);
@@ -490,7 +490,7 @@ impl GlobalTier {
 
     /// Marks the tier degraded after an error of `kind`: said once, then a background probe
     /// asks Redis every [`BACKOFF`] until it answers (said once too).
-    fn mark_degraded(&self, kind: GlobalLimitError, _metrics: &Metrics) {
+    fn mark_degraded(&self, kind: GlobalLimitError) {
         let s = &self.shared;
         s.last_error.store(kind as u8, Ordering::Release);
         if s.degraded.swap(true, Ordering::AcqRel) {
