@@ -194,6 +194,19 @@ async fn proxy(
     timeout: &str,
     on_error: &str,
 ) -> Proxy {
+    proxy_trusting(up, redis, (rps, burst), timeout, on_error, None).await
+}
+
+/// As [`proxy`], with `SSL_CERT_FILE` (the roots a `rediss://` server is verified against)
+/// set to `roots` when given.
+async fn proxy_trusting(
+    up: &Upstream,
+    redis: &str,
+    (rps, burst): (u32, u32),
+    timeout: &str,
+    on_error: &str,
+    roots: Option<&Path>,
+) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
     let secret = write_secret(dir.path());
     let global = format!(
@@ -202,7 +215,12 @@ async fn proxy(
     );
     let config = limits(&base_config(dir.path(), &up.url()), rps, burst, &global);
     std::fs::write(dir.path().join("config.toml"), config).unwrap();
-    Proxy::spawn(dir).await
+    Proxy::spawn_with(dir, |c| {
+        if let Some(roots) = roots {
+            c.env("SSL_CERT_FILE", roots);
+        }
+    })
+    .await
 }
 
 /// The Redis key the fleet uses for `ip` under policy `policy` (0: default, 1: `/limited`),
@@ -548,7 +566,11 @@ async fn a_unix_socket_and_a_wrong_password_work_and_the_password_is_never_shown
     )
     .await;
     let out = p.output();
-    assert!(errors >= 1.0, "{errors}: {}\n{out}", p.admin_get("/metrics").await.1);
+    assert!(
+        errors >= 1.0,
+        "{errors}: {}\n{out}",
+        p.admin_get("/metrics").await.1
+    );
     assert!(out.contains("global rate-limit tier degraded"), "{out}");
     assert!(out.contains("redis://***@127.0.0.1"), "{out}");
     for secret in ["wrong-password-1a2b3c", "right-password-9f8e7d", SECRET] {
@@ -632,4 +654,105 @@ fn every_bad_global_setting_exits_2_and_names_its_key() {
     std::fs::write(d.join("config.toml"), global(ok_url, &good)).unwrap();
     let (code, _, stderr) = output_text(&mut tool_command(d, "check-config", &[]));
     assert_eq!(code, 0, "{stderr}");
+}
+
+#[tokio::test]
+async fn rediss_verifies_the_server_against_the_system_roots() {
+    let certs = tempfile::tempdir().unwrap();
+    let c = certs.path();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    std::fs::write(c.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(c.join("cert.pem"), leaf.pem()).unwrap();
+    std::fs::write(c.join("key.pem"), key.serialize_pem()).unwrap();
+    let tls_port = free_addr().port().to_string();
+    let path = |name: &str| c.join(name).display().to_string();
+    // TLS for the proxy, a cleartext port for the test's own connection.
+    let Some(redis) = Redis::start(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &path("cert.pem"),
+        "--tls-key-file",
+        &path("key.pem"),
+        "--tls-ca-cert-file",
+        &path("ca.pem"),
+        "--tls-auth-clients",
+        "no",
+    ]) else {
+        return;
+    };
+    let url = format!("rediss://localhost:{tls_port}");
+    let up = Upstream::start().await;
+    let roots = c.join("ca.pem");
+    let p = proxy_trusting(&up, &url, (1000, 1000), "500ms", "deny", Some(&roots)).await;
+    let spent = "198.51.100.20";
+    exhaust(&redis, 0, spent);
+    assert_eq!(
+        status(&p, spent, "/").await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(status(&p, "198.51.100.21", "/").await.0, StatusCode::OK);
+    // A server the proxy's roots do not vouch for: no answer, so on_error (deny).
+    let untrusted = proxy_trusting(&up, &url, (1000, 1000), "500ms", "deny", None).await;
+    let (s, retry, _) = status(&untrusted, "198.51.100.22", "/").await;
+    assert_eq!((s, retry), (StatusCode::SERVICE_UNAVAILABLE, Some(1)));
+    let (code, body) = untrusted.admin_get("/readyz").await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(body.contains("global rate limit: degraded"), "{body}");
+}
+
+#[tokio::test]
+async fn sighup_builds_a_new_tier_when_rate_limit_global_changes_and_keeps_it_otherwise() {
+    let Some(redis) = Redis::start(&[]) else {
+        return;
+    };
+    let up = Upstream::start().await;
+    let dead = format!("redis://{}", dead_addr());
+    let p = proxy(&up, &dead, 1000, 1000, "500ms", "deny").await;
+    assert_eq!(
+        status(&p, "198.51.100.30", "/").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let config = std::fs::read_to_string(p.path("config.toml")).unwrap();
+    std::fs::write(p.path("config.toml"), config.replace(&dead, &redis.url)).unwrap();
+    let reloads = |p: &Proxy| p.output().matches("reloaded the country database").count();
+    p.signal("HUP");
+    eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        async || (reloads(&p) == 1).then_some(()),
+        || "no reload".to_owned(),
+    )
+    .await;
+    assert_eq!(status(&p, "198.51.100.31", "/").await.0, StatusCode::OK);
+    let spent = "198.51.100.32";
+    exhaust(&redis, 0, spent);
+    assert_eq!(
+        status(&p, spent, "/").await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Unchanged: the tier (and the refusal it remembers) is kept.
+    let _: () = redis::cmd("FLUSHALL").query(&mut redis.con()).unwrap();
+    p.signal("HUP");
+    eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        async || (reloads(&p) == 2).then_some(()),
+        || "no second reload".to_owned(),
+    )
+    .await;
+    let out = p.output();
+    assert_eq!(out.matches("limiter state reset").count(), 1, "{out}");
+    assert_eq!(
+        status(&p, spent, "/").await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
 }
