@@ -118,8 +118,6 @@ struct Lease {
     tokens: u32,
     /// After this, `tokens` lapse (they were taken at most `sync_interval` ago).
     expires: Instant,
-    /// When Redis last granted tokens.
-    granted: Instant,
     /// The client's previous request here, to tell a steady client from an occasional one.
     last_seen: Instant,
     /// How many tokens the next grant asks for (1 ..= the policy's `max_lease`).
@@ -135,7 +133,6 @@ impl Lease {
         Lease {
             tokens: 0,
             expires: now,
-            granted: now,
             last_seen: now,
             want: 1,
             refilling: false,
@@ -147,11 +144,15 @@ impl Lease {
         if now < self.expires { self.tokens } else { 0 }
     }
 
-    /// Adds `granted` tokens valid for `sync` from `now` (tokens that lapsed are dropped).
-    fn grant(&mut self, granted: u32, now: Instant, sync: Duration) {
-        self.tokens = self.valid_tokens(now).saturating_add(granted);
+    /// Adds `granted` tokens valid for `sync` from `now`, holding at most `max_lease` (tokens
+    /// that lapsed are dropped, and so is what two grants landing together hold beyond
+    /// `max_lease`: the fleet's quota paid for them, but the overshoot bound holds).
+    fn grant(&mut self, granted: u32, now: Instant, sync: Duration, max_lease: u32) {
+        self.tokens = self
+            .valid_tokens(now)
+            .saturating_add(granted)
+            .min(max_lease.max(1));
         self.expires = now + sync;
-        self.granted = now;
         self.limited_until = None;
     }
 
@@ -375,7 +376,7 @@ impl GlobalTier {
                 }
                 if let Some(lease) = lease {
                     // This request spends one of the tokens granted.
-                    lease.grant(granted - 1, now, sync);
+                    lease.grant(granted - 1, now, sync, p.max_lease);
                     lease.last_seen = now;
                 }
                 GlobalDecision::Allow
@@ -482,7 +483,9 @@ impl GlobalTier {
                 Ok((0, retry_us)) => {
                     lease.limited_until = Some(now + Duration::from_micros(retry_us));
                 }
-                Ok((granted, _)) => lease.grant(granted, now, s.config.sync_interval.0),
+                Ok((granted, _)) => {
+                    lease.grant(granted, now, s.config.sync_interval.0, p.max_lease)
+                }
                 Err(_) => {}
             }
         });
@@ -570,13 +573,15 @@ enum Take {
 }
 
 /// The lease accounting of one request at `now`. A client is steady when its previous request
-/// came within a quarter of `sync`: its lease is refilled in the background once it runs low
-/// (a quarter of `want` left), doubling `want` (up to `max_lease`) when the lease lasted less
-/// than half of `sync`. An occasional client asks Redis for one token at a time (it would
-/// otherwise hold tokens that lapse unused, which the fleet's quota pays for). Tokens that
-/// lapsed unused halve `want`.
+/// here came within a quarter of `sync`: its lease is refilled in the background once it runs
+/// low (a quarter of `want` left), and each grant asks for what the client spends in half of
+/// `sync` at the pace of its last two requests (at most twice the previous `want`, at most
+/// `max_lease`), so that a lease is spent before it lapses. An occasional client asks Redis for
+/// one token at a time (it would otherwise hold tokens that lapse unused, which the fleet's
+/// quota pays for). Tokens that lapsed unused halve `want`.
 fn take(lease: &mut Lease, now: Instant, sync: Duration, max_lease: u32, degraded: bool) -> Take {
-    let steady = now.saturating_duration_since(lease.last_seen) < sync / 4;
+    let gap = now.saturating_duration_since(lease.last_seen);
+    let steady = gap < sync / 4;
     lease.last_seen = now;
     let valid = lease.valid_tokens(now);
     if valid == 0 && lease.tokens > 0 {
@@ -588,11 +593,9 @@ fn take(lease: &mut Lease, now: Instant, sync: Duration, max_lease: u32, degrade
         lease.tokens = valid - 1;
         let low = lease.tokens <= lease.want / 4;
         if low && steady && !lease.refilling && !degraded {
-            if now.saturating_duration_since(lease.granted) < sync / 2 {
-                lease.want = lease.want.saturating_mul(2).min(max_lease).max(1);
-            }
+            lease.want = paced(lease.want, gap, sync, max_lease);
             lease.refilling = true;
-            return Take::Allowed(Some(lease.want.min(max_lease)));
+            return Take::Allowed(Some(lease.want));
         }
         return Take::Allowed(None);
     }
@@ -603,11 +606,21 @@ fn take(lease: &mut Lease, now: Instant, sync: Duration, max_lease: u32, degrade
         lease.limited_until = None;
     }
     if steady {
-        lease.want = lease.want.saturating_mul(2).min(max_lease).max(1);
+        lease.want = paced(lease.want, gap, sync, max_lease);
         Take::Ask(lease.want)
     } else {
         Take::Ask(1)
     }
+}
+
+/// The requests a client `gap` apart makes in half of `sync`, at most twice `want`, within
+/// 1 ..= `max_lease`.
+fn paced(want: u32, gap: Duration, sync: Duration, max_lease: u32) -> u32 {
+    let pace = match gap.as_secs_f64() {
+        g if g > 0.0 => (sync.as_secs_f64() / 2.0 / g).min(f64::from(u32::MAX)) as u32,
+        _ => u32::MAX,
+    };
+    pace.min(want.saturating_mul(2)).clamp(1, max_lease.max(1))
 }
 
 /// `d` in whole seconds, rounded up, at least 1 (`Retry-After`, RFC 9110 §10.2.3).
@@ -750,11 +763,35 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_is_sized_to_half_the_sync_interval_at_the_client_s_pace() {
+        let ms = Duration::from_millis;
+        let s = Duration::from_secs(1);
+        // (previous want, gap between the last two requests, sync interval, max lease, want).
+        let rows = [
+            (8, ms(1), s, 64, 16),
+            (64, Duration::from_micros(1), s, 64, 64),
+            (4, ms(125), s, 64, 4),
+            (4, ms(250), s, 64, 2),
+            (1, Duration::ZERO, s, 12, 2),
+            (8, ms(1), s, 1, 1),
+            (8, ms(1), s, 0, 1),
+            (30, ms(10), Duration::from_secs(60), 64, 60),
+        ];
+        for (want, gap, sync, max, expect) in rows {
+            assert_eq!(
+                paced(want, gap, sync, max),
+                expect,
+                "{want} {gap:?} {sync:?} {max}"
+            );
+        }
+    }
+
+    #[test]
     fn a_steady_client_spends_its_lease_and_refills_it_before_it_runs_out() {
         let sync = Duration::from_secs(1);
         let t0 = Instant::now();
         let mut lease = Lease::new(t0);
-        lease.grant(8, t0, sync);
+        lease.grant(8, t0, sync, 64);
         lease.want = 8;
         let ms = |n: u64| t0 + Duration::from_millis(n);
         // Steady (1 ms apart): 6 tokens spent alone, the 7th leaves 1 (<= 8/4... 2): refill.
@@ -776,7 +813,7 @@ mod tests {
         ));
         // The refill lands: spent without asking.
         lease.refilling = false;
-        lease.grant(16, ms(10), sync);
+        lease.grant(16, ms(10), sync, 64);
         assert_eq!(
             take(&mut lease, ms(11), sync, 64, false),
             Take::Allowed(None)
@@ -788,7 +825,7 @@ mod tests {
         let sync = Duration::from_secs(1);
         let t0 = Instant::now();
         let mut lease = Lease::new(t0);
-        lease.grant(10, t0, sync);
+        lease.grant(10, t0, sync, 64);
         lease.want = 8;
         // 2 s later: the tokens lapsed; not steady: one token at a time, want halved.
         let later = t0 + Duration::from_secs(2);
@@ -804,12 +841,33 @@ mod tests {
         }
         // Degraded: a lease is spent, never refilled.
         let mut lease = Lease::new(t0);
-        lease.grant(2, t0, sync);
+        lease.grant(2, t0, sync, 64);
         lease.want = 8;
         let ms = |n: u64| t0 + Duration::from_millis(n);
         assert_eq!(take(&mut lease, ms(1), sync, 64, true), Take::Allowed(None));
         assert_eq!(take(&mut lease, ms(2), sync, 64, true), Take::Allowed(None));
         assert_eq!(take(&mut lease, ms(3), sync, 64, true), Take::Ask(16));
+    }
+
+    #[test]
+    fn a_lease_never_holds_more_than_the_policy_s_largest() {
+        let sync = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let mut lease = Lease::new(t0);
+        // Three grants landing together (concurrent asks): still one lease.
+        for _ in 0..3 {
+            lease.grant(12, t0, sync, 12);
+        }
+        assert_eq!(lease.tokens, 12);
+        let spent = (1..=20)
+            .take_while(|i| {
+                matches!(
+                    take(&mut lease, t0 + Duration::from_micros(*i), sync, 12, true),
+                    Take::Allowed(_)
+                )
+            })
+            .count();
+        assert_eq!(spent, 12);
     }
 
     #[test]
