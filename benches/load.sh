@@ -6,6 +6,7 @@
 #   benches/load.sh                 # 20 s per protocol
 #   DURATION=60 benches/load.sh
 #   GLOBAL=1 benches/load.sh        # also the global rate-limit tier: off, then on, same run
+#   GLOBAL=1 ROUNDS=3 DURATION=10 benches/load.sh   # interleaved rounds
 # Needs the Debian packages nginx, wrk, nghttp2-client (h2load), util-linux (taskset), curl;
 # with GLOBAL=1 also redis-server, which runs on core 1 (with nginx and the load generators:
 # the proxy keeps core 0 to itself).
@@ -84,9 +85,8 @@ round() {
   rm -rf "$dir/logs"
 }
 
-if [ "$global" = 1 ]; then
+# ROUNDS=N: N rounds, interleaved (off, on, off, on, ...) with GLOBAL=1.
+for _ in $(seq "${ROUNDS:-1}"); do
   round off
-  round on
-else
-  round off
-fi
+  if [ "$global" = 1 ]; then round on; fi
+done
