@@ -536,6 +536,55 @@ mod tests {
         assert_eq!(l.policy_names(), ["default", "/click", "/api"]);
     }
 
+    #[tokio::test]
+    async fn exempt_networks_skip_the_global_tier_too() {
+        // A Redis where nothing listens, on_error = deny: every request that asks it is refused.
+        let mut c = cfg(100, 100);
+        c.exempt = vec!["10.0.0.0/8".parse::<Cidr>().unwrap()];
+        // Bound, never listening: a connection is refused.
+        let dead = tokio::net::TcpSocket::new_v4().unwrap();
+        dead.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let global: crate::config::GlobalLimit = toml::from_str(&format!(
+            "redis = \"redis://{}\"\non_error = \"deny\"\ntimeout = \"1s\"\nkey_secret_file = \"/x\"",
+            dead.local_addr().unwrap()
+        ))
+        .unwrap();
+        let secret = [7u8; 32];
+        let tier = GlobalTier::new(&c, &global, &secret).unwrap();
+        let l = RateLimiter::new(&c).unwrap().with_global(tier);
+        let metrics = Arc::new(Metrics::new(&l.policy_names()));
+        // (client, verdict).
+        let rows = [
+            ("10.1.2.3", Verdict::Allow),
+            ("::ffff:10.9.9.9", Verdict::Allow),
+            ("192.0.2.1", Verdict::Unavailable { policy: 0 }),
+        ];
+        for (client, want) in rows {
+            assert_eq!(
+                l.check_tiers(ip(client), "/", &metrics).await,
+                want,
+                "{client}"
+            );
+        }
+        let text = metrics.render();
+        let line = "webprom_edge_global_limit_errors_total{kind=\"connection\"} 1";
+        assert!(text.contains(line), "{text}");
+        // The local tier refuses first, without asking the global one.
+        let mut c = cfg(1, 1);
+        c.global = Some(global.clone());
+        let tier = GlobalTier::new(&c, &global, &secret).unwrap();
+        let l = RateLimiter::new(&c).unwrap().with_global(tier);
+        let a = ip("192.0.2.2");
+        assert_eq!(l.check(a, "/"), Decision::Allow);
+        assert!(matches!(
+            l.check_tiers(a, "/", &metrics).await,
+            Verdict::Limited {
+                tier: LimitTier::Local,
+                ..
+            }
+        ));
+    }
+
     #[test]
     fn limiter_is_send_and_sync() {
         fn assert_send_sync<T: Send + Sync>() {}

@@ -198,9 +198,9 @@ pub enum BuildError {
 
 impl GlobalTier {
     /// The tier for `cfg`'s quotas (index-aligned with the local tier's policies) and
-    /// `cfg.global`, keyed by `secret` (the bytes of `key_secret_file`). Connects lazily: no
-    /// Redis is needed to start (the tier starts degraded until it answers). Needs a Tokio
-    /// runtime (also from a blocking task).
+    /// `cfg.global`, keyed by `secret` (the bytes of `key_secret_file`). Connects in the
+    /// background: no Redis is needed to start (the tier is degraded until it answers). Must be
+    /// called within a Tokio runtime (a blocking task of one will do).
     pub fn new(cfg: &RateLimit, global: &GlobalLimit, secret: &[u8]) -> Result<Self, BuildError> {
         let client = redis::Client::open(global.redis.expose())
             .map_err(|e| BuildError::Url(format!("{:?}", e.kind())))?;
@@ -223,7 +223,7 @@ impl GlobalTier {
         for r in &cfg.route {
             policies.push(policy(&r.path_prefix, r.requests_per_second, r.burst));
         }
-        Ok(GlobalTier {
+        let tier = GlobalTier {
             shared: Arc::new(Shared {
                 conn,
                 script: redis::Script::new(GCRA_SCRIPT),
@@ -237,7 +237,16 @@ impl GlobalTier {
                 degraded: AtomicBool::new(false),
                 last_error: AtomicU8::new(GlobalLimitError::Connection as u8),
             }),
-        })
+        };
+        // Asked once at once, so that a Redis down at start is reported (and `/readyz` says
+        // degraded) before the first request pays the timeout.
+        let first = tier.clone();
+        tokio::spawn(async move {
+            if let Err(kind) = first.probe().await {
+                first.mark_degraded(kind);
+            }
+        });
+        Ok(tier)
     }
 
     /// Whether `global` with `secret` would build a tier that behaves like this one (same URL,
