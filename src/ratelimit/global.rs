@@ -57,10 +57,14 @@ pub const KEY_PREFIX: &str = "webprom-edge:rl:";
 /// The BLAKE3 context that derives the HMAC key from `key_secret_file` (never used raw).
 const KEY_CONTEXT: &str = "webprom-edge 2026-11 rate_limit.global bucket key (HMAC-SHA256)";
 
-/// The most requests one lease holds. A client over many instances may exceed its global quota
-/// by at most one lease per instance; 64 keeps that small while a client at 100 000 req/s costs
-/// an instance about 1 600 round trips per second.
-pub const MAX_LEASE: u32 = 64;
+/// The most requests one lease holds, whatever the quota. The overshoot is bounded first by an
+/// eighth of the burst per instance ([`lease_size`]); this cap only matters for quotas with a
+/// burst over 8 192. At 1 024, a client at 100 000 req/s costs an instance about 100 round
+/// trips per second, and a refill asked with a quarter of the lease left (256 requests, 2.5 ms
+/// at that rate) lands before the lease runs out even on a loaded machine (a load benchmark
+/// with a cap of 64 measured 2.7 ms round trips, the proxy's own core saturated, and lost the
+/// race).
+pub const MAX_LEASE: u32 = 1024;
 
 /// The most leases the table keeps (over all shards); a client arriving when it is full is
 /// asked of Redis per request (one token at a time) until housekeeping frees room.
@@ -325,7 +329,7 @@ impl GlobalTier {
         let key: LeaseKey = (u16::try_from(policy).unwrap_or(u16::MAX), local_key);
         let now = Instant::now();
         let degraded = s.degraded.load(Ordering::Acquire);
-        let want = {
+        let (want, leads) = {
             let mut map = s.shard(local_key);
             match map.get_mut(&key) {
                 Some(lease) => match take(lease, now, sync, p.max_lease, degraded) {
@@ -347,15 +351,15 @@ impl GlobalTier {
                             retry_after_secs: secs,
                         };
                     }
-                    Take::Ask(want) => want,
+                    Take::Ask(want, leads) => (want, leads),
                 },
-                None => 1,
+                None => (1, false),
             }
         };
         if degraded {
             return self.on_error(s.last_error(), metrics);
         }
-        match self
+        let answer = self
             .call(
                 &self.redis_key(policy, ip),
                 p,
@@ -363,11 +367,14 @@ impl GlobalTier {
                 s.config.timeout.0,
                 metrics,
             )
-            .await
-        {
+            .await;
+        let now = Instant::now();
+        let mut map = s.shard(local_key);
+        if leads && let Some(lease) = map.get_mut(&key) {
+            lease.refilling = false;
+        }
+        match answer {
             Ok((granted, retry_us)) => {
-                let now = Instant::now();
-                let mut map = s.shard(local_key);
                 let room = map.len() < MAX_LEASES / SHARDS;
                 let lease = match map.get_mut(&key) {
                     Some(lease) => Some(lease),
@@ -391,6 +398,7 @@ impl GlobalTier {
                 GlobalDecision::Allow
             }
             Err(kind) => {
+                drop(map);
                 self.mark_degraded(kind);
                 self.on_error(kind, metrics)
             }
@@ -577,8 +585,9 @@ enum Take {
     Allowed(Option<u32>),
     /// Redis refused this client a moment ago: limited for this many whole seconds.
     Limited(u64),
-    /// No token: ask Redis for this many now.
-    Ask(u32),
+    /// No token: ask Redis for this many now; `true`: this request leads (asks for the lease;
+    /// the others meanwhile ask for their own token only) and clears `refilling` when answered.
+    Ask(u32, bool),
 }
 
 /// The lease accounting of one request at `now`. A client is steady when its previous request
@@ -587,7 +596,8 @@ enum Take {
 /// `sync` at the pace of its last two requests (at most twice the previous `want`, at most
 /// `max_lease`), so that a lease is spent before it lapses. An occasional client asks Redis for
 /// one token at a time (it would otherwise hold tokens that lapse unused, which the fleet's
-/// quota pays for). Tokens that lapsed unused halve `want`.
+/// quota pays for), and so does a request while another asks for the lease (many concurrent
+/// requests do not each take a lease). Tokens that lapsed unused halve `want`.
 fn take(lease: &mut Lease, now: Instant, sync: Duration, max_lease: u32, degraded: bool) -> Take {
     let gap = now.saturating_duration_since(lease.last_seen);
     let steady = gap < sync / 4;
@@ -614,11 +624,12 @@ fn take(lease: &mut Lease, now: Instant, sync: Duration, max_lease: u32, degrade
         }
         lease.limited_until = None;
     }
-    if steady {
+    if steady && !lease.refilling && !degraded {
         lease.want = paced(lease.want, gap, sync, max_lease);
-        Take::Ask(lease.want)
+        lease.refilling = true;
+        Take::Ask(lease.want, true)
     } else {
-        Take::Ask(1)
+        Take::Ask(1, false)
     }
 }
 
@@ -818,7 +829,7 @@ mod tests {
         // Out of tokens, refill under way: ask Redis now (the refill has not landed yet).
         assert!(matches!(
             take(&mut lease, ms(9), sync, 64, false),
-            Take::Ask(_)
+            Take::Ask(..)
         ));
         // The refill lands: spent without asking.
         lease.refilling = false;
@@ -838,13 +849,17 @@ mod tests {
         lease.want = 8;
         // 2 s later: the tokens lapsed; not steady: one token at a time, want halved.
         let later = t0 + Duration::from_secs(2);
-        assert_eq!(take(&mut lease, later, sync, 64, false), Take::Ask(1));
+        assert_eq!(
+            take(&mut lease, later, sync, 64, false),
+            Take::Ask(1, false)
+        );
         assert_eq!(lease.want, 4);
         assert_eq!(lease.tokens, 0);
         // Never above the policy's lease, even when steady.
         let mut lease = Lease::new(t0);
         for i in 1..20 {
-            if let Take::Ask(n) = take(&mut lease, t0 + Duration::from_millis(i), sync, 3, false) {
+            if let Take::Ask(n, _) = take(&mut lease, t0 + Duration::from_millis(i), sync, 3, false)
+            {
                 assert!(n <= 3, "{n}");
             }
         }
@@ -855,7 +870,7 @@ mod tests {
         let ms = |n: u64| t0 + Duration::from_millis(n);
         assert_eq!(take(&mut lease, ms(1), sync, 64, true), Take::Allowed(None));
         assert_eq!(take(&mut lease, ms(2), sync, 64, true), Take::Allowed(None));
-        assert_eq!(take(&mut lease, ms(3), sync, 64, true), Take::Ask(16));
+        assert_eq!(take(&mut lease, ms(3), sync, 64, true), Take::Ask(1, false));
     }
 
     #[test]
@@ -880,6 +895,31 @@ mod tests {
     }
 
     #[test]
+    fn one_of_many_concurrent_requests_asks_for_the_lease_the_others_for_one_token() {
+        let sync = Duration::from_secs(1);
+        let t0 = Instant::now();
+        let mut lease = Lease::new(t0);
+        lease.want = 8;
+        let at = |us: u64| t0 + Duration::from_micros(us);
+        assert_eq!(
+            take(&mut lease, at(1), sync, 64, false),
+            Take::Ask(16, true)
+        );
+        for i in 2..10 {
+            assert_eq!(
+                take(&mut lease, at(i), sync, 64, false),
+                Take::Ask(1, false)
+            );
+        }
+        // The leader's answer lands: the next ask leads again.
+        lease.refilling = false;
+        assert!(matches!(
+            take(&mut lease, at(11), sync, 64, false),
+            Take::Ask(_, true)
+        ));
+    }
+
+    #[test]
     fn a_refusal_is_remembered_until_its_retry_after() {
         let sync = Duration::from_secs(1);
         let t0 = Instant::now();
@@ -892,7 +932,7 @@ mod tests {
         assert!(!lease.stale(t0 + Duration::from_millis(100)));
         assert!(matches!(
             take(&mut lease, t0 + Duration::from_millis(1600), sync, 8, false),
-            Take::Ask(_)
+            Take::Ask(..)
         ));
         assert!(lease.stale(t0 + Duration::from_millis(1600)));
     }
