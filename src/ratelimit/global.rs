@@ -59,12 +59,12 @@ const KEY_CONTEXT: &str = "webprom-edge 2026-11 rate_limit.global bucket key (HM
 
 /// The most requests one lease holds, whatever the quota. The overshoot is bounded first by an
 /// eighth of the burst per instance ([`lease_size`]); this cap only matters for quotas with a
-/// burst over 8 192. At 1 024, a client at 100 000 req/s costs an instance about 100 round
-/// trips per second, and a refill asked with a quarter of the lease left (256 requests, 2.5 ms
-/// at that rate) lands before the lease runs out even on a loaded machine (a load benchmark
-/// with a cap of 64 measured 2.7 ms round trips, the proxy's own core saturated, and lost the
-/// race).
-pub const MAX_LEASE: u32 = 1024;
+/// burst over 32 768. At 4 096, a client at 40 000 req/s costs an instance about 20 round trips
+/// per second, and a refill asked with half the lease left (2 048 requests, 50 ms at that rate)
+/// lands before the lease runs out even on a saturated machine: the load benchmark measured
+/// round trips of 6.5 ms on average there (the proxy's one core busy, so Redis's answer waits
+/// its turn), and a cap of 64 or 1 024 lost that race.
+pub const MAX_LEASE: u32 = 4096;
 
 /// The most leases the table keeps (over all shards); a client arriving when it is full is
 /// asked of Redis per request (one token at a time) until housekeeping frees room.
@@ -592,9 +592,10 @@ enum Take {
 
 /// The lease accounting of one request at `now`. A client is steady when its previous request
 /// here came within a quarter of `sync`: its lease is refilled in the background once it runs
-/// low (a quarter of `want` left), and each grant asks for what the client spends in half of
+/// low (half of `want` left), and each grant asks for what the client spends in half of
 /// `sync` at the pace of its last two requests (at most twice the previous `want`, at most
-/// `max_lease`), so that a lease is spent before it lapses. An occasional client asks Redis for
+/// `max_lease`), so that a lease is spent before it lapses. The refill is asked with half the
+/// lease left and tops it up to `want`: half a lease of headroom for the round trip. An occasional client asks Redis for
 /// one token at a time (it would otherwise hold tokens that lapse unused, which the fleet's
 /// quota pays for), and so does a request while another asks for the lease (many concurrent
 /// requests do not each take a lease). Tokens that lapsed unused halve `want`.
@@ -610,11 +611,12 @@ fn take(lease: &mut Lease, now: Instant, sync: Duration, max_lease: u32, degrade
     }
     if valid > 0 {
         lease.tokens = valid - 1;
-        let low = lease.tokens <= lease.want / 4;
+        let low = lease.tokens <= lease.want / 2;
         if low && steady && !lease.refilling && !degraded {
             lease.want = paced(lease.want, gap, sync, max_lease);
             lease.refilling = true;
-            return Take::Allowed(Some(lease.want));
+            // A top-up to `want`: the lease never holds more than one lease's worth.
+            return Take::Allowed(Some(lease.want.saturating_sub(lease.tokens).max(1)));
         }
         return Take::Allowed(None);
     }
@@ -814,7 +816,8 @@ mod tests {
         lease.grant(8, t0, sync, 64);
         lease.want = 8;
         let ms = |n: u64| t0 + Duration::from_millis(n);
-        // Steady (1 ms apart): 6 tokens spent alone, the 7th leaves 1 (<= 8/4... 2): refill.
+        // Steady (1 ms apart): the 4th request leaves 4 (half of 8): a refill topping the lease
+        // up to 16 (twice 8: it is spent fast), so 12.
         let mut refills = Vec::new();
         for i in 1..=8u64 {
             match take(&mut lease, ms(i), sync, 64, false) {
@@ -822,9 +825,8 @@ mod tests {
                 other => panic!("request {i}: {other:?}"),
             }
         }
-        // One refill, asked when 2 were left, for twice the lease (it lasted < sync/2).
-        assert_eq!(refills.iter().flatten().collect::<Vec<_>>(), [&16]);
-        assert_eq!(refills.iter().position(Option::is_some), Some(5));
+        assert_eq!(refills.iter().flatten().collect::<Vec<_>>(), [&12]);
+        assert_eq!(refills.iter().position(Option::is_some), Some(3));
         assert_eq!(lease.tokens, 0);
         // Out of tokens, refill under way: ask Redis now (the refill has not landed yet).
         assert!(matches!(
