@@ -329,10 +329,16 @@ impl GlobalTier {
         let key: LeaseKey = (u16::try_from(policy).unwrap_or(u16::MAX), local_key);
         let now = Instant::now();
         let degraded = s.degraded.load(Ordering::Acquire);
+        // Degraded by a slow answer (not a refusal or a lost connection): leases are still
+        // refilled in the background (no request waits for it, one refill per lease at a
+        // time, each bounded by a second), so a steady client keeps its lease when only the
+        // request timeout is too short for this moment's round trips. Otherwise not: a Redis
+        // that is down would get one attempt per request.
+        let no_refill = degraded && s.last_error() != GlobalLimitError::Timeout;
         let (want, leads) = {
             let mut map = s.shard(local_key);
             match map.get_mut(&key) {
-                Some(lease) => match take(lease, now, sync, p.max_lease, degraded) {
+                Some(lease) => match take(lease, now, sync, p.max_lease, no_refill, degraded) {
                     Take::Allowed(refill) => {
                         drop(map);
                         if let Some(want) = refill {
@@ -598,8 +604,17 @@ enum Take {
 /// lease left and tops it up to `want`: half a lease of headroom for the round trip. An occasional client asks Redis for
 /// one token at a time (it would otherwise hold tokens that lapse unused, which the fleet's
 /// quota pays for), and so does a request while another asks for the lease (many concurrent
-/// requests do not each take a lease). Tokens that lapsed unused halve `want`.
-fn take(lease: &mut Lease, now: Instant, sync: Duration, max_lease: u32, degraded: bool) -> Take {
+/// requests do not each take a lease). Tokens that lapsed unused halve `want`. `no_refill`:
+/// no background refill starts; `degraded`: no request leads an ask (the caller follows
+/// `on_error` instead of asking).
+fn take(
+    lease: &mut Lease,
+    now: Instant,
+    sync: Duration,
+    max_lease: u32,
+    no_refill: bool,
+    degraded: bool,
+) -> Take {
     let gap = now.saturating_duration_since(lease.last_seen);
     let steady = gap < sync / 4;
     lease.last_seen = now;
@@ -612,7 +627,7 @@ fn take(lease: &mut Lease, now: Instant, sync: Duration, max_lease: u32, degrade
     if valid > 0 {
         lease.tokens = valid - 1;
         let low = lease.tokens <= lease.want / 2;
-        if low && steady && !lease.refilling && !degraded {
+        if low && steady && !lease.refilling && !no_refill {
             lease.want = paced(lease.want, gap, sync, max_lease);
             lease.refilling = true;
             // A top-up to `want`: the lease never holds more than one lease's worth.
@@ -820,7 +835,7 @@ mod tests {
         // up to 16 (twice 8: it is spent fast), so 12.
         let mut refills = Vec::new();
         for i in 1..=8u64 {
-            match take(&mut lease, ms(i), sync, 64, false) {
+            match take(&mut lease, ms(i), sync, 64, false, false) {
                 Take::Allowed(r) => refills.push(r),
                 other => panic!("request {i}: {other:?}"),
             }
@@ -830,14 +845,14 @@ mod tests {
         assert_eq!(lease.tokens, 0);
         // Out of tokens, refill under way: ask Redis now (the refill has not landed yet).
         assert!(matches!(
-            take(&mut lease, ms(9), sync, 64, false),
+            take(&mut lease, ms(9), sync, 64, false, false),
             Take::Ask(..)
         ));
         // The refill lands: spent without asking.
         lease.refilling = false;
         lease.grant(16, ms(10), sync, 64);
         assert_eq!(
-            take(&mut lease, ms(11), sync, 64, false),
+            take(&mut lease, ms(11), sync, 64, false, false),
             Take::Allowed(None)
         );
     }
@@ -852,7 +867,7 @@ mod tests {
         // 2 s later: the tokens lapsed; not steady: one token at a time, want halved.
         let later = t0 + Duration::from_secs(2);
         assert_eq!(
-            take(&mut lease, later, sync, 64, false),
+            take(&mut lease, later, sync, 64, false, false),
             Take::Ask(1, false)
         );
         assert_eq!(lease.want, 4);
@@ -860,8 +875,14 @@ mod tests {
         // Never above the policy's lease, even when steady.
         let mut lease = Lease::new(t0);
         for i in 1..20 {
-            if let Take::Ask(n, _) = take(&mut lease, t0 + Duration::from_millis(i), sync, 3, false)
-            {
+            if let Take::Ask(n, _) = take(
+                &mut lease,
+                t0 + Duration::from_millis(i),
+                sync,
+                3,
+                false,
+                false,
+            ) {
                 assert!(n <= 3, "{n}");
             }
         }
@@ -870,9 +891,18 @@ mod tests {
         lease.grant(2, t0, sync, 64);
         lease.want = 8;
         let ms = |n: u64| t0 + Duration::from_millis(n);
-        assert_eq!(take(&mut lease, ms(1), sync, 64, true), Take::Allowed(None));
-        assert_eq!(take(&mut lease, ms(2), sync, 64, true), Take::Allowed(None));
-        assert_eq!(take(&mut lease, ms(3), sync, 64, true), Take::Ask(1, false));
+        assert_eq!(
+            take(&mut lease, ms(1), sync, 64, true, true),
+            Take::Allowed(None)
+        );
+        assert_eq!(
+            take(&mut lease, ms(2), sync, 64, true, true),
+            Take::Allowed(None)
+        );
+        assert_eq!(
+            take(&mut lease, ms(3), sync, 64, true, true),
+            Take::Ask(1, false)
+        );
     }
 
     #[test]
@@ -888,7 +918,14 @@ mod tests {
         let spent = (1..=20)
             .take_while(|i| {
                 matches!(
-                    take(&mut lease, t0 + Duration::from_micros(*i), sync, 12, true),
+                    take(
+                        &mut lease,
+                        t0 + Duration::from_micros(*i),
+                        sync,
+                        12,
+                        true,
+                        true
+                    ),
                     Take::Allowed(_)
                 )
             })
@@ -904,19 +941,19 @@ mod tests {
         lease.want = 8;
         let at = |us: u64| t0 + Duration::from_micros(us);
         assert_eq!(
-            take(&mut lease, at(1), sync, 64, false),
+            take(&mut lease, at(1), sync, 64, false, false),
             Take::Ask(16, true)
         );
         for i in 2..10 {
             assert_eq!(
-                take(&mut lease, at(i), sync, 64, false),
+                take(&mut lease, at(i), sync, 64, false, false),
                 Take::Ask(1, false)
             );
         }
         // The leader's answer lands: the next ask leads again.
         lease.refilling = false;
         assert!(matches!(
-            take(&mut lease, at(11), sync, 64, false),
+            take(&mut lease, at(11), sync, 64, false, false),
             Take::Ask(_, true)
         ));
     }
@@ -928,12 +965,26 @@ mod tests {
         let mut lease = Lease::new(t0);
         lease.limited_until = Some(t0 + Duration::from_millis(1500));
         assert_eq!(
-            take(&mut lease, t0 + Duration::from_millis(100), sync, 8, false),
+            take(
+                &mut lease,
+                t0 + Duration::from_millis(100),
+                sync,
+                8,
+                false,
+                false
+            ),
             Take::Limited(2)
         );
         assert!(!lease.stale(t0 + Duration::from_millis(100)));
         assert!(matches!(
-            take(&mut lease, t0 + Duration::from_millis(1600), sync, 8, false),
+            take(
+                &mut lease,
+                t0 + Duration::from_millis(1600),
+                sync,
+                8,
+                false,
+                false
+            ),
             Take::Ask(..)
         ));
         assert!(lease.stale(t0 + Duration::from_millis(1600)));
