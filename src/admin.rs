@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 
 use crate::fields::{elements, weighted};
 use crate::metrics::Metrics;
+use crate::proxy::LimiterCell;
 use crate::proxy::upstream::Upstreams;
 
 /// An admin response body: short, written whole.
@@ -39,6 +40,8 @@ pub struct Health {
     /// The last upstream probe and when it finished; one probe at a time, so that a burst of
     /// `/readyz` requests opens at most one connection per server per [`READY_PROBE_TTL`].
     probed: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+    /// The rate limiter, whose global tier's state `/readyz` reports (never makes unready).
+    limiter: Option<Arc<LimiterCell>>,
 }
 
 impl Health {
@@ -48,7 +51,36 @@ impl Health {
             listening: AtomicBool::new(false),
             upstreams,
             probed: tokio::sync::Mutex::new(None),
+            limiter: None,
         }
+    }
+
+    /// Also reports the state of `limiter`'s global rate-limit tier, when it has one.
+    pub fn with_limiter(mut self, limiter: Arc<LimiterCell>) -> Health {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// `global rate limit: ok`, or `global rate limit: degraded (<kind>)` while Redis does not
+    /// answer (the proxy stays ready: requests follow `rate_limit.global.on_error`); `None`
+    /// without a global tier.
+    fn global_tier(&self) -> Option<String> {
+        let cell = self.limiter.as_ref()?;
+        let guard = cell.load();
+        let tier = guard.as_ref()?.global()?;
+        Some(match tier.degraded() {
+            None => "global rate limit: ok".to_owned(),
+            Some(kind) => format!("global rate limit: degraded ({})", kind.as_str()),
+        })
+    }
+
+    /// [`Health::ready`] with the global tier's state appended to a ready answer's detail.
+    pub async fn ready_detail(&self) -> Result<Option<String>, String> {
+        let ready = self.ready().await?;
+        Ok(match (ready, self.global_tier()) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.or(b),
+        })
     }
 
     /// Says whether every listener is bound and serving (`false`: not yet, or draining).
@@ -212,11 +244,12 @@ fn is_readyz<B>(req: &Request<B>) -> bool {
 }
 
 /// 200 `ready` when listening and an upstream server accepts a TCP connection (with health
-/// checks on: `ready: upstreams: H of N healthy`, H at least 1); else 503 `not ready: <reason>`
+/// checks on: `ready: upstreams: H of N healthy`, H at least 1; with a global rate-limit tier,
+/// `; global rate limit: ok` or `degraded (<kind>)` appended, ready either way); else 503 `not ready: <reason>`
 /// (`draining`, `upstreams: 0 of N healthy`, or each server's address and connect failure:
 /// config and the operating system's words, never a request's).
 async fn readyz(health: &Health) -> Response<Body> {
-    match health.ready().await {
+    match health.ready_detail().await {
         Ok(None) => text(StatusCode::OK, "ready\n"),
         Ok(Some(detail)) => text(StatusCode::OK, Bytes::from(format!("ready: {detail}\n"))),
         Err(why) => text(

@@ -7,9 +7,12 @@
 //! 64-bit numbers that cannot be turned back into addresses without the key, which never
 //! leaves this process's memory.
 //!
+//! With `[rate_limit.global]`, a request this tier allows then goes to the fleet-wide tier
+//! ([`global::GlobalTier`], Redis) under the same policy: [`RateLimiter::check_tiers`].
+//!
 //! It must never hold a raw client address beyond one [`RateLimiter::check`] call, and never
-//! log, print or return one (nor its key): [`Decision`] carries only a policy index and a
-//! number of seconds.
+//! log, print or return one (nor its key): [`Decision`] and [`Verdict`] carry only a policy
+//! index, a tier and a number of seconds.
 
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::net::IpAddr;
@@ -24,9 +27,14 @@ use crate::client_ip::ClientAddr;
 use crate::config::RateLimit;
 use crate::privacy::net::prefix_mask;
 
+pub mod global;
 mod store;
 
+use global::{GlobalDecision, GlobalTier};
 use store::ClientTable;
+
+use crate::metrics::{LimitTier, Metrics};
+use std::sync::Arc;
 
 /// The outcome of [`RateLimiter::check`].
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -39,6 +47,28 @@ pub enum Decision {
         policy: usize,
         /// Whole seconds until the bucket admits a request again, at least 1.
         retry_after_secs: u64,
+    },
+}
+
+/// The outcome of [`RateLimiter::check_tiers`]: both tiers.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum Verdict {
+    /// Under quota on both tiers (or exempt, or Redis failed with `on_error = "allow"`).
+    Allow,
+    /// Over quota: answer 429 with `Retry-After: retry_after_secs`.
+    Limited {
+        /// Index into [`RateLimiter::policy_names`] of the policy that refused.
+        policy: usize,
+        /// The tier that refused.
+        tier: LimitTier,
+        /// Whole seconds until the tier admits a request again, at least 1.
+        retry_after_secs: u64,
+    },
+    /// The global tier could not ask Redis and `on_error` is `"deny"`: 503 with
+    /// `Retry-After: 1`.
+    Unavailable {
+        /// Index into [`RateLimiter::policy_names`] of the policy asked.
+        policy: usize,
     },
 }
 
@@ -63,6 +93,8 @@ pub struct RateLimiter {
     exempt: Vec<IpNet>,
     /// `policies[0]` is the default; the rest are routes in config order.
     policies: Vec<Policy>,
+    /// The fleet-wide tier, asked after this one allows a request.
+    global: Option<GlobalTier>,
 }
 
 /// A governor keyed limiter over pre-hashed `u64` keys.
@@ -112,7 +144,19 @@ impl RateLimiter {
             ipv6_prefix: cfg.ipv6_prefix.min(128),
             exempt: cfg.exempt.iter().map(|c| c.0).collect(),
             policies,
+            global: None,
         })
+    }
+
+    /// This limiter with the fleet-wide tier `global` (built for the same config's quotas).
+    pub fn with_global(mut self, global: GlobalTier) -> RateLimiter {
+        self.global = Some(global);
+        self
+    }
+
+    /// The fleet-wide tier, if `[rate_limit.global]` is configured.
+    pub fn global(&self) -> Option<&GlobalTier> {
+        self.global.as_ref()
     }
 
     /// The name of policy `policy` (`"default"`, or a route's `path_prefix`), for the
@@ -145,21 +189,74 @@ impl RateLimiter {
     /// IPv4-mapped client is its IPv4 address ([`ClientAddr::new`]): one bucket, and the
     /// IPv4 exempt networks apply.
     pub fn check(&self, client: ClientAddr, path: &str) -> Decision {
+        match self.check_local(client, path) {
+            Ok(_) => Decision::Allow,
+            Err(limited) => limited,
+        }
+    }
+
+    /// Both tiers: this instance's ([`RateLimiter::check`]), then, for a request it allows,
+    /// the fleet-wide one under the same policy ([`GlobalTier::check`]: usually no round trip;
+    /// at most `rate_limit.global.timeout`). Exempt networks skip both. `metrics` gets the
+    /// global tier's round trips and errors.
+    pub async fn check_tiers(
+        &self,
+        client: ClientAddr,
+        path: &str,
+        metrics: &Arc<Metrics>,
+    ) -> Verdict {
+        let (policy, key) = match self.check_local(client, path) {
+            Ok(Some(allowed)) => allowed,
+            Ok(None) => return Verdict::Allow,
+            Err(Decision::Limited {
+                policy,
+                retry_after_secs,
+            }) => {
+                return Verdict::Limited {
+                    policy,
+                    tier: LimitTier::Local,
+                    retry_after_secs,
+                };
+            }
+            Err(Decision::Allow) => return Verdict::Allow,
+        };
+        let Some(global) = &self.global else {
+            return Verdict::Allow;
+        };
+        match global.check(policy, key, client.ip(), metrics).await {
+            GlobalDecision::Allow => Verdict::Allow,
+            GlobalDecision::Limited { retry_after_secs } => Verdict::Limited {
+                policy,
+                tier: LimitTier::Global,
+                retry_after_secs,
+            },
+            GlobalDecision::Unavailable => Verdict::Unavailable { policy },
+        }
+    }
+
+    /// The local tier: `Ok(Some((policy, bucket key)))` when allowed, `Ok(None)` when exempt,
+    /// `Err` with the refusal.
+    fn check_local(
+        &self,
+        client: ClientAddr,
+        path: &str,
+    ) -> Result<Option<(usize, u64)>, Decision> {
         let ip = client.ip();
         if self.exempt.iter().any(|net| net.contains(&ip)) {
-            return Decision::Allow;
+            return Ok(None);
         }
         let index = self.policy_index(path);
         let limiter = &self.policies[index].limiter;
-        match limiter.check_key(&self.bucket_key(ip)) {
-            Ok(()) => Decision::Allow,
+        let key = self.bucket_key(ip);
+        match limiter.check_key(&key) {
+            Ok(()) => Ok(Some((index, key))),
             Err(not_until) => {
                 let wait = not_until.wait_time_from(limiter.clock().now());
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                Decision::Limited {
+                Err(Decision::Limited {
                     policy: index,
                     retry_after_secs: secs.max(1),
-                }
+                })
             }
         }
     }
@@ -173,6 +270,9 @@ impl RateLimiter {
         for p in &self.policies {
             p.limiter.retain_recent();
             p.limiter.shrink_to_fit();
+        }
+        if let Some(global) = &self.global {
+            global.housekeep();
         }
     }
 
@@ -434,6 +534,55 @@ mod tests {
         c.route = vec![route("/click", 5, 10), route("/api", 20, 40)];
         let l = RateLimiter::new(&c).unwrap();
         assert_eq!(l.policy_names(), ["default", "/click", "/api"]);
+    }
+
+    #[tokio::test]
+    async fn exempt_networks_skip_the_global_tier_too() {
+        // A Redis where nothing listens, on_error = deny: every request that asks it is refused.
+        let mut c = cfg(100, 100);
+        c.exempt = vec!["10.0.0.0/8".parse::<Cidr>().unwrap()];
+        // Bound, never listening: a connection is refused.
+        let dead = tokio::net::TcpSocket::new_v4().unwrap();
+        dead.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let global: crate::config::GlobalLimit = toml::from_str(&format!(
+            "redis = \"redis://{}\"\non_error = \"deny\"\ntimeout = \"1s\"\nkey_secret_file = \"/x\"",
+            dead.local_addr().unwrap()
+        ))
+        .unwrap();
+        let secret = [7u8; 32];
+        let tier = GlobalTier::new(&c, &global, &secret).unwrap();
+        let l = RateLimiter::new(&c).unwrap().with_global(tier);
+        let metrics = Arc::new(Metrics::new(&l.policy_names()));
+        // (client, verdict).
+        let rows = [
+            ("10.1.2.3", Verdict::Allow),
+            ("::ffff:10.9.9.9", Verdict::Allow),
+            ("192.0.2.1", Verdict::Unavailable { policy: 0 }),
+        ];
+        for (client, want) in rows {
+            assert_eq!(
+                l.check_tiers(ip(client), "/", &metrics).await,
+                want,
+                "{client}"
+            );
+        }
+        let text = metrics.render();
+        let line = "webprom_edge_global_limit_errors_total{kind=\"connection\"} 1";
+        assert!(text.contains(line), "{text}");
+        // The local tier refuses first, without asking the global one.
+        let mut c = cfg(1, 1);
+        c.global = Some(global.clone());
+        let tier = GlobalTier::new(&c, &global, &secret).unwrap();
+        let l = RateLimiter::new(&c).unwrap().with_global(tier);
+        let a = ip("192.0.2.2");
+        assert_eq!(l.check(a, "/"), Decision::Allow);
+        assert!(matches!(
+            l.check_tiers(a, "/", &metrics).await,
+            Verdict::Limited {
+                tier: LimitTier::Local,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -60,7 +60,7 @@ use crate::client_ip::{ClientAddr, TrustedProxies};
 use crate::config::Config;
 use crate::metrics::{ClientError, LimitTier, UpstreamError};
 use crate::privacy::capture::{Capture, ClientMemo};
-use crate::ratelimit::{Decision, RateLimiter};
+use crate::ratelimit::{Decision, RateLimiter, Verdict};
 use authority::{AuthorityError, RequestAuthority};
 use body::{BodyWatch, ClientBody, ClientReader, Prefetched, RequestBody, ResponseBody};
 use forwarding::{ForwardingPolicy, set_forwarding_headers};
@@ -205,7 +205,7 @@ impl Proxy {
             if let Some(refusal) = self.request_filter(&req, &authority, length) {
                 return Err(Answer::refused(req, refusal, false));
             }
-            if let Some(refusal) = self.rate_limit(client, req.uri().path()) {
+            if let Some(refusal) = self.rate_limit(client, req.uri().path()).await {
                 return Err(Answer::refused(req, refusal, true));
             }
             let length = length.ok().flatten();
@@ -294,25 +294,60 @@ impl Proxy {
     }
 
     /// The rate-limit phase: a 429 with `Retry-After` (seconds, at least 1) when `client` is
-    /// over its quota for `path`, counted in `rate_limited_total` by policy.
-    fn rate_limit(&self, client: ClientAddr, path: &str) -> Option<Response<ResponseBody>> {
+    /// over its quota for `path` on this instance's tier or, with `[rate_limit.global]`, on
+    /// the fleet's (counted in `rate_limited_total` by policy and tier); a 503 with
+    /// `Retry-After: 1` when the global tier cannot ask Redis and `on_error` is `"deny"`.
+    /// Without a global tier nothing is awaited; with one, at most `rate_limit.global.timeout`
+    /// (a client with a lease of the fleet's budget costs no round trip).
+    async fn rate_limit(&self, client: ClientAddr, path: &str) -> Option<Response<ResponseBody>> {
         let guard = self.limiter.load();
         let limiter = guard.as_ref()?;
-        match limiter.check(client, path) {
-            Decision::Allow => None,
-            Decision::Limited {
+        let verdict = if limiter.global().is_none() {
+            match limiter.check(client, path) {
+                Decision::Allow => Verdict::Allow,
+                Decision::Limited {
+                    policy,
+                    retry_after_secs,
+                } => Verdict::Limited {
+                    policy,
+                    tier: LimitTier::Local,
+                    retry_after_secs,
+                },
+            }
+        } else {
+            // No guard held across the await: the limiter may be swapped meanwhile.
+            let limiter = Arc::clone(limiter);
+            drop(guard);
+            let verdict = limiter.check_tiers(client, path, &self.sinks.metrics).await;
+            return self.refusal(&limiter, verdict);
+        };
+        self.refusal(limiter, verdict)
+    }
+
+    /// The answer to a [`Verdict`] that refuses, counted.
+    fn refusal(&self, limiter: &RateLimiter, verdict: Verdict) -> Option<Response<ResponseBody>> {
+        let (resp, retry_after_secs) = match verdict {
+            Verdict::Allow => return None,
+            Verdict::Limited {
                 policy,
+                tier,
                 retry_after_secs,
             } => {
                 self.sinks
                     .metrics
-                    .rate_limited(limiter.policy_name(policy), LimitTier::Local);
-                let mut resp = local(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
-                resp.headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
-                Some(resp)
+                    .rate_limited(limiter.policy_name(policy), tier);
+                let resp = local(StatusCode::TOO_MANY_REQUESTS, "too many requests\n");
+                (resp, retry_after_secs)
             }
-        }
+            Verdict::Unavailable { .. } => {
+                let resp = local(StatusCode::SERVICE_UNAVAILABLE, "rate limit unavailable\n");
+                (resp, 1)
+            }
+        };
+        let mut resp = resp;
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(retry_after_secs.max(1)));
+        Some(resp)
     }
 
     /// The body-filter phase: what the head announces of the body, checked before a server is
@@ -808,8 +843,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_rate_limit_refuses_a_client_over_its_quota_with_retry_after() {
+    #[tokio::test]
+    async fn the_rate_limit_refuses_a_client_over_its_quota_with_retry_after() {
         let d = driver(|c| {
             c.rate_limit.enabled = true;
             c.rate_limit.requests_per_second = 1;
@@ -833,7 +868,7 @@ mod tests {
             (b, "/", false),
         ];
         for (i, (client, path, refused)) in rows.into_iter().enumerate() {
-            let resp = d.proxy.rate_limit(client, path);
+            let resp = d.proxy.rate_limit(client, path).await;
             assert_eq!(resp.is_some(), refused, "row {i}: {path}");
             if let Some(resp) = resp {
                 assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS, "row {i}");
@@ -847,12 +882,15 @@ mod tests {
         }
         let text = d.metrics.render();
         for policy in ["default", "/login"] {
-            let line = format!("webprom_edge_rate_limited_total{{policy=\"{policy}\"}} 1");
+            let line =
+                format!("webprom_edge_rate_limited_total{{policy=\"{policy}\",tier=\"local\"}} 1");
             assert!(text.contains(&line), "{line} in\n{text}");
         }
         // Limiting off: nothing is refused.
         let off = driver(|_| {});
-        assert!((0..100).all(|_| off.proxy.rate_limit(a, "/").is_none()));
+        for _ in 0..100 {
+            assert!(off.proxy.rate_limit(a, "/").await.is_none());
+        }
     }
 
     #[test]

@@ -45,6 +45,7 @@ use crate::proxy::logging::Sinks;
 use crate::proxy::upstream::Upstreams;
 use crate::proxy::{LimiterCell, Proxy};
 use crate::ratelimit::RateLimiter;
+use crate::ratelimit::global::GlobalTier;
 use acme_http::AcmeHttp;
 use conn::ConnShared;
 use tls::CertResolver;
@@ -88,7 +89,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), preflight::
     let capture = Arc::new(
         Capture::new(&config, EpochKey { epoch: today, key }, geo).map_err(anyhow::Error::msg)?,
     );
-    let limiter = RateLimiter::new(&config.rate_limit);
+    let limiter = build_limiter(&config.rate_limit)?;
     let policies = limiter
         .as_ref()
         .map(|l| l.policy_names())
@@ -149,7 +150,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), preflight::
         )
         .with_acme(acme.as_ref().map(|a| a.challenges.clone())),
     );
-    let health = Arc::new(Health::new(upstreams.clone()));
+    let health = Arc::new(Health::new(upstreams.clone()).with_limiter(limiter.clone()));
     let health_checks = upstreams.start_health_checks();
 
     // The config as started: what a changed key that needs a restart is compared with.
@@ -424,15 +425,64 @@ fn reload(
         }
     }
     let current = limiter.load();
+    let secret = match &config.rate_limit.global {
+        Some(g) => match preflight::secret_file(&g.key_secret_file) {
+            Ok(secret) => Some(secret),
+            Err(reason) => {
+                let path = g.key_secret_file.display();
+                tracing::error!(key = "rate_limit.global.key_secret_file", %path, %reason, "rate-limit reload failed; keeping the running limiter");
+                return;
+            }
+        },
+        None => None,
+    };
     let unchanged = match (current.as_ref(), config.rate_limit.enabled) {
-        (Some(l), true) => l.same_quotas(&config.rate_limit),
+        (Some(l), true) => {
+            l.same_quotas(&config.rate_limit)
+                && match (l.global(), &config.rate_limit.global, &secret) {
+                    (None, None, _) => true,
+                    (Some(tier), Some(g), Some(secret)) => tier.same_config(g, secret),
+                    _ => false,
+                }
+        }
         (None, false) => true,
         _ => false,
     };
     if !unchanged {
-        limiter.store(RateLimiter::new(&config.rate_limit).map(Arc::new));
-        tracing::info!("rate-limit quotas changed: limiter state reset");
+        match build_limiter(&config.rate_limit) {
+            Ok(new) => {
+                limiter.store(new.map(Arc::new));
+                tracing::info!("rate-limit quotas or global tier changed: limiter state reset");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "rate-limit reload failed; keeping the running limiter")
+            }
+        }
     }
+}
+
+/// The rate limiter for `cfg` (`None` when limiting is off), with its global tier when
+/// `[rate_limit.global]` is set: keyed by `key_secret_file`, connecting lazily (a Redis that is
+/// down does not stop a start; the tier reports itself degraded until it answers). Needs a
+/// Tokio runtime (a blocking task of one will do).
+fn build_limiter(cfg: &crate::config::RateLimit) -> Result<Option<RateLimiter>, ConfigError> {
+    let Some(limiter) = RateLimiter::new(cfg) else {
+        return Ok(None);
+    };
+    let Some(global) = &cfg.global else {
+        return Ok(Some(limiter));
+    };
+    let key = "rate_limit.global.key_secret_file";
+    let secret = preflight::secret_file(&global.key_secret_file).map_err(|reason| {
+        ConfigError::invalid(
+            key,
+            format!("{}: {reason}", global.key_secret_file.display()),
+        )
+    })?;
+    let tier = GlobalTier::new(cfg, global, &secret)
+        .map_err(|e| ConfigError::invalid("rate_limit.global.redis", e.to_string()))?;
+    tracing::info!(redis = %global.redis.redacted(), timeout = ?global.timeout.0, on_error = ?global.on_error, "global rate-limit tier on");
+    Ok(Some(limiter.with_global(tier)))
 }
 
 async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, shared: Arc<ConnShared>) {
