@@ -1592,14 +1592,7 @@ fn check_prefix(key: &str, value: u8, max: u8) -> Result<(), ConfigError> {
 
 /// `access_log.node`: it becomes part of a file name, so only a short, plain name is taken.
 fn check_node(node: &str) -> Result<(), ConfigError> {
-    let plain = node
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    let first_ok = node
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_alphanumeric());
-    if !plain || !first_ok || node.len() > 64 {
+    if !crate::accesslog::files::is_node_name(node) {
         return Err(ConfigError::invalid(
             "access_log.node",
             format!(

@@ -114,12 +114,7 @@ impl Redis {
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} redis-server");
+        common::signal_pid(self.child.id(), sig);
     }
 
     /// Kills it (SIGKILL: no goodbye to the clients).

@@ -529,12 +529,7 @@ impl Proxy {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig}");
+        signal_pid(self.child.id(), sig);
     }
 
     /// Waits for the process to exit (at most `limit`).
@@ -1138,4 +1133,15 @@ pub fn tool_command(dir: &Path, command: &str, args: &[&str]) -> Command {
         .args(args)
         .current_dir(dir);
     cmd
+}
+
+/// Sends signal `sig` (`HUP`, `STOP`, `CONT`, `KILL`…) to process `pid` with kill(1); a
+/// process that cannot be signalled fails the test.
+pub fn signal_pid(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} {pid}");
 }

@@ -206,12 +206,7 @@ impl Pebble {
 
     /// Sends SIGSTOP (frozen: connections open, nothing answered) or SIGCONT to pebble.
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pebble.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} pebble");
+        super::signal_pid(self.pebble.id(), sig);
     }
 
     /// A GET over HTTPS to pebble, trusting `ca_roots`; `None` if it does not answer 200.
