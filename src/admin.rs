@@ -74,6 +74,17 @@ impl Health {
         })
     }
 
+    /// Sets the gauges read off this state at a scrape: `global_limit_degraded`.
+    pub fn update_gauges(&self, metrics: &Metrics) {
+        let degraded = self.limiter.as_ref().is_some_and(|cell| {
+            cell.load()
+                .as_ref()
+                .and_then(|l| l.global())
+                .is_some_and(|tier| tier.degraded().is_some())
+        });
+        metrics.global_limit_degraded.set(i64::from(degraded));
+    }
+
     /// [`Health::ready`] with the global tier's state appended to a ready answer's detail.
     pub async fn ready_detail(&self) -> Result<Option<String>, String> {
         let ready = self.ready().await?;
@@ -143,6 +154,7 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, metrics: Arc<Metr
                     let resp = if is_readyz(&req) {
                         readyz(&health).await
                     } else {
+                        health.update_gauges(&metrics);
                         route(&req, &metrics)
                     };
                     Ok::<_, Infallible>(resp)

@@ -1024,23 +1024,50 @@ impl RedisUrl {
         &self.0
     }
 
-    /// The URL with any user information (`user:password@`) replaced by `***@`, and any query
-    /// (a Unix socket's `?pass=`) by `?***`.
+    /// The URL as parsed (WHATWG URL, as the Redis client parses it), with any user
+    /// information (`user:password@`) replaced by `***@`, any query (a Unix socket's `?pass=`)
+    /// by `?***`, and any fragment dropped. Only the scheme is shown (`redis://***`) of a URL
+    /// that does not parse, or with an `@` outside its user information: a password typed
+    /// without percent-encoding its `/`, `?`, `#` or `@` could otherwise show in the host or
+    /// the path.
     pub fn redacted(&self) -> String {
-        let (url, query) = match self.0.split_once('?') {
-            Some((url, _)) => (url, "?***"),
-            None => (self.0.as_str(), ""),
-        };
-        match url.split_once("://") {
-            Some((scheme, rest)) => {
-                let end = rest.find(['/', '#']).unwrap_or(rest.len());
-                match rest[..end].rfind('@') {
-                    Some(at) => format!("{scheme}://***{}{query}", &rest[at..]),
-                    None => format!("{url}{query}"),
-                }
+        let scheme = self.0.split_once("://").map_or("", |(s, _)| s);
+        let hidden = || {
+            if !scheme.is_empty()
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b))
+            {
+                format!("{scheme}://***")
+            } else {
+                "***".to_owned()
             }
-            None => format!("{url}{query}"),
+        };
+        let Ok(url) = url::Url::parse(&self.0) else {
+            return hidden();
+        };
+        let userinfo = !url.username().is_empty() || url.password().is_some();
+        let stray_at = url.path().contains('@')
+            || url.query().is_some_and(|q| q.contains('@'))
+            || url.fragment().is_some();
+        if stray_at || self.0.matches('@').count() > usize::from(userinfo) {
+            return hidden();
         }
+        let mut shown = format!("{}://", url.scheme());
+        if userinfo {
+            shown.push_str("***@");
+        }
+        if let Some(host) = url.host_str() {
+            shown.push_str(host);
+        }
+        if let Some(port) = url.port() {
+            shown.push_str(&format!(":{port}"));
+        }
+        shown.push_str(url.path());
+        if url.query().is_some() {
+            shown.push_str("?***");
+        }
+        shown
     }
 }
 
@@ -1615,6 +1642,18 @@ impl GlobalLimit {
                 "is not a redis://, rediss:// or unix:// URL, e.g. \"redis://127.0.0.1:6379/0\"",
             ));
         }
+        // The client's own parser: what `run` would refuse is refused here too (check-config).
+        // Its message is not repeated: it may quote the URL, and the URL may hold a password.
+        if let Err(e) = redis::IntoConnectionInfo::into_connection_info(self.redis.0.as_str()) {
+            return Err(ConfigError::invalid(
+                "rate_limit.global.redis",
+                format!(
+                    "is not a URL the Redis client accepts ({:?}; shown here as {})",
+                    e.kind(),
+                    self.redis.redacted()
+                ),
+            ));
+        }
         if self.timeout.0 < MIN_DURATION || self.timeout.0 > Duration::from_secs(10) {
             return Err(ConfigError::invalid(
                 "rate_limit.global.timeout",
@@ -2074,6 +2113,23 @@ mod tests {
                 "[rate_limit]\nenabled = false\n[rate_limit.global]\nredis = \"redis://r\"\nkey_secret_file = \"s\"",
                 "rate_limit.global",
             ),
+            // URLs the Redis client refuses are refused here, not first by `run`.
+            (
+                "[rate_limit.global]\nredis = \"redis://:s3cret@[::1\"\nkey_secret_file = \"s\"",
+                "rate_limit.global.redis",
+            ),
+            (
+                "[rate_limit.global]\nredis = \"redis://r:99999\"\nkey_secret_file = \"s\"",
+                "rate_limit.global.redis",
+            ),
+            (
+                "[rate_limit.global]\nredis = \"redis://:s3cret@r/db-one\"\nkey_secret_file = \"s\"",
+                "rate_limit.global.redis",
+            ),
+            (
+                "[rate_limit.global]\nredis = \"rediss://\"\nkey_secret_file = \"s\"",
+                "rate_limit.global.redis",
+            ),
             ("[tls.tickets]\nrotation = \"59s\"", "tls.tickets.rotation"),
             ("[tls.tickets]\nrotation = \"2d\"", "tls.tickets.rotation"),
             (
@@ -2165,6 +2221,8 @@ mod tests {
         for (text, key) in cases {
             let err = parse(text).expect_err(text).to_string();
             assert!(err.contains(&format!("`{key}")), "{text:?} gave {err:?}");
+            // A password in a value is never repeated.
+            assert!(!err.contains("s3cret"), "{text:?} gave {err:?}");
         }
     }
 
@@ -2640,10 +2698,6 @@ mod tests {
             ("redis://:s3cret@10.0.0.5:6379", "redis://***@10.0.0.5:6379"),
             ("redis://edge:s3cret@r.example/2", "redis://***@r.example/2"),
             (
-                "rediss://u:p@w@r.example:6380",
-                "rediss://***@r.example:6380",
-            ),
-            (
                 "redis://r.example/0?protocol=resp3",
                 "redis://r.example/0?***",
             ),
@@ -2652,7 +2706,22 @@ mod tests {
                 "redis+unix:///run/r.sock?db=1&pass=s3cret",
                 "redis+unix:///run/r.sock?***",
             ),
-            ("unix:///run/r.sock?pass=a@b", "unix:///run/r.sock?***"),
+            // An '@' outside the user information: only the scheme is shown.
+            ("unix:///run/r.sock?pass=a@b", "unix://***"),
+            ("rediss://u:p@w@r.example:6380", "rediss://***"),
+            ("redis://r.example/0#frag", "redis://***"),
+            // A password with an unencoded '/', '?', '#' or '@': none of it is shown.
+            ("redis://:pa/ss@h.example", "redis://***"),
+            ("redis://:pa?ss@h.example", "redis://***"),
+            ("redis://:pa#ss@h.example", "redis://***"),
+            ("redis://u:12/34@h.example", "redis://***"),
+            (
+                "redis://:p%2Fss@h.example:6379/1",
+                "redis://***@h.example:6379/1",
+            ),
+            // Not a URL at all.
+            ("redis://:s3cret@[::1", "redis://***"),
+            ("s3cret", "***"),
         ];
         for (url, shown) in rows {
             let u = RedisUrl::from(url);

@@ -348,6 +348,9 @@ pub struct Metrics {
     rate_limited: IntCounterVec,
     global_limit_errors: [IntCounter; 3],
     global_limit_duration: Histogram,
+    /// `global_limit_degraded`: 1 while the global rate-limit tier is degraded (Redis does not
+    /// answer), else 0; set at each scrape from the tier's state (0 without a global tier).
+    pub global_limit_degraded: IntGauge,
     upstream_duration: Histogram,
     upstream_errors: [IntCounter; 3],
     client_errors: [IntCounter; 5],
@@ -533,6 +536,15 @@ impl Metrics {
         ))
         .expect("valid metric");
         reg(Box::new(global_limit_duration.clone()));
+
+        let global_limit_degraded = IntGauge::with_opts(opts(
+            "global_limit_degraded",
+            "1 while the global rate-limit tier is degraded (Redis does not answer; requests \
+             without a lease follow rate_limit.global.on_error), else 0. Also learnt while idle: \
+             the tier asks Redis every few seconds.",
+        ))
+        .expect("valid metric");
+        reg(Box::new(global_limit_degraded.clone()));
 
         let upstream_duration = Histogram::with_opts(hopts(
             "upstream_request_duration_seconds",
@@ -788,6 +800,7 @@ impl Metrics {
             rate_limited,
             global_limit_errors,
             global_limit_duration,
+            global_limit_degraded,
             upstream_duration,
             upstream_errors,
             client_errors,

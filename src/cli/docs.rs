@@ -174,6 +174,16 @@ fn sections() -> Roff {
          where run writes a development certificate if they are missing and tls.self_signed is \
          true.",
     )]);
+    r.control("PP", []);
+    r.text([roman(
+        "Two fleet secrets, each at least 32 bytes, mode 0600 (group and others: nothing), and \
+         never the same file: rate_limit.global.key_secret_file, from which the keys of the \
+         global rate limit's Redis entries are derived (read only), and tls.tickets.secret_file, \
+         the TLS session-ticket key, which run rewrites at each rotation with the current \
+         period's key (so it must be writable by the proxy's user; the packaged service keeps \
+         it in its state directory). Investigations (investigate, erase) append to the audit trail audit.jsonl in \
+         the access_log.dir of the configuration they run with, whatever --logs names.",
+    )]);
 
     r.control("SH", ["ENVIRONMENT"]);
     r.control("TP", []);

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ring::hmac;
 
@@ -32,15 +33,29 @@ use crate::privacy::net::prefix_mask;
 /// its TTL is the time until the bucket is full again (then it is as good as absent). Grants
 /// `n = min(want, available)` at once and returns `{n, retry_after_µs}` (the wait until one
 /// request is available when `n` is 0, else 0).
+///
+/// A value this script did not write is never an error of the tier: a key of another type
+/// (`WRONGTYPE`) or a value that is not a number counts as a full bucket (and is overwritten
+/// by the next grant); a time further ahead than one whole bucket (a value written by hand, or
+/// by an instance with a slower quota during a rollout) counts as an empty bucket and is
+/// rewritten as one, so the wait is at most one emission interval and never years, and the
+/// bucket refills as any other. (A wait from this script is never over one emission interval,
+/// which is at most a second: `requests_per_second` is at least 1.)
 pub const GCRA_SCRIPT: &str = r"
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local want = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
-if tat < now then tat = now end
+local old = redis.pcall('GET', KEYS[1])
+if type(old) ~= 'string' then old = '0' end
+local tat = tonumber(old) or 0
+if tat ~= tat or tat < now then tat = now end
 local tau = interval * burst
+if tat > now + tau then
+  tat = now + tau
+  redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.max(1, math.ceil(tau / 1000)))
+end
 local available = math.floor((now + tau - tat) / interval)
 local n = math.min(want, available)
 if n <= 0 then
@@ -75,6 +90,11 @@ const SHARDS: usize = 16;
 /// How long the tier skips Redis after an error (requests follow `on_error` at once) before
 /// the background probe tries again.
 const BACKOFF: Duration = Duration::from_millis(250);
+
+/// How often the tier asks Redis while it is not degraded, traffic or not (one script call on a
+/// key of its own): `/readyz` and `global_limit_degraded` learn of an outage within this (and
+/// [`PROBE_TIMEOUT`]) on an idle instance too.
+const IDLE_PROBE: Duration = Duration::from_secs(5);
 
 /// The probe's and the connection's own deadline (a probe is off the request path).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -177,7 +197,11 @@ pub struct GlobalTier {
 }
 
 struct Shared {
-    conn: ConnectionManager,
+    /// The connection in use; the probe replaces it after a failed probe (a connection manager
+    /// whose first connect failed on the server's answer, e.g. `WRONGPASS`, never retries).
+    conn: ArcSwap<ConnectionManager>,
+    client: redis::Client,
+    manager_config: ConnectionManagerConfig,
     script: redis::Script,
     hmac: hmac::Key,
     /// BLAKE3 of the derived HMAC key: tells a changed secret on reload without keeping it twice.
@@ -213,7 +237,7 @@ impl GlobalTier {
             .set_response_timeout(Some(PROBE_TIMEOUT.max(global.timeout.0)))
             .set_number_of_retries(0)
             .set_max_delay(BACKOFF);
-        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
             .map_err(|e| BuildError::Url(format!("{:?}", e.kind())))?;
         let derived = zeroize::Zeroizing::new(blake3::derive_key(KEY_CONTEXT, secret));
         let sync = global.sync_interval.0;
@@ -229,7 +253,9 @@ impl GlobalTier {
         }
         let tier = GlobalTier {
             shared: Arc::new(Shared {
-                conn,
+                conn: ArcSwap::from_pointee(conn),
+                client,
+                manager_config,
                 script: redis::Script::new(GCRA_SCRIPT),
                 hmac: hmac::Key::new(hmac::HMAC_SHA256, derived.as_slice()),
                 key_id: *blake3::hash(derived.as_slice()).as_bytes(),
@@ -243,11 +269,23 @@ impl GlobalTier {
             }),
         };
         // Asked once at once, so that a Redis down at start is reported (and `/readyz` says
-        // degraded) before the first request pays the timeout.
-        let first = tier.clone();
+        // degraded) before the first request pays the timeout; then every [`IDLE_PROBE`], so
+        // that an outage is known with no traffic too. The task holds the tier weakly: it ends
+        // with the tier (a reload that builds another).
+        let weak = Arc::downgrade(&tier.shared);
         tokio::spawn(async move {
-            if let Err(kind) = first.probe().await {
-                first.mark_degraded(kind);
+            loop {
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                let tier = GlobalTier { shared };
+                if tier.degraded().is_none()
+                    && let Err(kind) = tier.probe().await
+                {
+                    tier.mark_degraded(kind);
+                }
+                drop(tier);
+                tokio::time::sleep(IDLE_PROBE).await;
             }
         });
         Ok(tier)
@@ -365,6 +403,7 @@ impl GlobalTier {
         if degraded {
             return self.on_error(s.last_error(), metrics);
         }
+        let leading = leads.then_some(Leading { shared: s, key });
         let answer = self
             .call(
                 &self.redis_key(policy, ip),
@@ -374,11 +413,9 @@ impl GlobalTier {
                 metrics,
             )
             .await;
+        drop(leading);
         let now = Instant::now();
         let mut map = s.shard(local_key);
-        if leads && let Some(lease) = map.get_mut(&key) {
-            lease.refilling = false;
-        }
         match answer {
             Ok((granted, retry_us)) => {
                 let room = map.len() < MAX_LEASES / SHARDS;
@@ -452,7 +489,7 @@ impl GlobalTier {
         metrics: &Metrics,
     ) -> Result<(u32, u64), GlobalLimitError> {
         let s = &self.shared;
-        let mut conn = s.conn.clone();
+        let mut conn = ConnectionManager::clone(&s.conn.load());
         let started = Instant::now();
         let mut invocation = s.script.key(key);
         invocation.arg(p.interval_us).arg(p.burst).arg(want.max(1));
@@ -462,9 +499,12 @@ impl GlobalTier {
         match answer {
             Err(_) => Err(GlobalLimitError::Timeout),
             Ok(Err(e)) => Err(error_kind(&e)),
+            // Never a wait longer than the whole bucket takes to refill, whatever Redis says.
             Ok(Ok((granted, retry_us))) => Ok((
                 u32::try_from(granted.max(0)).unwrap_or(0).min(want.max(1)),
-                u64::try_from(retry_us.max(0)).unwrap_or(0),
+                u64::try_from(retry_us.max(0))
+                    .unwrap_or(0)
+                    .min(p.interval_us.saturating_mul(u64::from(p.burst))),
             )),
         }
     }
@@ -528,31 +568,49 @@ impl GlobalTier {
             on_error = ?s.config.on_error,
             "global rate-limit tier degraded: Redis does not answer; requests without a lease follow rate_limit.global.on_error"
         );
-        let tier = self.clone();
+        // Held weakly: a tier replaced by a reload stops being probed.
+        let weak = Arc::downgrade(&self.shared);
         tokio::spawn(async move {
-            let s = &tier.shared;
             loop {
                 tokio::time::sleep(BACKOFF).await;
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                let tier = GlobalTier { shared };
+                let s = &tier.shared;
                 match tier.probe().await {
                     Ok(()) => {
                         s.degraded.store(false, Ordering::Release);
                         tracing::info!(redis = %s.config.redis.redacted(), "global rate-limit tier recovered: Redis answers again");
                         return;
                     }
-                    Err(kind) => s.last_error.store(kind as u8, Ordering::Release),
-                }
-                // A tier replaced by a reload (only the probe holds it): stop.
-                if Arc::strong_count(&tier.shared) == 1 {
-                    return;
+                    Err(kind) => {
+                        s.last_error.store(kind as u8, Ordering::Release);
+                        tier.reconnect();
+                    }
                 }
             }
         });
     }
 
+    /// Replaces the connection by a new one (connecting lazily). The connection manager
+    /// reconnects by itself after a dropped connection, but not after a connect that the server
+    /// answered with an error (a wrong password, a server that is not Redis): without this the
+    /// tier would stay degraded until a restart.
+    fn reconnect(&self) {
+        let s = &self.shared;
+        match ConnectionManager::new_lazy_with_config(s.client.clone(), s.manager_config.clone()) {
+            Ok(conn) => s.conn.store(Arc::new(conn)),
+            Err(e) => {
+                tracing::debug!(kind = ?e.kind(), "global rate-limit tier: new connection refused")
+            }
+        }
+    }
+
     /// Runs the script on a key of its own (a write: a Redis refusing writes is not "ok").
     async fn probe(&self) -> Result<(), GlobalLimitError> {
         let s = &self.shared;
-        let mut conn = s.conn.clone();
+        let mut conn = ConnectionManager::clone(&s.conn.load());
         let mut invocation = s.script.key(format!("{KEY_PREFIX}probe"));
         invocation.arg(1).arg(1).arg(1);
         match tokio::time::timeout(
@@ -581,6 +639,22 @@ impl Shared {
             .into_iter()
             .find(|e| *e as u8 == k)
             .unwrap_or(GlobalLimitError::Connection)
+    }
+}
+
+/// Clears the `refilling` mark of the lease a request leads the ask of, when that request ends:
+/// answered, or dropped mid-ask because its client went away (without this, that lease would
+/// never be refilled in the background again, nor dropped by housekeeping).
+struct Leading<'a> {
+    shared: &'a Shared,
+    key: LeaseKey,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if let Some(lease) = self.shared.shard(self.key.1).get_mut(&self.key) {
+            lease.refilling = false;
+        }
     }
 }
 
@@ -988,6 +1062,40 @@ mod tests {
             Take::Ask(..)
         ));
         assert!(lease.stale(t0 + Duration::from_millis(1600)));
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_while_it_asks_for_the_lease_leaves_it_refillable() {
+        // A server that accepts and never answers: the ask waits (up to the 1 s timeout).
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((tcp, _)) = silent.accept().await {
+                open.push(tcp);
+            }
+        });
+        let g: GlobalLimit = toml::from_str(&format!(
+            "redis = \"redis://{addr}\"\nkey_secret_file = \"/x\"\ntimeout = \"1s\""
+        ))
+        .unwrap();
+        let t = GlobalTier::new(&cfg(), &g, SECRET).unwrap();
+        let metrics = Arc::new(Metrics::new(&["default".to_owned()]));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        // A steady client out of tokens: its next request leads the ask for a lease.
+        let now = Instant::now();
+        t.shared.shard(7).insert((0, 7), Lease::new(now));
+        let refilling = || t.shared.shard(7).get(&(0, 7)).unwrap().refilling;
+        let mut check = Box::pin(t.check(0, 7, ip, &metrics));
+        let waited = tokio::time::timeout(Duration::from_millis(100), &mut check).await;
+        assert!(waited.is_err(), "Redis answered: {waited:?}");
+        assert!(refilling(), "the request did not lead the ask");
+        // Its client goes away: the request is dropped mid-ask.
+        drop(check);
+        assert!(!refilling(), "the lease stays marked as refilling");
+        // So housekeeping may drop it (nothing valid, nothing remembered).
+        assert_eq!(t.housekeep(), 0);
+        held.abort();
     }
 
     #[test]

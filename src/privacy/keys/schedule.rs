@@ -19,8 +19,18 @@ use crate::privacy::keys::{Key, KeyError, KeyStore};
 /// destroyed past `privacy.key_retention`.
 pub fn ratchet(keys: &KeyStore, today: Epoch) -> Result<Key, KeyError> {
     let outcome = keys.ratchet_to(today)?;
-    if outcome.created_random {
-        tracing::warn!(epoch = %today, dir = %keys.dir().display(), "no pseudonym key found: created a random key");
+    match (outcome.created_random, outcome.later_keys) {
+        (true, true) => tracing::warn!(
+            epoch = %today,
+            dir = %keys.dir().display(),
+            "no pseudonym key for today or before, only for later days: is this clock behind? created a random key (this node's pseudonyms of today do not match the fleet's)"
+        ),
+        (true, false) => tracing::info!(
+            epoch = %today,
+            dir = %keys.dir().display(),
+            "no pseudonym key found: created a random key (a first start; for a fleet, copy this day's key file to the other instances)"
+        ),
+        _ => {}
     }
     if !outcome.destroyed.is_empty() {
         tracing::info!(

@@ -64,6 +64,9 @@ pub struct RatchetOutcome {
     /// No earlier key existed, so a random key was created for this day: pseudonyms do not
     /// link to any earlier day.
     pub created_random: bool,
+    /// Key files of days after the one ratcheted to exist: with `created_random`, this
+    /// machine's clock is behind the day the fleet's keys were made for (not a first start).
+    pub later_keys: bool,
     /// Key files written: this day's if it was missing, and the first day of the retention
     /// window if destroying older files would otherwise have made it underivable.
     pub written: Vec<Epoch>,
@@ -165,6 +168,9 @@ impl KeyStore {
         let files = self.scan()?;
         let mut written = Vec::new();
         let mut created_random = false;
+        let later_keys = files
+            .range((std::ops::Bound::Excluded(today), std::ops::Bound::Unbounded))
+            .any(|(_, f)| f.key.is_some());
 
         let key = match self.newest_at_or_before(&files, today)? {
             Some(key) => key,
@@ -206,6 +212,7 @@ impl KeyStore {
             epoch: today,
             key,
             created_random,
+            later_keys,
             written,
             destroyed,
         })
@@ -503,6 +510,7 @@ mod tests {
         let today = ep("2026-11-25");
         let out = ks.ratchet_to(today).unwrap();
         assert!(out.created_random);
+        assert!(!out.later_keys, "an empty directory: a first start");
         assert_eq!(out.written, vec![today]);
         assert!(out.destroyed.is_empty());
         let file = dir.join("2026-11-25.key");
@@ -553,7 +561,16 @@ mod tests {
         assert_eq!(ks.load(ep("2026-11-19")).unwrap(), None);
 
         // Ratcheting to an earlier day than kept files derives from what is at or before it.
-        assert_eq!(ks.ratchet_to(ep("2026-11-20")).unwrap().key, k);
+        let back = ks.ratchet_to(ep("2026-11-20")).unwrap();
+        assert_eq!(back.key, k);
+        assert!(!back.created_random);
+        assert!(back.later_keys);
+        // A clock behind every key file: a random key, and the later files are said to exist
+        // (the schedule warns: this is not a first start).
+        let behind = ks.ratchet_to(ep("2026-11-10")).unwrap();
+        assert!(behind.created_random);
+        assert!(behind.later_keys);
+        assert_ne!(behind.key, k);
     }
 
     #[test]
