@@ -1358,14 +1358,26 @@ impl Config {
         let de = toml::Deserializer::new(text);
         let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
+            let inner = e.into_inner();
             if key == "." {
-                // A syntax error: toml's own message shows the line and column.
+                // A syntax error: the line and column, never toml's snippet of the source line
+                // (it may hold a secret, such as the password of rate_limit.global.redis).
+                let message = inner.message().trim_end().replace('\n', "; ");
+                let message = match inner.span() {
+                    Some(span) => {
+                        let before = &text[..span.start.min(text.len())];
+                        let line = before.matches('\n').count() + 1;
+                        let column =
+                            before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                        format!("{message} (line {line}, column {column})")
+                    }
+                    None => message,
+                };
                 return ConfigError::Syntax {
                     path: path.to_owned(),
-                    message: e.into_inner().to_string(),
+                    message,
                 };
             }
-            let inner = e.into_inner();
             let reason = inner.message().to_owned();
             let reason = match inner.span() {
                 Some(span) => {
@@ -2687,6 +2699,40 @@ mod tests {
         ];
         for (d, shown) in rows {
             assert_eq!(d.to_string(), shown);
+        }
+    }
+
+    #[test]
+    fn a_syntax_error_names_line_and_column_and_never_quotes_the_line() {
+        // (the text, the line and column named). Each line holds a secret a mistyped quote or
+        // escape would otherwise echo.
+        let rows = [
+            (
+                "[rate_limit.global]\nredis = \"redis://:s3cret\\Q@h\"\n",
+                "line 2",
+            ),
+            (
+                "[rate_limit.global]\nredis = \"redis://:s3cret@h\n",
+                "line 2",
+            ),
+            (
+                "[rate_limit.global]\nredis = \"redis://:s3cret@h\" x\n",
+                "line 2",
+            ),
+            (
+                "[rate_limit.global]\nredis = 'redis://:s3'cret@h'\n",
+                "line 2",
+            ),
+            (
+                "[rate_limit.global]\nredis = \"redis://:a@h\"\nredis = \"redis://:s3cret@h\"\n",
+                "line 3",
+            ),
+        ];
+        for (text, at) in rows {
+            let err = parse(text).expect_err(text).to_string();
+            assert!(err.contains(at), "{text:?} gave {err:?}");
+            assert!(err.contains("column"), "{text:?} gave {err:?}");
+            assert!(!err.contains("s3cret"), "{text:?} gave {err:?}");
         }
     }
 

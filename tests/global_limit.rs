@@ -737,6 +737,24 @@ async fn values_the_fleet_did_not_write_never_degrade_the_tier() {
         let now: String = redis::cmd("GET").arg(&key).query(&mut redis.con()).unwrap();
         assert!(now.parse::<u64>().is_ok(), "{value:?}: holds {now:?}");
     }
+    // Redis drops every client connection (CLIENT KILL, as a restart or failover would): the
+    // next request is asked again on a new connection, not refused (on_error is deny here).
+    for round in 0..3 {
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .arg("SKIPME")
+            .arg("yes")
+            .query(&mut redis.con())
+            .unwrap();
+        let ip = format!("198.51.100.{}", 200 + round);
+        assert_eq!(
+            status(&p, &ip, "/").await.0,
+            StatusCode::OK,
+            "round {round}"
+        );
+    }
     let (code, body) = p.admin_get("/readyz").await;
     assert_eq!(
         (code, body.as_str()),

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -95,6 +95,9 @@ const BACKOFF: Duration = Duration::from_millis(250);
 /// key of its own): `/readyz` and `global_limit_degraded` learn of an outage within this (and
 /// [`PROBE_TIMEOUT`]) on an idle instance too.
 const IDLE_PROBE: Duration = Duration::from_secs(5);
+
+/// The degraded warning is logged at most this often (a flapping Redis would fill the log).
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// The probe's and the connection's own deadline (a probe is off the request path).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -213,6 +216,10 @@ struct Shared {
     degraded: AtomicBool,
     /// The last error's kind (`GlobalLimitError as u8`), for the requests that skip Redis.
     last_error: AtomicU8,
+    /// When the tier last warned that it is degraded (Unix seconds; 0: never).
+    warned_at: AtomicU64,
+    /// Times it became degraded since that warning (said at debug level only).
+    flaps: AtomicU64,
 }
 
 /// Why the tier could not be built.
@@ -266,6 +273,8 @@ impl GlobalTier {
                 // Until Redis first answers, requests go to it (each within `timeout`).
                 degraded: AtomicBool::new(false),
                 last_error: AtomicU8::new(GlobalLimitError::Connection as u8),
+                warned_at: AtomicU64::new(0),
+                flaps: AtomicU64::new(0),
             }),
         };
         // Asked once at once, so that a Redis down at start is reported (and `/readyz` says
@@ -493,8 +502,11 @@ impl GlobalTier {
         let started = Instant::now();
         let mut invocation = s.script.key(key);
         invocation.arg(p.interval_us).arg(p.burst).arg(want.max(1));
-        let answer =
-            tokio::time::timeout(timeout, invocation.invoke_async::<(i64, i64)>(&mut conn)).await;
+        // A connection found dropped (Redis restarted, a failover, CLIENT KILL, an idle timeout
+        // on the server) is noticed only by the call that uses it: that call is asked once more
+        // on the connection the manager makes anew, within the same `timeout`, before the tier
+        // counts it as an error.
+        let answer = tokio::time::timeout(timeout, invoke(&invocation, &mut conn)).await;
         metrics.global_limit_duration(started.elapsed());
         match answer {
             Err(_) => Err(GlobalLimitError::Timeout),
@@ -562,12 +574,30 @@ impl GlobalTier {
         if s.degraded.swap(true, Ordering::AcqRel) {
             return;
         }
-        tracing::warn!(
-            redis = %s.config.redis.redacted(),
-            kind = kind.as_str(),
-            on_error = ?s.config.on_error,
-            "global rate-limit tier degraded: Redis does not answer; requests without a lease follow rate_limit.global.on_error"
-        );
+        // A Redis that flaps (slower than `timeout` now and then, the probe then answering) is
+        // said once a minute, not at every flap; the flaps between are at debug level.
+        let now = unix_secs();
+        let last = s.warned_at.load(Ordering::Acquire);
+        if now.saturating_sub(last) >= WARN_EVERY.as_secs()
+            && s.warned_at
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            let flaps = s.flaps.swap(0, Ordering::AcqRel);
+            tracing::warn!(
+                redis = %s.config.redis.redacted(),
+                kind = kind.as_str(),
+                on_error = ?s.config.on_error,
+                degraded_since_last_warning = flaps,
+                "global rate-limit tier degraded: Redis does not answer; requests without a lease follow rate_limit.global.on_error"
+            );
+        } else {
+            s.flaps.fetch_add(1, Ordering::AcqRel);
+            tracing::debug!(
+                kind = kind.as_str(),
+                "global rate-limit tier degraded again"
+            );
+        }
         // Held weakly: a tier replaced by a reload stops being probed.
         let weak = Arc::downgrade(&self.shared);
         tokio::spawn(async move {
@@ -581,7 +611,11 @@ impl GlobalTier {
                 match tier.probe().await {
                     Ok(()) => {
                         s.degraded.store(false, Ordering::Release);
-                        tracing::info!(redis = %s.config.redis.redacted(), "global rate-limit tier recovered: Redis answers again");
+                        if s.flaps.load(Ordering::Acquire) == 0 {
+                            tracing::info!(redis = %s.config.redis.redacted(), "global rate-limit tier recovered: Redis answers again");
+                        } else {
+                            tracing::debug!("global rate-limit tier recovered");
+                        }
                         return;
                     }
                     Err(kind) => {
@@ -613,12 +647,7 @@ impl GlobalTier {
         let mut conn = ConnectionManager::clone(&s.conn.load());
         let mut invocation = s.script.key(format!("{KEY_PREFIX}probe"));
         invocation.arg(1).arg(1).arg(1);
-        match tokio::time::timeout(
-            PROBE_TIMEOUT,
-            invocation.invoke_async::<(i64, i64)>(&mut conn),
-        )
-        .await
-        {
+        match tokio::time::timeout(PROBE_TIMEOUT, invoke(&invocation, &mut conn)).await {
             Err(_) => Err(GlobalLimitError::Timeout),
             Ok(Err(e)) => Err(error_kind(&e)),
             Ok(Ok(_)) => Ok(()),
@@ -737,6 +766,27 @@ fn paced(want: u32, gap: Duration, sync: Duration, max_lease: u32) -> u32 {
 /// `d` in whole seconds, rounded up, at least 1 (`Retry-After`, RFC 9110 §10.2.3).
 fn whole_secs(d: Duration) -> u64 {
     (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+}
+
+/// Runs the script once, and once more when the connection was found dropped (the manager has
+/// made a new one by then): a dropped connection is noticed only by the call that uses it.
+async fn invoke(
+    invocation: &redis::ScriptInvocation<'_>,
+    conn: &mut ConnectionManager,
+) -> redis::RedisResult<(i64, i64)> {
+    match invocation.invoke_async(conn).await {
+        Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+            invocation.invoke_async(conn).await
+        }
+        answer => answer,
+    }
+}
+
+/// Seconds since the Unix epoch (0 before it).
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The metric kind of a Redis client error.
