@@ -29,7 +29,7 @@ STREAMS=10
 NEWCONN_CONNS=20
 IDLE_CONNS=10000
 CLIENTS=250000
-H1_VISITORS=wrk
+H1_VISITORS=loadgen
 OUT=""
 WAIT_QUIET=60
 QUIET_PCT=10
@@ -431,7 +431,7 @@ start_target() {
       SRV_LOG="$dir/logs/access.log";;
     haproxy)
       render "$HERE/haproxy.cfg" "$dir/haproxy.cfg" PORT="$SRV_PORT" UPSTREAM_PORT="$UP_PORT" \
-        PEM="$TMP/cert+key.pem" MAXCONN=$(( IDLE_CONNS + 200 ))
+        PEM="$TMP/cert+key.pem" MAXCONN=$(( IDLE_CONNS + 200 )) NOFILE="$NOFILE"
       pinned "$CPU_SERVER" haproxy -db -f "$dir/haproxy.cfg" \
         >>"$dir/logs/access.log" 2>"$dir/logs/error.log" &
       SRV_PID=$!
@@ -597,6 +597,10 @@ measure() {
     rss=$(tree_rss_kb "$SRV_PID")
     [ "$rc" = 0 ] || say "$name $profile $proto $mode: load generator exit status $rc (see $raw.txt)"
     parse_output "$tool" "$raw.txt" "$h2log"
+    # wrk's script walks the client addresses in order too: one per request.
+    if [ "$profile" = visitors ] && [ "$DISTINCT" = - ]; then
+      DISTINCT=$(( REQUESTS < CLIENTS ? REQUESTS : CLIENTS ))
+    fi
     local wall srv up lg other usreq
     wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}')
     srv=$(awk -v d=$(( s1 - s0 )) -v w="$wall" -v hz="$CLK_TCK" 'BEGIN{printf "%.0f", d/hz/w*100}')

@@ -11,8 +11,9 @@
 //! http/1.1, keep-alive). With `--corpus`, each request takes the next client address of
 //! `clients.txt` (as `X-Forwarded-For`), a user agent and an Accept-Language value drawn by their
 //! weights, and a path drawn from `paths.txt`. With `--new-conn`, each connection carries one
-//! request and is closed (`--conns` of them at a time): every handshake is full, or, with
-//! `--resume`, resumed from the previous connections' session tickets.
+//! request and is closed (`--conns` clients, each opening one connection after another): every
+//! handshake is full, or, with `--resume`, resumed from the session ticket the client's previous
+//! connection received (each client keeps its own tickets, as a browser does).
 //!
 //! `hold` opens `--conns` connections (TLS handshake done; for h2 also the client preface and
 //! SETTINGS sent), prints `ready`, keeps them idle for `--hold` seconds and prints how many are
@@ -235,11 +236,19 @@ impl Shared {
 
     /// A TCP connection and a TLS handshake, counted.
     async fn connect(&self) -> Result<TlsStream<TcpStream>, BoxError> {
+        self.connect_with(&self.config).await
+    }
+
+    /// The same with a given client configuration (a session cache of its own).
+    async fn connect_with(
+        &self,
+        config: &Arc<ClientConfig>,
+    ) -> Result<TlsStream<TcpStream>, BoxError> {
         let result = async {
             let tcp = TcpStream::connect(self.args.addr).await?;
             tcp.set_nodelay(true)?;
             let name = ServerName::try_from(self.args.sni.clone())?;
-            let tls = TlsConnector::from(self.config.clone())
+            let tls = TlsConnector::from(config.clone())
                 .connect(name, tcp)
                 .await?;
             Ok::<_, BoxError>(tls)
@@ -276,7 +285,14 @@ impl Shared {
     }
 
     async fn h2_connect(&self) -> Result<SendRequest<Bytes>, BoxError> {
-        let tls = self.connect().await?;
+        self.h2_connect_with(&self.config).await
+    }
+
+    async fn h2_connect_with(
+        &self,
+        config: &Arc<ClientConfig>,
+    ) -> Result<SendRequest<Bytes>, BoxError> {
+        let tls = self.connect_with(config).await?;
         let (send, connection) = h2::client::Builder::new()
             .initial_window_size(1 << 20)
             .initial_connection_window_size(1 << 24)
@@ -395,13 +411,14 @@ async fn h1_connection_loop(sh: Rc<Shared>, mut tls: Option<TlsStream<TcpStream>
 /// One request on a new connection, which is then closed.
 async fn one_connection(
     sh: &Shared,
+    config: &Arc<ClientConfig>,
     rng: &mut Rng,
     request: &mut Vec<u8>,
     buf: &mut Vec<u8>,
 ) -> Result<u16, BoxError> {
     match sh.args.proto {
         Proto::H1 => {
-            let mut tls = sh.connect().await?;
+            let mut tls = sh.connect_with(config).await?;
             sh.h1_request(rng, request);
             buf.clear();
             let response = h1::exchange(&mut tls, request, buf).await?;
@@ -409,7 +426,7 @@ async fn one_connection(
             Ok(response.status)
         }
         Proto::H2 => {
-            let mut send = sh.h2_connect().await?;
+            let mut send = sh.h2_connect_with(config).await?;
             let request = sh.h2_request(rng)?;
             let status = h2_exchange(&mut send, request).await?;
             // The last handle dropped: the connection sends GOAWAY and closes.
@@ -419,7 +436,14 @@ async fn one_connection(
     }
 }
 
+/// One client opening connection after connection; with `--resume` it keeps its own session
+/// tickets, so each connection resumes the previous one's session.
 async fn new_connection_loop(sh: Rc<Shared>, id: u64) {
+    let config = if sh.args.resume {
+        tls::own_session_cache(&sh.config)
+    } else {
+        sh.config.clone()
+    };
     let mut rng = Rng::new(sh.args.seed ^ (id << 32));
     let mut request = Vec::with_capacity(1024);
     let mut buf = Vec::with_capacity(16384);
@@ -427,7 +451,7 @@ async fn new_connection_loop(sh: Rc<Shared>, id: u64) {
         let started = Instant::now();
         let result = match timeout(
             sh.args.timeout,
-            one_connection(&sh, &mut rng, &mut request, &mut buf),
+            one_connection(&sh, &config, &mut rng, &mut request, &mut buf),
         )
         .await
         {

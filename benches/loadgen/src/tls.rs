@@ -70,3 +70,11 @@ pub fn client_config(alpn: &[u8], resume: bool) -> Result<Arc<ClientConfig>, rus
     }
     Ok(Arc::new(config))
 }
+
+/// `config` with a session cache of its own: one returning client, which resumes with the
+/// tickets of its own previous connection (as a browser does), whatever the others do.
+pub fn own_session_cache(config: &ClientConfig) -> Arc<ClientConfig> {
+    let mut c = config.clone();
+    c.resumption = Resumption::in_memory_sessions(4);
+    Arc::new(c)
+}
