@@ -143,7 +143,10 @@ def summary(out_dir):
             order.append(key)
         groups[key].append(r)
     # nginx's value per (profile, proto, mode, round) for the ratios.
-    ref_rate, ref_us, ref_mem = {}, {}, {}
+    ref_rate, ref_us, ref_mem, ref_ours = {}, {}, {}, {}
+    for r in rows:
+        if r["target"] == "ours":
+            ref_ours[(r["profile"], r["proto"], r["mode"], r["round"])] = num(r["rate"])
     for r in rows:
         if r["target"] == "nginx":
             k = (r["profile"], r["proto"], r["mode"], r["round"])
@@ -324,6 +327,12 @@ def summary(out_dir):
             if proto == "h2":
                 line += f": {verdict(o['bytes_per_conn'] <= n['bytes_per_conn'])}"
             goals.append(line)
+    for key in order:
+        if key[1] == "ours-global" and key[0] != "memory":
+            r = ratios(groups[key], "rate", ref_ours)
+            if r is not None:
+                goals.append(f"global rate-limit tier, {key[0]} {key[2]}: {r:.2f}x webprom-edge "
+                             f"without it (goal: within 10%): {verdict(r >= 0.9)}")
     for proto in ("h2", "h1"):
         o = g("visitors", "ours", proto)
         if o and o["rss_kb"]:

@@ -386,7 +386,7 @@ cp "$TMP/upstream/nginx.conf" "$OUT/raw/upstream-nginx.conf"
   echo "profiles: $PROFILES  protocols: $PROTOS  targets: $TARGETS  rounds: $ROUNDS"
   echo "duration: ${DURATION}s  warm-up: ${WARMUP}s  conns: $CONNS  h2 streams/conn: $STREAMS  newconn at a time: $NEWCONN_CONNS  idle conns: $IDLE_CONNS  visitors clients: $CLIENTS  h1 visitors client: $H1_VISITORS"
   echo "open-file limit: $NOFILE"
-  echo "ours: $OURS_BIN ($("$OURS_BIN" --version 2>/dev/null | head -1))"
+  echo "ours: $OURS_BIN ($("$OURS_BIN" --version 2>/dev/null | head -1), modified $(date -r "$OURS_BIN" -Is)$([ -n "${WEBPROM_EDGE_BIN:-}" ] && echo ', given by WEBPROM_EDGE_BIN: not necessarily built from this commit'))"
   echo "loadgen: $LOADGEN"
   echo "nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //')"
   command -v haproxy >/dev/null && echo "haproxy: $(haproxy -v 2>&1 | head -1)"
@@ -696,10 +696,10 @@ for (( round = 1; round <= ROUNDS; round++ )); do
         curl -s "http://127.0.0.1:$SRV_ADMIN/metrics" | grep -E '^webprom_edge_global_limit_' \
           > "$OUT/raw/$profile-ours-global-metrics.r$round.txt" || true
       fi
-      # Two sample lines of each access log (anonymised by the server itself).
+      # The first lines of each access log of a profile (anonymised by the server itself).
       # shellcheck disable=SC2086
-      [ -s "$OUT/raw/logsample-$name.txt" ] || tail -q -n 2 $SRV_LOG 2>/dev/null \
-        | cut -c1-1500 > "$OUT/raw/logsample-$name.txt"
+      [ -s "$OUT/raw/logsample-$profile-$name.txt" ] || cat $SRV_LOG 2>/dev/null | head -n 3 \
+        | cut -c1-1500 > "$OUT/raw/logsample-$profile-$name.txt"
       stop_target
     done
   done
