@@ -319,7 +319,7 @@ def summary(out_dir):
                              f"{n['srv_us_per_req']:.0f} us of server CPU per connection (goal: "
                              f"at or below): {verdict(o['srv_us_per_req'] <= n['srv_us_per_req'])}")
     for proto in ("h2", "h1"):
-        o, n = g("memory", "ours", proto), g("memory", "nginx", proto)
+        o, n = g("memory", "ours", proto, "idle"), g("memory", "nginx", proto, "idle")
         if o and n and o["bytes_per_conn"] is not None and n["bytes_per_conn"] is not None:
             goal = " (goal: at or below)" if proto == "h2" else " (no goal)"
             line = (f"memory per idle {proto} connection: {o['bytes_per_conn']:.0f} vs nginx "
