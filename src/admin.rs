@@ -154,7 +154,9 @@ pub async fn serve(listener: TcpListener, health: Arc<Health>, metrics: Arc<Metr
                     let resp = if is_readyz(&req) {
                         readyz(&health).await
                     } else {
-                        health.update_gauges(&metrics);
+                        if req.uri().path() == "/metrics" {
+                            health.update_gauges(&metrics);
+                        }
                         route(&req, &metrics)
                     };
                     Ok::<_, Infallible>(resp)

@@ -1365,10 +1365,7 @@ impl Config {
                 let message = inner.message().trim_end().replace('\n', "; ");
                 let message = match inner.span() {
                     Some(span) => {
-                        let before = &text[..span.start.min(text.len())];
-                        let line = before.matches('\n').count() + 1;
-                        let column =
-                            before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                        let (line, column) = line_column(text, span.start);
                         format!("{message} (line {line}, column {column})")
                     }
                     None => message,
@@ -1380,10 +1377,7 @@ impl Config {
             }
             let reason = inner.message().to_owned();
             let reason = match inner.span() {
-                Some(span) => {
-                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-                    format!("{reason} (line {line})")
-                }
+                Some(span) => format!("{reason} (line {})", line_column(text, span.start).0),
                 None => reason,
             };
             ConfigError::Schema {
@@ -1641,6 +1635,14 @@ fn check_node(node: &str) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// The 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
 }
 
 impl GlobalLimit {

@@ -220,6 +220,8 @@ struct Shared {
     warned_at: AtomicU64,
     /// Times it became degraded since that warning (said at debug level only).
     flaps: AtomicU64,
+    /// Wakes the watcher ([`watch`]) when a request finds Redis failing.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 /// Why the tier could not be built.
@@ -275,28 +277,13 @@ impl GlobalTier {
                 last_error: AtomicU8::new(GlobalLimitError::Connection as u8),
                 warned_at: AtomicU64::new(0),
                 flaps: AtomicU64::new(0),
+                wake: Arc::new(tokio::sync::Notify::new()),
             }),
         };
-        // Asked once at once, so that a Redis down at start is reported (and `/readyz` says
-        // degraded) before the first request pays the timeout; then every [`IDLE_PROBE`], so
-        // that an outage is known with no traffic too. The task holds the tier weakly: it ends
-        // with the tier (a reload that builds another).
-        let weak = Arc::downgrade(&tier.shared);
-        tokio::spawn(async move {
-            loop {
-                let Some(shared) = weak.upgrade() else {
-                    return;
-                };
-                let tier = GlobalTier { shared };
-                if tier.degraded().is_none()
-                    && let Err(kind) = tier.probe().await
-                {
-                    tier.mark_degraded(kind);
-                }
-                drop(tier);
-                tokio::time::sleep(IDLE_PROBE).await;
-            }
-        });
+        tokio::spawn(watch(
+            Arc::downgrade(&tier.shared),
+            tier.shared.wake.clone(),
+        ));
         Ok(tier)
     }
 
@@ -566,8 +553,8 @@ impl GlobalTier {
         });
     }
 
-    /// Marks the tier degraded after an error of `kind`: said once, then a background probe
-    /// asks Redis every [`BACKOFF`] until it answers (said once too).
+    /// Marks the tier degraded after an error of `kind` (said at most once a minute) and wakes
+    /// the watcher, which asks Redis every [`BACKOFF`] until it answers.
     fn mark_degraded(&self, kind: GlobalLimitError) {
         let s = &self.shared;
         s.last_error.store(kind as u8, Ordering::Release);
@@ -598,33 +585,7 @@ impl GlobalTier {
                 "global rate-limit tier degraded again"
             );
         }
-        // Held weakly: a tier replaced by a reload stops being probed.
-        let weak = Arc::downgrade(&self.shared);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(BACKOFF).await;
-                let Some(shared) = weak.upgrade() else {
-                    return;
-                };
-                let tier = GlobalTier { shared };
-                let s = &tier.shared;
-                match tier.probe().await {
-                    Ok(()) => {
-                        s.degraded.store(false, Ordering::Release);
-                        if s.flaps.load(Ordering::Acquire) == 0 {
-                            tracing::info!(redis = %s.config.redis.redacted(), "global rate-limit tier recovered: Redis answers again");
-                        } else {
-                            tracing::debug!("global rate-limit tier recovered");
-                        }
-                        return;
-                    }
-                    Err(kind) => {
-                        s.last_error.store(kind as u8, Ordering::Release);
-                        tier.reconnect();
-                    }
-                }
-            }
-        });
+        s.wake.notify_one();
     }
 
     /// Replaces the connection by a new one (connecting lazily). The connection manager
@@ -668,6 +629,48 @@ impl Shared {
             .into_iter()
             .find(|e| *e as u8 == k)
             .unwrap_or(GlobalLimitError::Connection)
+    }
+}
+
+/// The tier's one background task: asks Redis at once (so that a Redis down at start is
+/// reported, and `/readyz` says degraded, before the first request pays the timeout), then
+/// every [`IDLE_PROBE`] while the tier is ok (an outage is known with no traffic too), and
+/// every [`BACKOFF`] while it is degraded, each failed probe on a new connection, until Redis
+/// answers (said once). `wake` cuts an idle wait short when a request finds Redis failing.
+/// Holds the tier weakly: it ends with the tier (a reload that builds another).
+async fn watch(weak: std::sync::Weak<Shared>, wake: Arc<tokio::sync::Notify>) {
+    loop {
+        let Some(shared) = weak.upgrade() else {
+            return;
+        };
+        let tier = GlobalTier { shared };
+        let s = &tier.shared;
+        let was_degraded = s.degraded.load(Ordering::Acquire);
+        match (tier.probe().await, was_degraded) {
+            (Ok(()), true) => {
+                s.degraded.store(false, Ordering::Release);
+                if s.flaps.load(Ordering::Acquire) == 0 {
+                    tracing::info!(redis = %s.config.redis.redacted(), "global rate-limit tier recovered: Redis answers again");
+                } else {
+                    tracing::debug!("global rate-limit tier recovered");
+                }
+            }
+            (Ok(()), false) => {}
+            (Err(kind), true) => {
+                s.last_error.store(kind as u8, Ordering::Release);
+                tier.reconnect();
+            }
+            (Err(kind), false) => tier.mark_degraded(kind),
+        }
+        let degraded = s.degraded.load(Ordering::Acquire);
+        drop(tier);
+        if !degraded {
+            tokio::select! {
+                () = tokio::time::sleep(IDLE_PROBE) => continue,
+                () = wake.notified() => {}
+            }
+        }
+        tokio::time::sleep(BACKOFF).await;
     }
 }
 
