@@ -200,6 +200,8 @@ impl Proxy {
         let record = self.capture_begin(client, &req, &authority, conn);
         let (head, version) = (req.method() == Method::HEAD, req.version());
         // Each phase passes the request on, or ends it with an answer of its own (`Err`).
+        // Awaited where it is written: bound to a name first, the block's state would be kept
+        // twice in this future (the binding and the awaited copy), and copied with it.
         let answer = async {
             let length = headers::content_length(req.headers());
             if let Some(refusal) = self.request_filter(&req, &authority, length) {
@@ -219,8 +221,9 @@ impl Proxy {
             let (req, watch) = self.read_body(req, length, version).await?;
             let exchange = self.send(&pick, req, watch.as_deref(), version).await?;
             Ok(self.response_filter(exchange, client_upgrade, watch))
-        };
-        let mut answer = answer.await.unwrap_or_else(|answer| answer);
+        }
+        .await;
+        let mut answer = answer.unwrap_or_else(|answer| answer);
         // An answer to HEAD has no body (RFC 9110 §9.3.2): the proxy's own is emptied.
         if head {
             answer.resp.body_mut().clear_local();

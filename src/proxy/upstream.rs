@@ -877,8 +877,9 @@ impl Upstreams {
             };
             let deadline =
                 *deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.request_timeout);
-            let attempt = self.send_to(peer, grant, req, deadline);
-            match tokio::time::timeout_at(deadline, attempt).await {
+            // Awaited where it is made: a binding would keep the attempt's state twice.
+            match tokio::time::timeout_at(deadline, self.send_to(peer, grant, req, deadline)).await
+            {
                 Err(_) => {
                     peer.server.request(None);
                     return Err(SendError::Timeout(

@@ -22,8 +22,8 @@ use std::future::Future;
 use std::io;
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -133,8 +133,8 @@ pub struct Connection<T> {
     accepted: bool,
     /// GOAWAY (ENHANCE_YOUR_CALM) has been sent.
     calmed: bool,
-    /// Polls so far, for [`Coalesced`].
-    polls: Arc<AtomicU32>,
+    /// The connection's I/O as `h2` writes to it, written out at the end of each poll.
+    written: Coalesced<T>,
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
@@ -147,9 +147,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
         info: ConnInfo,
         send_timeout: Duration,
     ) -> Connection<T> {
-        let polls = Arc::new(AtomicU32::new(0));
+        let io = Coalesced::new(io);
         Connection {
-            state: State::Handshaking(settings.handshake(Coalesced::new(io, polls.clone()))),
+            state: State::Handshaking(settings.handshake(io.clone())),
             service: Arc::new(Service {
                 proxy,
                 info,
@@ -161,7 +161,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Connection<T> {
             close_pending: false,
             accepted: false,
             calmed: false,
-            polls,
+            written: io,
         }
     }
 
@@ -191,35 +191,51 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Future for Connection<T
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        this.polls.fetch_add(1, Ordering::Relaxed);
+        let polled = this.poll_serve(cx);
+        if polled.is_pending() {
+            // `h2` has written all it could this time round: out it goes, as one write.
+            if let Err(e) = ready!(this.written.poll_write_out(cx)) {
+                // The connection is broken: it ends here, as `h2` would end it on its next
+                // write.
+                tracing::debug!(error = %e, "writing to the client failed");
+                return Poll::Ready(Err(h2::Error::from(Reason::INTERNAL_ERROR)));
+            }
+        }
+        polled
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection<T> {
+    /// Drives `h2`: the handshake, then accepting streams, each into a task of its own.
+    fn poll_serve(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), h2::Error>> {
         loop {
-            match &mut this.state {
+            match &mut self.state {
                 State::Handshaking(hs) => {
                     let mut conn = ready!(Pin::new(hs).poll(cx))?;
-                    if this.close_pending {
+                    if self.close_pending {
                         conn.graceful_shutdown();
                     }
-                    this.state = State::Serving(conn);
+                    self.state = State::Serving(conn);
                 }
                 State::Serving(conn) => {
                     // Set by a stream task when the client's reset budget ran out; checked on
                     // the frame after, which a client still resetting streams always sends.
-                    if !this.calmed && this.service.calm_down.load(Ordering::Relaxed) {
-                        this.calmed = true;
+                    if !self.calmed && self.service.calm_down.load(Ordering::Relaxed) {
+                        self.calmed = true;
                         conn.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
                     }
                     match ready!(conn.poll_accept(cx)) {
                         Some(Ok((req, reply))) => {
-                            this.accepted = true;
+                            self.accepted = true;
                             let (parts, recv) = req.into_parts();
                             let (body, continue_wanted) = RecvBody::new(recv, &parts.headers);
                             let req = Request::from_parts(parts, ClientBody::H2(body));
-                            let svc = this.service.clone();
+                            let svc = self.service.clone();
                             // Boxed once: the stream's task holds a pointer, not the request
                             // state.
                             let handling =
                                 Box::pin(async move { svc.proxy.handle(req, &svc.info).await });
-                            let svc = this.service.clone();
+                            let svc = self.service.clone();
                             tokio::spawn(Stream::new(svc, handling, continue_wanted, reply));
                         }
                         Some(Err(e)) => return Poll::Ready(Err(e)),
@@ -665,47 +681,70 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
 /// (RFC 8446 §5.1), so that a full batch is one record.
 pub const COALESCE_BYTES: usize = 16 * 1024;
 
-/// A connection whose writes are gathered and written as one at the end of the connection's
-/// poll (or once [`COALESCE_BYTES`] are waiting).
+/// A connection whose writes are gathered during a poll of its [`Connection`] and written out
+/// as one at the end of it (or as soon as [`COALESCE_BYTES`] are waiting).
 ///
 /// `h2` writes a DATA frame's payload straight from its `Bytes`, keeps only one such frame at a
 /// time, and flushes its I/O before it takes the next: over TLS, each small response became a
 /// TLS record and a system call of its own (ten 1 KiB answers on a connection: ten records and
-/// ten `writev`). So the first flush of a poll that finds bytes gathered is put off: the task
-/// is woken to be polled again, and the frames `h2` writes meanwhile join the batch, which the
-/// first flush of the next poll writes out, as one record and one system call. `h2` flushes at
-/// the end of every poll of its connection, and its shutdown writes out everything first.
+/// ten `writev`). Gathered, what `h2` writes in one poll goes out as one record and one system
+/// call. A flush from `h2` below the cap is left to the end of the poll, which
+/// [`Connection`] ends with [`Coalesced::poll_write_out`] whenever it is pending; a shutdown
+/// writes everything first.
 ///
-/// The cost is one copy of what is written and, per batch, one more poll of the connection's
-/// task. The buffer is released once written: an idle connection keeps none. A write is taken
-/// whole when the buffer has room (it may pass [`COALESCE_BYTES`] by at most one write); when
-/// the buffer is full, what it holds is written first, and a write waits while the connection
-/// cannot take it, so the client's pace still holds the sender back.
-pub struct Coalesced<T> {
+/// `h2` holds one handle and the connection another: they share the I/O behind a lock that is
+/// only ever taken by the connection's own task, one call at a time. The cost is one copy of
+/// what is written. The buffer is released once written: an idle connection keeps none. A
+/// write is taken whole when the buffer has room (it may pass [`COALESCE_BYTES`] by at most one
+/// write); when the buffer is full, what it holds is written first, and a write waits while
+/// the connection cannot take it, so the client's pace still holds the sender back.
+pub struct Coalesced<T>(Arc<Mutex<Gathered<T>>>);
+
+struct Gathered<T> {
     inner: T,
     buf: Vec<u8>,
     /// Bytes at the front of `buf` already written.
     written: usize,
-    /// The connection's polls so far ([`Connection`] counts them).
-    polls: Arc<AtomicU32>,
-    /// The poll during which a flush was put off, while one is.
-    put_off: Option<u32>,
+}
+
+impl<T> Clone for Coalesced<T> {
+    fn clone(&self) -> Self {
+        Coalesced(Arc::clone(&self.0))
+    }
 }
 
 impl<T> Coalesced<T> {
-    /// Gathers the writes made to `inner`; `polls` is the count of the connection's polls.
-    fn new(inner: T, polls: Arc<AtomicU32>) -> Coalesced<T> {
-        Coalesced {
+    /// Gathers the writes made to `inner`.
+    fn new(inner: T) -> Coalesced<T> {
+        Coalesced(Arc::new(Mutex::new(Gathered {
             inner,
             buf: Vec::new(),
             written: 0,
-            polls,
-            put_off: None,
-        }
+        })))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Gathered<T>> {
+        // Never poisoned in practice (nothing panics while it is held); a poisoned lock still
+        // holds a usable connection.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 impl<T: AsyncWrite + Unpin> Coalesced<T> {
+    /// Writes out what is gathered and flushes the connection: the end of a poll.
+    pub fn poll_write_out(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut g = self.lock();
+        if g.buf.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        ready!(g.poll_drain(cx))?;
+        Pin::new(&mut g.inner).poll_flush(cx)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> Gathered<T> {
     /// Writes out what is gathered; the buffer is released once it is all written.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.buf.len() {
@@ -717,7 +756,6 @@ impl<T: AsyncWrite + Unpin> Coalesced<T> {
         }
         self.buf = Vec::new();
         self.written = 0;
-        self.put_off = None;
         Poll::Ready(Ok(()))
     }
 }
@@ -728,7 +766,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Coalesced<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        Pin::new(&mut self.lock().inner).poll_read(cx, buf)
     }
 }
 
@@ -746,20 +784,20 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.buf.len() >= COALESCE_BYTES {
-            ready!(this.poll_drain(cx))?;
+        let mut g = self.lock();
+        if g.buf.len() >= COALESCE_BYTES {
+            ready!(g.poll_drain(cx))?;
         }
         let len: usize = bufs.iter().map(|b| b.len()).sum();
-        if this.buf.is_empty() && len >= COALESCE_BYTES {
+        if g.buf.is_empty() && len >= COALESCE_BYTES {
             // Nothing to gather it with: written as it is, without a copy.
-            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+            return Pin::new(&mut g.inner).poll_write_vectored(cx, bufs);
         }
-        if this.buf.capacity() == 0 {
-            this.buf.reserve(COALESCE_BYTES.max(len));
+        if g.buf.capacity() == 0 {
+            g.buf.reserve(COALESCE_BYTES.max(len));
         }
         for b in bufs {
-            this.buf.extend_from_slice(b);
+            g.buf.extend_from_slice(b);
         }
         Poll::Ready(Ok(len))
     }
@@ -769,33 +807,177 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.written < this.buf.len() && this.buf.len() < COALESCE_BYTES {
-            let poll = this.polls.load(Ordering::Relaxed);
-            match this.put_off {
-                None => {
-                    this.put_off = Some(poll);
-                    cx.waker().wake_by_ref();
-                    return Poll::Ready(Ok(()));
-                }
-                Some(during) if during == poll => return Poll::Ready(Ok(())),
-                Some(_) => {}
-            }
+        let mut g = self.lock();
+        if g.buf.is_empty() {
+            return Pin::new(&mut g.inner).poll_flush(cx);
         }
-        ready!(this.poll_drain(cx))?;
-        Pin::new(&mut this.inner).poll_flush(cx)
+        if g.buf.len() < COALESCE_BYTES {
+            // Left for the end of the connection's poll.
+            return Poll::Ready(Ok(()));
+        }
+        ready!(g.poll_drain(cx))?;
+        Pin::new(&mut g.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        ready!(this.poll_drain(cx))?;
-        Pin::new(&mut this.inner).poll_shutdown(cx)
+        let mut g = self.lock();
+        ready!(g.poll_drain(cx))?;
+        Pin::new(&mut g.inner).poll_shutdown(cx)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The inner connection of [`Coalesced`] in tests: records each write it takes, and takes
+    /// none while `blocked`.
+    #[derive(Default)]
+    struct Recorder {
+        writes: Vec<Vec<u8>>,
+        flushes: usize,
+        shut: bool,
+        blocked: bool,
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            if this.blocked {
+                return Poll::Pending;
+            }
+            this.writes.push(data.to_vec());
+            Poll::Ready(Ok(data.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            if this.blocked {
+                return Poll::Pending;
+            }
+            this.flushes += 1;
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            this.shut = true;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn write(io: &mut Coalesced<Recorder>, cx: &mut Context<'_>, data: &[u8]) -> Poll<usize> {
+        Pin::new(io).poll_write(cx, data).map(|r| r.unwrap())
+    }
+
+    fn flush(io: &mut Coalesced<Recorder>, cx: &mut Context<'_>) -> Poll<()> {
+        Pin::new(io).poll_flush(cx).map(|r| r.unwrap())
+    }
+
+    #[test]
+    fn the_writes_of_one_poll_go_out_as_one_at_its_end() {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let conn = Coalesced::new(Recorder::default());
+        let mut io = conn.clone();
+        // One poll of the connection: three frames, each flushed, as `h2` does.
+        for frame in [&b"head"[..], b"data-1", b"data-2"] {
+            assert_eq!(write(&mut io, &mut cx, frame), Poll::Ready(frame.len()));
+            assert_eq!(flush(&mut io, &mut cx), Poll::Ready(()));
+        }
+        assert!(
+            conn.lock().inner.writes.is_empty(),
+            "nothing is written during the poll"
+        );
+        assert_eq!(conn.lock().inner.flushes, 0);
+        // The end of the poll: one write, one flush.
+        assert!(matches!(conn.poll_write_out(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(conn.lock().inner.writes, [b"headdata-1data-2".to_vec()]);
+        assert_eq!(conn.lock().inner.flushes, 1);
+        assert_eq!(
+            conn.lock().buf.capacity(),
+            0,
+            "the buffer is released once written"
+        );
+        // Nothing gathered: the end of a poll writes nothing; a flush passes straight through.
+        assert!(matches!(conn.poll_write_out(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(conn.lock().inner.flushes, 1);
+        assert_eq!(flush(&mut io, &mut cx), Poll::Ready(()));
+        assert_eq!(conn.lock().inner.flushes, 2);
+        // A client that takes nothing: the end of the poll waits, and writes once it can.
+        assert_eq!(write(&mut io, &mut cx, b"more"), Poll::Ready(4));
+        conn.lock().inner.blocked = true;
+        assert!(conn.poll_write_out(&mut cx).is_pending());
+        conn.lock().inner.blocked = false;
+        assert!(matches!(conn.poll_write_out(&mut cx), Poll::Ready(Ok(()))));
+        assert_eq!(conn.lock().inner.writes[1], b"more");
+    }
+
+    #[test]
+    fn a_full_buffer_is_written_before_more_is_taken_and_waits_for_the_client() {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut io = Coalesced::new(Recorder::default());
+        let frame = vec![7u8; 5000];
+        for _ in 0..4 {
+            assert_eq!(write(&mut io, &mut cx, &frame), Poll::Ready(5000));
+        }
+        assert!(
+            io.lock().inner.writes.is_empty(),
+            "20,000 bytes: one write over the cap"
+        );
+        // Over the cap: the batch goes first; a client that takes nothing holds the write back.
+        io.lock().inner.blocked = true;
+        assert_eq!(write(&mut io, &mut cx, &frame), Poll::Pending);
+        assert_eq!(
+            io.lock().buf.len(),
+            20_000,
+            "nothing is taken while the batch cannot go"
+        );
+        assert_eq!(
+            flush(&mut io, &mut cx),
+            Poll::Pending,
+            "a flush over the cap writes"
+        );
+        io.lock().inner.blocked = false;
+        assert_eq!(write(&mut io, &mut cx, &frame), Poll::Ready(5000));
+        assert_eq!(io.lock().inner.writes.len(), 1);
+        assert_eq!(io.lock().inner.writes[0].len(), 20_000);
+        assert_eq!(io.lock().buf.len(), 5000);
+    }
+
+    #[test]
+    fn a_large_write_with_nothing_gathered_is_not_copied_and_shutdown_writes_all() {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut io = Coalesced::new(Recorder::default());
+        let large = vec![1u8; COALESCE_BYTES];
+        assert_eq!(write(&mut io, &mut cx, &large), Poll::Ready(COALESCE_BYTES));
+        assert_eq!(io.lock().inner.writes.len(), 1, "written through");
+        assert_eq!(io.lock().buf.capacity(), 0);
+        assert_eq!(write(&mut io, &mut cx, b"goaway"), Poll::Ready(6));
+        assert_eq!(
+            flush(&mut io, &mut cx),
+            Poll::Ready(()),
+            "left for the end of the poll"
+        );
+        assert_eq!(io.lock().inner.writes.len(), 1);
+        let shut = Pin::new(&mut io).poll_shutdown(&mut cx);
+        assert!(matches!(shut, Poll::Ready(Ok(()))));
+        assert_eq!(io.lock().inner.writes[1], b"goaway");
+        assert!(io.lock().inner.shut);
+    }
 
     #[tokio::test]
     async fn the_preface_is_told_from_http1_and_read_again() {
