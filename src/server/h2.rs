@@ -739,8 +739,7 @@ impl<T: AsyncWrite + Unpin> Coalesced<T> {
         if g.buf.is_empty() {
             return Poll::Ready(Ok(()));
         }
-        ready!(g.poll_drain(cx))?;
-        Pin::new(&mut g.inner).poll_flush(cx)
+        g.poll_drain_and_flush(cx)
     }
 }
 
@@ -757,6 +756,12 @@ impl<T: AsyncWrite + Unpin> Gathered<T> {
         self.buf = Vec::new();
         self.written = 0;
         Poll::Ready(Ok(()))
+    }
+
+    /// Writes out what is gathered, then flushes the connection under it.
+    fn poll_drain_and_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 }
 
@@ -815,8 +820,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
             // Left for the end of the connection's poll.
             return Poll::Ready(Ok(()));
         }
-        ready!(g.poll_drain(cx))?;
-        Pin::new(&mut g.inner).poll_flush(cx)
+        g.poll_drain_and_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
