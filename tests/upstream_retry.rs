@@ -52,6 +52,9 @@ struct Scripted {
     connections: Arc<AtomicUsize>,
     /// Connections the proxy closed while they were idle.
     closed_by_peer: Arc<AtomicUsize>,
+    /// Lets a `/cut/…` answer end: the test gives one permit once its client has the response
+    /// head, so the body fails only after the head has reached the client.
+    cut: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -76,8 +79,13 @@ impl Scripted {
         let connections = Arc::new(AtomicUsize::new(0));
         let closed_by_peer = Arc::new(AtomicUsize::new(0));
         let total = Arc::new(AtomicUsize::new(0));
-        let (seen2, connections2, closed2) =
-            (seen.clone(), connections.clone(), closed_by_peer.clone());
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let (seen2, connections2, closed2, cut2) = (
+            seen.clone(),
+            connections.clone(),
+            closed_by_peer.clone(),
+            cut.clone(),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -90,6 +98,7 @@ impl Scripted {
                     seen2.clone(),
                     total.clone(),
                     closed2.clone(),
+                    cut2.clone(),
                 ));
             }
         });
@@ -98,6 +107,7 @@ impl Scripted {
             seen,
             connections,
             closed_by_peer,
+            cut,
             task,
         }
     }
@@ -124,6 +134,7 @@ async fn serve(
     seen: Arc<Mutex<Vec<String>>>,
     total: Arc<AtomicUsize>,
     closed_by_peer: Arc<AtomicUsize>,
+    cut: Arc<tokio::sync::Notify>,
 ) {
     let mut buf = Vec::new();
     let mut answered = 0usize;
@@ -173,7 +184,9 @@ async fn serve(
         }
         // `/cut/…`: the body is cut short after its head went out (closed, or reset when the
         // path says `reset`), announced by length or chunked, or its chunked framing breaks
-        // (`badchunk`: a chunk size that is not hex).
+        // (`badchunk`: a chunk size that is not hex). It is cut once the test says its client
+        // has the head: a proxy that fails a stream before its queued head was written sends
+        // only the reset, which is right but not what the test is about.
         if let Some(rest) = head.target.strip_prefix("/cut/") {
             let head = if rest.starts_with("badchunk") {
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n"
@@ -184,7 +197,7 @@ async fn serve(
             };
             let _ = tcp.write_all(head.as_bytes()).await;
             let _ = tcp.flush().await;
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            cut.notified().await;
             if rest.contains("reset") {
                 let _ = tcp.set_zero_linger();
             }
@@ -608,8 +621,13 @@ async fn a_pooled_connection_idle_past_the_idle_timeout_is_closed_not_reused() {
     }
 }
 
-/// Reads the whole response to `req`, or as much as comes before the body fails.
-async fn read_all(conn: &mut Conn, req: Request<common::ReqBody>) -> (StatusCode, bool) {
+/// Reads the whole response to `req`, or as much as comes before the body fails; `headed`
+/// runs once the response head has come.
+async fn read_all(
+    conn: &mut Conn,
+    req: Request<common::ReqBody>,
+    headed: impl FnOnce(),
+) -> (StatusCode, bool) {
     use http_body_util::BodyExt;
     let resp = match conn {
         Conn::H1(s) => {
@@ -629,6 +647,7 @@ async fn read_all(conn: &mut Conn, req: Request<common::ReqBody>) -> (StatusCode
         }
     };
     let status = resp.status();
+    headed();
     (status, resp.into_body().collect().await.is_ok())
 }
 
@@ -651,7 +670,8 @@ async fn a_response_body_the_upstream_cuts_short_counts_once_as_an_upstream_erro
             let (_, before) = proxy.admin_get("/metrics").await;
             let mut conn = proxy.client().connect(proto).await;
             let path = format!("/cut/{row}");
-            let (status, whole) = read_all(&mut conn, request(&Method::GET, &path, b"")).await;
+            let req = request(&Method::GET, &path, b"");
+            let (status, whole) = read_all(&mut conn, req, || up.cut.notify_one()).await;
             assert_eq!(status, StatusCode::OK, "{row} {proto:?}");
             assert!(!whole, "{row} {proto:?}: the body came whole");
             let protocol = "webprom_edge_upstream_errors_total{kind=\"protocol\"}";

@@ -705,6 +705,9 @@ struct Gathered<T> {
     buf: Vec<u8>,
     /// Bytes at the front of `buf` already written.
     written: usize,
+    /// Written to `inner` but not yet flushed through it (a TLS stream keeps the records it
+    /// could not send): the next write-out flushes even with nothing gathered.
+    unflushed: bool,
 }
 
 impl<T> Clone for Coalesced<T> {
@@ -720,6 +723,7 @@ impl<T> Coalesced<T> {
             inner,
             buf: Vec::new(),
             written: 0,
+            unflushed: false,
         })))
     }
 
@@ -736,7 +740,7 @@ impl<T: AsyncWrite + Unpin> Coalesced<T> {
     /// Writes out what is gathered and flushes the connection: the end of a poll.
     pub fn poll_write_out(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut g = self.lock();
-        if g.buf.is_empty() {
+        if g.buf.is_empty() && !g.unflushed {
             return Poll::Ready(Ok(()));
         }
         g.poll_drain_and_flush(cx)
@@ -752,6 +756,7 @@ impl<T: AsyncWrite + Unpin> Gathered<T> {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.written += n;
+            self.unflushed = true;
         }
         self.buf = Vec::new();
         self.written = 0;
@@ -761,7 +766,9 @@ impl<T: AsyncWrite + Unpin> Gathered<T> {
     /// Writes out what is gathered, then flushes the connection under it.
     fn poll_drain_and_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_drain(cx))?;
-        Pin::new(&mut self.inner).poll_flush(cx)
+        ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+        self.unflushed = false;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -796,7 +803,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
         let len: usize = bufs.iter().map(|b| b.len()).sum();
         if g.buf.is_empty() && len >= COALESCE_BYTES {
             // Nothing to gather it with: written as it is, without a copy.
-            return Pin::new(&mut g.inner).poll_write_vectored(cx, bufs);
+            let n = ready!(Pin::new(&mut g.inner).poll_write_vectored(cx, bufs))?;
+            g.unflushed = true;
+            return Poll::Ready(Ok(n));
         }
         if g.buf.capacity() == 0 {
             g.buf.reserve(COALESCE_BYTES.max(len));
@@ -814,7 +823,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesced<T> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut g = self.lock();
         if g.buf.is_empty() {
-            return Pin::new(&mut g.inner).poll_flush(cx);
+            ready!(Pin::new(&mut g.inner).poll_flush(cx))?;
+            g.unflushed = false;
+            return Poll::Ready(Ok(()));
         }
         if g.buf.len() < COALESCE_BYTES {
             // Left for the end of the connection's poll.
@@ -835,13 +846,15 @@ mod tests {
     use super::*;
 
     /// The inner connection of [`Coalesced`] in tests: records each write it takes, and takes
-    /// none while `blocked`.
+    /// none while `blocked`; its flush cannot finish while `blocked` or `flush_blocked` (a TLS
+    /// stream holding records the socket cannot take yet).
     #[derive(Default)]
     struct Recorder {
         writes: Vec<Vec<u8>>,
         flushes: usize,
         shut: bool,
         blocked: bool,
+        flush_blocked: bool,
     }
 
     impl AsyncRead for Recorder {
@@ -870,7 +883,7 @@ mod tests {
 
         fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             let this = self.get_mut();
-            if this.blocked {
+            if this.blocked || this.flush_blocked {
                 return Poll::Pending;
             }
             this.flushes += 1;
@@ -928,6 +941,31 @@ mod tests {
         conn.lock().inner.blocked = false;
         assert!(matches!(conn.poll_write_out(&mut cx), Poll::Ready(Ok(()))));
         assert_eq!(conn.lock().inner.writes[1], b"more");
+    }
+
+    #[test]
+    fn a_flush_the_connection_could_not_finish_is_finished_at_the_next_poll_end() {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        // Rows: how the bytes went in (gathered, or a large write passed straight through).
+        for len in [10, COALESCE_BYTES] {
+            let conn = Coalesced::new(Recorder::default());
+            let mut io = conn.clone();
+            assert_eq!(write(&mut io, &mut cx, &vec![3u8; len]), Poll::Ready(len));
+            conn.lock().inner.flush_blocked = true;
+            assert!(conn.poll_write_out(&mut cx).is_pending(), "{len}");
+            assert_eq!(
+                conn.lock().inner.writes.len(),
+                1,
+                "{len}: written, not flushed"
+            );
+            // Woken when the socket can take more: nothing is gathered, but the flush is owed.
+            conn.lock().inner.flush_blocked = false;
+            assert!(matches!(conn.poll_write_out(&mut cx), Poll::Ready(Ok(()))));
+            assert_eq!(conn.lock().inner.flushes, 1, "{len}");
+            // Owed no longer: the next end of a poll with nothing gathered does nothing.
+            assert!(matches!(conn.poll_write_out(&mut cx), Poll::Ready(Ok(()))));
+            assert_eq!(conn.lock().inner.flushes, 1, "{len}");
+        }
     }
 
     #[test]
