@@ -30,8 +30,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use h2::server::{Builder, Handshake, SendResponse};
 use h2::{Reason, SendStream};
-use http::header::{CONTENT_LENGTH, DATE};
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::header::{self, CONTENT_LENGTH, DATE};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
@@ -415,6 +415,7 @@ fn respond<B: Body>(
     resp: Response<B>,
 ) -> Option<(B, SendStream<Bytes>)> {
     let (mut head, body) = resp.into_parts();
+    own_indexed_values(&mut head.headers);
     // The proxy's response filter has removed every connection-specific header already
     // (RFC 9113 §8.2.2); `h2` would refuse the head otherwise.
     if !head.headers.contains_key(DATE)
@@ -435,6 +436,41 @@ fn respond<B: Body>(
             tracing::debug!(error = %e, "sending the response head failed");
             reply.send_reset(Reason::INTERNAL_ERROR);
             None
+        }
+    }
+}
+
+/// The response header fields whose values `h2`'s HPACK encoder never adds to its dynamic
+/// table (h2 0.4 `Header::skip_value_index`): their values are not kept past the response.
+const NEVER_INDEXED: [HeaderName; 9] = [
+    header::AGE,
+    header::AUTHORIZATION,
+    header::CONTENT_LENGTH,
+    header::ETAG,
+    header::IF_MODIFIED_SINCE,
+    header::IF_NONE_MATCH,
+    header::LOCATION,
+    header::COOKIE,
+    header::SET_COOKIE,
+];
+
+/// Gives each response header value that `h2` may keep a buffer of its own.
+///
+/// A value parsed from the upstream's response is a slice of that upstream connection's read
+/// buffer (8 KiB or more), and `h2`'s HPACK encoder keeps every value it indexes in the client
+/// connection's dynamic table (RFC 7541 §2.3.2) for as long as the entry lives there, which on
+/// a busy connection is its whole life. A `date` that changes each second made a new entry
+/// each second, each holding a whole upstream read buffer: about 63 buffers (a 4,096-byte
+/// table of 65-byte entries), 0.5 MB per client connection. Copied, an entry holds its value.
+/// Values never indexed and sensitive ones are left as they are.
+fn own_indexed_values(headers: &mut HeaderMap) {
+    for (name, value) in headers.iter_mut() {
+        if value.is_sensitive() || NEVER_INDEXED.contains(name) {
+            continue;
+        }
+        // The bytes were a valid value: the copy is too.
+        if let Ok(owned) = HeaderValue::from_bytes(value.as_bytes()) {
+            *value = owned;
         }
     }
 }
@@ -1019,6 +1055,67 @@ mod tests {
         assert!(matches!(shut, Poll::Ready(Ok(()))));
         assert_eq!(io.lock().inner.writes[1], b"goaway");
         assert!(io.lock().inner.shut);
+    }
+
+    /// A response head whose values are slices of `read_buffer`, as hyper's upstream client
+    /// makes them: `date` (indexed by HPACK, a new value each second), `server` and a custom
+    /// field (indexed), `content-length` and `etag` (never indexed).
+    fn upstream_head(read_buffer: &Bytes, date: usize) -> Response<()> {
+        let text = std::str::from_utf8(read_buffer).unwrap();
+        let slice = |needle: &str| {
+            let at = text.find(needle).unwrap();
+            HeaderValue::from_maybe_shared(read_buffer.slice(at..at + needle.len())).unwrap()
+        };
+        let mut resp = Response::new(());
+        let headers = resp.headers_mut();
+        headers.insert(DATE, slice(&format!("Tue, 01 Dec 2026 10:00:0{date} GMT")));
+        headers.insert(header::SERVER, slice("nginx"));
+        headers.insert("x-served-by", slice("edge-7"));
+        headers.insert(header::ETAG, slice("\"abc\""));
+        resp
+    }
+
+    #[tokio::test]
+    async fn hpack_keeps_no_upstream_read_buffer_past_the_response() {
+        // A client connection that lives across several `date` values: each one is a new entry
+        // in the server's HPACK table. The upstream's read buffers must be free once each
+        // response has been sent.
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move {
+            let mut conn = h2::server::handshake(server_io).await.unwrap();
+            let mut buffers = Vec::new();
+            for date in 0..3 {
+                let (_req, mut reply) = conn.accept().await.unwrap().unwrap();
+                let mut text =
+                    format!("Tue, 01 Dec 2026 10:00:0{date} GMT nginx edge-7 \"abc\"").into_bytes();
+                text.resize(8192, b' ');
+                let read_buffer = Bytes::from(text);
+                let body = http_body_util::Empty::<Bytes>::new();
+                let resp = upstream_head(&read_buffer, date).map(|()| body);
+                assert!(respond(&mut reply, resp).is_none());
+                buffers.push(read_buffer);
+            }
+            // Serve on until the client is done, so that every head has been encoded.
+            tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            buffers
+        });
+        let (mut client, conn) = h2::client::handshake(client_io).await.unwrap();
+        tokio::spawn(conn);
+        for date in 0..3 {
+            let (resp, _) = client.send_request(Request::new(()), true).unwrap();
+            let resp = resp.await.unwrap();
+            let want = format!("Tue, 01 Dec 2026 10:00:0{date} GMT");
+            assert_eq!(resp.headers()[DATE], want.as_str());
+            assert_eq!(resp.headers()["x-served-by"], "edge-7");
+            assert_eq!(resp.headers()[header::ETAG], "\"abc\"");
+        }
+        for (date, read_buffer) in server.await.unwrap().into_iter().enumerate() {
+            // Only the etag (never indexed) could still hold it, and it went with its response.
+            assert!(
+                read_buffer.try_into_mut().is_ok(),
+                "response {date}: the HPACK table still holds the upstream's read buffer"
+            );
+        }
     }
 
     #[tokio::test]
