@@ -251,7 +251,8 @@ def summary(out_dir):
                  " everything else on the machine; 100% = one core. us/req, us/conn = server CPU"
                  " microseconds per completed request or connection. rss = server's resident "
                  "memory after the run. err: failed requests and non-2xx answers, summed over "
-                 "rounds.")
+                 "rounds. closed_early (memory) = idle connections not open at the end of the "
+                 "hold (never opened, or closed by the server).")
 
     # Access-log check: every completed request has its line.
     lines.append("")
@@ -264,7 +265,9 @@ def summary(out_dir):
         checked += 1
         if lg < rq:
             lost.append(r)
-    if lost:
+    if checked == 0:
+        lines.append("access log: not checked (no profile with requests ran)")
+    elif lost:
         lines.append(f"access log: {len(lost)} of {checked} runs logged FEWER lines than "
                      "requests completed:")
         for r in lost:
@@ -274,7 +277,8 @@ def summary(out_dir):
         lines.append(f"access log: in all {checked} measured runs every server logged at least "
                      "as many lines as requests completed (the surplus: requests in flight when "
                      "the client stopped)")
-    lines.append("access-log lines per run (logged / completed):")
+    if checked:
+        lines.append("access-log lines per run (logged / completed):")
     for r in rows:
         if r["profile"] != "memory" and num(r["logged"]) is not None:
             lines.append(f"  r{r['round']} {r['profile']:9s} {r['target']:12s} {r['proto']:3s} "

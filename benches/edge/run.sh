@@ -63,8 +63,10 @@ usage: benches/edge/run.sh [options]
   --retries N        ... at most N times (default $RETRIES)
   --max-time S       hard limit for the whole run (default: from the plan)
   --keep-tmp         keep the scratch directory (configs, logs) for inspection
-environment: WEBPROM_EDGE_BIN  the proxy binary (default: cargo build --release of this repository)
-             LOADGEN_BIN       the load generator (default: built from benches/loadgen)
+environment: WEBPROM_EDGE_BIN  the proxy binary (default: cargo build --release of this repository,
+                               into CARGO_TARGET_DIR when set)
+             LOADGEN_BIN       the load generator (default: built from benches/loadgen into
+                               \$CARGO_TARGET_DIR/loadgen, or target/loadgen)
 EOF
 }
 
@@ -228,13 +230,15 @@ say "results: $OUT; plan about ${PLAN}s (at most ${MAX_TIME}s)"
 track $!
 
 # ------------------------------------------------------------------ binaries --
+# Cargo's target directory: CARGO_TARGET_DIR when set, as cargo itself does.
+CARGO_TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 if [ -n "${WEBPROM_EDGE_BIN:-}" ]; then
   OURS_BIN=$WEBPROM_EDGE_BIN
 else
   say "building webprom-edge (cargo build --release)"
   cargo build --release --manifest-path "$REPO/Cargo.toml" >"$OUT/raw/build-ours.txt" 2>&1 \
     || die "cargo build failed: $OUT/raw/build-ours.txt"
-  OURS_BIN="$REPO/target/release/webprom-edge"
+  OURS_BIN="$CARGO_TARGET/release/webprom-edge"
 fi
 [ -x "$OURS_BIN" ] || die "not executable: $OURS_BIN"
 if [ -n "${LOADGEN_BIN:-}" ]; then
@@ -242,9 +246,9 @@ if [ -n "${LOADGEN_BIN:-}" ]; then
 else
   say "building the load generator (benches/loadgen)"
   cargo build --release --manifest-path "$HERE/../loadgen/Cargo.toml" \
-    --target-dir "$REPO/target/loadgen" >"$OUT/raw/build-loadgen.txt" 2>&1 \
+    --target-dir "$CARGO_TARGET/loadgen" >"$OUT/raw/build-loadgen.txt" 2>&1 \
     || die "cargo build of benches/loadgen failed: $OUT/raw/build-loadgen.txt"
-  LOADGEN="$REPO/target/loadgen/release/webprom-edge-loadgen"
+  LOADGEN="$CARGO_TARGET/loadgen/release/webprom-edge-loadgen"
 fi
 [ -x "$LOADGEN" ] || die "not executable: $LOADGEN"
 
