@@ -110,7 +110,7 @@ PROFILE_TITLES = {
 }
 
 
-def summary(out_dir):
+def summary(out_dir, noisy_pct=25.0):
     rows = []
     with open(os.path.join(out_dir, "results.tsv")) as f:
         header = f.readline().rstrip("\n").split("\t")
@@ -346,6 +346,12 @@ def summary(out_dir):
         lines.append("")
         lines.append("goals (webprom-edge = ours, against the same round's peers):")
         lines.extend("  " + x for x in goals)
+        noisy = [r for r in rows
+                 if num(r["other_pct"]) is not None and num(r["other_pct"]) > noisy_pct]
+        if noisy:
+            lines.append(f"  CAUTION: in {len(noisy)} of {len(rows)} kept runs other processes used "
+                         f"more than {noisy_pct:g}% of a core (other%): the verdicts above are "
+                         "unreliable; rerun on a quiet machine")
     try:
         with open(os.path.join(out_dir, "foreign.txt")) as f:
             busy = f.read().strip()
@@ -366,11 +372,13 @@ def main():
     f.add_argument("--seconds", type=float, default=1.0)
     s = sub.add_parser("summary")
     s.add_argument("dir")
+    s.add_argument("--noisy-pct", type=float, default=25.0,
+                   help="a kept run whose other%% is above this makes the goal verdicts unreliable")
     a = ap.parse_args()
     if a.cmd == "foreign":
         foreign(a.root, a.seconds)
     else:
-        summary(a.dir)
+        summary(a.dir, a.noisy_pct)
     return 0
 
 

@@ -710,4 +710,4 @@ for (( round = 1; round <= ROUNDS; round++ )); do
 done
 
 echo "load average at end: $(cat /proc/loadavg)" >> "$OUT/env.txt"
-python3 "$HERE/report.py" summary "$OUT" | tee "$OUT/summary.txt"
+python3 "$HERE/report.py" summary "$OUT" --noisy-pct "$NOISY_PCT" | tee "$OUT/summary.txt"
