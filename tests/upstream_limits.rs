@@ -55,6 +55,21 @@ async fn concurrently(proxy: &Proxy, paths: &[String], stagger: Duration) -> Vec
     statuses
 }
 
+/// Waits (at most 5 s) until the proxy's gauge `name` reads `value`: the state a step of a test
+/// waits for, instead of a fixed sleep that a loaded machine can outrun.
+async fn until_gauge(proxy: &Proxy, name: &str, value: f64, what: &str) {
+    eventually(
+        Duration::from_secs(5),
+        Duration::from_millis(10),
+        async || {
+            let (_, metrics) = proxy.admin_get("/metrics").await;
+            (sample(&metrics, name) == value).then_some(())
+        },
+        || format!("{what}: {name} never read {value}"),
+    )
+    .await;
+}
+
 fn count(statuses: &[StatusCode], status: StatusCode) -> usize {
     statuses.iter().filter(|s| **s == status).count()
 }
@@ -213,7 +228,7 @@ async fn a_client_leaving_the_queue_frees_its_place() {
                 .await
                 .status
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        until_gauge(&proxy, BUSY, 1.0, "the holder takes the connection").await;
         let mut leaver = client.connect(proto).await;
         let left = tokio::time::timeout(
             Duration::from_millis(200),
@@ -225,7 +240,7 @@ async fn a_client_leaving_the_queue_frees_its_place() {
             "{proto:?}: the second request was not kept waiting"
         );
         drop(leaver);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        until_gauge(&proxy, QUEUED, 0.0, "the leaver's place is given up").await;
         let third = client.get(Proto::H2, "/slow?ms=10&i=third").await;
         assert_eq!(
             third.status,
@@ -260,7 +275,7 @@ async fn a_server_at_its_cap_passes_its_turn_to_one_with_room_and_requests_wait_
             .await
             .status
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_gauge(&proxy, BUSY, 1.0, "the holder takes a's connection").await;
     assert_eq!(a.seen.lock().unwrap().len(), 1);
     // Round robin would give every second one to `a`: all go to `b`, none waits.
     for i in 0..6 {
@@ -281,7 +296,7 @@ async fn a_server_at_its_cap_passes_its_turn_to_one_with_room_and_requests_wait_
             .await
             .status
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_gauge(&proxy, BUSY, 2.0, "the second takes b's connection").await;
     let waited = client.get(Proto::H2, "/greet?i=waited").await;
     assert_eq!(waited.status, StatusCode::OK);
     assert_eq!(held.await.unwrap(), StatusCode::OK);
@@ -446,16 +461,7 @@ async fn an_http1_upload_turned_away_with_503_gets_the_answer_not_a_reset() {
                 .await
                 .status
         });
-        eventually(
-            Duration::from_secs(5),
-            Duration::from_millis(20),
-            async || {
-                let (_, metrics) = proxy.admin_get("/metrics").await;
-                (sample(&metrics, BUSY) == 1.0).then_some(())
-            },
-            || "the slow request never took the upstream connection".to_owned(),
-        )
-        .await;
+        until_gauge(&proxy, BUSY, 1.0, "the slow request takes the connection").await;
         let mut upload = format!(
             "POST /sink HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {bytes}\r\n\r\n"
         )
